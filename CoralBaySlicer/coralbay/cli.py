@@ -1,0 +1,106 @@
+"""The `coralbay` command line: one sub-command per module in `coralbay.commands`.
+
+Exit codes: 0 success; 1 any failure (one sentence on stderr, and an "error" event with
+`--progress jsonl`); 2 a usage error; 130 interrupted. Set CORALBAY_DEBUG=1 for tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import traceback
+from typing import Sequence
+
+from coralbay import __version__
+from coralbay.errors import CoralBayError
+
+# Each module defines `register(subparsers)`, which adds its parser and sets `run=callable(args)`.
+# Modules import their heavy dependencies (torch, MONAI) inside `run`, so `--help` stays fast.
+COMMAND_MODULES = ("info", "models", "segment", "classify", "compare", "export", "phantom", "train", "bench", "demo")
+
+EPILOG = """\
+Coordinates (--point, --roi) are physical positions in millimetres in the LPS convention of ITK
+and DICOM (x grows to the patient's left, y to the posterior, z to the head); Slicer shows RAS,
+so negate x and y of a point read in Slicer.
+Exit codes: 0 success, 1 failure (one sentence on stderr), 2 usage error, 130 interrupted.
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with exit code 2 and a one-line message for usage errors."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        sys.stderr.write(f"coralbay: error: {message}\n")
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="coralbay", description=(
+        "CoralBay CT foundation model: segment and classify CT volumes, compare with ground "
+        "truth, export masks."), epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"coralbay {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"coralbay.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"coralbay.commands.{name}":
+                continue  # command not part of this build
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def add_progress_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--progress", choices=("bar", "jsonl", "none"), default="bar",
+                        help="progress display: a bar on stderr (default), JSON lines on stdout "
+                             "(for programs such as the Slicer module), or none")
+
+
+def make_reporter(args: argparse.Namespace, stages: dict[str, float] | None = None):
+    from coralbay.progress import Reporter
+
+    mode = getattr(args, "progress", "bar")
+    if mode == "bar" and not sys.stderr.isatty():
+        mode = "quiet"
+    return Reporter("quiet" if mode == "none" else mode, stages=stages)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "run", None):
+        parser.print_help(sys.stderr)
+        return 2
+    jsonl = getattr(args, "progress", None) == "jsonl"
+    try:
+        result = args.run(args)
+        return int(result or 0)
+    except CoralBayError as exc:
+        return _fail(str(exc), exc.exit_code, jsonl)
+    except KeyboardInterrupt:
+        return _fail("Interrupted.", 130, jsonl)
+    except MemoryError:
+        return _fail("Out of memory: try a smaller --roi, a lower --overlap or a smaller window batch.", 1, jsonl)
+    except Exception as exc:  # noqa: BLE001 - last line of defence: one sentence, not a traceback
+        if os.environ.get("CORALBAY_DEBUG"):
+            traceback.print_exc()
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return _fail(f"Unexpected error ({type(exc).__name__}: {detail[:300]}); "
+                     "run with CORALBAY_DEBUG=1 for details.", 1, jsonl)
+
+
+def _fail(message: str, code: int, jsonl: bool) -> int:
+    if jsonl:
+        from coralbay.progress import encode_event
+
+        print(encode_event("error", message=message, exit_code=code), flush=True)
+    print(f"coralbay: error: {message}", file=sys.stderr, flush=True)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Sub-commands of the `coralbay` command line, one module each (see `coralbay.cli`)."""
