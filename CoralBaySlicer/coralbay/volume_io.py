@@ -7,8 +7,14 @@ is handled in one place. Slicer's RAS is converted only in the Slicer module.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import re
+import sys
+import tempfile
 from pathlib import Path
+from typing import Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 import SimpleITK as sitk
@@ -25,49 +31,167 @@ def _suffix(path: Path) -> str:
     return next((s for s in VOLUME_SUFFIXES if name.endswith(s)), path.suffix.lower())
 
 
-def read_dicom_series(folder: Path) -> sitk.Image:
-    """Read the one DICOM series in `folder` (a folder with several series is refused, by name)."""
-    series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
-    if not series_ids:
-        raise InputError(f"The folder {folder} holds no DICOM image series.")
-    if len(series_ids) > 1:
-        raise InputError(f"The folder {folder} holds {len(series_ids)} DICOM series; "
-                         "put each series in its own folder.")
-    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_ids[0])
-    from coralbay.dicom_checks import check_series_geometry  # lazy: pydicom only for DICOM
-    check_series_geometry(files)
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files)
-    reader.MetaDataDictionaryArrayUpdateOn()
+GEOMETRY_NOTE_KEY = "coralbay:geometry_note"  # image metadata: how an irregular series was regularised
+SPACING_RANGE_MM = (1e-4, 1e4)  # outside this, a header is wrong, not a scanner (header_checks too)
+ORIGIN_LIMIT_MM = 1e7
+log = logging.getLogger("coralbay.io")
+T = TypeVar("T")
+
+
+@contextlib.contextmanager
+def _native_stderr_captured() -> Iterator[list[str]]:
+    """Capture what C++ libraries (MetaIO, GDCM, ITK warnings) print on file descriptor 2.
+
+    Why: those lines would precede our one-sentence error on the user's terminal. The captured
+    text is logged at debug level (CORALBAY_DEBUG shows it) and offered for the error message.
+    """
+    captured: list[str] = []
     try:
-        return reader.Execute()
-    except RuntimeError as exc:
-        raise InputError(f"The DICOM series in {folder} cannot be decoded ({_first_line(exc)}).") from None
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable fd 2 (some embedded interpreters): capture nothing
+        yield captured
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield captured
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            text = sink.read(65536).decode("utf-8", "replace").strip()
+            if text:
+                captured.extend(text.splitlines())
+                log.debug("native library output: %s", text)
 
 
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    useful = [t for t in text if t.strip() and not t.startswith(("/", "sitk::"))]
-    return (useful[-1] if useful else (text[-1] if text else type(exc).__name__)).strip()[:200]
+# Noise in ITK exception texts: source locations, object addresses, library prefixes, and the
+# generic "trouble reading" lines that wrap the one line saying what is actually wrong.
+_ITK_PREFIXES = re.compile(r"^(sitk::ERROR:|itk::ERROR:|ITK ERROR:|Exception thrown in SimpleITK \w+:)\s*|"
+                           r"^\w+\(0x[0-9a-fA-F]+\):\s*|^\[nrrd\]\s*\w+:\s*|^(MetaObject|MetaImage):\s*\w+:\s*")
+_USELESS = re.compile(r"(\.(cxx|hxx|cpp|h):\d+:?$)|^[-\d.\s\[\],]*$|^Reason: |^Refusing to change|trouble|"
+                      r"^(Read|ReadImageInformation): Error reading|MET_Read Failed|Cannot parse file|"
+                      r"Error parsing file|cannot be read|Unable to determine ImageIO|^File cannot be read")
+
+
+def _clean_line(line: str) -> str:
+    line = line.strip()
+    for _ in range(3):
+        line = _ITK_PREFIXES.sub("", line).strip()
+    line = re.sub(r"\(?0x[0-9a-fA-F]{4,}\)?", "", line)
+    line = re.sub(r"(/[^\s\"':]+)+/([^\s\"'/:]+)", r"\2", line)  # paths -> file names
+    return re.sub(r"\b_?nrrd\w*:\s*|\bMET_\w+:?\s*|\b\w+::\w+\b", "", line).strip(" :")
+
+
+def _itk_reason(exc: BaseException, native: Sequence[str] = ()) -> str:
+    """The informative part of an ITK/GDCM/MetaIO error, as a short phrase without internals.
+
+    ITK wraps the root cause in several generic lines; the cause is the last informative line of
+    the exception, or else the first one the library printed on stderr.
+    """
+    def informative(lines):
+        cleaned = (_clean_line(line) for line in lines)
+        return [c for c in cleaned if c and not _USELESS.search(c) and re.search(r"[A-Za-z]{3}", c)]
+
+    from_exception, from_native = informative(str(exc).splitlines()), informative(native)
+    text = str(exc)
+    if "allocate" in text.lower():
+        return "there is not enough memory to read it"
+    if from_exception:
+        reason = from_exception[-1]
+    elif from_native:
+        reason = from_native[0]
+    elif "Unable to determine ImageIO" in text:
+        reason = "its format is not recognised"
+    else:
+        reason = "its header or data is malformed"
+    return reason[:160].rstrip(". ")
+
+
+def _run_itk(action: Callable[[], T], failure: str) -> T:
+    """Run an ITK call; on failure raise InputError `failure (reason).` without C++ noise."""
+    with _native_stderr_captured() as native:
+        try:
+            return action()
+        except RuntimeError as exc:
+            error = exc
+    raise InputError(f"{failure} ({_itk_reason(error, native)}).") from None
+
+
+def read_dicom_series(folder: Path) -> sitk.Image:
+    """Read the one DICOM image series in `folder` as a correct regular volume.
+
+    The series is found and validated with pydicom (`dicom_checks`), its pixels decoded by ITK in
+    the validated order, and its geometry set from the measured slice positions. Unevenly spaced
+    or sheared (gantry-tilted) stacks are resampled through physical space (`stack_resample`)
+    and say so in the image's GEOMETRY_NOTE_KEY metadata and in a logged warning.
+    """
+    from coralbay.dicom_checks import check_series_geometry, choose_series  # lazy: pydicom
+
+    series = choose_series(folder)
+    try:
+        geometry = check_series_geometry(series.files, series.headers)
+    except InputError as exc:
+        if not series.skipped:
+            raise
+        raise InputError(f"{str(exc).rstrip('.')}; {series.skipped_note()}.") from None
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(list(geometry.files))
+    image = _run_itk(reader.Execute, f"The DICOM series in {folder} cannot be decoded")
+    columns, rows = geometry.size
+    expected = (columns, rows, len(geometry.positions))
+    if image.GetDimension() != 3 or image.GetSize() != expected or image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"The DICOM series in {folder} decoded to {image.GetSize()} voxels where its "
+                         f"tags describe {expected}; the files are inconsistent.")
+    if geometry.frames is not None and list(geometry.frames) != sorted(geometry.frames):
+        array = sitk.GetArrayFromImage(image)[list(geometry.frames)]  # frames into stacking order
+        image = sitk.GetImageFromArray(array)
+    if geometry.regular:
+        dx, dy = geometry.pixel_spacing
+        image.SetSpacing((dx, dy, geometry.median_step))
+        image.SetOrigin(tuple(float(v) for v in geometry.positions[0]))
+        image.SetDirection(tuple(np.stack([geometry.row, geometry.col, geometry.normal], axis=1).ravel()))
+        return image
+    from coralbay.stack_resample import resample_stack
+
+    regular = resample_stack(sitk.GetArrayViewFromImage(image), geometry)
+    note = (f"The DICOM series in {folder} has {geometry.irregularity()}; it was resampled onto a "
+            f"regular {regular.GetSpacing()[2]:.3g} mm grid by linear interpolation through physical space.")
+    regular.SetMetaData(GEOMETRY_NOTE_KEY, note)
+    log.warning(note)
+    return regular
 
 
 def read_image_any(path: str | os.PathLike) -> sitk.Image:
-    """Read a file or DICOM folder without checks on dimension or content."""
+    """Read a file or DICOM folder without checks on dimension or content.
+
+    Files: the header is read first and checked (`header_checks`) before ITK allocates and reads
+    the voxels, so a hostile header is refused instead of exhausting memory or blocking.
+    """
     p = Path(path)
     if not p.exists():
         raise InputError(f"The input {p} does not exist.")
     if p.is_dir():
         return read_dicom_series(p)
+    if not p.is_file():
+        raise InputError(f"The input {p} is not a regular file.")
     if p.stat().st_size == 0:
         raise InputError(f"The input file {p} is empty.")
-    try:
-        return sitk.ReadImage(str(p))
-    except RuntimeError as exc:
-        raise InputError(f"The file {p} cannot be read as a medical image ({_first_line(exc)}).") from None
+    from coralbay.header_checks import check_declared_size, check_header
+
+    payload = check_header(p)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(p))
+    failure = f"The file {p} cannot be read as a medical image"
+    _run_itk(reader.ReadImageInformation, failure)
+    check_declared_size(p, payload, reader.GetSize(), reader.GetNumberOfComponents(),
+                        sitk.GetPixelIDValueAsString(reader.GetPixelID()))
+    return _run_itk(reader.Execute, failure)
 
 
 def check_volume(image: sitk.Image, source: str) -> sitk.Image:
-    """Refuse what is not a non-empty, finite, single-component 3D volume."""
+    """Refuse what is not a non-empty, finite, single-component 3D volume on a sane grid."""
     dim = image.GetDimension()
     if dim == 4 and image.GetSize()[3] == 1:
         image = image[:, :, :, 0]
@@ -83,11 +207,15 @@ def check_volume(image: sitk.Image, source: str) -> sitk.Image:
     if min(size) == 1 and sum(s > 1 for s in size) < 3:
         raise InputError(f"{source} is a single slice (size {size}); a 3D volume is needed.")
     spacing = image.GetSpacing()
-    if not all(np.isfinite(s) and s > 0 for s in spacing):
-        raise InputError(f"{source} has an invalid voxel spacing {spacing}.")
+    low, high = SPACING_RANGE_MM
+    if not all(np.isfinite(s) and low <= s <= high for s in spacing):
+        raise InputError(f"{source} has an implausible voxel spacing {tuple(float(f'{s:.4g}') for s in spacing)} mm.")
+    origin = np.asarray(image.GetOrigin(), dtype=float)
+    if not np.all(np.isfinite(origin)) or np.abs(origin).max() > ORIGIN_LIMIT_MM:
+        raise InputError(f"{source} has an implausible origin {tuple(float(f'{o:.4g}') for o in origin)} mm.")
     direction = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)
-    if not np.all(np.isfinite(direction)) or abs(abs(np.linalg.det(direction)) - 1) > 1e-3:
-        raise InputError(f"{source} has an invalid orientation matrix.")
+    if not np.all(np.isfinite(direction)) or not np.allclose(direction.T @ direction, np.eye(3), atol=1e-3):
+        raise InputError(f"{source} has an invalid orientation matrix (not a rotation: sheared or degenerate axes).")
     if image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
         if not np.all(np.isfinite(sitk.GetArrayViewFromImage(image))):
             raise InputError(f"{source} contains NaN or infinite voxel values.")
@@ -173,4 +301,5 @@ def volume_info(image: sitk.Image) -> dict:
         "max": float(array.max()),
         "mean": float(array.mean(dtype=np.float64)),
         "warning": ct_intensity_warning(image),
+        "note": image.GetMetaData(GEOMETRY_NOTE_KEY) if image.HasMetaDataKey(GEOMETRY_NOTE_KEY) else None,
     }
