@@ -424,7 +424,8 @@ def _frames_geometry(ds, path: str) -> StackGeometry:
 def _stack(files: list[str], frames: list[int] | None, positions: np.ndarray, planes: list,
            size: tuple[int, int]) -> StackGeometry:
     """Sort slices along their normal and refuse what cannot be resampled into one volume."""
-    names = files if frames is None else [f"{files[0]} frame {i + 1}" for i in frames]
+    # File names (the folder is the user's input) or frame numbers, for messages.
+    names = [Path(f).name for f in files] if frames is None else [f"frame {i + 1}" for i in frames]
     row, col, pixel_spacing = planes[0]
     for (r, c, s), name in zip(planes, names):
         if max(np.abs(r - row).max(), np.abs(c - col).max()) > ORIENTATION_TOLERANCE:

@@ -136,8 +136,12 @@ def read_dicom_series(folder: Path) -> sitk.Image:
         if not series.skipped:
             raise
         raise InputError(f"{str(exc).rstrip('.')}; {series.skipped_note()}.") from None
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(list(geometry.files))
+    if len(geometry.files) == 1:  # one multi-frame file (the series reader would add a 4th axis)
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(geometry.files[0])
+    else:
+        reader = sitk.ImageSeriesReader()
+        reader.SetFileNames(list(geometry.files))
     image = _run_itk(reader.Execute, f"The DICOM series in {folder} cannot be decoded")
     columns, rows = geometry.size
     expected = (columns, rows, len(geometry.positions))
