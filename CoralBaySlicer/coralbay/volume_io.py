@@ -20,7 +20,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from coralbay.atomic import atomic_file
-from coralbay.errors import InputError
+from coralbay.errors import CoralBayError, InputError
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 WRITABLE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
@@ -68,7 +68,7 @@ def _native_stderr_captured() -> Iterator[list[str]]:
 
 # Noise in ITK exception texts: source locations, object addresses, library prefixes, and the
 # generic "trouble reading" lines that wrap the one line saying what is actually wrong.
-_ITK_PREFIXES = re.compile(r"^(sitk::ERROR:|itk::ERROR:|ITK ERROR:|Exception thrown in SimpleITK \w+:)\s*|"
+_ITK_PREFIXES = re.compile(r"^(\*\* ERROR:|sitk::ERROR:|itk::ERROR:|ITK ERROR:|Exception thrown in SimpleITK \w+:)\s*|"
                            r"^\w+\(0x[0-9a-fA-F]+\):\s*|^\[nrrd\]\s*\w+:\s*|^(MetaObject|MetaImage):\s*\w+:\s*")
 _USELESS = re.compile(r"(\.(cxx|hxx|cpp|h):\d+:?$)|^[-\d.\s\[\],]*$|^Reason: |^Refusing to change|trouble|"
                       r"^(Read|ReadImageInformation): Error reading|MET_Read Failed|Cannot parse file|"
@@ -258,11 +258,77 @@ def check_output_path(path: str | os.PathLike) -> Path:
 
 
 def write_image(image: sitk.Image, path: str | os.PathLike, compress: bool = True) -> Path:
-    """Write an image atomically (temporary name, then rename)."""
+    """Write an image atomically (temporary name, checked, flushed, then renamed).
+
+    ITK's NIfTI writer reports a short write (disk full, file-size limit) only on stderr and
+    returns normally; its stderr is therefore captured and any error there fails the write, and
+    the written file is read back (`_verify_written`) before it may take the output's name.
+    """
     p = check_output_path(path)
-    with atomic_file(p) as tmp:
-        sitk.WriteImage(image, str(tmp), compress)
+    with atomic_file(p, verify=lambda tmp: _verify_written(tmp, image, p)) as tmp:
+        with _native_stderr_captured() as native:
+            try:
+                sitk.WriteImage(image, str(tmp), compress)
+                failure = None
+            except RuntimeError as exc:
+                failure = exc
+        errors = [line for line in native if "error" in line.lower()]
+        if failure is not None or errors:
+            causes = re.findall(r"Reason: (.+)", str(failure or ""))  # the errno text, if ITK kept it
+            reason = causes[-1].strip() if causes else _itk_reason(failure, native) if failure is not None \
+                else _clean_line(errors[0])
+            reason = reason.replace(str(tmp), p.name).replace(tmp.name, p.name)
+            raise CoralBayError(f"Writing {p} failed ({reason}); any earlier file of that name is unchanged.")
     return p
+
+
+def _verify_written(path: Path, image: sitk.Image, target: Path) -> None:
+    """Refuse a written file whose header or voxel data is not the whole image.
+
+    Header: size and pixel type as written. Data: a gzip file (.nii.gz) is decompressed to its
+    end (a truncated stream fails there, and its length must hold every voxel); an uncompressed
+    file must be long enough. Compressed NRRD/MetaImage writers raise on short writes themselves.
+    """
+    import gzip
+    import zlib
+
+    from coralbay.header_checks import pixel_bytes
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    failure = f"Writing {target} failed: the written file is incomplete (disk full or a file-size " \
+              "limit?); any earlier file of that name is unchanged."
+    with _native_stderr_captured():
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError:
+            raise CoralBayError(failure) from None
+    if reader.GetSize() != image.GetSize() or reader.GetPixelID() != image.GetPixelID():
+        raise CoralBayError(failure)
+    needed = int(np.prod(image.GetSize())) * image.GetNumberOfComponentsPerPixel() * \
+        pixel_bytes(image.GetPixelIDTypeAsString())
+    with open(path, "rb") as f:
+        gzipped = f.read(2) == b"\x1f\x8b"
+    if gzipped:
+        total = 0
+        try:
+            with gzip.open(path, "rb") as stream:
+                while chunk := stream.read(1 << 22):
+                    total += len(chunk)
+        except (OSError, EOFError, zlib.error):
+            raise CoralBayError(failure) from None
+        if total < needed:
+            raise CoralBayError(failure)
+    elif _suffix(path) in (".nii", ".nrrd", ".mha") and not _compressed_container(path) \
+            and path.stat().st_size < needed:
+        raise CoralBayError(failure)
+
+
+def _compressed_container(path: Path) -> bool:
+    """True for NRRD/MetaImage files whose voxels are compressed inside (header says so)."""
+    with open(path, "rb") as f:
+        head = f.read(4096).decode("latin-1").lower()
+    return "encoding: gzip" in head or "compresseddata = true" in head
 
 
 def same_grid(a: sitk.Image, b: sitk.Image, tol: float = 1e-4) -> bool:
