@@ -10,8 +10,10 @@ the volume is the one measured here (`StackGeometry`), never a guess.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -19,6 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from coralbay.errors import InputError
+from coralbay.header_checks import check_fits_in_memory
 
 SPACING_TOLERANCE = 0.01  # relative deviation of a slice step from the median step
 SHEAR_TOLERANCE = 0.01  # in-plane offset between slices, relative to the median step
@@ -133,8 +136,20 @@ class StackGeometry:
         return " and ".join(parts)
 
 
+def _quiet(function):
+    """Silence pydicom's warnings about odd values: we refuse what matters in one sentence, and
+    warnings on stderr would precede it (the `coralbay` promise is one line)."""
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return function(*args, **kwargs)
+    return wrapper
+
+
 # ---- reading headers --------------------------------------------------------------------------
 
+@_quiet
 def read_header(path: str | os.PathLike):
     """The pydicom dataset of `path` without pixel values, or None if it is not a DICOM file.
 
@@ -220,6 +235,7 @@ def _text(ds, keyword: str) -> str:
 
 # ---- the folder -------------------------------------------------------------------------------
 
+@_quiet
 def scan_folder(folder: str | os.PathLike) -> tuple[list[DicomSeries], list[str]]:
     """The image series in `folder` (not recursive), grouped by SeriesInstanceUID, and the files
     left out with the reason ("name (not DICOM)", "name (SEG object)", ...).
@@ -360,6 +376,7 @@ def _position(source, path: str) -> np.ndarray:
     return position
 
 
+@_quiet
 def check_series_geometry(files: Sequence[str], headers: Sequence = ()) -> StackGeometry:
     """Validate the files of one series and measure where each slice lies.
 
@@ -390,12 +407,16 @@ def check_series_geometry(files: Sequence[str], headers: Sequence = ()) -> Stack
     planes = [_plane(ds, ds, str(f)) for ds, f in zip(headers, files)]
     positions = np.asarray([_position(ds, str(f)) for ds, f in zip(headers, files)])
     (rows, columns, _, _), _ = formats[0]
+    check_fits_in_memory(f"The DICOM series ({len(files)} slices of {columns} x {rows} pixels)",
+                         rows * columns * len(files) * 4)
     return _stack(list(map(str, files)), None, positions, planes, (columns, rows))
 
 
 def _frames_geometry(ds, path: str) -> StackGeometry:
     """Geometry of a multi-frame file from its per-frame (or shared) functional groups."""
     (rows, columns, _, _), frames = _check_pixel_format(ds, path)
+    check_fits_in_memory(f"The DICOM file {path} ({frames} frames of {columns} x {rows} pixels)",
+                         rows * columns * frames * 4)
     if frames < 2:
         raise InputError("The DICOM series has a single slice; a 3D volume is needed.")
     try:
@@ -455,7 +476,7 @@ def _stack(files: list[str], frames: list[int] | None, positions: np.ndarray, pl
         positions=positions[order], row=row, col=col, pixel_spacing=pixel_spacing, size=size)
     if geometry.sheared:
         offsets = np.abs(geometry.in_plane_offsets).max(axis=0) / np.asarray(pixel_spacing)
-        if np.any(offsets > 3 * np.asarray(size)):
-            raise InputError("The DICOM slices are shifted sideways by more than three image widths "
+        if np.any(offsets > np.asarray(size)):
+            raise InputError("The DICOM slices are shifted sideways by more than an image width "
                              "along the stack; they do not form one volume.")
     return geometry

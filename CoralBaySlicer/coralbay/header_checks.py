@@ -240,8 +240,6 @@ def pixel_bytes(pixel_type: str) -> int:
 def check_declared_size(path: str | os.PathLike, payload: Payload, size: tuple[int, ...],
                         components: int, pixel_type: str) -> None:
     """Refuse a header that declares more voxels than its data could hold or memory could take."""
-    import psutil
-
     voxels = 1
     for s in size:
         voxels *= int(s)
@@ -256,7 +254,18 @@ def check_declared_size(path: str | os.PathLike, payload: Payload, size: tuple[i
     if declared > MAX_DEFLATE_RATIO * stored + (1 << 16):
         raise InputError(f"The header of {path} declares a {shape} image ({declared / 2**30:.3g} GiB) "
                          f"that its {stored} bytes of data cannot hold, even compressed.")
+    check_fits_in_memory(f"The image {path} ({shape} voxels)", declared)
+
+
+def check_fits_in_memory(what: str, nbytes: int) -> None:
+    """Refuse an image larger than the computer's memory before anything allocates it.
+
+    (A finer estimate of what a whole run needs belongs to the run; this only stops headers
+    that no computer of this size could ever read.)
+    """
+    import psutil
+
     memory = psutil.virtual_memory().total
-    if declared > memory:
-        raise InputError(f"The image {path} ({shape} voxels, {declared / 2**30:.3g} GiB) is larger than "
-                         f"this computer's memory ({memory / 2**30:.3g} GiB).")
+    if nbytes > memory:
+        raise InputError(f"{what} would need {nbytes / 2**30:.3g} GiB, more than this computer's "
+                         f"memory ({memory / 2**30:.3g} GiB).")

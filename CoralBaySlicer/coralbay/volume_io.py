@@ -1,8 +1,11 @@
 """Reading and writing CT volumes and label maps with their exact physical geometry.
 
-SimpleITK is the single reader: it gives every format (NIfTI, NRRD, MHA, DICOM series, including
-JPEG 2000 and rescale slope/intercept through GDCM) in ITK's LPS physical convention, so geometry
-is handled in one place. Slicer's RAS is converted only in the Slicer module.
+SimpleITK decodes every format (NIfTI, NRRD, MHA, DICOM series, including JPEG 2000 and rescale
+slope/intercept through GDCM) in ITK's LPS physical convention; Slicer's RAS is converted only in
+the Slicer module. ITK trusts what files say, so headers are checked first (`header_checks`),
+DICOM series are found, validated and measured with pydicom (`dicom_checks`), irregular stacks
+are resampled through physical space (`stack_resample`), and outputs are written atomically,
+verified and flushed (`atomic`). Every failure is one InputError/CoralBayError sentence.
 """
 
 from __future__ import annotations

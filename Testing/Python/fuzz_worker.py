@@ -44,11 +44,6 @@ def handle(request: dict) -> dict:
 
     path, reader = request["path"], request.get("reader", "volume")
     try:
-        if reader == "geometry":
-            from coralbay.dicom_checks import check_series_geometry
-
-            check_series_geometry(request["files"])
-            return {"status": "ok"}
         function = {"volume": volume_io.read_volume, "label": volume_io.read_label_map,
                      "any": volume_io.read_image_any}[reader]
         return {"status": "ok", "image": describe_image(function(path))}

@@ -224,6 +224,14 @@ def test_uneven_spacing_is_resampled_through_physical_space(tmp_path, caplog):
     assert volume_info(image)["note"] == note
 
 
+def test_cli_info_reports_the_resampling(tmp_path, cli):
+    write_series(tmp_path, axial_positions([2.0, 2.0, 4.0, 2.0]))
+    result = cli("info", tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "note: The DICOM series" in result.stdout and "resampled onto a regular 2 mm grid" in result.stdout
+    assert "size         16 x 16 x 6 voxels" in result.stdout
+
+
 def test_one_missing_slice_is_interpolated(tmp_path):
     positions = axial_positions([2.0] * 8)
     write_series(tmp_path, positions[:4] + positions[5:])

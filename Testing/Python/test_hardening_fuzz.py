@@ -120,6 +120,27 @@ def test_cli_info_on_a_bad_file_prints_one_sentence(cli, name, tmp_path):
     assert "Traceback" not in result.stderr and result.stdout == ""
 
 
+# ---- real files must read exactly as before the checks --------------------------------------
+
+REAL_FILES = ["totalseg/example_ct_sm.nii.gz", "totalseg/example_seg.nii.gz", "pyradiomics/lung1_image.nrrd",
+              "pyradiomics/lung1_label.nrrd", "dcmqi/liver_seg.nrrd"]
+
+
+@pytest.mark.parametrize("name", REAL_FILES)
+def test_real_files_read_exactly_as_itk_reads_them(shared_data, name):
+    """The header checks must not refuse or alter real data: same grid and voxels as plain ITK."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from coralbay.volume_io import read_volume
+
+    ours, plain = read_volume(shared_data / name), sitk.ReadImage(str(shared_data / name))
+    assert ours.GetSize() == plain.GetSize() and ours.GetPixelID() == plain.GetPixelID()
+    for getter in ("GetSpacing", "GetOrigin", "GetDirection"):
+        assert np.allclose(getattr(ours, getter)(), getattr(plain, getter)(), atol=1e-6), getter
+    assert np.array_equal(sitk.GetArrayViewFromImage(ours), sitk.GetArrayViewFromImage(plain))
+
+
 # ---- things that would block forever ------------------------------------------------------------
 
 def test_fifo_as_detached_data_file_is_refused_without_blocking(sandbox, tmp_path):
