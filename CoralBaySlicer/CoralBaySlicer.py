@@ -106,6 +106,7 @@ def loadPhantomSample():
 class CoralBaySlicerParameterNode:
     inputVolume: vtkMRMLScalarVolumeNode
     model: str = ""
+    backbone: str = ""  # optional encoder weights: a file or a Hugging Face hub id (engine --backbone)
     structures: str = ""  # checked structure names, comma-separated; empty means all
     roi: vtkMRMLMarkupsROINode
     point: vtkMRMLMarkupsFiducialNode
@@ -257,16 +258,11 @@ class CoralBaySlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.structures = "" if chosen is None else ",".join(chosen)
 
     def onAddModel(self) -> None:
-        folder = qt.QFileDialog.getExistingDirectory(
-            slicer.util.mainWindow(), _("Choose a CoralBay model bundle folder (Cancel to enter a hub id)"))
-        text = folder
-        if not text:
-            text = qt.QInputDialog.getText(slicer.util.mainWindow(), _("Add model"),
-                                           _("Hugging Face hub id of a CoralBay bundle:"))
-        if not text:
+        folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), _("Choose a CoralBay model bundle folder"))
+        if not folder:
             return
         with slicer.util.tryWithErrorDisplay(_("The model could not be added."), waitCursor=True):
-            entry = self.logic.addModel(text)
+            entry = self.logic.addModel(folder)
             self.refreshModels()
             self.selectModel(entry.name)
             self.onLog("info", _("Added model {name}.").format(name=entry.name))
@@ -343,8 +339,8 @@ class CoralBaySlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         structures = p.structures.split(",") if p.structures else None
         self.startJob(lambda: self.logic.segment(
-            p.inputVolume, p.model, device=p.device, overlap=p.overlap, roiNode=p.roi,
-            structures=structures, outputSegmentation=p.segmentation, onDone=self.onSegmentDone))
+            p.inputVolume, p.model, device=p.device, overlap=p.overlap, roiNode=p.roi, structures=structures,
+            backbone=p.backbone, outputSegmentation=p.segmentation, onDone=self.onSegmentDone))
 
     def onSegmentDone(self, job: Job) -> None:
         if job.state == SUCCEEDED:
@@ -354,8 +350,8 @@ class CoralBaySlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not self.dependenciesReady():
             return
         p = self._parameterNode
-        self.startJob(lambda: self.logic.classify(p.inputVolume, p.model, pointNode=p.point,
-                                                  onDone=self.onClassifyDone))
+        self.startJob(lambda: self.logic.classify(p.inputVolume, p.model, device=p.device, pointNode=p.point,
+                                                  backbone=p.backbone, onDone=self.onClassifyDone))
 
     def onClassifyDone(self, job: Job) -> None:
         if job.state == SUCCEEDED:
@@ -485,8 +481,8 @@ class CoralBaySlicerLogic(ScriptedLoadableModuleLogic):
     def availableModels(self):
         return models.list_models()
 
-    def addModel(self, bundleFolderOrHubId: str):
-        return models.add_model(bundleFolderOrHubId)
+    def addModel(self, bundleFolder: str):
+        return models.add_model(bundleFolder)
 
     def missingDependencies(self):
         missing = ["PyTorch"] if dependencies.torch_missing() else []
@@ -589,11 +585,13 @@ class CoralBaySlicerLogic(ScriptedLoadableModuleLogic):
     # -- segment -------------------------------------------------------------------------------------
 
     def segment(self, inputVolume, model: str, device: str = "auto", overlap: Optional[float] = 0.5,
-                roiNode=None, structures=None, outputSegmentation=None, onDone=None) -> Job:
-        """Segment `inputVolume` with a segmentation model; the job's value is the segmentation node."""
+                roiNode=None, structures=None, backbone: str = "", outputSegmentation=None, onDone=None) -> Job:
+        """Segment `inputVolume` with a segmentation model; the job's value is the segmentation node.
+
+        `backbone` optionally replaces the bundle's encoder weights (a file or a hub id)."""
         self._checkInputVolume(inputVolume)
         roi = self._roiBoxLPS(roiNode, inputVolume) if roiNode else None
-        args = dict(device=device, overlap=overlap, roi_lps=roi, structures=structures)
+        args = dict(device=device, overlap=overlap, roi_lps=roi, structures=structures, backbone=backbone)
         name = f"{inputVolume.GetName()} {model}"
 
         def writeInputs(folder):
@@ -612,7 +610,8 @@ class CoralBaySlicerLogic(ScriptedLoadableModuleLogic):
 
     # -- classify ------------------------------------------------------------------------------------
 
-    def classify(self, inputVolume, model: str, pointNode=None, onDone=None) -> Job:
+    def classify(self, inputVolume, model: str, device: str = "auto", pointNode=None, backbone: str = "",
+                 onDone=None) -> Job:
         """Classify the scan (or the region around the point's first control point).
 
         The job's value is (table node, results.Classification)."""
@@ -622,7 +621,8 @@ class CoralBaySlicerLogic(ScriptedLoadableModuleLogic):
         def writeInputs(folder):
             source = folder / "input.nrrd"
             self._writeVolume(inputVolume, source)
-            return commands.classify_args(source, model, folder / "report.json", point_lps=point)
+            return commands.classify_args(source, model, folder / "report.json", device=device, point_lps=point,
+                                          backbone=backbone)
 
         def readOutputs(run):
             report = results.read_classification(results.output_path(run.result, "report", run.folder / "report.json"))

@@ -40,15 +40,17 @@ def engine_device(choice: str, platform: str = sys.platform) -> str:
     raise ValueError(f"Unknown device {choice!r}; choose one of {', '.join(DEVICE_CHOICES)}.")
 
 
+MAX_OVERLAP = 0.95  # the engine's limit
+
+
 def segment_args(input_path: PathLike, model: str, output: PathLike, *, device: str = "auto",
                  overlap: float | None = None, roi_lps: Box | None = None,
-                 structures: Sequence[str] | None = None) -> list[str]:
+                 structures: Sequence[str] | None = None, backbone: str | None = None) -> list[str]:
     """`segment INPUT --model M --output LABELS ...` with JSON-lines progress."""
-    args = ["segment", str(input_path), "--model", _model(model), "--output", str(output),
-            "--device", engine_device(device)]
+    args = ["segment", str(input_path), *_model_args(model, device, backbone), "--output", str(output)]
     if overlap is not None:
-        if not 0.0 <= float(overlap) < 1.0:
-            raise ValueError(f"The window overlap must be at least 0 and below 1, not {overlap}.")
+        if not 0.0 <= float(overlap) <= MAX_OVERLAP:
+            raise ValueError(f"The window overlap must be from 0 to {MAX_OVERLAP}, not {overlap}.")
         args += ["--overlap", f"{float(overlap):g}"]
     if roi_lps is not None:
         args += ["--roi", format_coordinates(roi_lps)]
@@ -63,10 +65,10 @@ def segment_args(input_path: PathLike, model: str, output: PathLike, *, device: 
     return args + ["--progress", "jsonl"]
 
 
-def classify_args(input_path: PathLike, model: str, output: PathLike, *,
-                  point_lps: Point | None = None) -> list[str]:
+def classify_args(input_path: PathLike, model: str, output: PathLike, *, device: str = "auto",
+                  point_lps: Point | None = None, backbone: str | None = None) -> list[str]:
     """`classify INPUT --model M --output REPORT.json [--point X,Y,Z]` with JSON-lines progress."""
-    args = ["classify", str(input_path), "--model", _model(model), "--output", str(output)]
+    args = ["classify", str(input_path), *_model_args(model, device, backbone), "--output", str(output)]
     if point_lps is not None:
         args += ["--point", format_coordinates(point_lps)]
     return args + ["--progress", "jsonl"]
@@ -120,8 +122,13 @@ def selected_structures(all_names: Iterable[str], checked: Iterable[str]) -> lis
     return None if len(chosen) == len(names) else chosen
 
 
-def _model(model: str) -> str:
+def _model_args(model: str, device: str, backbone: str | None) -> list[str]:
+    """--model (a catalog name or bundle folder), --device, and --backbone: encoder weights that
+    replace the bundle's (a .safetensors/.pt/.ckpt file or a Hugging Face hub id)."""
     model = (model or "").strip()
     if not model:
         raise ValueError("Choose a model first (or add one with \"Add model...\").")
-    return model
+    args = ["--model", model, "--device", engine_device(device)]
+    if backbone and backbone.strip():
+        args += ["--backbone", backbone.strip()]
+    return args

@@ -18,6 +18,7 @@ class ModelEntry:
     task: str
     path: str = ""
     structures: list[str] = field(default_factory=list)
+    classes: list[str] = field(default_factory=list)
 
     @property
     def segments(self) -> bool:
@@ -34,17 +35,19 @@ class ModelEntry:
 
 
 def entry_from_catalog(item: Any) -> ModelEntry:
-    """One catalog entry (a dict as `coralbay models --json` prints it, or an object) as ModelEntry."""
+    """One catalog entry as ModelEntry: a dict as `coralbay models --json` prints it, or a catalog
+    object (the engine's Manifest, whose `summary()` is that dict)."""
     if not isinstance(item, dict):
-        to_dict = getattr(item, "to_dict", None)
-        item = to_dict() if callable(to_dict) else dict(vars(item))
+        summary = getattr(item, "summary", None)
+        item = summary() if callable(summary) else dict(vars(item))
     name = str(item.get("name") or "").strip()
     if not name:
         raise ValueError("A catalog entry has no name.")
     labels = item.get("labels") or []
-    structures = [_label_name(lab) for lab in labels]
+    structures = [_label_name(lab) for lab in labels]  # segmentation bundles; classifiers list "classes"
     return ModelEntry(name=name, title=str(item.get("title") or name), task=str(item.get("task") or ""),
-                      path=str(item.get("path") or ""), structures=[s for s in structures if s])
+                      path=str(item.get("path") or ""), structures=[s for s in structures if s],
+                      classes=[str(c) for c in item.get("classes") or []])
 
 
 def _label_name(label: Any) -> str:
@@ -66,13 +69,16 @@ def entries(items: Iterable[Any]) -> list[ModelEntry]:
     return [entry_from_catalog(item) for item in items]
 
 
-def add_model(path_or_hub_id: str) -> ModelEntry:
-    """Register a bundle folder (or a hub id) with the catalog and return its entry."""
+def add_model(bundle_folder: str) -> ModelEntry:
+    """Validate a bundle folder, remember it in the user's catalog, and return its entry.
+
+    (Encoder weights from the Hugging Face Hub are not a bundle: they are given per run, as the
+    engine's --backbone, in the module's "Encoder weights" field.)"""
     from coralbay import catalog
 
-    text = (path_or_hub_id or "").strip()
+    text = (bundle_folder or "").strip()
     if not text:
-        raise ValueError("Give a model bundle folder or a hub id.")
+        raise ValueError("Choose a model bundle folder.")
     return entry_from_catalog(catalog.add_model(text))
 
 

@@ -79,8 +79,12 @@ def test_box_overlap_and_bad_bounds():
 
 def test_segment_arguments():
     args = commands.segment_args("in.nrrd", "demo-phantom-seg", "out.nii.gz", device="GPU", overlap=0.25,
-                                 roi_lps=(-20.0, -5.0, 0.0, 10.0, 5.5, 30.0), structures=["liver", "spleen"])
-    assert args[:6] == ["segment", "in.nrrd", "--model", "demo-phantom-seg", "--output", "out.nii.gz"]
+                                 roi_lps=(-20.0, -5.0, 0.0, 10.0, 5.5, 30.0), structures=["liver", "spleen"],
+                                 backbone=" kaiko-ai/coralbay@main ")
+    assert args[:4] == ["segment", "in.nrrd", "--model", "demo-phantom-seg"]
+    assert args[args.index("--output") + 1] == "out.nii.gz"
+    assert args[args.index("--backbone") + 1] == "kaiko-ai/coralbay@main"
+    assert "--backbone" not in commands.segment_args("in.nrrd", "m", "o.nii.gz", backbone="")
     assert args[args.index("--device") + 1] == ("mps" if sys.platform == "darwin" else "cuda")
     assert args[args.index("--overlap") + 1] == "0.25"
     assert args[args.index("--roi") + 1] == "-20,-5,0,10,5.5,30"
@@ -90,7 +94,7 @@ def test_segment_arguments():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(overlap=1.0), "overlap"), (dict(structures=[]), "at least one structure"),
+    (dict(overlap=0.96), "overlap"), (dict(structures=[]), "at least one structure"),
     (dict(structures=["a,b"]), "commas"), (dict(device="TPU"), "Unknown device")])
 def test_segment_arguments_refuse_bad_values(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -98,9 +102,9 @@ def test_segment_arguments_refuse_bad_values(kwargs, message):
 
 
 def test_other_command_lines():
-    assert commands.classify_args("ct.nrrd", "demo-phantom-cls", "r.json", point_lps=(1.0, -2.0, 3.5)) == [
-        "classify", "ct.nrrd", "--model", "demo-phantom-cls", "--output", "r.json", "--point", "1,-2,3.5",
-        "--progress", "jsonl"]
+    assert commands.classify_args("ct.nrrd", "demo-phantom-cls", "r.json", device="CPU", point_lps=(1.0, -2.0, 3.5)) == [
+        "classify", "ct.nrrd", "--model", "demo-phantom-cls", "--device", "cpu", "--output", "r.json",
+        "--point", "1,-2,3.5", "--progress", "jsonl"]
     assert commands.compare_args("p.nrrd", "r.nrrd", "out", image="ct.nrrd")[-4:] == [
         "--image", "ct.nrrd", "--progress", "jsonl"]
     assert commands.export_args("l.nrrd", "stl", "meshes") == ["export", "l.nrrd", "--format", "stl", "--output", "meshes"]
@@ -127,15 +131,22 @@ def test_command_lines_parse_with_the_real_engine(command):
     from coralbay.cli import build_parser
 
     built = {
-        "segment": lambda: commands.segment_args("in.nrrd", "m", "o.nii.gz", device="CPU", overlap=0.5,
-                                                 roi_lps=(0, 0, 0, 1, 1, 1), structures=["a"]),
-        "classify": lambda: commands.classify_args("in.nrrd", "m", "r.json", point_lps=(1, 2, 3)),
+        "segment": lambda: commands.segment_args("in.nrrd", "m", "o.nii.gz", device="CPU", overlap=0.95,
+                                                 roi_lps=(0, 0, 0, 1, 1, 1), structures=["a"], backbone="o/n@r"),
+        "classify": lambda: commands.classify_args("in.nrrd", "m", "r.json", device="GPU", point_lps=(1, 2, 3),
+                                                   backbone="w.safetensors"),
         "compare": lambda: commands.compare_args("p.nrrd", "r.nrrd", "out", image="ct.nrrd"),
         "export": lambda: commands.export_args("l.nrrd", "seg.nrrd", "x.seg.nrrd"),
         "phantom": lambda: commands.phantom_args(3, "ct.nrrd", "l.nrrd"),
     }[command]()
     args = build_parser().parse_args(built)
     assert args.command == command and callable(args.run)
+    assert args.progress == "jsonl" or command in ("export", "phantom")
+    if command == "segment":
+        assert (args.overlap, args.roi, args.structures, args.device, args.backbone) == (
+            0.95, [0, 0, 0, 1, 1, 1], "a", "cpu", "o/n@r")
+    if command == "classify":
+        assert args.point == [1, 2, 3] and args.device in ("cuda", "mps") and args.backbone == "w.safetensors"
 
 
 # -- results ----------------------------------------------------------------------------------------
