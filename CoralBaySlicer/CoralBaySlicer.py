@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from typing import Annotated, Optional, Union
 
+import numpy as np
 import qt
 import vtk
 
@@ -37,7 +38,7 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 from CoralBaySlicerLib import commands, coordinates, dependencies, models, paths, results, sample_data, segments
-from coralbay.labels import label_table_path_for
+from coralbay.labels import LabelTable, label_table_path_for
 from CoralBaySlicerLib.files import deliver
 from CoralBaySlicerLib.jobs import Job, JobController
 from CoralBaySlicerLib.process import SUCCEEDED, EngineBusyError, EngineRunner
@@ -391,13 +392,19 @@ class CoralBaySlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.onLog("info", _("Exported to {path}").format(path=job.value))
 
     def onLoadPhantom(self) -> None:
-        self.startJob(lambda: self.logic.loadPhantom(onDone=self.onPhantomLoaded))
+        def start():
+            loaded = self.logic.loadPhantom(onDone=self.onPhantomLoaded)
+            if isinstance(loaded, tuple):  # it was in the cache: loaded at once
+                self.usePhantom(*loaded)
+        self.startJob(start)
 
     def onPhantomLoaded(self, job: Job) -> None:
         if job.state == SUCCEEDED:
-            ctNode, truthNode = job.value
-            self._parameterNode.inputVolume = ctNode
-            self._parameterNode.reference = truthNode
+            self.usePhantom(*job.value)
+
+    def usePhantom(self, ctNode, truthNode) -> None:
+        self._parameterNode.inputVolume = ctNode
+        self._parameterNode.reference = truthNode
 
     def onCancel(self) -> None:
         self.logic.cancel()
@@ -430,7 +437,6 @@ class Review:
         self.differenceSegmentation = differenceSegmentation
         self.distanceVolume = distanceVolume
         self.worstErrorRAS = worstErrorRAS
-
 
 
 class CoralBaySlicerLogic(ScriptedLoadableModuleLogic):
@@ -651,7 +657,9 @@ class CoralBaySlicerLogic(ScriptedLoadableModuleLogic):
             if reference.IsA("vtkMRMLSegmentationNode"):
                 self._writeSegmentationAsLabelMap(reference, referenceFile, geometry)
             else:
-                self._writeLabelMapVolume(reference, referenceFile)
+                # A label map volume carries only values (its colour names are usually Slicer's
+                # generic table), so the engine matches its structures by label value.
+                self._writeVolume(reference, referenceFile)
             image = None
             if imageVolume is not None:
                 image = folder / "image.nrrd"
@@ -783,23 +791,6 @@ class CoralBaySlicerLogic(ScriptedLoadableModuleLogic):
         finally:
             slicer.mrmlScene.RemoveNode(storage)
 
-    def _writeLabelMapVolume(self, labelMap, path) -> None:
-        """A label map volume node plus its label table (names and colours from its colour table)."""
-        self._writeVolume(labelMap, path)
-        display = labelMap.GetDisplayNode()
-        colorNode = display.GetColorNode() if display else None
-        if colorNode is not None:
-            entries = []
-            for value in range(1, colorNode.GetNumberOfColors()):
-                name = colorNode.GetColorName(value)
-                if name and name != "(none)":
-                    rgba = [0.0, 0.0, 0.0, 0.0]
-                    colorNode.GetColor(value, rgba)
-                    entries.append((value, name, rgba[:3]))
-            if entries:
-                table = segments.label_table_for_colors(entries)
-                results.write_label_table(table, path)
-
     def _writeSegmentationAsLabelMap(self, segmentation, path, geometryVolume) -> None:
         """Segments as a label map (value n+1 = n-th segment) on the reference grid, with label table."""
         ids = vtk.vtkStringArray()
@@ -855,34 +846,49 @@ class CoralBaySlicerLogic(ScriptedLoadableModuleLogic):
         """Load an engine label map as segments with the label table's names, colours and terminology.
 
         The segmentation references `geometryVolume` (so Slicer's DICOM SEG export works) and is
-        placed beside it in the subject hierarchy."""
-        described = results.label_map_segments(labelsFile)
+        placed beside it in the subject hierarchy. With `segmentationNode`, its segments are replaced,
+        but only once the import has succeeded. A label map without a label table (not written by the
+        engine) gets generic names."""
         labelMap = slicer.util.loadLabelVolume(str(labelsFile), {"name": f"{name} labels", "show": False})
         colorNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLColorTableNode", f"{name} colors")
+        imported = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
         try:
+            try:
+                described = results.label_map_segments(labelsFile)
+            except results.ResultError:
+                values = [int(v) for v in np.unique(slicer.util.arrayFromVolume(labelMap)) if v > 0]
+                described = results.segments_from_table(LabelTable.generic(values))
+            if not described:
+                raise results.ResultError(f"The label map {pathlib.Path(labelsFile).name} has no structures.")
             colorNode.SetTypeToUser()
             colorNode.SetNumberOfColors(max(s.value for s in described) + 1)
             colorNode.SetColor(0, "background", 0.0, 0.0, 0.0, 0.0)
             for s in described:
                 colorNode.SetColor(s.value, s.name, *s.color, 1.0)
             labelMap.GetDisplayNode().SetAndObserveColorNodeID(colorNode.GetID())
-            if segmentationNode is None:
-                segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
-            else:
-                segmentationNode.GetSegmentation().RemoveAllSegments()
-            segmentationNode.CreateDefaultDisplayNodes()
-            segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(geometryVolume)
-            if not slicer.modules.segmentations.logic().ImportLabelmapToSegmentationNode(labelMap, segmentationNode):
-                raise ValueError(f"The label map {pathlib.Path(labelsFile).name} could not be imported.")
+            imported.CreateDefaultDisplayNodes()
+            imported.SetReferenceImageGeometryParameterFromVolumeNode(geometryVolume)
+            if not slicer.modules.segmentations.logic().ImportLabelmapToSegmentationNode(labelMap, imported):
+                raise results.ResultError(f"The label map {pathlib.Path(labelsFile).name} could not be imported.")
+        except Exception:
+            slicer.mrmlScene.RemoveNode(imported)
+            raise
         finally:
             slicer.mrmlScene.RemoveNode(labelMap)
             slicer.mrmlScene.RemoveNode(colorNode)
-        segmentation = segmentationNode.GetSegmentation()
+        segmentation = imported.GetSegmentation()
         for s in described:
             segmentId = segmentation.GetSegmentIdBySegmentName(s.name)
             segment = segmentation.GetSegment(segmentId) if segmentId else None
             if segment is not None and s.terminology:
                 segment.SetTag(segment.GetTerminologyEntryTagName(), s.terminology)
+        if segmentationNode is not None:
+            segmentationNode.GetSegmentation().DeepCopy(segmentation)
+            segmentationNode.CreateDefaultDisplayNodes()
+            segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(geometryVolume)
+            slicer.mrmlScene.RemoveNode(imported)
+        else:
+            segmentationNode = imported
         shNode = slicer.mrmlScene.GetSubjectHierarchyNode()
         parent = shNode.GetItemParent(shNode.GetItemByDataNode(geometryVolume))
         shNode.SetItemParent(shNode.GetItemByDataNode(segmentationNode), parent)

@@ -124,6 +124,30 @@ def test_engine_label_map_becomes_named_segments_under_the_input_study(module, s
     assert _scene().GetNumberOfNodes() == nodes_before + 1
 
 
+def test_import_replaces_a_chosen_segmentation_and_names_unlabelled_maps(module, shared_data, tmp_path):
+    import slicer
+
+    ct, _study = _load_ct(shared_data / "pyradiomics" / "lung1_image.nrrd")
+    logic = module.CoralBaySlicerLogic()
+    nodule = tmp_path / "nodule.nrrd"  # a label map with no label table beside it
+    shutil.copyfile(shared_data / "pyradiomics" / "lung1_label.nrrd", nodule)
+    chosen = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "my result")
+    first = logic._importLabelMap(nodule, "first", ct, chosen)
+    assert first is chosen
+    names = [chosen.GetSegmentation().GetSegment(i).GetName() for i in _segment_ids(chosen.GetSegmentation())]
+    assert names == ["label 1"]
+    assert chosen.GetNodeReference(chosen.GetReferenceImageGeometryReferenceRole()) is ct
+    assert [n.GetName() for n in _scene().nodes_of_class("vtkMRMLSegmentationNode")] == ["my result"]
+    empty = tmp_path / "empty.nrrd"
+    image = sitk.ReadImage(str(nodule)) * 0
+    sitk.WriteImage(image, str(empty))
+    with pytest.raises(results.ResultError, match="has no structures"):
+        logic._importLabelMap(empty, "second", ct, chosen)
+    assert chosen.GetSegmentation().GetNumberOfSegments() == 1  # the failed import left it as it was
+    assert [n.GetName() for n in _scene().nodes_of_class("vtkMRMLSegmentationNode")] == ["my result"]
+    assert not _scene().nodes_of_class("vtkMRMLLabelMapVolumeNode") and not _scene().nodes_of_class("vtkMRMLColorTableNode")
+
+
 def _segment_ids(segmentation):
     ids = vtk.vtkStringArray()
     segmentation.GetSegmentIDs(ids)

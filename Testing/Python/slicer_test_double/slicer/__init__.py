@@ -249,6 +249,9 @@ class vtkSegmentation:
     def RemoveAllSegments(self):
         self._segments.clear()
 
+    def DeepCopy(self, other):
+        self._segments = dict(other._segments)
+
 
 class vtkMRMLSegmentationDisplayNode(vtkMRMLNode):
     def __init__(self, name=None):

@@ -51,3 +51,8 @@ class VTKObservationMixin:
 
     def removeObservers(self, method=None):
         self.Observations = []
+
+
+def arrayFromVolume(volumeNode):
+    """The voxels as a numpy array indexed [k, j, i], as Slicer gives them."""
+    return sitk.GetArrayFromImage(volumeNode.image)
