@@ -283,6 +283,119 @@ def test_export_end_to_end(module, shared_data, tmp_path):
                      for i in _segment_ids(segmentation.GetSegmentation())}
 
 
+@pytest.fixture(scope="module")
+def tiny_bundles(tmp_path_factory):
+    """Small random-weight bundles of the real CoralBay architecture (F=6, 64^3 windows at 6 mm),
+    made with the engine's own bundle code: the same code path as the real models, in seconds."""
+    reason = _engine_has("segment", "classify")
+    if reason:
+        pytest.skip(reason)
+    from coralbay.bundle.factory import create_random_bundle, manifest_fields
+
+    folder = tmp_path_factory.mktemp("bundles")
+    liver = Terminology(("SCT", "123037004", "Anatomical Structure"), ("SCT", "10200004", "Liver"))
+    table = LabelTable([Label(1, "liver", (221, 130, 101), liver), Label(2, "spleen", (157, 108, 162))])
+    small = dict(feature_size=6, spacing_mm=(6.0, 6.0, 6.0), window_size=(64, 64, 64), window_batch_size=1)
+    seg = create_random_bundle(folder / "tiny-seg", manifest_fields("tiny-seg", "segmentation", labels=table,
+                                                                     overlap=0.0, **small))
+    cls = create_random_bundle(folder / "tiny-cls", manifest_fields("tiny-cls", "classification",
+                                                                     classes=["benign", "malignant"], **small))
+    return {"segmentation": seg, "classification": cls, "labels": table}
+
+
+def test_segment_end_to_end_with_the_real_engine(module, shared_data, tiny_bundles):
+    """File in (the CT node written as NRRD), the engine in a background process, its JSON progress
+    parsed, the label map and its table read back as segments under the input's study."""
+    ct, study = _load_ct(shared_data / "totalseg" / "example_ct_sm.nii.gz")
+    logic = module.CoralBaySlicerLogic()
+    progress, logged, finished = [], [], []
+    logic.progressCallback = lambda fraction, message: progress.append((fraction, message))
+    logic.logCallback = lambda level, message: logged.append((level, message))
+    logic.finishedCallback = finished.append
+    nodes_before = _scene().GetNumberOfNodes()
+    job = logic.segment(ct, str(tiny_bundles["segmentation"]), device="CPU", overlap=0.0)
+    folder = job.run.folder
+    assert (folder / "input.nrrd").is_file() and logic.timer.isActive()
+    logic.wait(TIMEOUT_S)
+
+    assert job.state == "succeeded", job.error
+    assert finished == [job] and not logic.timer.isActive()
+    fractions = [f for f, _ in progress]
+    assert len(fractions) >= 3 and fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
+    assert any("window" in m for _, m in progress)  # the engine's own sliding-window messages
+    assert job.run.result["outputs"]["labels"].endswith("labels.nii.gz")
+    segmentation = job.value
+    seg = segmentation.GetSegmentation()
+    names = [seg.GetSegment(i).GetName() for i in _segment_ids(seg)]
+    assert names and set(names) <= {"liver", "spleen"}
+    for segment_id in _segment_ids(seg):
+        segment = seg.GetSegment(segment_id)
+        assert segment.geometry.GetSize() == ct.image.GetSize()  # on exactly the input grid
+        assert np.allclose(segment.geometry.GetOrigin(), ct.image.GetOrigin())
+        assert segment.mask.any()
+        expected = tiny_bundles["labels"].by_name(segment.GetName())
+        assert segment.GetColor() == pytest.approx(tuple(c / 255 for c in expected.color))
+        tag = vtk.reference("")
+        has_code = segment.GetTag(segment.GetTerminologyEntryTagName(), tag)
+        assert has_code == (expected.terminology is not None)
+    hierarchy = _scene().GetSubjectHierarchyNode()
+    assert hierarchy.GetItemParent(hierarchy.GetItemByDataNode(segmentation)) == study
+    assert segmentation.closed_surface
+    assert _scene().GetNumberOfNodes() == nodes_before + 1
+    assert not folder.exists() and not logic.busy
+
+
+def test_classify_around_a_point_end_to_end(module, shared_data, tiny_bundles):
+    """A point placed in RAS reaches the engine as LPS inside the volume (mirrored, it would be
+    outside, and the engine would refuse it); the report comes back as a table."""
+    import slicer
+
+    ct, _study = _load_ct(shared_data / "totalseg" / "example_ct_sm.nii.gz")
+    bounds = [0.0] * 6
+    ct.GetRASBounds(bounds)
+    ras = [bounds[0] + 40, bounds[3] - 40, (bounds[4] + bounds[5]) / 2]
+    image = ct.image
+    mirrored = image.TransformPhysicalPointToContinuousIndex(ras)  # RAS used as if it were LPS
+    assert any(i < -0.5 or i > s - 0.5 for i, s in zip(mirrored, image.GetSize())), "test point is not discriminating"
+    point = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "nodule")
+    point.AddControlPoint(ras, "nodule-1")
+    logic = module.CoralBaySlicerLogic()
+    job = logic.classify(ct, str(tiny_bundles["classification"]), device="CPU", pointNode=point)
+    assert "--point" in job.run.argv
+    logic.wait(TIMEOUT_S)
+    assert job.state == "succeeded", job.error
+    table_node, classification = job.value
+    assert {name for name, _p in classification.rows} == {"benign", "malignant"}
+    assert sum(p for _n, p in classification.rows) == pytest.approx(1.0, abs=1e-4)
+    table = table_node.GetTable()
+    assert table.GetNumberOfRows() == 2 and table.GetColumnByName("probability") is not None
+    assert classification.predicted == classification.rows[0][0]
+
+
+def test_cancel_at_the_first_progress_event_kills_the_engine_and_changes_nothing(module, shared_data, tiny_bundles):
+    ct, _study = _load_ct(shared_data / "totalseg" / "example_ct_sm.nii.gz")
+    logic = module.CoralBaySlicerLogic()
+    seen = []
+    logic.progressCallback = lambda fraction, message: seen.append(message)
+    nodes_before = _scene().GetNumberOfNodes()
+    job = logic.segment(ct, str(tiny_bundles["segmentation"]), device="CPU", overlap=0.75)
+    tree = {job.run.pid}
+    deadline = time.monotonic() + TIMEOUT_S
+    while not seen and not job.finished and time.monotonic() < deadline:
+        tree |= {p.pid for p in psutil.Process(job.run.pid).children(recursive=True)}
+        logic.poll()
+        time.sleep(0.01)
+    assert seen and not job.finished, "the run ended before it could be cancelled"
+    logic.cancel()
+    assert job.state == "cancelled"
+    for pid in tree:
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert not job.run.folder.exists()
+    assert list(Path(logic.runner().temp_root).iterdir()) == []  # no file of the run anywhere
+    assert _scene().GetNumberOfNodes() == nodes_before
+    assert not logic.busy and not logic.timer.isActive()
+
+
 def _phantom_and_models(module):
     reason = _engine_has("phantom", "segment")
     if reason:

@@ -179,7 +179,7 @@ def test_cmake_is_a_slicer_extension_with_tests():
     assert text.index("set(EXTENSION_HOMEPAGE") < text.index("find_package(Slicer REQUIRED)")
 
 
-def test_installed_layout_finds_resources_and_runs_the_engine(tmp_path):
+def test_installed_layout_finds_resources_and_imports_the_engine(tmp_path):
     """Lay the files out as CMakeLists.txt installs them, then use them as Slicer would."""
     lib = tmp_path / "qt-scripted-modules"
     for script in cmake_list("MODULE_PYTHON_SCRIPTS") + cmake_list("MODULE_PACKAGE_DATA"):
@@ -188,15 +188,18 @@ def test_installed_layout_finds_resources_and_runs_the_engine(tmp_path):
     for resource in cmake_list("MODULE_PYTHON_RESOURCES"):
         (lib / resource).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(REPO / resource, lib / resource)  # relative to the root CMakeLists.txt
-    probe = ("import pathlib, sys; from CoralBaySlicerLib import paths; "
-             "d = pathlib.Path(sys.argv[1]); print(paths.resources_dir(d)); print(paths.engine_dir(d))")
-    done = subprocess.run([sys.executable, "-c", probe, str(lib)], cwd=lib, capture_output=True, text=True,
+    probe = ("import pathlib, sys; from CoralBaySlicerLib import paths, process; import coralbay.cli; "
+             "d = pathlib.Path(sys.argv[1]); print(paths.resources_dir(d)); print(paths.engine_dir(d)); "
+             "print(pathlib.Path(coralbay.cli.__file__).parent); print(pathlib.Path(process.__file__).parent)")
+    done = subprocess.run([sys.executable, "-c", probe, str(lib)], cwd=tmp_path, capture_output=True, text=True,
                           env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(lib)})
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == [str(lib / "Resources"), str(lib)]
-    engine = subprocess.run([sys.executable, "-m", "coralbay", "--version"], cwd=tmp_path, capture_output=True,
-                            text=True, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(lib)})
-    assert engine.returncode == 0 and engine.stdout.startswith("coralbay "), engine.stderr
+    assert done.stdout.split() == [str(lib / "Resources"), str(lib), str(lib / "coralbay"), str(lib / "CoralBaySlicerLib")]
+    if (REPO / "Resources" / "Models").is_dir():  # the engine's catalog finds the bundled models there too
+        models = subprocess.run([sys.executable, "-c", "from coralbay import catalog; print(catalog.builtin_models_dir())"],
+                                cwd=tmp_path, capture_output=True, text=True,
+                                env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(lib)})
+        assert models.stdout.strip() == str(lib / "Resources" / "Models"), models.stderr
 
 
 def test_source_layout_also_finds_resources():
