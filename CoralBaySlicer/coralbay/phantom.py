@@ -300,9 +300,8 @@ def _superquadric(v: Sequence[np.ndarray], semi: Sequence[float], n: float = 2.0
     for j in range(3):
         if not math.isfinite(semi[j]):
             continue
-        t = (v[j] - np.float32(offset[j])) * np.float32(1.0 / semi[j]) if offset[j] else \
-            v[j] * np.float32(1.0 / semi[j])
-        term = _power(t, n)
+        t = v[j] - np.float32(offset[j]) if offset[j] else v[j]
+        term = _power(t * np.float32(1.0 / semi[j]), n)
         total = term if total is None else total + term
     return total
 
@@ -869,7 +868,7 @@ def generate_phantom(seed: int, *, spacing=None, size_mm=None, direction=None,
                      shape=None) -> Phantom:
     """Generate the phantom of `seed`.
 
-    spacing: mm per image axis (one number or three); random if None (isotropic 1-2 mm or
+    spacing: mm per image axis (one number or three); random if None (isotropic 1.2-2 mm or
         0.7-1.0 mm in-plane with 2-5 mm slices).
     size_mm: field of view along the patient's L-R, A-P and S-I axes (default 300 x 250 x 200);
         the body and its organs are scaled to fill it.
