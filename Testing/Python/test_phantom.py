@@ -270,20 +270,26 @@ def test_bad_output_paths_are_refused_before_writing(tmp_path, capsys, ct, label
 
 def test_bad_option_through_the_real_command(tmp_path, cli):
     done = cli("phantom", "--seed", "1", "--output", tmp_path / "ct.nii.gz", "--labels",
-               tmp_path / "labels.nii.gz", "--lesions", "maybe")
-    assert done.returncode == 2 and "--lesions" in done.stderr
-    done = cli("phantom", "--seed", "1", "--output", tmp_path / "ct.nii.gz", "--labels",
                tmp_path / "labels.nii.gz", "--spacing", "-1")
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines() == [done.stderr.strip()]
+    assert done.stderr.strip().splitlines() == ["coralbay: error: The spacing must lie between "
+                                                "0.1 and 20 (got -1, -1, -1)."]
     assert list(tmp_path.iterdir()) == []
 
 
-def test_help_documents_the_options(cli):
-    done = cli("phantom", "--help")
-    assert done.returncode == 0
-    for option in ("--seed", "--output", "--labels", "--spacing", "--lesions", "--size-mm", "--direction"):
-        assert option in done.stdout
+def test_unknown_lesion_choice_and_help(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["phantom", "--seed", "1", "--output", str(tmp_path / "ct.nii.gz"),
+                  "--labels", str(tmp_path / "labels.nii.gz"), "--lesions", "maybe"])
+    assert stop.value.code == 2 and "--lesions" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["phantom", "--help"])
+    assert stop.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--seed", "--output", "--labels", "--spacing", "--lesions", "--size-mm",
+                   "--direction", "--shape", "--noise-hu"):
+        assert option in text
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_readme_documents_the_hu_table():
