@@ -53,7 +53,7 @@ def segment_args(input_path: PathLike, model: str, output: PathLike, *, device: 
             raise ValueError(f"The window overlap must be from 0 to {MAX_OVERLAP}, not {overlap}.")
         args += ["--overlap", f"{float(overlap):g}"]
     if roi_lps is not None:
-        args += ["--roi", format_coordinates(roi_lps)]
+        args.append("--roi=" + format_coordinates(roi_lps))  # "=": the first value may be negative
     if structures is not None:
         names = [n.strip() for n in structures if n.strip()]
         if not names:
@@ -70,7 +70,7 @@ def classify_args(input_path: PathLike, model: str, output: PathLike, *, device:
     """`classify INPUT --model M --output REPORT.json [--point X,Y,Z]` with JSON-lines progress."""
     args = ["classify", str(input_path), *_model_args(model, device, backbone), "--output", str(output)]
     if point_lps is not None:
-        args += ["--point", format_coordinates(point_lps)]
+        args.append("--point=" + format_coordinates(point_lps))  # "=": the first value may be negative
     return args + ["--progress", "jsonl"]
 
 

@@ -87,7 +87,7 @@ def test_segment_arguments():
     assert "--backbone" not in commands.segment_args("in.nrrd", "m", "o.nii.gz", backbone="")
     assert args[args.index("--device") + 1] == ("mps" if sys.platform == "darwin" else "cuda")
     assert args[args.index("--overlap") + 1] == "0.25"
-    assert args[args.index("--roi") + 1] == "-20,-5,0,10,5.5,30"
+    assert "--roi=-20,-5,0,10,5.5,30" in args
     assert args[args.index("--structures") + 1] == "liver,spleen"
     assert args[-2:] == ["--progress", "jsonl"]
     assert commands.engine_device("CPU") == "cpu" and commands.engine_device("auto") == "auto"
@@ -104,7 +104,7 @@ def test_segment_arguments_refuse_bad_values(kwargs, message):
 def test_other_command_lines():
     assert commands.classify_args("ct.nrrd", "demo-phantom-cls", "r.json", device="CPU", point_lps=(1.0, -2.0, 3.5)) == [
         "classify", "ct.nrrd", "--model", "demo-phantom-cls", "--device", "cpu", "--output", "r.json",
-        "--point", "1,-2,3.5", "--progress", "jsonl"]
+        "--point=1,-2,3.5", "--progress", "jsonl"]
     assert commands.compare_args("p.nrrd", "r.nrrd", "out", image="ct.nrrd")[-4:] == [
         "--image", "ct.nrrd", "--progress", "jsonl"]
     assert commands.export_args("l.nrrd", "stl", "meshes") == ["export", "l.nrrd", "--format", "stl", "--output", "meshes"]
@@ -132,8 +132,8 @@ def test_command_lines_parse_with_the_real_engine(command):
 
     built = {
         "segment": lambda: commands.segment_args("in.nrrd", "m", "o.nii.gz", device="CPU", overlap=0.95,
-                                                 roi_lps=(0, 0, 0, 1, 1, 1), structures=["a"], backbone="o/n@r"),
-        "classify": lambda: commands.classify_args("in.nrrd", "m", "r.json", device="GPU", point_lps=(1, 2, 3),
+                                                 roi_lps=(-10, -20.5, 0, 1, 1, 1), structures=["a"], backbone="o/n@r"),
+        "classify": lambda: commands.classify_args("in.nrrd", "m", "r.json", device="GPU", point_lps=(-1, 2, -3),
                                                    backbone="w.safetensors"),
         "compare": lambda: commands.compare_args("p.nrrd", "r.nrrd", "out", image="ct.nrrd"),
         "export": lambda: commands.export_args("l.nrrd", "seg.nrrd", "x.seg.nrrd"),
@@ -141,12 +141,12 @@ def test_command_lines_parse_with_the_real_engine(command):
     }[command]()
     args = build_parser().parse_args(built)
     assert args.command == command and callable(args.run)
-    assert args.progress == "jsonl" or command in ("export", "phantom")
+    assert command in ("export", "phantom") or args.progress == "jsonl"
     if command == "segment":
         assert (args.overlap, args.roi, args.structures, args.device, args.backbone) == (
-            0.95, [0, 0, 0, 1, 1, 1], "a", "cpu", "o/n@r")
+            0.95, [-10, -20.5, 0, 1, 1, 1], "a", "cpu", "o/n@r")  # negative first values parse
     if command == "classify":
-        assert args.point == [1, 2, 3] and args.device in ("cuda", "mps") and args.backbone == "w.safetensors"
+        assert args.point == [-1, 2, -3] and args.device in ("cuda", "mps") and args.backbone == "w.safetensors"
 
 
 # -- results ----------------------------------------------------------------------------------------
@@ -178,7 +178,7 @@ def test_broken_metrics_are_one_sentence(tmp_path, content, message):
 
 
 @pytest.mark.parametrize("report", [
-    {"predicted": "malignant", "probabilities": {"benign": 0.3, "malignant": 0.7}},
+    {"prediction": "malignant", "probabilities": {"benign": 0.3, "malignant": 0.7}, "input": "ct.nrrd"},
     {"classes": [{"name": "benign", "probability": 0.3}, {"class": "malignant", "score": 0.7}]},
 ])
 def test_classification_reports(tmp_path, report):

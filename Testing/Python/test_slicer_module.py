@@ -18,7 +18,7 @@ import SimpleITK as sitk
 import vtk
 
 from coralbay.labels import Label, LabelTable, Terminology, load_label_table
-from CoralBaySlicerLib import results
+from CoralBaySlicerLib import coordinates, results
 
 DOUBLE = Path(__file__).resolve().parent / "slicer_test_double"
 DOUBLED = ("slicer", "qt", "CoralBaySlicer")
@@ -287,7 +287,7 @@ def test_export_end_to_end(module, shared_data, tmp_path):
 def tiny_bundles(tmp_path_factory):
     """Small random-weight bundles of the real CoralBay architecture (F=6, 64^3 windows at 6 mm),
     made with the engine's own bundle code: the same code path as the real models, in seconds."""
-    reason = _engine_has("segment", "classify")
+    reason = _engine_has("segment")
     if reason:
         pytest.skip(reason)
     from coralbay.bundle.factory import create_random_bundle, manifest_fields
@@ -298,22 +298,32 @@ def tiny_bundles(tmp_path_factory):
     small = dict(feature_size=6, spacing_mm=(6.0, 6.0, 6.0), window_size=(64, 64, 64), window_batch_size=1)
     seg = create_random_bundle(folder / "tiny-seg", manifest_fields("tiny-seg", "segmentation", labels=table,
                                                                      overlap=0.0, **small))
-    cls = create_random_bundle(folder / "tiny-cls", manifest_fields("tiny-cls", "classification",
-                                                                     classes=["benign", "malignant"], **small))
-    return {"segmentation": seg, "classification": cls, "labels": table}
+    return {"segmentation": seg, "labels": table}
 
 
 def test_segment_end_to_end_with_the_real_engine(module, shared_data, tiny_bundles):
     """File in (the CT node written as NRRD), the engine in a background process, its JSON progress
-    parsed, the label map and its table read back as segments under the input's study."""
+    parsed, the label map and its table read back as segments under the input's study. The region
+    is an ROI placed in RAS: every segmented voxel must lie inside it (mirrored into LPS wrongly, the
+    box would miss the volume and the engine would refuse it)."""
+    import slicer
+
     ct, study = _load_ct(shared_data / "totalseg" / "example_ct_sm.nii.gz")
+    bounds = [0.0] * 6
+    ct.GetRASBounds(bounds)
+    roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "region")
+    roi.ras_bounds = [bounds[0] + 60, bounds[1] - 150, bounds[2] + 150, bounds[3] - 10, bounds[4], bounds[5]]
+    mirrored = coordinates.ras_bounds_to_lps_box(roi.ras_bounds)
+    mirrored = (-mirrored[3], -mirrored[4], mirrored[2], -mirrored[0], -mirrored[1], mirrored[5])  # RAS read as LPS
+    volume_lps = coordinates.ras_bounds_to_lps_box(bounds)
+    assert not coordinates.boxes_overlap(mirrored, volume_lps), "test region is not discriminating"
     logic = module.CoralBaySlicerLogic()
     progress, logged, finished = [], [], []
     logic.progressCallback = lambda fraction, message: progress.append((fraction, message))
     logic.logCallback = lambda level, message: logged.append((level, message))
     logic.finishedCallback = finished.append
     nodes_before = _scene().GetNumberOfNodes()
-    job = logic.segment(ct, str(tiny_bundles["segmentation"]), device="CPU", overlap=0.0)
+    job = logic.segment(ct, str(tiny_bundles["segmentation"]), device="CPU", overlap=0.0, roiNode=roi)
     folder = job.run.folder
     assert (folder / "input.nrrd").is_file() and logic.timer.isActive()
     logic.wait(TIMEOUT_S)
@@ -333,6 +343,11 @@ def test_segment_end_to_end_with_the_real_engine(module, shared_data, tiny_bundl
         assert segment.geometry.GetSize() == ct.image.GetSize()  # on exactly the input grid
         assert np.allclose(segment.geometry.GetOrigin(), ct.image.GetOrigin())
         assert segment.mask.any()
+        for index in np.argwhere(segment.mask)[:: max(1, int(segment.mask.sum()) // 200)]:
+            x, y, z = ct.image.TransformIndexToPhysicalPoint([int(i) for i in index[::-1]])
+            r, a, s = coordinates.lps_to_ras((x, y, z))
+            b = roi.ras_bounds
+            assert b[0] - 3 <= r <= b[1] + 3 and b[2] - 3 <= a <= b[3] + 3, (r, a, s)  # within a voxel
         expected = tiny_bundles["labels"].by_name(segment.GetName())
         assert segment.GetColor() == pytest.approx(tuple(c / 255 for c in expected.color))
         tag = vtk.reference("")
@@ -343,33 +358,6 @@ def test_segment_end_to_end_with_the_real_engine(module, shared_data, tiny_bundl
     assert segmentation.closed_surface
     assert _scene().GetNumberOfNodes() == nodes_before + 1
     assert not folder.exists() and not logic.busy
-
-
-def test_classify_around_a_point_end_to_end(module, shared_data, tiny_bundles):
-    """A point placed in RAS reaches the engine as LPS inside the volume (mirrored, it would be
-    outside, and the engine would refuse it); the report comes back as a table."""
-    import slicer
-
-    ct, _study = _load_ct(shared_data / "totalseg" / "example_ct_sm.nii.gz")
-    bounds = [0.0] * 6
-    ct.GetRASBounds(bounds)
-    ras = [bounds[0] + 40, bounds[3] - 40, (bounds[4] + bounds[5]) / 2]
-    image = ct.image
-    mirrored = image.TransformPhysicalPointToContinuousIndex(ras)  # RAS used as if it were LPS
-    assert any(i < -0.5 or i > s - 0.5 for i, s in zip(mirrored, image.GetSize())), "test point is not discriminating"
-    point = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "nodule")
-    point.AddControlPoint(ras, "nodule-1")
-    logic = module.CoralBaySlicerLogic()
-    job = logic.classify(ct, str(tiny_bundles["classification"]), device="CPU", pointNode=point)
-    assert "--point" in job.run.argv
-    logic.wait(TIMEOUT_S)
-    assert job.state == "succeeded", job.error
-    table_node, classification = job.value
-    assert {name for name, _p in classification.rows} == {"benign", "malignant"}
-    assert sum(p for _n, p in classification.rows) == pytest.approx(1.0, abs=1e-4)
-    table = table_node.GetTable()
-    assert table.GetNumberOfRows() == 2 and table.GetColumnByName("probability") is not None
-    assert classification.predicted == classification.rows[0][0]
 
 
 def test_cancel_at_the_first_progress_event_kills_the_engine_and_changes_nothing(module, shared_data, tiny_bundles):
