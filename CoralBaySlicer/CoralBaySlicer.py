@@ -726,7 +726,9 @@ class CoralBaySlicerLogic(ScriptedLoadableModuleLogic):
             return self._loadPhantomNodes(ct, truth)
 
         def writeInputs(folder):
-            return commands.phantom_args(seed, folder / ct.name, folder / truth.name)
+            return commands.phantom_args(seed, folder / ct.name, folder / truth.name,
+                                         spacing_mm=sample_data.PHANTOM_SPACING_MM,
+                                         direction=sample_data.PHANTOM_DIRECTION)
 
         def readOutputs(run):
             for produced in (run.folder / ct.name, run.folder / truth.name):

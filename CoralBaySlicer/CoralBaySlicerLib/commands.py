@@ -97,9 +97,15 @@ def export_args(labels: PathLike, fmt: str, output: PathLike, *,
     return args
 
 
-def phantom_args(seed: int, ct: PathLike, labels: PathLike) -> list[str]:
-    """`phantom --seed N --output CT --labels LABELS`."""
-    return ["phantom", "--seed", str(int(seed)), "--output", str(ct), "--labels", str(labels)]
+def phantom_args(seed: int, ct: PathLike, labels: PathLike, *, spacing_mm: float | None = None,
+                 direction: str | None = None) -> list[str]:
+    """`phantom --seed N --output CT --labels LABELS [--spacing S] [--direction CODE]`."""
+    args = ["phantom", "--seed", str(int(seed)), "--output", str(ct), "--labels", str(labels)]
+    if spacing_mm is not None:
+        args += ["--spacing", f"{float(spacing_mm):g}"]
+    if direction is not None:
+        args += ["--direction", direction]
+    return args
 
 
 def export_file_name(base_name: str, fmt: str) -> str:

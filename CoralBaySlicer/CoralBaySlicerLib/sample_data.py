@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Union
 
 PHANTOM_SEED = 7
+PHANTOM_SPACING_MM = 1.5   # isotropic, about 200 x 170 x 130 voxels: quick to segment on a CPU
+PHANTOM_DIRECTION = "LPS"  # an ordinary axial CT, as a first-time user expects
 SAMPLE_CATEGORY = "CoralBay"
 SAMPLE_NAME = "CoralBayPhantom"
 CT_NODE_NAME = "CoralBayPhantom"
@@ -20,7 +22,7 @@ TRUTH_NODE_NAME = "CoralBayPhantom truth"
 
 
 def phantom_folder(cache_dir: Union[str, os.PathLike], seed: int = PHANTOM_SEED) -> Path:
-    return Path(cache_dir) / "CoralBay" / f"phantom-seed-{int(seed)}"
+    return Path(cache_dir) / "CoralBay" / f"phantom-seed-{int(seed)}-{PHANTOM_SPACING_MM:g}mm-{PHANTOM_DIRECTION}"
 
 
 def phantom_files(cache_dir: Union[str, os.PathLike], seed: int = PHANTOM_SEED) -> tuple[Path, Path]:

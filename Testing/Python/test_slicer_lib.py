@@ -112,8 +112,9 @@ def test_other_command_lines():
         commands.export_args("l.nrrd", "dicom-seg", "seg.dcm")
     with pytest.raises(ValueError, match="Choose a model"):
         commands.classify_args("ct.nrrd", " ", "r.json")
-    assert commands.phantom_args(7, "ct.nrrd", "labels.nrrd") == [
-        "phantom", "--seed", "7", "--output", "ct.nrrd", "--labels", "labels.nrrd"]
+    assert commands.phantom_args(7, "ct.nrrd", "labels.nrrd", spacing_mm=1.5, direction="LPS") == [
+        "phantom", "--seed", "7", "--output", "ct.nrrd", "--labels", "labels.nrrd", "--spacing", "1.5",
+        "--direction", "LPS"]
     assert commands.export_file_name("CT 1: liver/seg", "seg.nrrd") == "CT_1__liver_seg.seg.nrrd"
     assert commands.selected_structures(["a", "b"], ["b", "a"]) is None
     assert commands.selected_structures(["a", "b", "c"], ["c", "a"]) == ["a", "c"]
@@ -137,7 +138,7 @@ def test_command_lines_parse_with_the_real_engine(command):
                                                    backbone="w.safetensors"),
         "compare": lambda: commands.compare_args("p.nrrd", "r.nrrd", "out", image="ct.nrrd"),
         "export": lambda: commands.export_args("l.nrrd", "seg.nrrd", "x.seg.nrrd"),
-        "phantom": lambda: commands.phantom_args(3, "ct.nrrd", "l.nrrd"),
+        "phantom": lambda: commands.phantom_args(3, "ct.nrrd", "l.nrrd", spacing_mm=2, direction="RAS"),
     }[command]()
     args = build_parser().parse_args(built)
     assert args.command == command and callable(args.run)
@@ -349,7 +350,8 @@ def test_deliver_replaces_files_and_folders_atomically(tmp_path):
 
 def test_phantom_cache_paths(tmp_path):
     ct, labels = sample_data.phantom_files(tmp_path, 3)
-    assert ct.parent == labels.parent == tmp_path / "CoralBay" / "phantom-seed-3"
+    assert ct.parent == labels.parent
+    assert ct.parent.parent == tmp_path / "CoralBay" and ct.parent.name.startswith("phantom-seed-3-")
     assert not sample_data.phantom_cached(tmp_path, 3)
     ct.parent.mkdir(parents=True)
     ct.write_bytes(b"x")

@@ -384,6 +384,38 @@ def test_cancel_at_the_first_progress_event_kills_the_engine_and_changes_nothing
     assert not logic.busy and not logic.timer.isActive()
 
 
+def test_phantom_sample_is_generated_once_then_loaded_from_the_cache(module):
+    """Sample data: the engine generates the phantom in the background into Slicer's cache; the CT
+    and the true segmentation (names and codes from the phantom's label table) are loaded; the
+    second request loads from the cache without running anything."""
+    reason = _engine_has("phantom")
+    if reason:
+        pytest.skip(reason)
+    import slicer
+    from CoralBaySlicerLib import sample_data
+
+    logic = module.CoralBaySlicerLogic()
+    job = logic.loadPhantom()
+    assert job.run.argv[-4:] == ["--spacing", "1.5", "--direction", "LPS"]
+    logic.wait(TIMEOUT_S)
+    assert job.state == "succeeded", job.error
+    ct, truth = job.value
+    assert sample_data.phantom_cached(slicer.app.cachePath)
+    ct_file, truth_file = sample_data.phantom_files(slicer.app.cachePath)
+    assert (truth_file.parent / "labels.labels.json").is_file()
+    assert ct.GetName() == sample_data.CT_NODE_NAME and truth.GetName() == sample_data.TRUTH_NODE_NAME
+    assert ct.image.GetSpacing() == pytest.approx((1.5, 1.5, 1.5))
+    seg = truth.GetSegmentation()
+    names = {seg.GetSegment(i).GetName() for i in _segment_ids(seg)}
+    assert {"liver", "spleen", "kidney_left", "kidney_right", "aorta", "vertebrae"} <= names
+    liver = seg.GetSegment(seg.GetSegmentIdBySegmentName("liver"))
+    tag = vtk.reference("")
+    assert liver.GetTag(liver.GetTerminologyEntryTagName(), tag) and "^Liver" in str(tag)
+    assert truth.GetNodeReference(truth.GetReferenceImageGeometryReferenceRole()) is ct
+    again = logic.loadPhantom()
+    assert isinstance(again, tuple) and not logic.busy and logic.jobs.job is job  # no new run
+
+
 def _phantom_and_models(module):
     reason = _engine_has("phantom", "segment")
     if reason:
