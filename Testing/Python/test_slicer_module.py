@@ -284,6 +284,23 @@ def test_export_end_to_end(module, shared_data, tmp_path):
 
 
 @pytest.fixture(scope="module")
+def phantom(tmp_path_factory):
+    """The module's sample phantom (seed, 1.5 mm, axial), generated once by the real engine."""
+    reason = _engine_has("phantom")
+    if reason:
+        pytest.skip(reason)
+    from conftest import run_cli
+    from CoralBaySlicerLib import commands, sample_data
+
+    folder = tmp_path_factory.mktemp("phantom")
+    done = run_cli(*commands.phantom_args(sample_data.PHANTOM_SEED, folder / "ct.nrrd", folder / "labels.nrrd",
+                                          spacing_mm=sample_data.PHANTOM_SPACING_MM,
+                                          direction=sample_data.PHANTOM_DIRECTION))
+    assert done.returncode == 0, done.stderr
+    return folder / "ct.nrrd", folder / "labels.nrrd"
+
+
+@pytest.fixture(scope="module")
 def tiny_bundles(tmp_path_factory):
     """Small random-weight bundles of the real CoralBay architecture (F=6, 64^3 windows at 6 mm),
     made with the engine's own bundle code: the same code path as the real models, in seconds."""
@@ -301,22 +318,23 @@ def tiny_bundles(tmp_path_factory):
     return {"segmentation": seg, "labels": table}
 
 
-def test_segment_end_to_end_with_the_real_engine(module, shared_data, tiny_bundles):
+def test_segment_end_to_end_on_the_phantom(module, phantom, tiny_bundles):
     """File in (the CT node written as NRRD), the engine in a background process, its JSON progress
     parsed, the label map and its table read back as segments under the input's study. The region
-    is an ROI placed in RAS: every segmented voxel must lie inside it (mirrored into LPS wrongly, the
-    box would miss the volume and the engine would refuse it)."""
+    is an ROI placed in RAS in one quadrant: every segmented voxel must lie inside it (converted to
+    LPS wrongly, the engine would segment the mirrored quadrant instead)."""
     import slicer
 
-    ct, study = _load_ct(shared_data / "totalseg" / "example_ct_sm.nii.gz")
+    ct, study = _load_ct(phantom[0])
     bounds = [0.0] * 6
     ct.GetRASBounds(bounds)
+    (x0, x1), (y0, y1) = bounds[0:2], bounds[2:4]
     roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "region")
-    roi.ras_bounds = [bounds[0] + 60, bounds[1] - 150, bounds[2] + 150, bounds[3] - 10, bounds[4], bounds[5]]
-    mirrored = coordinates.ras_bounds_to_lps_box(roi.ras_bounds)
-    mirrored = (-mirrored[3], -mirrored[4], mirrored[2], -mirrored[0], -mirrored[1], mirrored[5])  # RAS read as LPS
-    volume_lps = coordinates.ras_bounds_to_lps_box(bounds)
-    assert not coordinates.boxes_overlap(mirrored, volume_lps), "test region is not discriminating"
+    roi.ras_bounds = [x0 + 0.55 * (x1 - x0), x1 - 0.05 * (x1 - x0), y0 + 0.5 * (y1 - y0), y1 - 0.1 * (y1 - y0),
+                      bounds[4], bounds[5]]
+    box = coordinates.ras_bounds_to_lps_box(roi.ras_bounds)
+    mirrored = (-box[3], -box[4], box[2], -box[0], -box[1], box[5])  # the RAS bounds read as if LPS
+    assert not coordinates.boxes_overlap(box, mirrored), "test region is not discriminating"
     logic = module.CoralBaySlicerLogic()
     progress, logged, finished = [], [], []
     logic.progressCallback = lambda fraction, message: progress.append((fraction, message))
@@ -360,8 +378,8 @@ def test_segment_end_to_end_with_the_real_engine(module, shared_data, tiny_bundl
     assert not folder.exists() and not logic.busy
 
 
-def test_cancel_at_the_first_progress_event_kills_the_engine_and_changes_nothing(module, shared_data, tiny_bundles):
-    ct, _study = _load_ct(shared_data / "totalseg" / "example_ct_sm.nii.gz")
+def test_cancel_at_the_first_progress_event_kills_the_engine_and_changes_nothing(module, phantom, tiny_bundles):
+    ct, _study = _load_ct(phantom[0])
     logic = module.CoralBaySlicerLogic()
     seen = []
     logic.progressCallback = lambda fraction, message: seen.append(message)
@@ -414,63 +432,6 @@ def test_phantom_sample_is_generated_once_then_loaded_from_the_cache(module):
     assert truth.GetNodeReference(truth.GetReferenceImageGeometryReferenceRole()) is ct
     again = logic.loadPhantom()
     assert isinstance(again, tuple) and not logic.busy and logic.jobs.job is job  # no new run
-
-
-def _phantom_and_models(module):
-    reason = _engine_has("phantom", "segment")
-    if reason:
-        pytest.skip(reason)
-    logic = module.CoralBaySlicerLogic()
-    names = [m.name for m in logic.availableModels()]
-    if "demo-phantom-seg" not in names:
-        pytest.skip("the catalog has no demo-phantom-seg bundle on this branch yet (merge main)")
-    loaded = logic.loadPhantom()
-    if not isinstance(loaded, tuple):
-        job = logic.wait(TIMEOUT_S)
-        assert job.state == "succeeded", job.error
-        loaded = job.value
-    return logic, loaded
-
-
-def test_phantom_segmentation_end_to_end(module):
-    """Phantom sample -> segment with the demo bundle in the background -> segments in the scene."""
-    logic, (ct, truth) = _phantom_and_models(module)
-    assert logic.loadPhantom()[0].GetName() == ct.GetName()  # cached: loaded at once, no run
-    progress, logged = [], []
-    logic.progressCallback = lambda fraction, message: progress.append(fraction)
-    logic.logCallback = lambda level, message: logged.append((level, message))
-    job = logic.segment(ct, "demo-phantom-seg", device="CPU", overlap=0.25)
-    folder = job.run.folder
-    logic.wait(TIMEOUT_S)
-    assert job.state == "succeeded", job.error
-    segmentation = job.value
-    entry = next(m for m in logic.availableModels() if m.name == "demo-phantom-seg")
-    names = [segmentation.GetSegmentation().GetSegment(i).GetName() for i in _segment_ids(segmentation.GetSegmentation())]
-    assert names and set(names) <= set(entry.structures)
-    assert progress and progress[-1] == pytest.approx(1.0) and progress == sorted(progress)
-    assert segmentation.GetNodeReference(segmentation.GetReferenceImageGeometryReferenceRole()) is ct
-    assert segmentation.closed_surface
-    assert not folder.exists() and not logic.busy
-
-
-def test_cancel_mid_segmentation_kills_the_engine_and_changes_nothing(module):
-    logic, (ct, _truth) = _phantom_and_models(module)
-    nodes_before = _scene().GetNumberOfNodes()
-    job = logic.segment(ct, "demo-phantom-seg", device="CPU", overlap=0.75)
-    tree = [job.run.pid]
-    deadline = time.monotonic() + TIMEOUT_S
-    while job.run.fraction == 0.0 and not job.finished and time.monotonic() < deadline:
-        tree += [p.pid for p in psutil.Process(job.run.pid).children(recursive=True) if p.pid not in tree]
-        logic.poll()
-        time.sleep(0.02)
-    assert not job.finished, "the run ended before it could be cancelled"
-    logic.cancel()
-    assert job.state == "cancelled"
-    for pid in tree:
-        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    assert not job.run.folder.exists()
-    assert _scene().GetNumberOfNodes() == nodes_before
-    assert not logic.busy
 
 
 def test_second_job_is_refused_while_one_runs(module, shared_data, tmp_path):
