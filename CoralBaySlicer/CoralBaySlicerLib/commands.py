@@ -85,7 +85,7 @@ def compare_args(prediction: PathLike, reference: PathLike, output_dir: PathLike
 
 def export_args(labels: PathLike, fmt: str, output: PathLike, *,
                 dicom_series: PathLike | None = None) -> list[str]:
-    """`export LABELS --format F --output PATH [--dicom-series DIR]`."""
+    """`export LABELS --format F --output PATH [--dicom-series DIR]` with JSON-lines progress."""
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"Unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}.")
     if fmt == "dicom-seg" and dicom_series is None:
@@ -94,7 +94,7 @@ def export_args(labels: PathLike, fmt: str, output: PathLike, *,
     args = ["export", str(labels), "--format", fmt, "--output", str(output)]
     if dicom_series is not None:
         args += ["--dicom-series", str(dicom_series)]
-    return args
+    return args + ["--progress", "jsonl"]
 
 
 def phantom_args(seed: int, ct: PathLike, labels: PathLike, *, spacing_mm: float | None = None,

@@ -23,7 +23,7 @@ PathLike = Union[str, os.PathLike]
 
 # Metrics shown first in the table, in this order; any other numeric field of a structure follows.
 METRIC_COLUMNS = ("dice", "iou", "precision", "sensitivity", "hd95_mm", "hausdorff_mm", "assd_mm",
-                  "nsd", "volume_pred_ml", "volume_ref_ml", "volume_difference_percent")
+                  "surface_dice", "prediction_volume_ml", "reference_volume_ml", "volume_difference_percent")
 
 # Names of the categorical difference map's labels (coralbay compare): shown, except agreement.
 DIFFERENCE_HIDDEN = ("agreement",)
