@@ -989,8 +989,15 @@ class CoralBaySlicerTest(ScriptedLoadableModuleTest):
         table = job.value.metricsTable.GetTable()
         dice = table.GetColumnByName("dice")
         self.assertIsNotNone(dice)
+        segmented = {segmentationNode.GetSegmentation().GetNthSegment(i).GetName()
+                     for i in range(segmentationNode.GetSegmentation().GetNumberOfSegments())}
+        checked = 0
         for row in range(table.GetNumberOfRows()):
-            self.assertGreaterEqual(dice.GetValue(row), self.MINIMUM_DICE, table.GetValue(row, 0).ToString())
+            name = table.GetValue(row, 0).ToString()
+            if name in segmented:  # structures the model segments (the truth has more)
+                self.assertGreaterEqual(dice.GetValue(row), self.MINIMUM_DICE, name)
+                checked += 1
+        self.assertGreater(checked, 0)
         self.assertIsNotNone(job.value.worstErrorRAS)
         logic.jumpToPosition(job.value.worstErrorRAS)
         self.delayDisplay("Compared")
