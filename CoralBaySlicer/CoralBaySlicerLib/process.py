@@ -2,8 +2,9 @@
 
 Why a separate process: inference takes minutes and PyTorch may exhaust memory or crash; in its own
 process it can neither freeze nor take down Slicer, and Cancel can stop it at any moment.
-Why a reader thread: reading the process's output blocks; a thread puts each line on a queue and
-the GUI drains the queue from a timer (`EngineRun.poll`), so the GUI never waits on the process.
+Why a reader thread: reading the process's output blocks; a thread reads each line, decodes it
+(JSON-lines protocol of `coralbay.progress`) and puts it on a queue, and the GUI drains the queue
+from a timer (`EngineRun.poll`), so the GUI never waits on the process.
 Why a private folder per run: Slicer and the engine exchange files there; the engine writes every
 output inside it (under temporary names, renamed when complete), and the folder is removed when the
 run is closed or cancelled, so a failed or cancelled run leaves nothing behind.
@@ -142,7 +143,8 @@ class EngineRun:
         assert self._process is not None and self._process.stdout is not None
         try:
             for line in self._process.stdout:
-                self._queue.put(line.rstrip("\r\n"))
+                text = line.rstrip("\r\n")
+                self._queue.put((text, decode_event(text)))  # decoded here, off the GUI thread
         except (OSError, ValueError):
             pass  # the pipe was closed because the run is being cancelled
         finally:
@@ -175,12 +177,12 @@ class EngineRun:
             if item is _END_OF_OUTPUT:
                 self._output_ended = True
                 continue
-            self.lines.append(item)
-            event = decode_event(item)
+            text, event = item
+            self.lines.append(text)
             if event is None:
-                if not item.strip():
+                if not text.strip():
                     continue
-                event = {"event": "log", "level": "info", "message": item, "raw": True}
+                event = {"event": "log", "level": "info", "message": text, "raw": True}
             self._apply(event)
             events.append(event)
         if self._process is not None and self._process.poll() is not None:
