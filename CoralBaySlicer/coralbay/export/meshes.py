@@ -47,7 +47,7 @@ def structure_mesh(mask_kji: np.ndarray, matrix: np.ndarray, smooth: bool = True
     from vtkmodules.vtkCommonTransforms import vtkTransform
     from vtkmodules.vtkFiltersCore import (vtkPolyDataNormals, vtkReverseSense, vtkTriangleFilter,
                                            vtkWindowedSincPolyDataFilter)
-    from vtkmodules.vtkFiltersGeneral import vtkDiscreteFlyingEdges3D, vtkTransformPolyDataFilter
+    from vtkmodules.vtkFiltersGeneral import vtkDiscreteFlyingEdges3D, vtkTransformFilter
 
     padded = np.pad(mask_kji.astype(np.uint8), 1)
     data = vtkImageData()
@@ -67,7 +67,7 @@ def structure_mesh(mask_kji: np.ndarray, matrix: np.ndarray, smooth: bool = True
             vtk_matrix.SetElement(r, c, float(shifted[r, c]))
     transform = vtkTransform()
     transform.SetMatrix(vtk_matrix)
-    to_lps = vtkTransformPolyDataFilter()
+    to_lps = vtkTransformFilter()
     to_lps.SetTransform(transform)
     to_lps.SetInputConnection(contour.GetOutputPort())
     last = to_lps

@@ -38,7 +38,7 @@ def field_of_view_mask(image: sitk.Image, grid: sitk.Image) -> np.ndarray:
     """Boolean array on `grid`: True where the voxel centre lies inside `image`'s field of view."""
     ones = sitk.Image(image.GetSize(), sitk.sitkUInt8) + 1
     ones.CopyInformation(image)
-    return sitk.GetArrayViewFromImage(resample_nearest(ones, grid)).astype(bool)
+    return sitk.GetArrayFromImage(resample_nearest(ones, grid)).astype(bool)  # not a view: the image is temporary
 
 
 def bring_onto_grid(reference: sitk.Image, prediction: sitk.Image) -> GridMatch:

@@ -5,7 +5,8 @@ Three ways, in this order of precedence:
 2. by structure name, when both sides have a label table (sidecar `<name>.labels.json`, DICOM SEG
    segment labels, `.seg.nrrd` segment names, or a table given in the mapping file); names are
    compared ignoring case, spaces, underscores and hyphens;
-3. by label value.
+3. by label value: equal values are one structure; a value present on one side only is scored as
+   missed on the other (Dice 0), unless the other side has a label table that does not list it.
 
 A mapping file is JSON, either a plain label table (labels.py format, or {"1": "liver", ...}),
 which then names the labels of every side that has no table of its own, or an object:
@@ -14,7 +15,9 @@ which then names the labels of every side that has no table of its own, or an ob
      "reference_labels": "labels.json",
      "pairs": [{"prediction": "liver", "reference": 5}, {"prediction": 2, "reference": "kidney"}]}
 
-Labels left without a partner are listed as unmatched, never silently dropped.
+A structure that a side's table lists but its map does not contain is "missing" there: it is
+scored (Dice 0) and a warning says so. Labels left without a partner are listed as unmatched,
+never silently dropped.
 """
 
 from __future__ import annotations
@@ -166,7 +169,10 @@ def match_labels(pred_present: Iterable[int], ref_present: Iterable[int],
         if pred.table and ref.table:
             warnings.append("The prediction's and the reference's label tables share no structure "
                             "name; labels were matched by value.")
-        raw = [(v, v) for v in pred.values if v in ref.values]
+        # A value missing on one side is a missed structure (scored, Dice 0), unless that side's
+        # table shows it does not know the structure at all (then it is unmatched).
+        raw = [(v, v) for v in sorted(set(pred.values) | set(ref.values))
+               if (pred.table is None or v in pred.values) and (ref.table is None or v in ref.values)]
 
     pairs: list[StructurePair] = []
     for p, r in raw:

@@ -37,25 +37,33 @@ def _panels(shape: tuple[int, int, int], spacing: tuple[float, float, float], fo
     ]
 
 
-def _contours(ax, labels: np.ndarray, extent, origin: str, colour: str) -> None:
-    """One contour per structure, each computed on its own bounding box (much faster on big slices)."""
+def _contours(ax, labels: np.ndarray, extent, colour: str) -> None:
+    """Draw one contour per structure (contourpy on each structure's bounding box, one line collection).
+
+    In both display origins row r of the slice is drawn at (r + 0.5) x row spacing in the panel's
+    millimetre coordinates, column c at (c + 0.5) x column spacing.
+    """
+    from contourpy import LineType, contour_generator
+    from matplotlib.collections import LineCollection
     from scipy import ndimage
 
     rows, cols = labels.shape
     dx = (extent[1] - extent[0]) / cols
     dy = abs(extent[3] - extent[2]) / rows
+    lines = []
     for index, box in enumerate(ndimage.find_objects(labels)):
         if box is None:
             continue
         r0, r1 = max(0, box[0].start - 1), min(rows, box[0].stop + 1)
         c0, c1 = max(0, box[1].start - 1), min(cols, box[1].stop + 1)
-        mask = (labels[r0:r1, c0:c1] == index + 1).astype(np.float32)
+        mask = (labels[r0:r1, c0:c1] == index + 1).astype(np.float64)
         if min(mask.shape) < 2:
             continue
-        # extent is [left, right, bottom, top]; row 0 is at the top for "upper", at the bottom for "lower"
-        rows_mm = [r1 * dy, r0 * dy] if origin == "upper" else [r0 * dy, r1 * dy]
-        ax.contour(mask, levels=[0.5], colors=[colour], linewidths=0.8, origin=origin,
-                   extent=[c0 * dx, c1 * dx, *rows_mm])
+        generator = contour_generator((np.arange(c0, c1) + 0.5) * dx, (np.arange(r0, r1) + 0.5) * dy, mask,
+                                      line_type=LineType.Separate)
+        lines.extend(generator.lines(0.5))
+    if lines:
+        ax.add_collection(LineCollection(lines, colors=colour, linewidths=0.8))
 
 
 def write_overview(path: Path, grid: sitk.Image, prediction: np.ndarray, reference: np.ndarray,
@@ -103,8 +111,8 @@ def write_overview(path: Path, grid: sitk.Image, prediction: np.ndarray, referen
             ax.imshow(np.zeros_like(cut(diff), dtype=float), cmap="gray", vmin=0, vmax=1, extent=extent, origin=origin)
         ax.imshow(cut(diff), cmap=error_cmap, vmin=-0.5, vmax=4.5, extent=extent, origin=origin,
                   interpolation="nearest")
-        _contours(ax, cut(ref), extent, origin, REFERENCE_COLOUR)
-        _contours(ax, cut(pred), extent, origin, PREDICTION_COLOUR)
+        _contours(ax, cut(ref), extent, REFERENCE_COLOUR)
+        _contours(ax, cut(pred), extent, PREDICTION_COLOUR)
         if focus_index is not None:  # mark the largest error
             ax.plot(*marker[name], marker="+", markersize=16, markeredgewidth=1.5, color=FOCUS_COLOUR)
         ax.set_title(name, color="white")
