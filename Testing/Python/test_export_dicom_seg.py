@@ -72,12 +72,8 @@ def test_compare_accepts_a_dicom_seg_reference(shared_data, tmp_path):
 def exported_seg(shared_data, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("seg")
     (tmp / "table.json").write_text(json.dumps(TABLE))
-    out = tmp / "liver_spine.dcm"
-    from conftest import run_cli
-
-    result = run_cli("export", shared_data / "dcmqi" / "liver_spine_seg.nrrd", "--format", "dicom-seg",
-                     "--output", out, "--dicom-series", shared_data / "dcmqi" / "ct-3slice", "--labels", tmp / "table.json")
-    assert result.returncode == 0, result.stderr
+    out = export_labels(shared_data / "dcmqi" / "liver_spine_seg.nrrd", "dicom-seg", tmp / "liver_spine.dcm",
+                        dicom_series=shared_data / "dcmqi" / "ct-3slice", label_table=tmp / "table.json")
     expected = sitk.GetArrayFromImage(sitk.ReadImage(str(shared_data / "dcmqi" / "liver_spine_seg.nrrd")))
     return out, expected
 

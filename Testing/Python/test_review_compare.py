@@ -39,13 +39,11 @@ def seg_on_dicom_grid(shared_data, tmp_path_factory):
     return path
 
 
-def test_grid_independence_las_file_against_dicom_grid(cli, shared_data, seg_on_dicom_grid, tmp_path):
+def test_grid_independence_las_file_against_dicom_grid(shared_data, seg_on_dicom_grid, tmp_path):
     las = shared_data / "totalseg" / "example_seg_dicom.nii.gz"
     out = tmp_path / "review"
-    result = cli("compare", seg_on_dicom_grid, las, "--output", out, "--progress", "jsonl",
-                 "--labels", shared_data / "totalseg" / "labels.json")
-    assert result.returncode == 0, result.stderr
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = compare_label_maps(seg_on_dicom_grid, las, out, mapping_path=shared_data / "totalseg" / "labels.json")
+    assert json.loads((out / "metrics.json").read_text()) == metrics
     assert metrics["reference_resampled"] is True
     assert len(metrics["structures"]) == 31
     assert all(s["dice"] == 1.0 and s["hausdorff_mm"] == 0.0 for s in metrics["structures"])
@@ -54,8 +52,6 @@ def test_grid_independence_las_file_against_dicom_grid(cli, shared_data, seg_on_
     assert any("resampled" in w for w in metrics["warnings"])
     difference = sitk.ReadImage(str(out / "difference.nii.gz"))
     assert difference.GetDirection() == pytest.approx(sitk.ReadImage(str(seg_on_dicom_grid)).GetDirection())
-    events = [json.loads(line) for line in result.stdout.splitlines()]
-    assert events[-1]["event"] == "result" and all("event" in e for e in events)
 
 
 def test_grid_independence_on_the_anisotropic_scan_stored_in_another_orientation(shared_data, tmp_path):
@@ -98,7 +94,8 @@ def shifted_review(shared_data, tmp_path_factory):
     from conftest import run_cli
 
     result = run_cli("compare", pred_path, shared_data / "totalseg" / "example_seg.nii.gz", "--output", out,
-                     "--image", shared_data / "totalseg" / "example_ct_sm.nii.gz", "--tolerance", "2.5")
+                     "--image", shared_data / "totalseg" / "example_ct_sm.nii.gz", "--tolerance", "2.5",
+                     "--progress", "jsonl")
     assert result.returncode == 0, result.stderr
     return seg, pred, labels, out, result
 
@@ -121,7 +118,11 @@ def test_output_folder_holds_the_fixed_interface(shifted_review):
     assert len({lab.color for lab in table}) == 4
     png = (out / "overview.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
-    assert "structure" in result.stdout and "Dice" in result.stdout  # the summary table
+    events = [json.loads(line) for line in result.stdout.splitlines()]  # stdout: protocol lines only
+    assert {e["event"] for e in events} == {"progress", "log", "result"}
+    assert events[-1]["event"] == "result" and events[-1]["worst_error_lps"] == metrics["worst_error_lps"]
+    assert [e["fraction"] for e in events if e["event"] == "progress"][-1] == 1.0
+    assert any(e["event"] == "log" and e["level"] == "warning" for e in events)
 
 
 def test_difference_map_agrees_with_the_metrics(shifted_review):

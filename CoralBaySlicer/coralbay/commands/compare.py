@@ -43,8 +43,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from coralbay.review import DEFAULT_TOLERANCE_MM, compare_label_maps
+    from coralbay.review.compare import STAGES
 
-    reporter = make_reporter(args, stages={"read": 2.0, "resample": 1.0, "metrics": 4.0, "maps": 2.0, "report": 1.0})
+    reporter = make_reporter(args, stages=STAGES)
     metrics = compare_label_maps(args.prediction, args.reference, args.output, image_path=args.image,
                                  mapping_path=args.labels,
                                  tolerance_mm=DEFAULT_TOLERANCE_MM if args.tolerance is None else args.tolerance,

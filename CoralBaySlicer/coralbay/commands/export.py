@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 
 from coralbay.cli import add_progress_option, make_reporter
-
-FORMATS = ("nifti", "nrrd", "seg.nrrd", "dicom-seg", "stl", "obj")  # = coralbay.export.FORMATS, kept import-free
+from coralbay.export import FORMATS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -5,7 +5,8 @@ nrrd      `<name>.nrrd`, plus the sidecar
 seg.nrrd  a Slicer segmentation: segment names, colours and terminology (slicerio)
 dicom-seg a DICOM SEG (`.dcm`) referencing the source series given as `dicom_series` (highdicom)
 stl, obj  a folder with one closed surface mesh per structure, in LPS millimetres (VTK)
-Every output is written under a temporary name and renamed when complete.
+Every output is written under a temporary name and renamed when complete. This module imports
+only the standard library at load time, so the command line can list FORMATS quickly.
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ import json
 import os
 from pathlib import Path
 from typing import Callable
-
-import SimpleITK as sitk
 
 from coralbay.atomic import atomic_dir, atomic_file
 from coralbay.errors import InputError, UsageError
@@ -82,6 +81,8 @@ def export_labels(labels_path: str | os.PathLike, fmt: str, output: str | os.Pat
     image = source.image
 
     if fmt in ("nifti", "nrrd"):
+        import SimpleITK as sitk
+
         sidecar = label_table_path_for(out)
         with atomic_file(out) as tmp_image, atomic_file(sidecar) as tmp_table:
             sitk.WriteImage(image, str(tmp_image), True)
