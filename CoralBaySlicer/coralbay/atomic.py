@@ -27,6 +27,13 @@ def _parent_dir(target: Path) -> Path:
     return parent
 
 
+def _default_mode(directory: bool) -> int:
+    """The permissions a plain open()/mkdir() would give (mkstemp/mkdtemp use 0600/0700)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
 def _temp_name(target: Path) -> str:
     # Keep the full suffix (e.g. .nii.gz, .seg.nrrd) so writers that choose a format by extension
     # still work on the temporary name.
@@ -45,6 +52,7 @@ def atomic_file(target: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=_temp_name(target), suffix=suffix, dir=parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, _default_mode(directory=False))
     try:
         yield tmp_path
         if not tmp_path.exists() or tmp_path.stat().st_size == 0:
@@ -66,6 +74,7 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     target = Path(target)
     parent = _parent_dir(target)
     tmp_path = Path(tempfile.mkdtemp(prefix=f".{target.name}{TEMP_MARKER}-", dir=parent))
+    os.chmod(tmp_path, _default_mode(directory=True))
     try:
         yield tmp_path
         if target.exists():
