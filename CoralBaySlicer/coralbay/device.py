@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from coralbay.errors import DeviceError
+
+if TYPE_CHECKING:  # torch is imported where a device is chosen, so `coralbay --help` and the
+    import torch   # commands that never touch a model (compare, export, info) start fast.
 
 DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")
 
 
 def select_device(name: str = "auto") -> torch.device:
     """The torch device for `name`; an explicitly requested, unavailable device is an error."""
+    import torch
+
     name = (name or "auto").lower()
     if name not in DEVICE_CHOICES and not name.startswith("cuda:"):
         raise DeviceError(f"Unknown device {name!r}; choose one of {', '.join(DEVICE_CHOICES)}.")
@@ -29,5 +34,7 @@ def select_device(name: str = "auto") -> torch.device:
 
 def describe(device: torch.device) -> str:
     if device.type == "cuda":
+        import torch
+
         return f"cuda ({torch.cuda.get_device_name(device)})"
     return device.type

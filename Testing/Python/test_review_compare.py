@@ -228,3 +228,34 @@ def test_labels_matched_by_name_through_sidecars_and_by_mapping(tmp_path):
     metrics = compare_label_maps(tmp_path / "pred.nii.gz", tmp_path / "ref.nii.gz", tmp_path / "by_value")
     assert [s["prediction_value"] for s in metrics["structures"]] == [1, 2, 3]
     assert [u["value"] for u in metrics["unmatched_reference"]] == [7, 9]
+
+
+
+def test_engine_label_maps_are_reviewed_and_exported_with_their_names(shared_data, tmp_path):
+    """A label map written as `coralbay segment` writes it (outputs.write_label_map: map + sidecar)
+    is paired by name with the TotalSegmentator labels (liver 1 <-> 5, spleen 2 <-> 1), and its
+    terminology survives export to .seg.nrrd."""
+    from conftest import TINY_LABELS
+
+    from coralbay.export import export_labels
+    from coralbay.labels import LabelTable
+    from coralbay.outputs import write_label_map
+    from coralbay.seg_nrrd import read_seg_nrrd
+
+    seg = sitk.ReadImage(str(shared_data / "totalseg" / "example_seg.nii.gz"))
+    reference = sitk.GetArrayFromImage(seg)
+    engine = np.zeros_like(reference)
+    engine[reference == 5] = 1
+    engine[np.roll(reference == 1, 1, axis=2)] = 2
+    image = sitk.GetImageFromArray(engine)
+    image.CopyInformation(seg)
+    labels = write_label_map(image, LabelTable.from_dict(TINY_LABELS), tmp_path / "pred.nii.gz")
+    metrics = compare_label_maps(labels, shared_data / "totalseg" / "example_seg.nii.gz", tmp_path / "review",
+                                 mapping_path=shared_data / "totalseg" / "labels.json")
+    assert metrics["matched_by"] == "name"
+    by_name = {s["name"]: s for s in metrics["structures"]}
+    assert (by_name["liver"]["prediction_value"], by_name["liver"]["reference_value"]) == (1, 5)
+    assert by_name["liver"]["dice"] == 1.0 and 0 < by_name["spleen"]["dice"] < 1
+    assert len(metrics["structures"]) == 2 and len(metrics["unmatched_reference"]) == 39
+    _, table, _ = read_seg_nrrd(export_labels(labels, "seg.nrrd", tmp_path / "pred.seg.nrrd"))
+    assert {lab.name: lab.terminology.type[1] for lab in table} == {"liver": "10200004", "spleen": "78961009"}

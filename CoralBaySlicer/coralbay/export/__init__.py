@@ -11,14 +11,13 @@ only the standard library at load time, so the command line can list FORMATS qui
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Callable
 
-from coralbay.atomic import atomic_dir, atomic_file
+from coralbay.atomic import atomic_dir
 from coralbay.errors import InputError, UsageError
-from coralbay.labels import Label, LabelTable, distinct_color, label_table_path_for, load_label_table
+from coralbay.labels import Label, LabelTable, distinct_color, load_label_table
 
 FORMATS = ("nifti", "nrrd", "seg.nrrd", "dicom-seg", "stl", "obj")
 SUFFIXES = {"nifti": (".nii.gz", ".nii"), "nrrd": (".nrrd",), "seg.nrrd": (".seg.nrrd",), "dicom-seg": (".dcm",)}
@@ -81,12 +80,9 @@ def export_labels(labels_path: str | os.PathLike, fmt: str, output: str | os.Pat
     image = source.image
 
     if fmt in ("nifti", "nrrd"):
-        import SimpleITK as sitk
+        from coralbay.outputs import write_label_map
 
-        sidecar = label_table_path_for(out)
-        with atomic_file(out) as tmp_image, atomic_file(sidecar) as tmp_table:
-            sitk.WriteImage(image, str(tmp_image), True)
-            tmp_table.write_text(json.dumps(table.to_dict(), indent=1) + "\n", encoding="utf-8")
+        write_label_map(image, table, out)
     elif fmt == "seg.nrrd":
         from coralbay.seg_nrrd import write_seg_nrrd
 
