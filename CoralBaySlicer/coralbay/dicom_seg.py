@@ -144,11 +144,8 @@ def _on_own_grid(seg, path: Path) -> tuple[sitk.Image, np.ndarray]:
 
 
 def _series_uids(files: list[str]) -> tuple[str, list[str]]:
-    import pydicom
-
-    headers = [pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["SeriesInstanceUID", "SOPInstanceUID"])
-               for f in files]
-    return str(headers[0].SeriesInstanceUID), [str(h.SOPInstanceUID) for h in headers]
+    headers = [_source_header(f) for f in files]
+    return str(headers[0].get("SeriesInstanceUID", "")), [str(h.SOPInstanceUID) for h in headers]
 
 
 def _referenced_series(seg) -> set[str]:
@@ -183,13 +180,31 @@ def _on_series_grid(seg, path: Path, series_dir: Path, warnings: list[str]) -> t
 
 
 def _source_header(path: str):
-    """A source image's header, cleaned of empty values highdicom refuses to copy."""
+    """A source image's header, cleaned of empty values highdicom refuses to copy.
+
+    Some anonymisers blank the SOP class and instance UIDs in the data set but leave them in the
+    file meta information, where they are the same by definition: take them from there.
+    """
     import pydicom
 
     dataset = pydicom.dcmread(path, stop_before_pixels=True)
     if "SpecificCharacterSet" in dataset and not dataset.SpecificCharacterSet:
         del dataset.SpecificCharacterSet  # empty means the default repertoire
+    meta = getattr(dataset, "file_meta", None)
+    for keyword, meta_keyword in (("SOPClassUID", "MediaStorageSOPClassUID"),
+                                  ("SOPInstanceUID", "MediaStorageSOPInstanceUID")):
+        if not dataset.get(keyword) and meta is not None and meta.get(meta_keyword):
+            setattr(dataset, keyword, meta.get(meta_keyword))
     return dataset
+
+
+def _check_referencable(sources: list, series_dir) -> None:
+    """A SEG must name the study, series, frame of reference and images it belongs to."""
+    needed = ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID", "SOPInstanceUID", "SOPClassUID")
+    missing = [k for k in needed if any(not str(ds.get(k, "") or "").strip() for ds in sources)]
+    if missing:
+        raise InputError(f"The DICOM series in {series_dir} has empty {', '.join(missing)} (probably removed by "
+                         "anonymisation), so a DICOM SEG cannot reference it; export NIfTI, NRRD or .seg.nrrd instead.")
 
 
 def _coded(code: tuple[str, str, str]):
@@ -209,8 +224,10 @@ def write_dicom_seg(image: sitk.Image, table: LabelTable, series_dir: str | os.P
     if algorithm_type not in ALGORITHM_TYPES:
         raise InputError(f"The segment algorithm type must be one of {', '.join(ALGORITHM_TYPES)}.")
     warnings: list[str] = []
-    series = read_volume(series_dir)
     files = dicom_series_files(series_dir)
+    sources = [_source_header(f) for f in files]
+    _check_referencable(sources, series_dir)
+    series = read_volume(series_dir)
     if not same_grid(image, series):
         from coralbay.review.grids import bring_onto_grid
 
@@ -246,7 +263,6 @@ def write_dicom_seg(image: sitk.Image, table: LabelTable, series_dir: str | os.P
                 _coded(term.modifier)]
         descriptions.append(description)
 
-    sources = [_source_header(f) for f in files]
     source_number = int(getattr(sources[0], "SeriesNumber", 0) or 0)
     try:
         with warnings_module.catch_warnings():

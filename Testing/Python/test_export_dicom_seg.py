@@ -158,3 +158,26 @@ def test_dicom_seg_export_without_series_is_a_usage_error(cli, shared_data, tmp_
     out = tmp_path / "x.dcm"
     result = cli("export", shared_data / "dcmqi" / "liver_seg.nrrd", "--format", "dicom-seg", "--output", out)
     assert result.returncode == 2 and "--dicom-series" in result.stderr and not out.exists()
+
+
+def test_label_map_in_another_orientation_is_placed_on_the_series_grid(shared_data, tmp_path):
+    """A label map stored with y flipped (like a LAS NIfTI) is resampled onto the series grid, with a
+    warning, and the SEG reads back as the original mask."""
+    original = sitk.ReadImage(str(shared_data / "dcmqi" / "liver_spine_seg.nrrd"))
+    flipped = sitk.DICOMOrient(original, "LAS")
+    assert flipped.GetDirection() != original.GetDirection()
+    sitk.WriteImage(flipped, str(tmp_path / "flipped.nii.gz"))
+    warnings: list[str] = []
+    out = export_labels(tmp_path / "flipped.nii.gz", "dicom-seg", tmp_path / "flipped.dcm",
+                        dicom_series=shared_data / "dcmqi" / "ct-3slice", warn=warnings.append)
+    assert any("resampled" in w for w in warnings)
+    image, _, _ = read_dicom_seg(out, shared_data / "dcmqi" / "ct-3slice")
+    assert np.array_equal(sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(original))
+
+
+def test_a_series_without_study_and_series_uids_cannot_be_referenced(shared_data, tmp_path):
+    """The TotalSegmentator DICOM series was anonymised down to empty Study/Series Instance UIDs."""
+    with pytest.raises(CoralBayError, match="StudyInstanceUID, SeriesInstanceUID"):
+        export_labels(shared_data / "totalseg" / "example_seg_dicom.nii.gz", "dicom-seg", tmp_path / "ts.dcm",
+                      dicom_series=shared_data / "totalseg" / "example_ct_dicom")
+    assert list(tmp_path.iterdir()) == []
