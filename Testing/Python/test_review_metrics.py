@@ -159,6 +159,21 @@ def test_surface_of_a_box_and_hand_computed_distances():
     assert same == {"hausdorff_mm": 0.0, "hd95_mm": 0.0, "assd_mm": 0.0, "surface_dice": 1.0}
 
 
+def test_nearest_surface_search_equals_a_distance_transform():
+    """The k-d tree search against scipy's exact Euclidean distance transform, anisotropic spacing."""
+    from scipy import ndimage
+
+    from coralbay.review.surface import distances_to_surface
+
+    rng = np.random.default_rng(7)
+    a = ndimage.binary_opening(rng.random((14, 30, 30)) > 0.55, iterations=1)
+    b = ndimage.binary_closing(rng.random((14, 30, 30)) > 0.45, iterations=1)
+    sa, sb = surface_voxels(a), surface_voxels(b)
+    spacing = (4.0, 0.6, 0.9)
+    expected = ndimage.distance_transform_edt(~sb, sampling=spacing)[sa]
+    assert np.allclose(distances_to_surface(sa, sb, spacing), expected, atol=1e-9)
+
+
 def test_empty_cases_follow_the_documented_definitions():
     some = np.zeros((6, 6, 6), dtype=bool)
     some[2:4, 2:4, 2:4] = True

@@ -30,9 +30,18 @@ def surface_voxels(mask: np.ndarray) -> np.ndarray:
 
 def distances_to_surface(from_surface: np.ndarray, to_surface: np.ndarray,
                          spacing: tuple[float, float, float]) -> np.ndarray:
-    """Distance in mm from each voxel of `from_surface` to the nearest voxel of `to_surface`."""
-    field = ndimage.distance_transform_edt(~to_surface, sampling=spacing)
-    return field[from_surface]
+    """Distance in mm from each voxel of `from_surface` to the nearest voxel of `to_surface`.
+
+    Exact nearest-neighbour search among boundary voxel centres (a k-d tree): surfaces are sparse,
+    so this is an order of magnitude faster than a distance transform of the whole bounding box.
+    Spacing scales index axes; the direction matrix is a rotation and does not change distances.
+    """
+    from scipy.spatial import cKDTree
+
+    scale = np.asarray(spacing, dtype=np.float64)
+    targets = np.argwhere(to_surface) * scale
+    queries = np.argwhere(from_surface) * scale
+    return cKDTree(targets).query(queries, k=1)[0]
 
 
 def surface_metrics(prediction: np.ndarray, reference: np.ndarray,
