@@ -179,7 +179,8 @@ def compare_label_maps(pred_path: str | os.PathLike, ref_path: str | os.PathLike
 
 def _overview_title(structures: list[dict], worst_lps: list[float] | None) -> str:
     dices = [s["dice"] for s in structures if s["dice"] is not None]
-    summary = f"{len(structures)} structures, mean Dice {np.mean(dices):.3f}" if dices else f"{len(structures)} structures"
+    count = f"{len(structures)} structure{'' if len(structures) == 1 else 's'}"
+    summary = f"{count}, mean Dice {np.mean(dices):.3f}" if dices else count
     if worst_lps is None:
         return f"{summary}; prediction and reference agree everywhere"
     x, y, z = worst_lps

@@ -37,6 +37,26 @@ def _panels(shape: tuple[int, int, int], spacing: tuple[float, float, float], fo
     ]
 
 
+def _zoom_limits(foreground: np.ndarray, spacing: tuple[float, float, float], margin_mm: float = 15.0,
+                 least_mm: float = 100.0):
+    """Panel limits (mm) around the labelled region, so small structures are not lost in the field
+    of view, yet at least `least_mm` wide (where the image allows) to keep some anatomy around them.
+
+    Returns {view: (xlim, ylim)} for the LPS-oriented arrays (z, y, x); y limits follow each view's
+    display origin (rows downwards for axial, upwards for coronal and sagittal).
+    """
+    where = np.argwhere(foreground)
+    (k0, j0, i0), (k1, j1, i1) = where.min(axis=0), where.max(axis=0) + 1
+    (nz, ny, nx), (sx, sy, sz) = foreground.shape, spacing
+
+    def span(lo: int, hi: int, n: int, step: float) -> tuple[float, float]:
+        pad = max(margin_mm, (least_mm - (hi - lo) * step) / 2)
+        return max(0.0, lo * step - pad), min(n * step, hi * step + pad)
+
+    x, y, z = span(i0, i1, nx, sx), span(j0, j1, ny, sy), span(k0, k1, nz, sz)
+    return {"axial": (x, y[::-1]), "coronal": (x, z), "sagittal": (y, z)}
+
+
 def _contours(ax, labels: np.ndarray, extent, colour: str) -> None:
     """Draw one contour per structure (contourpy on each structure's bounding box, one line collection).
 
@@ -99,6 +119,7 @@ def write_overview(path: Path, grid: sitk.Image, prediction: np.ndarray, referen
     (sx, sy, sz), (k, j, i) = diff_image.GetSpacing(), focus
     marker = {"axial": ((i + 0.5) * sx, (j + 0.5) * sy), "coronal": ((i + 0.5) * sx, (k + 0.5) * sz),
               "sagittal": ((j + 0.5) * sy, (k + 0.5) * sz)}
+    zoom = _zoom_limits((pred > 0) | (ref > 0), diff_image.GetSpacing())
     figure = Figure(figsize=(15, 5.8), dpi=100, facecolor="black")
     FigureCanvasAgg(figure)
     axes = figure.subplots(1, 3)
@@ -115,6 +136,9 @@ def write_overview(path: Path, grid: sitk.Image, prediction: np.ndarray, referen
         _contours(ax, cut(pred), extent, PREDICTION_COLOUR)
         if focus_index is not None:  # mark the largest error
             ax.plot(*marker[name], marker="+", markersize=16, markeredgewidth=1.5, color=FOCUS_COLOUR)
+        xlim, ylim = zoom[name]
+        ax.set_xlim(*xlim)
+        ax.set_ylim(*ylim)
         ax.set_title(name, color="white")
         ax.set_xticks([])
         ax.set_yticks([])
