@@ -6,13 +6,13 @@ from typing import TYPE_CHECKING
 
 from coralbay.errors import DeviceError
 
-if TYPE_CHECKING:  # torch is imported where a device is chosen, so `coralbay --help` and the
-    import torch   # commands that never touch a model (compare, export, info) start fast.
+if TYPE_CHECKING:
+    import torch
 
 DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")
 
 
-def select_device(name: str = "auto") -> torch.device:
+def select_device(name: str = "auto") -> "torch.device":
     """The torch device for `name`; an explicitly requested, unavailable device is an error."""
     import torch
 
@@ -32,9 +32,9 @@ def select_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def describe(device: torch.device) -> str:
-    if device.type == "cuda":
-        import torch
+def describe(device: "torch.device") -> str:
+    import torch
 
+    if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
     return device.type
