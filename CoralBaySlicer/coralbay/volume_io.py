@@ -25,15 +25,24 @@ def _suffix(path: Path) -> str:
     return next((s for s in VOLUME_SUFFIXES if name.endswith(s)), path.suffix.lower())
 
 
-def read_dicom_series(folder: Path) -> sitk.Image:
-    """Read the one DICOM series in `folder` (a folder with several series is refused, by name)."""
+def dicom_series_files(folder: str | os.PathLike) -> list[str]:
+    """The files of the one DICOM series in `folder`, in the slice order of `read_dicom_series`.
+
+    Why separate: DICOM SEG reading and writing must pair each slice of the volume with the
+    SOP instance it came from, in exactly the order GDCM stacks them.
+    """
     series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     if not series_ids:
         raise InputError(f"The folder {folder} holds no DICOM image series.")
     if len(series_ids) > 1:
         raise InputError(f"The folder {folder} holds {len(series_ids)} DICOM series; "
                          "put each series in its own folder.")
-    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_ids[0])
+    return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_ids[0]))
+
+
+def read_dicom_series(folder: Path) -> sitk.Image:
+    """Read the one DICOM series in `folder` (a folder with several series is refused, by name)."""
+    files = dicom_series_files(folder)
     from coralbay.dicom_checks import check_series_geometry  # lazy: pydicom only for DICOM
     check_series_geometry(files)
     reader = sitk.ImageSeriesReader()

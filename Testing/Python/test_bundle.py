@@ -154,6 +154,25 @@ def test_hub_backbone_is_read_from_the_local_cache_offline(tiny_seg_bundle, tmp_
                   "--backbone", "kaiko-ai/not-cached@main", env=env)
     assert missing.returncode == 1 and "Hugging Face Hub" in missing.stderr
     assert not (tmp_path / "seg2.nii.gz").exists()
+    unpinned = cli("segment", tmp_path / "ct.nii.gz", "-m", tiny_seg_bundle, "-o", tmp_path / "seg3.nii.gz",
+                   "--backbone", "kaiko-ai/coralbay-test", env=env)
+    assert unpinned.returncode == 1 and "Give the hub revision to pin" in unpinned.stderr
+    # A bundle whose manifest names its backbone on the hub: pinned revision, checksum verified.
+    from coralbay.bundle.weights import sha256_of
+
+    pinned = tmp_path / "pinned"
+    shutil.copytree(tiny_seg_bundle, pinned)
+    manifest = json.loads((pinned / "manifest.json").read_text())
+    snapshot_file = repo / "snapshots" / commit / "model.safetensors"
+    manifest["backbone_source"] = {"hub_id": "kaiko-ai/coralbay-test", "revision": commit,
+                                   "sha256": sha256_of(snapshot_file)}
+    (pinned / "manifest.json").write_text(json.dumps(manifest))
+    ok = cli("segment", tmp_path / "ct.nii.gz", "-m", pinned, "-o", tmp_path / "seg4.nii.gz", "--progress", "jsonl", env=env)
+    assert ok.returncode == 0 and f"kaiko-ai/coralbay-test@{commit}" in ok.stdout, ok.stderr
+    manifest["backbone_source"]["sha256"] = "0" * 64
+    (pinned / "manifest.json").write_text(json.dumps(manifest))
+    bad = cli("segment", tmp_path / "ct.nii.gz", "-m", pinned, "-o", tmp_path / "seg5.nii.gz", env=env)
+    assert bad.returncode == 1 and "does not match its checksum" in bad.stderr
 
 
 def test_hub_id_parsing():
