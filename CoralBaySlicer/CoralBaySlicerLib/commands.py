@@ -17,13 +17,15 @@ from CoralBaySlicerLib.coordinates import Box, Point, format_coordinates
 # GUI choice -> the engine's --device value. "GPU" is CUDA, or Apple's MPS on macOS.
 DEVICE_CHOICES = ("auto", "GPU", "CPU")
 
-# Export format -> file name ending of the output. STL writes one mesh per structure into a folder.
+# Export format -> file name ending of the output. STL and OBJ write one mesh per structure into a
+# folder (named after the segmentation).
 EXPORT_FORMATS = {
     "seg.nrrd": ".seg.nrrd",
     "nifti": ".nii.gz",
     "nrrd": ".nrrd",
     "dicom-seg": ".dcm",
     "stl": "",
+    "obj": "",
 }
 
 PathLike = Union[str, os.PathLike]  # (Slicer 5.6 runs Python 3.9: no `X | Y` at run time)
