@@ -794,25 +794,37 @@ class CoralBaySlicerLogic(ScriptedLoadableModuleLogic):
             slicer.mrmlScene.RemoveNode(storage)
 
     def _writeSegmentationAsLabelMap(self, segmentation, path, geometryVolume) -> None:
-        """Segments as a label map (value n+1 = n-th segment) on the reference grid, with label table."""
+        """Segments as a label map on the reference grid, with its label table.
+
+        Segments keep the label value they had in the engine's output (see `segments.export_values`);
+        Slicer's export takes the values from a colour table matched by segment name."""
         ids = vtk.vtkStringArray()
         segmentation.GetSegmentation().GetSegmentIDs(ids)
         if ids.GetNumberOfValues() == 0:
             raise ValueError(f"The segmentation {segmentation.GetName()} has no segments.")
+        described, remembered = [], []
+        for i in range(ids.GetNumberOfValues()):
+            segment = segmentation.GetSegmentation().GetSegment(ids.GetValue(i))
+            term, value = vtk.reference(""), vtk.reference("")  # GetTag answers through a reference
+            described.append((segment.GetName(), segment.GetColor(),
+                              str(term) if segment.GetTag(segment.GetTerminologyEntryTagName(), term) else None))
+            remembered.append(str(value) if segment.GetTag(segments.LABEL_VALUE_TAG, value) else None)
+        table = segments.label_table_for_segments(described, segments.export_values(remembered))
         labelMap = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+        colorNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLColorTableNode")
         try:
-            if not slicer.modules.segmentations.logic().ExportSegmentsToLabelmapNode(segmentation, ids, labelMap, geometryVolume):
+            colorNode.SetTypeToUser()
+            colorNode.SetNumberOfColors(max(label.value for label in table) + 1)
+            for (name, color, _term), label in zip(described, table):
+                colorNode.SetColor(label.value, name, *color, 1.0)
+            if not slicer.modules.segmentations.logic().ExportSegmentsToLabelmapNode(
+                    segmentation, ids, labelMap, geometryVolume, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY, colorNode):
                 raise ValueError(f"The segmentation {segmentation.GetName()} could not be exported as a label map.")
             self._writeVolume(labelMap, path)
         finally:
             slicer.mrmlScene.RemoveNode(labelMap)
-        described = []
-        for i in range(ids.GetNumberOfValues()):
-            segment = segmentation.GetSegmentation().GetSegment(ids.GetValue(i))
-            tag = vtk.reference("")  # GetTag returns the value through a reference argument
-            term = str(tag) if segment.GetTag(segment.GetTerminologyEntryTagName(), tag) else None
-            described.append((segment.GetName(), segment.GetColor(), term))
-        results.write_label_table(segments.label_table_for_segments(described), path)
+            slicer.mrmlScene.RemoveNode(colorNode)
+        results.write_label_table(table, path)
 
     @staticmethod
     def _referenceVolume(segmentation):
@@ -882,7 +894,10 @@ class CoralBaySlicerLogic(ScriptedLoadableModuleLogic):
         for s in described:
             segmentId = segmentation.GetSegmentIdBySegmentName(s.name)
             segment = segmentation.GetSegment(segmentId) if segmentId else None
-            if segment is not None and s.terminology:
+            if segment is None:
+                continue  # a structure the label map does not contain
+            segment.SetTag(segments.LABEL_VALUE_TAG, str(s.value))  # kept when written back for the engine
+            if s.terminology:
                 segment.SetTag(segment.GetTerminologyEntryTagName(), s.terminology)
         if segmentationNode is not None:
             segmentationNode.GetSegmentation().DeepCopy(segmentation)

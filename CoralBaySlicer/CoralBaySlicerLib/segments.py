@@ -1,9 +1,12 @@
 """Label tables for segmentations that Slicer hands to the engine (compare, export).
 
-Slicer exports the segments of a segmentation node as a label map whose value n+1 is the n-th
-segment; the engine matches structures and writes names, colours and terminology from the sidecar
-label table. This module builds that table from what the segments carry in Slicer (names, colours in
-0..1, and the terminology entry string), so nothing is lost on the way to a DICOM SEG or a metric.
+The module writes a segmentation node as a label map plus its sidecar label table, from which the
+engine takes names, colours and terminology. Label values: a segment that came from an engine
+label map remembers its value (segment tag `LABEL_VALUE_TAG`) and keeps it, so a structure has
+the same value in the model's output, in Slicer and in every export, and value-based matching
+against a plain label map reference works; other segments get the smallest unused values.
+This module builds the values and the table from what the segments carry in Slicer (names,
+colours in 0..1, terminology entry string, remembered value).
 """
 
 from __future__ import annotations
@@ -44,17 +47,39 @@ def color_255(color: Sequence[float]) -> tuple[int, int, int]:
     return (r, g, b)
 
 
-def label_table_for_segments(segments: Iterable[tuple[str, Sequence[float], str | None]]) -> LabelTable:
-    """The label table of segments exported in this order: value n+1 is the n-th segment.
+LABEL_VALUE_TAG = "CoralBay.LabelValue"
 
-    `segments` yields (name, colour in 0..1, terminology entry string or None). Names that repeat
-    (label tables need unique names) get " (2)", " (3)"... appended.
+
+def export_values(remembered: Sequence[str | None]) -> list[int]:
+    """Label values for segments in order: the remembered value (tag text) where it is a valid,
+    not yet used value, else the smallest value not used by any segment."""
+    values: list[int | None] = []
+    used: set[int] = set()
+    for text in remembered:
+        value = int(text) if text and text.strip().isdigit() and 1 <= int(text) <= 65535 else None
+        values.append(value if value is not None and value not in used else None)
+        if values[-1] is not None:
+            used.add(values[-1])
+    free = (v for v in range(1, 65536) if v not in used)
+    return [v if v is not None else next(free) for v in values]
+
+
+def label_table_for_segments(segments: Iterable[tuple[str, Sequence[float], str | None]],
+                             values: Sequence[int] | None = None) -> LabelTable:
+    """The label table of segments exported in this order, with `values` (default n+1 for the n-th).
+
+    `segments` yields (name, colour in 0..1, terminology entry string or None). Names must be
+    unique (ignoring case): the table and Slicer's export both identify a segment by its name.
     """
     labels = []
     seen: set[str] = set()
     for index, (name, color, terminology) in enumerate(segments):
-        unique = _unique(name.strip() or f"Segment {index + 1}", seen)
-        labels.append(Label(index + 1, unique, color_255(color), terminology_from_slicer_string(terminology)))
+        name = name.strip() or f"Segment {index + 1}"
+        if name.lower() in seen:
+            raise ValueError(f"Two segments are named {name!r}; rename one before comparing or exporting.")
+        seen.add(name.lower())
+        value = values[index] if values is not None else index + 1
+        labels.append(Label(value, name, color_255(color), terminology_from_slicer_string(terminology)))
     return LabelTable(labels)
 
 

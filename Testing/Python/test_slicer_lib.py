@@ -230,13 +230,18 @@ def test_terminology_survives_slicer_round_trip():
     assert segments.terminology_from_slicer_string("ctx~^^~^^~^^") is None
 
 
-def test_label_table_for_segments_follows_export_order(tmp_path):
+def test_label_table_for_segments_keeps_remembered_values(tmp_path):
     kidney = Terminology(("SCT", "123037004", "Anatomical Structure"), ("SCT", "64033007", "Kidney"))
-    table = segments.label_table_for_segments([
-        ("kidney", (1.0, 0.5, 0.0), kidney.slicer_string()), ("Kidney", (0, 0, 1), None), ("", (0, 1, 0), None)])
+    values = segments.export_values(["4", None, "4", "x", "2"])  # repeated and broken tags are reassigned
+    assert values == [4, 1, 3, 5, 2]
+    table = segments.label_table_for_segments(
+        [("kidney", (1.0, 0.5, 0.0), kidney.slicer_string()), ("", (0, 1, 0), None)], values=[4, 1])
     assert [(lab.value, lab.name, lab.color) for lab in table] == [
-        (1, "kidney", (255, 128, 0)), (2, "Kidney (2)", (0, 0, 255)), (3, "Segment 3", (0, 255, 0))]
-    assert table.by_value(1).terminology == kidney
+        (4, "kidney", (255, 128, 0)), (1, "Segment 2", (0, 255, 0))]
+    assert table.by_value(4).terminology == kidney
+    assert [lab.value for lab in segments.label_table_for_segments([("a", (0, 0, 0), None), ("b", (0, 0, 0), None)])] == [1, 2]
+    with pytest.raises(ValueError, match="Two segments are named 'Kidney'"):
+        segments.label_table_for_segments([("kidney", (0, 0, 0), None), ("Kidney", (0, 0, 0), None)])
     results.write_label_table(table, tmp_path / "x.nrrd")
     assert load_label_table(tmp_path / "x.labels.json").to_dict() == table.to_dict()
     colors = segments.label_table_for_colors([(0, "background", (0, 0, 0)), (4, "nodule", (1, 0, 0))])

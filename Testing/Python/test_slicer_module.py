@@ -171,10 +171,24 @@ def test_segmentation_written_for_the_engine_keeps_voxels_names_and_codes(module
     table = load_label_table(tmp_path / "for-engine" / "prediction.labels.json")
     source_table = load_label_table(tmp_path / "totalseg.labels.json")
     w, o = sitk.GetArrayFromImage(written), sitk.GetArrayFromImage(original)
+    assert np.array_equal(w, o)  # every structure keeps its value: value matching still works
     for label in table:
-        assert np.array_equal(w == label.value, o == source_table.by_name(label.name).value), label.name
+        assert source_table.by_value(label.value).name == label.name
     assert table.by_name("liver").terminology == source_table.by_name("liver").terminology
-    assert _scene().GetNumberOfNodes() == nodes_before  # the temporary label map node was removed
+    assert _scene().GetNumberOfNodes() == nodes_before  # the temporary label map and colour nodes were removed
+
+    # a segment added in Slicer (no remembered value) gets the smallest value not in use
+    import slicer
+
+    liver = segmentation.GetSegmentation().GetSegment(segmentation.GetSegmentation().GetSegmentIdBySegmentName("liver"))
+    drawn = slicer.vtkSegment("my lesion", (1.0, 1.0, 0.0), liver.mask & (np.indices(liver.mask.shape)[0] < 12),
+                              liver.geometry)
+    segmentation.GetSegmentation().AddSegment(drawn)
+    logic._writeSegmentationAsLabelMap(segmentation, out, ct)
+    table = load_label_table(tmp_path / "for-engine" / "prediction.labels.json")
+    free = min(set(range(1, 300)) - {int(v) for v in np.unique(o)})  # values of the existing segments
+    assert table.by_name("my lesion").value == free
+    assert (sitk.GetArrayFromImage(sitk.ReadImage(str(out))) == free).sum() == drawn.mask.sum()
 
 
 def test_writing_a_volume_leaves_the_node_as_it_was(module, shared_data, tmp_path):

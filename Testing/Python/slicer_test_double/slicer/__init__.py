@@ -222,6 +222,8 @@ class vtkSegment:
 
 
 class vtkSegmentation:
+    EXTENT_REFERENCE_GEOMETRY = 2
+
     def __init__(self):
         self._segments = {}  # id -> vtkSegment, in order
 
@@ -426,16 +428,19 @@ class _SegmentationsLogic:
         return True
 
     @staticmethod
-    def ExportSegmentsToLabelmapNode(segmentation_node, segment_ids, label_map, reference_volume):
-        """Segments merged into one label map on the reference volume's grid: n-th segment -> n + 1."""
+    def ExportSegmentsToLabelmapNode(segmentation_node, segment_ids, label_map, reference_volume,
+                                     extent_mode=None, color_table=None):
+        """Segments merged into one label map on the reference volume's grid. A segment's value is
+        that of the colour table entry with its name, else (n-th segment) n + 1."""
         reference = reference_volume.image
         merged = np.zeros(sitk.GetArrayFromImage(reference).shape, dtype=np.int16)
         segmentation = segmentation_node.GetSegmentation()
+        names = {entry[0]: value for value, entry in enumerate(color_table.colors)} if color_table else {}
         for index in range(segment_ids.GetNumberOfValues()):
             segment = segmentation.GetSegment(segment_ids.GetValue(index))
             if segment.mask.shape != merged.shape or not _same_grid(segment.geometry, reference):
                 raise NotImplementedError("the test double only exports segments on the reference grid")
-            merged[segment.mask] = index + 1
+            merged[segment.mask] = names.get(segment.GetName(), index + 1)
         image = sitk.GetImageFromArray(merged)
         image.CopyInformation(reference)
         label_map.SetImage(image)
