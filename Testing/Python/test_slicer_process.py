@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import ENGINE_DIR, SHARED_DATA
+from conftest import ENGINE_DIR
 from CoralBaySlicerLib.jobs import JobController
 from CoralBaySlicerLib.process import EngineBusyError, EngineRunner
 
@@ -56,10 +56,8 @@ def _gone(pid: int) -> bool:
         return True
 
 
-def test_run_reads_output_and_removes_its_folder(runner):
-    volume = SHARED_DATA / "totalseg" / "example_ct_sm.nii.gz"
-    if not volume.is_file():
-        pytest.skip("real data folder is not present beside the clone")
+def test_run_reads_output_and_removes_its_folder(runner, shared_data):
+    volume = shared_data / "totalseg" / "example_ct_sm.nii.gz"
     with runner.prepare("info") as run:
         run.start(runner.command(["info", str(volume), "--json"]))
     assert runner.busy
@@ -74,10 +72,10 @@ def test_run_reads_output_and_removes_its_folder(runner):
     assert not runner.busy
 
 
-def test_cancel_kills_the_whole_process_tree_and_leaves_no_files(runner, tmp_path):
+def test_cancel_kills_the_whole_process_tree_and_leaves_no_files(runner, tmp_path, shared_data):
     with runner.prepare("cancel") as run:
         (run.folder / "input.nrrd").write_bytes(b"written by the module before the run")
-        run.start(runner.command(["info", str(SHARED_DATA / "totalseg" / "example_ct_dicom")]))
+        run.start(runner.command(["info", str(shared_data / "totalseg" / "example_ct_dicom")]))
     engine = _descendants_appear(run.pid)  # the Python child of the launcher is running now
     tree = [run.pid] + [p.pid for p in engine]
     run.cancel()
