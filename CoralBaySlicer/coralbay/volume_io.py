@@ -122,6 +122,34 @@ def _run_itk(action: Callable[[], T], failure: str) -> T:
     raise InputError(f"{failure} ({_itk_reason(error, native)}).") from None
 
 
+def _series_geometry(folder: str | os.PathLike):
+    """The validated, measured geometry of the one image series in `folder` (dicom_checks)."""
+    from coralbay.dicom_checks import check_series_geometry, choose_series  # lazy: pydicom
+
+    series = choose_series(folder)
+    try:
+        return check_series_geometry(series.files, series.headers)
+    except InputError as exc:
+        if not series.skipped:
+            raise
+        raise InputError(f"{str(exc).rstrip('.')}; {series.skipped_note()}.") from None
+
+
+def dicom_series_files(folder: str | os.PathLike) -> list[str]:
+    """The files of the one DICOM series in `folder`, in the slice order of `read_dicom_series`.
+
+    Why separate: DICOM SEG reading and writing must pair each slice of the volume with the
+    SOP instance it came from. A series that `read_dicom_series` resamples (uneven spacing,
+    gantry tilt) has no such pairing, so it is refused here with a sentence saying why.
+    """
+    geometry = _series_geometry(folder)
+    if not geometry.regular:
+        raise InputError(f"The DICOM series in {folder} has {geometry.irregularity()}; its volume is "
+                         "resampled, so its slices cannot be paired with its files one by one (as a "
+                         "DICOM SEG needs).")
+    return list(geometry.files)
+
+
 def read_dicom_series(folder: Path) -> sitk.Image:
     """Read the one DICOM image series in `folder` as a correct regular volume.
 
@@ -130,15 +158,7 @@ def read_dicom_series(folder: Path) -> sitk.Image:
     or sheared (gantry-tilted) stacks are resampled through physical space (`stack_resample`)
     and say so in the image's GEOMETRY_NOTE_KEY metadata and in a logged warning.
     """
-    from coralbay.dicom_checks import check_series_geometry, choose_series  # lazy: pydicom
-
-    series = choose_series(folder)
-    try:
-        geometry = check_series_geometry(series.files, series.headers)
-    except InputError as exc:
-        if not series.skipped:
-            raise
-        raise InputError(f"{str(exc).rstrip('.')}; {series.skipped_note()}.") from None
+    geometry = _series_geometry(folder)
     if len(geometry.files) == 1:  # one multi-frame file (the series reader would add a 4th axis)
         reader = sitk.ImageFileReader()
         reader.SetFileName(geometry.files[0])
@@ -261,28 +281,38 @@ def check_output_path(path: str | os.PathLike) -> Path:
 
 
 def write_image(image: sitk.Image, path: str | os.PathLike, compress: bool = True) -> Path:
-    """Write an image atomically (temporary name, checked, flushed, then renamed).
-
-    ITK's NIfTI writer reports a short write (disk full, file-size limit) only on stderr and
-    returns normally; its stderr is therefore captured and any error there fails the write, and
-    the written file is read back (`_verify_written`) before it may take the output's name.
-    """
+    """Write an image atomically (temporary name, checked, flushed, then renamed)."""
     p = check_output_path(path)
-    with atomic_file(p, verify=lambda tmp: _verify_written(tmp, image, p)) as tmp:
-        with _native_stderr_captured() as native:
-            try:
-                sitk.WriteImage(image, str(tmp), compress)
-                failure = None
-            except RuntimeError as exc:
-                failure = exc
-        errors = [line for line in native if "error" in line.lower()]
-        if failure is not None or errors:
-            causes = re.findall(r"Reason: (.+)", str(failure or ""))  # the errno text, if ITK kept it
-            reason = causes[-1].strip() if causes else _itk_reason(failure, native) if failure is not None \
-                else _clean_line(errors[0])
-            reason = reason.replace(str(tmp), p.name).replace(tmp.name, p.name)
-            raise CoralBayError(f"Writing {p} failed ({reason}); any earlier file of that name is unchanged.")
+    with atomic_file(p) as tmp:
+        write_image_verified(image, tmp, compress, target=p)
     return p
+
+
+def write_image_verified(image: sitk.Image, path: str | os.PathLike, compress: bool = True,
+                         target: str | os.PathLike | None = None) -> None:
+    """Write `image` to exactly `path` (the temporary of an atomic write) and prove it complete.
+
+    Use this, not sitk.WriteImage, inside `atomic_file`/`atomic_dir`: ITK's NIfTI writer reports a
+    short write (disk full, file-size limit) only on stderr and returns normally, so its stderr
+    is checked and the written file read back (`_verify_written`); any failure is one
+    CoralBayError sentence naming `target` (the final output name), never the temporary.
+    """
+    path = Path(path)
+    shown = Path(target) if target is not None else path
+    with _native_stderr_captured() as native:
+        try:
+            sitk.WriteImage(image, str(path), compress)
+            failure = None
+        except RuntimeError as exc:
+            failure = exc
+    errors = [line for line in native if "error" in line.lower()]
+    if failure is not None or errors:
+        causes = re.findall(r"Reason: (.+)", str(failure or ""))  # the errno text, if ITK kept it
+        reason = causes[-1].strip() if causes else _itk_reason(failure, native) if failure is not None \
+            else _clean_line(errors[0])
+        reason = reason.replace(str(path), shown.name).replace(path.name, shown.name)
+        raise CoralBayError(f"Writing {shown} failed ({reason}); any earlier file of that name is unchanged.")
+    _verify_written(path, image, shown)
 
 
 def _verify_written(path: Path, image: sitk.Image, target: Path) -> None:

@@ -65,8 +65,13 @@ def file_size_limit(folder: Path, limit: int) -> None:
 
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel kills us instead of EFBIG
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    from coralbay.labels import LabelTable
+    from coralbay.outputs import write_label_map
+
     targets = [(folder / f"out{suffix}", lambda p: write_image(version_image(2), p)) for suffix in FORMATS]
     targets.append((folder / "report.json", lambda p: write_text_atomic(p, "y" * (4 * limit))))
+    targets.append((folder / "segmentation.nii.gz",  # the engine's label map + table writer
+                    lambda p: write_label_map(version_image(2), LabelTable.generic([1]), p)))
     for path, write in targets:
         try:
             write(path)

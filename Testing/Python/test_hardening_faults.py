@@ -26,6 +26,8 @@ import SimpleITK as sitk
 from conftest import cli_env
 from coralbay.atomic import TEMP_MARKER, atomic_dir, atomic_file, remove_stale_partials, write_text_atomic
 from coralbay.errors import CoralBayError
+from coralbay.labels import LabelTable
+from coralbay.outputs import write_label_map
 from coralbay.volume_io import _verify_written, write_image
 from fault_child import FORMATS, SHAPE, version_array, version_image
 
@@ -118,13 +120,15 @@ def file_size_limited(tmp_path_factory):
     for suffix in FORMATS:
         write_image(sitk.GetImageFromArray(np.full((4, 5, 6), 7, np.int16)), folder / f"out{suffix}")
     write_text_atomic(folder / "report.json", "earlier report")
+    write_label_map(sitk.GetImageFromArray(np.ones((4, 5, 6), np.int16)), LabelTable.generic([1]),
+                    folder / "segmentation.nii.gz")
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
     child = subprocess.run([sys.executable, str(CHILD), "fsize", str(folder), str(1 << 20)],
                            capture_output=True, text=True, env=cli_env(), timeout=300)
     return folder, before, child
 
 
-@pytest.mark.parametrize("name", [f"out{s}" for s in FORMATS] + ["report.json"])
+@pytest.mark.parametrize("name", [f"out{s}" for s in FORMATS] + ["report.json", "segmentation.nii.gz"])
 def test_file_size_limit_refuses_the_write_and_keeps_the_earlier_file(file_size_limited, name):
     folder, before, child = file_size_limited
     assert child.returncode == 0 and "Traceback" not in child.stderr, child.stderr[-2000:]
@@ -134,6 +138,9 @@ def test_file_size_limit_refuses_the_write_and_keeps_the_earlier_file(file_size_
     assert "\n" not in message and str(folder / name) in message, message
     assert "unchanged" in message, message
     assert (folder / name).read_bytes() == before[name]  # the earlier file, byte for byte
+    if name == "segmentation.nii.gz":  # and its label table, written as a pair
+        table = "segmentation.labels.json"
+        assert (folder / table).read_bytes() == before[table]
     names = os.listdir(folder)
     assert sorted(names) == sorted(before), "no temporary may remain after a refused write"
 

@@ -1,0 +1,1 @@
+"""Inference: sliding windows over the model grid, segmentation and classification pipelines."""

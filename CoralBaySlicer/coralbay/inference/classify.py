@@ -1,0 +1,68 @@
+"""Scan- and point-level classification: pool per-window encoder features, then a linear head.
+
+A scan is covered by sliding windows; the feature vectors of windows that hold anything but air
+are averaged into one scan vector (as CoralBay's scan-level benchmarks pool over windows) and
+the head turns it into class probabilities. With a point (e.g. a nodule centre in LPS mm), only
+the region of `point_region_mm` around it is used, as the seed's nodule benchmarks crop around
+the nodule.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from coralbay.bundle.loader import LoadedBundle
+from coralbay.errors import InputError
+from coralbay.inference.sliding_window import sliding_window_embeddings
+from coralbay.preprocess import prepare
+
+Progress = Callable[[str, float, str], None]
+
+
+def point_roi(image: sitk.Image, point_lps: Sequence[float], region_mm: Sequence[float]) -> list[float]:
+    """An LPS box of `region_mm` centred on `point_lps`; the point must lie inside the volume."""
+    index = image.TransformPhysicalPointToContinuousIndex([float(v) for v in point_lps])
+    if any(i < -0.5 or i > s - 0.5 for i, s in zip(index, image.GetSize())):
+        raise InputError(f"The point {tuple(round(v, 1) for v in point_lps)} mm (LPS) lies outside the volume.")
+    half = np.asarray(region_mm, float) / 2
+    p = np.asarray(point_lps, float)
+    return [*(p - half), *(p + half)]
+
+
+def classify_image(image: sitk.Image, bundle: LoadedBundle, device: torch.device, *,
+                   point_lps: Sequence[float] | None = None, overlap: float | None = None,
+                   window_batch_size: int | None = None,
+                   progress: Progress = lambda s, f, m="": None) -> dict:
+    """Class probabilities for a scan (or the region around a point) with a classification bundle."""
+    manifest = bundle.manifest
+    infer = manifest.inference
+    preprocessing = dict(manifest.preprocessing)
+    roi = None
+    if point_lps is not None:
+        roi = point_roi(image, point_lps, infer["point_region_mm"])
+        preprocessing["crop_foreground"] = False  # the region is the point's neighbourhood as is
+    start = time.perf_counter()
+    progress("preprocess", 0.0, "cropping and resampling")
+    prepared = prepare(image, preprocessing, roi)
+    progress("preprocess", 1.0, "")
+    network = bundle.network.to(device)
+    vectors, stats = sliding_window_embeddings(
+        prepared.array, network.embed, infer["window_size"],
+        overlap=infer["overlap"] if overlap is None else overlap,
+        batch_size=window_batch_size or infer["window_batch_size"], device=device,
+        progress=lambda f, m: progress("inference", f, m))
+    with torch.inference_mode():
+        scan_vector = vectors.mean(dim=0, keepdim=True).to(device)
+        probs = torch.softmax(network.head(scan_vector).float(), dim=1)[0].cpu().numpy()
+    classes = manifest.classes
+    best = int(np.argmax(probs))
+    return {"model": manifest.name, "classes": classes,
+            "probabilities": {c: float(p) for c, p in zip(classes, probs)},
+            "prediction": classes[best], "confidence": float(probs[best]),
+            "point_lps": list(map(float, point_lps)) if point_lps is not None else None,
+            "windows": stats["windows_evaluated"], "seconds": round(time.perf_counter() - start, 3)}
