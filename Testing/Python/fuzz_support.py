@@ -570,15 +570,16 @@ class ReaderSandbox:
         os.close(write_fd)
         self.answers = os.fdopen(read_fd, "r")
         ready = self._answer(timeout=120)
-        if not ready or ready.get("status") != "ready":
+        if not isinstance(ready, dict) or ready.get("status") != "ready":
             raise RuntimeError(f"fuzz worker did not start: {ready}")
 
-    def _answer(self, timeout: float) -> dict | None:
+    def _answer(self, timeout: float) -> dict | str:
+        """The child's answer, or "timeout", or "eof" (the child closed its end: it died)."""
         ready, _, _ = select.select([self.answers], [], [], timeout)
         if not ready:
-            return None
+            return "timeout"
         line = self.answers.readline()
-        return json.loads(line) if line else None
+        return json.loads(line) if line else "eof"
 
     def stop(self) -> None:
         if self.process is not None:
@@ -595,12 +596,12 @@ class ReaderSandbox:
         self.process.stdin.write((json.dumps({"path": str(path), "reader": reader, **extra}) + "\n").encode())
         self.process.stdin.flush()
         answer = self._answer(self.timeout)
-        if answer is not None:
+        if isinstance(answer, dict):
             return answer
-        if self.process.poll() is None:
+        if answer == "timeout":
             self.stop()
             return {"status": "hang", "message": f"no answer within {self.timeout:.0f} s"}
-        code = self.process.returncode
+        code = self.process.wait(timeout=30)
         self.stop()
         return {"status": "crash", "message": f"the reader process died with exit status {code}"}
 

@@ -43,6 +43,12 @@ def handle(request: dict) -> dict:
     from coralbay.errors import CoralBayError
 
     path, reader = request["path"], request.get("reader", "volume")
+    if reader == "selftest-abort":  # proves the parent sees a C++-style crash (SIGABRT)
+        os.abort()
+    if reader == "selftest-hang":  # proves the parent sees a reader that never returns
+        import time
+
+        time.sleep(3600)
     try:
         function = {"volume": volume_io.read_volume, "label": volume_io.read_label_map,
                      "any": volume_io.read_image_any}[reader]

@@ -334,3 +334,20 @@ def test_a_single_slice_is_refused(tmp_path):
     write_series(tmp_path, axial_positions([]))
     with pytest.raises(InputError, match="single slice"):
         read_volume(tmp_path)
+
+
+def test_dicom_series_files_follow_the_volume_and_refuse_resampled_series(tmp_path):
+    """DICOM SEG pairs volume slices with files: the order must be the volume's, and a resampled
+    series (no one-to-one pairing) must be refused rather than paired wrongly."""
+    import pydicom
+
+    from coralbay.volume_io import dicom_series_files
+
+    positions = axial_positions([2.0] * 4)
+    write_series(tmp_path / "regular", positions)
+    files = dicom_series_files(tmp_path / "regular")
+    z = [float(pydicom.dcmread(f).ImagePositionPatient[2]) for f in files]
+    assert z == sorted(z) and len(z) == 5
+    write_series(tmp_path / "gap", positions[:2] + positions[3:])
+    with pytest.raises(InputError, match="cannot be paired with its files one by one"):
+        dicom_series_files(tmp_path / "gap")

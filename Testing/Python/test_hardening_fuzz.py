@@ -41,7 +41,21 @@ def sandbox():
     box.stop()
 
 
-@fuzz_settings(40)
+def test_the_sandbox_reports_crashes_and_hangs(tmp_path):
+    """The harness itself: a reader that aborts or never returns is a failure, not a lost test."""
+    box = fs.ReaderSandbox(timeout=3)
+    try:
+        crash = box.read(tmp_path, "selftest-abort")
+        hang = box.read(tmp_path, "selftest-hang")
+        after = box.read(tmp_path / "missing.nrrd")  # a fresh child carries on
+    finally:
+        box.stop()
+    assert crash["status"] == "crash" and fs.outcome_problems(crash)
+    assert hang["status"] == "hang" and fs.outcome_problems(hang)
+    assert after["status"] == "error" and "does not exist" in after["message"]
+
+
+@fuzz_settings(60)
 @given(case=fs.nrrd_cases())
 def test_fuzz_nrrd(sandbox, case):
     fs.check_case(sandbox, case)
@@ -53,13 +67,13 @@ def test_fuzz_nrrd_as_label_map(sandbox, case):
     fs.check_case(sandbox, case)
 
 
-@fuzz_settings(40)
+@fuzz_settings(50)
 @given(case=fs.mha_cases())
 def test_fuzz_metaimage(sandbox, case):
     fs.check_case(sandbox, case)
 
 
-@fuzz_settings(40)
+@fuzz_settings(50)
 @given(case=fs.nifti_cases())
 def test_fuzz_nifti(sandbox, case):
     fs.check_case(sandbox, case)
@@ -71,7 +85,7 @@ def test_fuzz_nifti_read_image_any(sandbox, case):
     fs.check_case(sandbox, case)
 
 
-@fuzz_settings(20)
+@fuzz_settings(30)
 @given(case=fs.dicom_cases())
 def test_fuzz_dicom_series(sandbox, case):
     fs.check_case(sandbox, case)
