@@ -41,10 +41,10 @@ class Payload:
         return sum(f.stat().st_size for f in self.files) - self.offset
 
 
-def _lines(path: Path) -> tuple[list[str], bytes]:
+def _lines(path: Path) -> list[str]:
+    """The first MiB of a text header, as lines (latin-1: any byte decodes)."""
     with open(path, "rb") as f:
-        head = f.read(HEADER_BYTES)
-    return head.decode("latin-1").split("\n"), head
+        return f.read(HEADER_BYTES).decode("latin-1").split("\n")
 
 
 def _data_files(header: Path, value: str, following: list[str], what: str) -> tuple[Path, ...]:
@@ -78,7 +78,7 @@ def _data_files(header: Path, value: str, following: list[str], what: str) -> tu
 
 
 def _nrrd_payload(path: Path) -> Payload:
-    lines, head = _lines(path)
+    lines = _lines(path)
     fields: dict[str, str] = {}
     header_end = None
     data_line = None
@@ -123,7 +123,7 @@ def _check_nrrd_spacing(path: Path, fields: dict[str, str]) -> None:
 
 
 def _meta_payload(path: Path) -> Payload:
-    lines, head = _lines(path)
+    lines = _lines(path)
     fields: dict[str, str] = {}
     for index, line in enumerate(lines):
         if "=" not in line:
