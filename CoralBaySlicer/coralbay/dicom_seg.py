@@ -217,7 +217,6 @@ def write_dicom_seg(image: sitk.Image, table: LabelTable, series_dir: str | os.P
                     output: str | os.PathLike, algorithm_type: str = "AUTOMATIC") -> tuple[Path, list[str]]:
     """Write `image` (a label map on the series grid) as a DICOM SEG referencing that series."""
     import highdicom as hd
-    import pydicom
     from pydicom.sr.codedict import codes
 
     out = Path(output)

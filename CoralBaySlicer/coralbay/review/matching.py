@@ -22,13 +22,13 @@ never silently dropped.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
 from coralbay.errors import InputError
+from coralbay.jsonio import read_json
 from coralbay.labels import Label, LabelTable, distinct_color, load_label_table
 
 MAPPING_KEYS = ("pairs", "prediction_labels", "reference_labels")
@@ -63,12 +63,7 @@ class Matching:
 def load_mapping(path: str | Path) -> MappingSpec:
     """Read a mapping file (see the module docstring)."""
     p = Path(path)
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"The label mapping file {p} does not exist.") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"The label mapping file {p} is not readable JSON ({exc}).") from None
+    data = read_json(p, "label mapping file", InputError)
     if not (isinstance(data, dict) and any(k in data for k in MAPPING_KEYS)):
         return MappingSpec(shared_table=load_label_table(p))
     unknown = sorted(set(data) - set(MAPPING_KEYS))
