@@ -20,7 +20,7 @@ from coralbay.labels import LabelTable
 MANIFEST_NAME = "manifest.json"
 SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")
 
-DEFAULT_PREPROCESSING = {"crop_foreground": True, "foreground_threshold_hu": -500.0,
+DEFAULT_PREPROCESSING = {"crop_foreground": True, "antialias": True, "foreground_threshold_hu": -500.0,
                          "foreground_margin_mm": 10.0}
 DEFAULT_INFERENCE = {"overlap": 0.5, "blend": "gaussian", "sigma_scale": 0.125,
                      "window_batch_size": 2}
