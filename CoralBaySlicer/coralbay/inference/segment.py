@@ -2,7 +2,7 @@
 
 The path is built to stay lean on large scans: the body crop and the skipped air windows cut
 the work, the network runs MONAI's Swin blocks through `fast_swin` (same weights and math,
-no dense attention masks), each finished slab of the blended output is turned into 8-bit class
+no dense attention masks), each finished slab of the blended output is turned into 16-bit class
 probabilities at once (`blend_slabs` -> `ProbabilityStore`), and the restore to the input grid
 works chunk by chunk (`restore.restore_to_input`, which explains why probabilities, not labels,
 are resampled).
@@ -20,10 +20,10 @@ import torch
 
 from coralbay.bundle.loader import LoadedBundle
 from coralbay.inference.fast_swin import disable_fast_swin, enable_fast_swin
-from coralbay.inference.restore import ProbabilityStore, restore_to_input
+from coralbay.inference.restore import ProbabilityStore, restore_labels
 from coralbay.inference.sliding_window import blend_slabs
 from coralbay.labels import LabelTable
-from coralbay.preprocess import prepare
+from coralbay.preprocess import IndexBox, prepare
 
 Progress = Callable[[str, float, str], None]
 
@@ -53,12 +53,14 @@ def segment_image(image: sitk.Image, bundle: LoadedBundle, device: torch.device,
                   overlap: float | None = None, roi_lps: Sequence[float] | None = None,
                   structures: Sequence[str] | None = None, probabilities: bool = False,
                   window_batch_size: int | None = None, skip_empty: bool = True,
-                  autocast: bool = True, fast_attention: bool = True,
+                  autocast: bool = True, fast_attention: bool = True, probability_bits: int = 16,
                   progress: Progress = _noop) -> SegmentationResult:
     """Segment `image` with a segmentation bundle; the label map lies on `image`'s grid.
 
     `autocast` runs the network in bf16 (fp16 without bf16 support) on CUDA; `fast_attention`
-    uses `fast_swin`'s forward (off only to compare with MONAI's own).
+    uses `fast_swin`'s forward (off only to compare with MONAI's own). Class probabilities are
+    kept with `probability_bits` (16, or 8 to halve the largest buffer); the labels do not depend
+    on whether probability maps are requested.
     """
     manifest = bundle.manifest
     infer = manifest.inference
@@ -79,7 +81,7 @@ def segment_image(image: sitk.Image, bundle: LoadedBundle, device: torch.device,
     else:
         disable_fast_swin(network)
     store = ProbabilityStore(manifest.num_outputs, prepared.array.shape, prepared.grid,
-                             np.uint16 if probabilities else np.uint8)
+                             np.uint8 if probability_bits == 8 else np.uint16)
     input_box = prepared.input_box
     window_stats: dict = {}
     batch = window_batch_size or default_window_batch(device, infer["window_batch_size"])
@@ -96,7 +98,20 @@ def segment_image(image: sitk.Image, bundle: LoadedBundle, device: torch.device,
 
     start = time.perf_counter()
     progress("restore", 0.0, "back to the input grid")
-    labels, probs = restore_to_input(store, image, input_box, table, keep, probabilities)
+    labels, probs = restore_labels(store, image, input_box, table, keep, probabilities)
     timings["restore_s"] = time.perf_counter() - start
     progress("restore", 1.0, "")
     return SegmentationResult(labels, keep, probs, {**window_stats, "window_batch_size": batch, **timings})
+
+
+def restore_to_input(probs_xyz: np.ndarray, grid: sitk.Image, image: sitk.Image, box: IndexBox,
+                     table: LabelTable, keep: LabelTable, want_probabilities: bool
+                     ) -> tuple[sitk.Image, dict[str, sitk.Image] | None]:
+    """Labels on the input grid from a full (C, X, Y, Z) probability array on the model grid.
+
+    The whole-array form of `restore.restore_labels` (kept as 16-bit probabilities), for callers
+    that already hold every class at once.
+    """
+    store = ProbabilityStore(probs_xyz.shape[0], probs_xyz.shape[1:], grid, np.uint16)
+    store.put_probabilities(0, probs_xyz.shape[1], torch.as_tensor(probs_xyz))
+    return restore_labels(store, image, box, table, keep, want_probabilities)

@@ -5,7 +5,7 @@ Window placement and the blending weights are MONAI's (`dense_patch_slices`,
 `monai.inferers.sliding_window_inference` (tested). Ours differs in what it avoids: windows that
 hold only air (all inputs at the bottom of the HU window) are not evaluated, and the blended
 output is produced slab by slab along the first axis (`blend_slabs`), so a caller that keeps
-something smaller than per-class float logits (segmentation keeps 8-bit probabilities) never
+something smaller than per-class float logits (segmentation keeps 16-bit probabilities) never
 holds the whole per-class volume. `sliding_window_logits` assembles the full volume for callers
 that want it.
 """
