@@ -40,15 +40,6 @@ def _noop(stage: str, fraction: float, message: str = "") -> None:
     return None
 
 
-def default_window_batch(device: torch.device, bundle_default: int) -> int:
-    """Windows per network call: one on the CPU, the bundle's choice elsewhere.
-
-    Why one on the CPU: a single window already keeps every core busy, so batching buys no speed
-    there but multiplies the network's transient memory (measured in BENCHMARKS.md).
-    """
-    return 1 if device.type == "cpu" else max(1, int(bundle_default))
-
-
 def segment_image(image: sitk.Image, bundle: LoadedBundle, device: torch.device, *,
                   overlap: float | None = None, roi_lps: Sequence[float] | None = None,
                   structures: Sequence[str] | None = None, probabilities: bool = False,
@@ -84,7 +75,7 @@ def segment_image(image: sitk.Image, bundle: LoadedBundle, device: torch.device,
                              np.uint8 if probability_bits == 8 else np.uint16)
     input_box = prepared.input_box
     window_stats: dict = {}
-    batch = window_batch_size or default_window_batch(device, infer["window_batch_size"])
+    batch = window_batch_size or int(infer["window_batch_size"])
     slabs = blend_slabs(prepared.array, network, infer["window_size"], manifest.num_outputs,
                         overlap=infer["overlap"] if overlap is None else overlap,
                         blend=infer["blend"], sigma_scale=infer["sigma_scale"], batch_size=batch,
