@@ -1,4 +1,4 @@
-"""Markdown tables from `coralbay bench` JSON results: `python -m coralbay.bench.report FILE.json ...`.
+"""Markdown tables from `coralbay bench` JSON results: `python -m coralbay.bench.report [--scaling] FILE.json ...`.
 
 Why: BENCHMARKS.md quotes the figures of the JSON files kept beside it; generating its tables
 from them keeps the two from drifting apart.
@@ -44,14 +44,33 @@ def agreement_line(name: str, result: dict) -> str:
             f"{100 * a['voxels_equal_fraction']:.2f} %. {dice}")
 
 
+def scaling_row(result: dict) -> str:
+    """One row of the scaling table: size, overlap, windows, time and memory of both paths."""
+    inp, m, o = result["input"], result["paths"]["monai"]["median"], result["paths"]["ours"]["median"]
+    size = "×".join(str(v) for v in inp.get("size", []))
+    return (f"| {size} | {result['settings']['overlap']:g} | {m['windows_evaluated']} / {o['windows_evaluated']} | "
+            f"{_f(m['total_s'])} | {_f(o['total_s'])} | {_f(result['ratios']['time'], 2)} | "
+            f"{_f(m['peak_rss_added_mb'], 0)} | {_f(o['peak_rss_added_mb'], 0)} | {_f(result['ratios']['memory'], 2)} |")
+
+
+SCALING_HEADER = ("| volume | overlap | windows monai / ours | monai s | ours s | time ratio | "
+                  "monai +MB | ours +MB | memory ratio |\n|---|---|---|---|---|---|---|---|---|")
+
 HEADER = ("| input | head, overlap | path | total s | load / preprocess / inference / restore s | "
           "windows evaluated/total | windows/s | GFLOP/s | peak +RSS MB |\n"
           "|---|---|---|---|---|---|---|---|---|")
 
 
 def main(argv=None) -> int:
-    files = [Path(p) for p in (argv if argv is not None else sys.argv[1:])]
+    args = list(argv if argv is not None else sys.argv[1:])
+    scaling = "--scaling" in args
+    files = [Path(p) for p in args if p != "--scaling"]
     results = {f.stem: json.loads(f.read_text(encoding="utf-8")) for f in files}
+    if scaling:
+        print(SCALING_HEADER)
+        for result in results.values():
+            print(scaling_row(result))
+        return 0
     print(HEADER)
     for name, result in results.items():
         print("\n".join(result_rows(name, result)))

@@ -40,6 +40,7 @@ class BenchSettings:
     spacing: Sequence[float] | None = None
     repeat: int = 1
     workdir: Path = Path(".")
+    no_crop: bool = False
 
 
 def _engine_dir() -> str:
@@ -59,6 +60,8 @@ def run_worker(path: str, settings: BenchSettings, tag: str) -> dict:
         cmd += ["--window-batch", str(settings.window_batch)]
     if settings.spacing:
         cmd += ["--spacing", *[str(s) for s in settings.spacing]]
+    if settings.no_crop:
+        cmd += ["--no-crop"]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([_engine_dir(), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -158,6 +161,7 @@ def run_benchmark(settings: BenchSettings, info: dict, log: Callable[[str], None
                   "intensity_window_hu": manifest.preprocessing["intensity_window_hu"],
                   "random_weights": bool(info.get("random_weights"))},
         "settings": {"overlap": settings.overlap, "device": settings.device, "precision": settings.precision,
+                     "body_crop": not settings.no_crop,
                      "window_batch": {p: summaries[p]["window_batch_size"] for p in PATH_NAMES},
                      "repeat": settings.repeat, "wall_s": round(time.time() - started, 1)},
         "paths": {p: {"median": summaries[p], "runs": runs[p]} for p in PATH_NAMES},

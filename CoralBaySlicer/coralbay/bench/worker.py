@@ -30,6 +30,7 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--window-batch", type=int)
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     p.add_argument("--spacing", type=float, nargs=3, help="override the bundle's model spacing (mm)")
+    p.add_argument("--no-crop", action="store_true", help="switch off the bundle's body crop (ours)")
     return p.parse_args(argv)
 
 
@@ -67,6 +68,8 @@ def main(argv=None) -> int:
     bundle = load_bundle(args.model)
     if args.spacing:
         bundle.manifest.data["preprocessing"]["spacing_mm"] = list(args.spacing)
+    if args.no_crop:
+        bundle.manifest.data["preprocessing"]["crop_foreground"] = False
     infer = bundle.manifest.inference
     window = tuple(int(w) for w in infer["window_size"])
     bundle.network.to(device)

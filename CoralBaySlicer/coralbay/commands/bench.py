@@ -63,6 +63,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="width of the random bundle without --model (default 6; CoralBay U96B is 48)")
     p.add_argument("--window", type=positive_int, default=64, metavar="N",
                    help="window edge of the random bundle without --model (default 64)")
+    p.add_argument("--no-crop", action="store_true",
+                   help="diagnostic: switch off our body crop, so both paths place windows alike")
     p.add_argument("--repeat", type=positive_int, default=1, metavar="N", help="runs per path (default 1)")
     p.add_argument("--keep", metavar="DIR", help="keep inputs, labels and per-run results in DIR")
     p.set_defaults(run=run)
@@ -145,7 +147,8 @@ def run(args: argparse.Namespace) -> int:
                                  overlap=args.overlap if args.overlap is not None else manifest.inference["overlap"],
                                  device=device.type if device.type != "cuda" else str(device),
                                  precision=args.precision, window_batch=args.window_batch,
-                                 spacing=model_spacing, repeat=args.repeat, workdir=workdir)
+                                 spacing=model_spacing, repeat=args.repeat, workdir=workdir,
+                                 no_crop=args.no_crop)
         command = ("coralbay bench " + shlex.join(sys.argv[sys.argv.index("bench") + 1:])
                    if "bench" in sys.argv else None)
         info = {"command": command, "input": described, "random_weights": bool(args.classes)}
