@@ -43,18 +43,18 @@ class MaskPlan:
     windows: tuple[torch.Tensor, ...]
     per_item: int
 
-    def groups(self, total_windows: int, device: torch.device):
+    def groups(self, total_windows: int):
         """(pattern, window indices over the whole batch) for a batch of `total_windows`."""
         items = total_windows // self.per_item
-        offsets = torch.arange(items, device=device)[:, None] * self.per_item
+        offsets = torch.arange(items, device=self.patterns[0].device)[:, None] * self.per_item
         for pattern, index in zip(self.patterns, self.windows):
-            yield pattern.to(device), (offsets + index.to(device)[None]).reshape(-1)
+            yield pattern, (offsets + index[None]).reshape(-1)
 
 
 @lru_cache(maxsize=32)
 def mask_plan(dims: tuple[int, int, int], window: tuple[int, int, int],
-              shift: tuple[int, int, int]) -> MaskPlan:
-    """The distinct shifted-window masks of a padded (d, h, w) token grid.
+              shift: tuple[int, int, int], device: str = "cpu") -> MaskPlan:
+    """The distinct shifted-window masks of a padded (d, h, w) token grid, kept on `device`.
 
     Region ids follow MONAI's `compute_mask` (three slabs per axis: before the last window, the
     last window's unshifted part, and its shifted part); two tokens of a window may attend to
@@ -79,8 +79,8 @@ def mask_plan(dims: tuple[int, int, int], window: tuple[int, int, int],
     for key in by_key:
         labels = canonical[key]
         different = labels[:, None] != labels[None, :]
-        patterns.append(torch.where(different, MASKED, 0.0).to(torch.float32))
-    windows = tuple(torch.tensor(v, dtype=torch.long) for v in by_key.values())
+        patterns.append(torch.where(different, MASKED, 0.0).to(torch.float32).to(device))
+    windows = tuple(torch.tensor(v, dtype=torch.long, device=device) for v in by_key.values())
     return MaskPlan(tuple(patterns), windows, per_window.shape[0])
 
 
@@ -103,7 +103,7 @@ def _attention_forward(self: WindowAttention, x: torch.Tensor, mask=None) -> tor
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias[None], scale=self.scale)
     else:
         out = torch.empty_like(q)
-        for pattern, index in mask.groups(b, q.device):
+        for pattern, index in mask.groups(b):
             group_bias = (bias + pattern.to(q.dtype))[None]
             out[index] = F.scaled_dot_product_attention(q[index], k[index], v[index],
                                                         attn_mask=group_bias, scale=self.scale)
@@ -117,7 +117,7 @@ def _layer_forward(self: BasicLayer, x: torch.Tensor) -> torch.Tensor:
     b, _, d, h, w = x.shape
     window, shift = get_window_size((d, h, w), self.window_size, self.shift_size)
     padded = tuple(int(math.ceil(s / ws)) * ws for s, ws in zip((d, h, w), window))
-    plan = mask_plan(padded, tuple(window), tuple(shift)) if any(shift) else None
+    plan = mask_plan(padded, tuple(window), tuple(shift), str(x.device)) if any(shift) else None
     x = x.permute(0, 2, 3, 4, 1)
     for block in self.blocks:
         x = block(x, plan)
