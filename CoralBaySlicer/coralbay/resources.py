@@ -9,13 +9,15 @@ sentence that says what to change.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 import numpy as np
 
 from coralbay.errors import CoralBayError
 
+T = TypeVar("T")
 GIB = 1024 ** 3
 # Peak memory of one window's forward, per voxel of the window: CONV_COPIES full-resolution
 # tensors of F channels (encoder1/decoder1 with residual branches and norms) plus ATTENTION
@@ -69,7 +71,9 @@ def estimate_segmentation(grid_shape: Sequence[int], input_box_voxels: int, clas
 def available_host_memory() -> int:
     import psutil
 
-    return int(psutil.virtual_memory().available)
+    free = int(psutil.virtual_memory().available)
+    limit = memory_limit_override()
+    return min(free, limit) if limit is not None else free
 
 
 def available_device_memory(device) -> int | None:
@@ -79,7 +83,8 @@ def available_device_memory(device) -> int | None:
     import torch
 
     free, _total = torch.cuda.mem_get_info(device)
-    return int(free)
+    limit = memory_limit_override()
+    return min(int(free), limit) if limit is not None else int(free)
 
 
 def plan_window_batch(estimate_for, window_batch: int, host_free: int, device_free: int | None) -> tuple[int, MemoryEstimate]:
@@ -101,3 +106,75 @@ def plan_window_batch(estimate_for, window_batch: int, host_free: int, device_fr
                 f"This run needs about {needed / GIB:.1f} GiB of {where} memory but only {free / GIB:.1f} GiB "
                 "are free; restrict it with --roi, use a model with a coarser spacing, or free memory.")
         batch = max(1, batch // 2)
+
+
+def memory_limit_override() -> int | None:
+    """`CORALBAY_MAX_MEMORY_GB` caps what a run may plan to use (shared servers, tests)."""
+    value = os.environ.get("CORALBAY_MAX_MEMORY_GB")
+    if not value:
+        return None
+    try:
+        return int(float(value) * GIB)
+    except ValueError:
+        raise CoralBayError(f"CORALBAY_MAX_MEMORY_GB must be a number of GiB, not {value!r}.") from None
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """Where one try of the sliding windows runs."""
+
+    device: Any           # torch.device of the network
+    stitch_device: Any    # torch.device of the blended output
+    window_batch: int
+
+    def describe(self) -> str:
+        where = (f"on {self.device.type}" if self.device == self.stitch_device
+                 else f"on {self.device.type} with stitching on {self.stitch_device.type}")
+        return f"a window batch of {self.window_batch} {where}"
+
+
+def fallback_attempts(device, window_batch: int) -> list[Attempt]:
+    """What to try, in order, when memory runs out: halve the window batch down to 1, then (on
+    an accelerator) keep only the network there and stitch on the CPU, then run on the CPU."""
+    import torch
+
+    attempts = [Attempt(device, device, window_batch)]
+    batch = window_batch
+    while batch > 1:
+        batch //= 2
+        attempts.append(Attempt(device, device, batch))
+    if device.type != "cpu":
+        cpu = torch.device("cpu")
+        attempts += [Attempt(device, cpu, 1), Attempt(cpu, cpu, 1)]
+    return attempts
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
+
+
+def run_with_memory_fallback(run: Callable[[Attempt], T], device, window_batch: int,
+                             log: Callable[[str], None]) -> tuple[T, Attempt]:
+    """Call `run(attempt)` until one attempt fits in memory; say what was done at each step."""
+    import gc
+
+    import torch
+
+    attempts = fallback_attempts(device, window_batch)
+    for index, attempt in enumerate(attempts):
+        try:
+            return run(attempt), attempt
+        except Exception as exc:  # noqa: BLE001 - only out-of-memory errors are retried
+            if not is_out_of_memory(exc):
+                raise
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            if index + 1 == len(attempts):
+                raise CoralBayError(f"Out of memory even with {attempt.describe()}; restrict the run "
+                                    "with --roi or free memory.") from None
+            log(f"Out of memory with {attempt.describe()}; retrying with {attempts[index + 1].describe()}.")
+    raise AssertionError("unreachable")

@@ -10,6 +10,7 @@ are resampled).
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -24,8 +25,26 @@ from coralbay.inference.restore import ProbabilityStore, restore_labels
 from coralbay.inference.sliding_window import blend_slabs
 from coralbay.labels import LabelTable
 from coralbay.preprocess import IndexBox, prepare
+from coralbay.resources import (Attempt, available_device_memory, available_host_memory,
+                                estimate_segmentation, plan_window_batch, run_with_memory_fallback)
 
 Progress = Callable[[str, float, str], None]
+log = logging.getLogger("coralbay.inference")
+
+
+def plan_memory(grid_shape: Sequence[int], input_box: IndexBox, bundle: LoadedBundle,
+                device: torch.device, window_batch: int) -> int:
+    """The window batch that fits the free memory (see `resources`); refuse when none does."""
+    manifest = bundle.manifest
+    parameters = sum(p.numel() for p in bundle.network.parameters())
+    fitted, _ = plan_window_batch(
+        lambda b: estimate_segmentation(grid_shape, int(np.prod(input_box.size)), manifest.num_outputs,
+                                        manifest.inference["window_size"], bundle.spec.feature_size, b,
+                                        parameters),
+        window_batch, available_host_memory(), available_device_memory(device))
+    if fitted < window_batch:
+        log.warning(f"Lowered the window batch from {window_batch} to {fitted} to fit in the free memory.")
+    return fitted
 
 
 @dataclass
@@ -71,20 +90,28 @@ def segment_image(image: sitk.Image, bundle: LoadedBundle, device: torch.device,
         enable_fast_swin(network)
     else:
         disable_fast_swin(network)
-    store = ProbabilityStore(manifest.num_outputs, prepared.array.shape, prepared.grid,
-                             np.uint8 if probability_bits == 8 else np.uint16)
-    input_box = prepared.input_box
+    volume, grid, input_box = prepared.array, prepared.grid, prepared.input_box
+    del prepared
     window_stats: dict = {}
-    batch = window_batch_size or int(infer["window_batch_size"])
-    slabs = blend_slabs(prepared.array, network, infer["window_size"], manifest.num_outputs,
-                        overlap=infer["overlap"] if overlap is None else overlap,
-                        blend=infer["blend"], sigma_scale=infer["sigma_scale"], batch_size=batch,
-                        device=device, autocast=autocast, skip_empty=skip_empty,
-                        progress=lambda f, m: progress("inference", f, m), stats=window_stats)
-    del prepared  # the model-grid input is freed as soon as the last window has run
-    for slab in slabs:
-        store.put_logits(slab.start, slab.stop, slab.logits)
-    del slabs
+    batch = plan_memory(volume.shape, input_box, bundle, device,
+                        window_batch_size or int(infer["window_batch_size"]))
+
+    def run(attempt: Attempt) -> ProbabilityStore:
+        store = ProbabilityStore(manifest.num_outputs, volume.shape, grid,
+                                 np.uint8 if probability_bits == 8 else np.uint16)
+        slabs = blend_slabs(volume, network.to(attempt.device), infer["window_size"],
+                            manifest.num_outputs, overlap=infer["overlap"] if overlap is None else overlap,
+                            blend=infer["blend"], sigma_scale=infer["sigma_scale"],
+                            batch_size=attempt.window_batch, device=attempt.device,
+                            stitch_device=attempt.stitch_device, autocast=autocast, skip_empty=skip_empty,
+                            progress=lambda f, m: progress("inference", f, m), stats=window_stats)
+        for slab in slabs:
+            store.put_logits(slab.start, slab.stop, slab.logits)
+        return store
+
+    store, attempt = run_with_memory_fallback(run, device, batch, log.warning)
+    batch = attempt.window_batch
+    volume = None  # the model-grid input is freed as soon as the last window has run (closure cell too)
     timings["inference_s"] = time.perf_counter() - start
 
     start = time.perf_counter()

@@ -99,6 +99,7 @@ def blend_slabs(
     accumulate_dtype: torch.dtype = torch.float32,
     progress: ProgressCallback | None = None,
     stats: dict | None = None,
+    stitch_device: torch.device | str | None = None,
 ) -> Iterator[Slab]:
     """Evaluate the windows in MONAI's order and yield the blended output slab by slab.
 
@@ -109,10 +110,12 @@ def blend_slabs(
     Per voxel the sums run in MONAI's order with MONAI's Gaussian weights, so the blended values
     equal `monai.inferers.sliding_window_inference` when no window is skipped.
     Voxels that no evaluated window covers (only possible with `skip_empty`) get a confident
-    background: logit 0 for every class except +20 for class 0. The volume lives on `device`
-    (one transfer), and so does the stitching. `stats` receives windows_total/evaluated.
+    background: logit 0 for every class except +20 for class 0. The network runs on `device`;
+    the volume and the stitching live on `stitch_device` (default: the same), so a GPU short of
+    memory can leave the stitching to the host. `stats` receives windows_total/evaluated.
     """
     device = torch.device(device)
+    stitch = torch.device(stitch_device) if stitch_device is not None else device
     vol = torch.as_tensor(volume, dtype=torch.float32)
     plan = plan_windows(vol.shape, window, overlap)
     vol = _pad_volume(vol, plan)
@@ -120,9 +123,9 @@ def blend_slabs(
     if stats is not None:
         stats.update(windows_total=len(plan.slices), windows_evaluated=len(todo),
                      model_grid_shape=[int(v) for v in volume.shape])
-    vol = vol.to(device)
+    vol = vol.to(stitch)
     weights = compute_importance_map(tuple(window), mode=blend, sigma_scale=sigma_scale,
-                                     device=device, dtype=torch.float32)
+                                     device=stitch, dtype=torch.float32)
     cuts = _segment_bounds(plan, window)
     _, ny, nz = plan.padded_shape
     (x_lo, x_hi), (y_lo, y_hi), (z_lo, z_hi) = [(a, p - b) for (a, b), p in zip(plan.padding, plan.padded_shape)]
@@ -132,8 +135,8 @@ def blend_slabs(
     def segment(i: int) -> tuple[torch.Tensor, torch.Tensor]:
         if i not in open_segments:
             length = cuts[i + 1] - cuts[i]
-            open_segments[i] = (torch.zeros((out_channels, length, ny, nz), dtype=accumulate_dtype, device=device),
-                                torch.zeros((length, ny, nz), dtype=torch.float32, device=device))
+            open_segments[i] = (torch.zeros((out_channels, length, ny, nz), dtype=accumulate_dtype, device=stitch),
+                                torch.zeros((length, ny, nz), dtype=torch.float32, device=stitch))
         return open_segments[i]
 
     def finish(i: int) -> Slab | None:
@@ -142,7 +145,7 @@ def blend_slabs(
         covered = norm > 0
         acc /= torch.where(covered, norm, torch.ones_like(norm)).to(accumulate_dtype)
         if not bool(covered.all()):
-            background = torch.zeros(out_channels, dtype=accumulate_dtype, device=device)
+            background = torch.zeros(out_channels, dtype=accumulate_dtype, device=stitch)
             background[0] = 20.0
             acc.permute(1, 2, 3, 0)[~covered] = background
         start, stop = max(cuts[i], x_lo), min(cuts[i + 1], x_hi)
@@ -154,8 +157,8 @@ def blend_slabs(
     done = 0
     with torch.inference_mode(), autocast_context(device, autocast):
         for batch in _batches(todo, max(1, batch_size)):
-            inputs = torch.stack([vol[s] for s in batch])[:, None]
-            logits = network(inputs)
+            inputs = torch.stack([vol[s] for s in batch])[:, None].to(device)
+            logits = network(inputs).to(stitch)
             for s, out in zip(batch, logits):
                 weighted = (out.float() * weights).to(accumulate_dtype)
                 x0 = s[0].start
