@@ -1,0 +1,242 @@
+"""Head training: a short run learns and writes a loadable bundle; train-cls on a CSV; bad inputs.
+
+Everything runs the real network at a tiny width (feature size 6, 64^3 windows) on tiny phantoms
+at a coarse spacing, so the whole file takes well under two minutes on two loaded CPU cores.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from coralbay.bundle.factory import manifest_fields
+from coralbay.bundle.loader import load_bundle
+from coralbay.cli import main
+from coralbay.inference.segment import segment_image
+from coralbay.labels import Label, LabelTable, label_table_path_for
+from coralbay.model.build import ArchitectureSpec, build_network
+from coralbay.phantom import PHANTOM_LABELS, generate_phantom
+from coralbay.training.augment import AugmentSettings, CropSampler, mirror_lookup, sample_batch
+from coralbay.training.data import find_pairs, parse_seeds, phantom_cases
+from coralbay.training.loss import segmentation_loss
+from coralbay.training.metrics import auroc, dice_per_structure
+from coralbay.training.output import write_trained_bundle
+from coralbay.training.segmentation import SegmentationSettings, train_segmentation
+from coralbay.volume_io import same_grid
+
+SPACING = 8.0
+TINY = dict(spacing=SPACING, size_mm=(240, 200, 160), direction="LPS")  # 30 x 25 x 20 voxels
+
+
+def _fields(name: str = "tiny-seg") -> dict:
+    return manifest_fields(name, "segmentation", feature_size=6, labels=PHANTOM_LABELS,
+                           spacing_mm=(SPACING,) * 3, window_size=(64, 64, 64), overlap=0.5)
+
+
+def test_short_training_reduces_the_loss_and_writes_a_loadable_bundle(tmp_path):
+    fields = _fields()
+    cases, table = phantom_cases([0, 1], fields["preprocessing"], **TINY)
+    # No geometric augmentation: the (padded) phantoms are smaller than one window, so every step
+    # sees the same inputs and the loss on them must fall.
+    augment = AugmentSettings(window=(64, 64, 64), flip_prob=0, rotate_prob=0, scale_prob=0, shift_prob=0)
+    settings = SegmentationSettings(augment=augment, steps=6, batch_size=2, lr=3e-3, warmup_steps=1,
+                                    val_every=6, checkpoint_every=3, seed=0)
+    torch.manual_seed(0)
+    network = build_network(ArchitectureSpec.from_manifest("segmentation", fields["architecture"], len(table) + 1))
+    samplers = [CropSampler(c, augment.window) for c in cases]
+    inputs, targets = sample_batch(samplers, augment, np.random.default_rng(0), 2, None)
+    loss_fn = segmentation_loss()
+    with torch.no_grad():
+        before = float(loss_fn(network.eval()(inputs), targets))
+    result = train_segmentation(network, cases, cases[:1], table, settings, torch.device("cpu"),
+                                checkpoint_dir=tmp_path / "ckpt")
+    with torch.no_grad():
+        after = float(loss_fn(result.network.eval()(inputs), targets))
+    assert after < before - 0.05, (before, after)
+    assert len(result.history) == 6 and result.validation is not None
+    assert set(result.validation["dice"]) == {lab.name for lab in table}
+    assert (tmp_path / "ckpt" / "last.pt").is_file()
+
+    folder = write_trained_bundle(tmp_path / "bundle", {**fields, "metrics": {"steps": 6}}, result.network)
+    assert (folder / "README.md").is_file()
+    bundle = load_bundle(folder)
+    phantom = generate_phantom(7, **TINY)
+    segmentation = segment_image(phantom.image, bundle, torch.device("cpu"))
+    assert same_grid(segmentation.labels, phantom.image)
+    for key, value in result.network.state_dict().items():
+        if key in bundle.network.state_dict():
+            assert torch.equal(bundle.network.state_dict()[key], value), key
+
+
+def test_resumed_training_repeats_the_uninterrupted_run(tmp_path):
+    """Crops come from rng([seed, step]): stopping at step 2 and resuming gives the same weights."""
+    fields = _fields()
+    cases, table = phantom_cases([2], fields["preprocessing"], **TINY)
+    augment = AugmentSettings(window=(64, 64, 64))
+
+    def run(steps: int, resume=None, folder=None):
+        torch.manual_seed(0)
+        net = build_network(ArchitectureSpec.from_manifest("segmentation", fields["architecture"], len(table) + 1))
+        settings = SegmentationSettings(augment=augment, steps=steps, batch_size=1, lr=1e-3, warmup_steps=1,
+                                        checkpoint_every=1, seed=3, encoder_mode="frozen")
+        return train_segmentation(net, cases, [], table, settings, torch.device("cpu"),
+                                  checkpoint_dir=folder, resume=resume).network
+
+    from coralbay.training.segmentation import load_checkpoint_state
+    straight = run(3)
+    run(2, folder=tmp_path)
+    resumed = run(3, resume=load_checkpoint_state(tmp_path / "last.pt"))
+    for (key, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), key
+    frozen = [k for k in straight.state_dict() if k.startswith("encoder.") and k.endswith("weight")][0]
+    torch.manual_seed(0)
+    fresh = build_network(ArchitectureSpec.from_manifest("segmentation", fields["architecture"], len(table) + 1))
+    assert torch.equal(fresh.state_dict()[frozen], straight.state_dict()[frozen])  # --encoder frozen
+
+
+def test_crops_are_balanced_and_left_right_flips_swap_kidneys():
+    table = PHANTOM_LABELS
+    lut = mirror_lookup(table)
+    names = [None] + [lab.name for lab in table]
+    assert names[lut[names.index("kidney_left")]] == "kidney_right"
+    assert names[lut[names.index("liver")]] == "liver"
+    phantom_fields = _fields()
+    (case,), _ = phantom_cases([3], phantom_fields["preprocessing"], spacing=4.0, direction="LPS")
+    sampler = CropSampler(case, (64, 64, 64))
+    rng = np.random.default_rng(0)
+    centres = []
+    for _ in range(40):
+        image, target = sampler.sample(rng, foreground_prob=1.0)
+        assert image.shape == (64, 64, 64) and target.shape == (64, 64, 64)
+        centres.append(target[32, 32, 32])
+    aorta = names.index("aorta")
+    # The aorta fills ~0.5% of the volume; balanced crops centre on it far more often than that.
+    assert sum(1 for c in centres if c == aorta) >= 2
+
+
+def test_metrics():
+    table = LabelTable([Label(1, "a"), Label(2, "b"), Label(3, "c")])
+    truth = np.array([0, 1, 1, 2, 2, 0])
+    pred = np.array([0, 1, 0, 2, 2, 2])
+    dice = dice_per_structure(pred, truth, table)
+    assert dice["a"] == pytest.approx(2 / 3) and dice["b"] == pytest.approx(0.8) and dice["c"] is None
+    assert auroc([0.1, 0.4, 0.35, 0.8], [False, False, True, True]) == pytest.approx(0.75)
+    assert auroc([0.5, 0.5], [False, True]) == pytest.approx(0.5)
+    assert auroc([0.1, 0.2], [True, True]) is None
+    assert parse_seeds("0-2,7") == [0, 1, 2, 7]
+
+
+# ------------------------------------------------------------------------------------------
+# train-cls: a point-level probe from a CSV
+# ------------------------------------------------------------------------------------------
+
+def _blob_volume(path: Path, bright_at: tuple[int, int, int]) -> sitk.Image:
+    """A 48^3 volume at 4 mm (soft tissue) with a bright 'nodule' around one voxel."""
+    array = np.full((48, 48, 48), 40, np.int16)
+    z, y, x = np.ogrid[:48, :48, :48]
+    bi, bj, bk = bright_at
+    array[(x - bi) ** 2 + (y - bj) ** 2 + (z - bk) ** 2 <= 16] = 240
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((4.0, 4.0, 4.0))
+    sitk.WriteImage(image, str(path))
+    return image
+
+
+def test_train_cls_point_probe_from_csv(tmp_path, cli):
+    rows = ["image,label,x,y,z"]
+    for i, (ci, cj, ck) in enumerate([(12, 12, 12), (34, 30, 14), (14, 32, 34)]):
+        image = _blob_volume(tmp_path / f"scan{i}.nii.gz", (ci, cj, ck))
+        bright = image.TransformIndexToPhysicalPoint((ci, cj, ck))
+        dull = image.TransformIndexToPhysicalPoint((47 - ci, 47 - cj, 47 - ck))
+        rows.append(f"scan{i}.nii.gz,nodule,{bright[0]},{bright[1]},{bright[2]}")
+        rows.append(f"scan{i}.nii.gz,background,{dull[0]},{dull[1]},{dull[2]}")
+    (tmp_path / "train.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "probe"
+    proc = cli("train-cls", "--csv", tmp_path / "train.csv", "--feature-size", "6", "--spacing", "4",
+               "--window", "64", "--output", out, "--classes", "background,nodule", "--progress", "none")
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["classes"] == ["background", "nodule"]
+    assert manifest["metrics"]["training"]["accuracy"] == 1.0
+    assert manifest["reproduce"].startswith("coralbay train-cls --csv")
+    assert "not validated for clinical use" in manifest["intended_use"]
+    # The bundle classifies a training point through `coralbay classify --point`.
+    row = rows[1].split(",")
+    report = tmp_path / "report.json"
+    proc = cli("classify", tmp_path / row[0], "--model", out, "--point", ",".join(row[2:]), "--output", report,
+               "--progress", "none")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(report.read_text())["prediction"] == "nodule"
+
+
+# ------------------------------------------------------------------------------------------
+# Bad training inputs: one sentence, exit code 1, no bundle folder
+# ------------------------------------------------------------------------------------------
+
+def _pair(folder: Path, name: str, labels_spacing: float = 4.0, label_value: int = 1) -> None:
+    image = sitk.GetImageFromArray(np.full((20, 20, 20), 40, np.int16))
+    image.SetSpacing((4.0, 4.0, 4.0))
+    labels = sitk.GetImageFromArray(np.zeros((20, 20, 20), np.uint8))
+    labels[5:10, 5:10, 5:10] = label_value
+    labels.SetSpacing((labels_spacing,) * 3)
+    sitk.WriteImage(image, str(folder / f"{name}.nii.gz"))
+    sitk.WriteImage(labels, str(folder / f"{name}_labels.nii.gz"))
+
+
+def _train_fails(capsys, tmp_path, data: Path, expected: str, *extra: str) -> None:
+    out = tmp_path / "bundle"
+    code = main(["train-seg", "--data", str(data), "--feature-size", "6", "--window", "64", "--steps", "1",
+                 "--output", str(out), "--progress", "none", *extra])
+    err = capsys.readouterr().err.strip()
+    assert code == 1
+    assert expected in err and err.count("\n") == 0 and err.endswith("."), err
+    assert not out.exists() and not list(tmp_path.glob(".bundle*"))
+
+
+@pytest.mark.parametrize("problem", ["unpaired image", "unpaired labels", "other grid", "unknown value", "empty"])
+def test_bad_training_folders_are_refused(problem, tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    if problem == "empty":
+        _train_fails(capsys, tmp_path, data, "holds no images and label maps")
+        return
+    _pair(data, "case1")
+    if problem == "unpaired image":
+        sitk.WriteImage(sitk.Image(8, 8, 8, sitk.sitkInt16), str(data / "case2.nii.gz"))
+        _train_fails(capsys, tmp_path, data, "case2.nii.gz has no label map")
+    elif problem == "unpaired labels":
+        sitk.WriteImage(sitk.Image(8, 8, 8, sitk.sitkUInt8), str(data / "case3_seg.nrrd"))
+        _train_fails(capsys, tmp_path, data, "has no matching image named case3")
+    elif problem == "other grid":
+        _pair(data, "case2", labels_spacing=2.0)
+        _train_fails(capsys, tmp_path, data, "does not lie on the grid of its image")
+    elif problem == "unknown value":
+        _pair(data, "case2", label_value=5)
+        table = tmp_path / "table.json"
+        table.write_text(json.dumps(LabelTable([Label(1, "organ")]).to_dict()))
+        _train_fails(capsys, tmp_path, data, "label value(s) 5 that the label table does not list",
+                     "--labels", str(table))
+
+
+def test_pairs_from_images_tr_layout_and_sidecar_table(tmp_path):
+    for sub in ("imagesTr", "labelsTr"):
+        (tmp_path / sub).mkdir()
+    image = sitk.Image(8, 8, 8, sitk.sitkInt16)
+    sitk.WriteImage(image, str(tmp_path / "imagesTr" / "liver_001_0000.nii.gz"))
+    sitk.WriteImage(sitk.Image(8, 8, 8, sitk.sitkUInt8), str(tmp_path / "labelsTr" / "liver_001.nii.gz"))
+    (pair,) = find_pairs(tmp_path)
+    assert pair.name == "liver_001" and pair.labels.parent.name == "labelsTr"
+    assert label_table_path_for(pair.labels).name == "liver_001.labels.json"
+
+
+def test_train_cls_refuses_a_single_class_csv(tmp_path, capsys):
+    _blob_volume(tmp_path / "a.nii.gz", (10, 10, 10))
+    (tmp_path / "one.csv").write_text("image,label\na.nii.gz,x\na.nii.gz,x\n")
+    code = main(["train-cls", "--csv", str(tmp_path / "one.csv"), "--output", str(tmp_path / "b"), "--progress", "none"])
+    assert code == 1 and "only one class" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
