@@ -22,13 +22,16 @@ from coralbay.labels import Label, LabelTable, label_table_path_for
 from coralbay.model.build import ArchitectureSpec, build_network
 from coralbay.phantom import PHANTOM_LABELS, generate_phantom
 from coralbay.training.augment import AugmentSettings, CropSampler, mirror_lookup, sample_batch
-from coralbay.training.data import find_pairs, parse_seeds, phantom_cases
+from coralbay.errors import UsageError
+from coralbay.training.data import Case, find_pairs, parse_seeds, phantom_cases, plan_labels
 from coralbay.training.loss import segmentation_loss
 from coralbay.training.metrics import auroc, dice_per_structure
 from coralbay.training.output import write_trained_bundle
-from coralbay.training.segmentation import SegmentationSettings, train_segmentation
+from coralbay.training.segmentation import (SegmentationSettings, build_crop_pool, forward_logits,
+                                            load_checkpoint_state, train_segmentation)
 from coralbay.volume_io import same_grid
 
+CPU = torch.device("cpu")
 SPACING = 8.0
 TINY = dict(spacing=SPACING, size_mm=(240, 200, 160), direction="LPS")  # 30 x 25 x 20 voxels
 
@@ -40,63 +43,76 @@ def _fields(name: str = "tiny-seg") -> dict:
 
 def test_short_training_reduces_the_loss_and_writes_a_loadable_bundle(tmp_path):
     fields = _fields()
-    cases, table = phantom_cases([0, 1], fields["preprocessing"], **TINY)
-    # No geometric augmentation: the (padded) phantoms are smaller than one window, so every step
-    # sees the same inputs and the loss on them must fall.
+    cases, plan = phantom_cases([0, 1], fields["preprocessing"], **TINY)
+    table = plan.table
+    # No augmentation: the (padded) phantoms are smaller than one window, so each case gives one
+    # fixed crop and the loss on those crops must fall. The Swin transformer is frozen and its
+    # outputs cached ("convs" mode), the fast path the demo bundle was trained with.
     augment = AugmentSettings(window=(64, 64, 64), flip_prob=0, rotate_prob=0, scale_prob=0, shift_prob=0)
-    settings = SegmentationSettings(augment=augment, steps=6, batch_size=2, lr=3e-3, warmup_steps=1,
-                                    val_every=6, checkpoint_every=3, seed=0)
+    settings = SegmentationSettings(augment=augment, steps=5, batch_size=2, lr=3e-3, warmup_steps=1,
+                                    encoder_mode="convs", feature_cache=1, val_every=5, checkpoint_every=5)
     torch.manual_seed(0)
     network = build_network(ArchitectureSpec.from_manifest("segmentation", fields["architecture"], len(table) + 1))
-    samplers = [CropSampler(c, augment.window) for c in cases]
-    inputs, targets = sample_batch(samplers, augment, np.random.default_rng(0), 2, None)
+    pool = build_crop_pool(network, [CropSampler(c, augment.window) for c in cases], settings, None, CPU)
     loss_fn = segmentation_loss()
-    with torch.no_grad():
-        before = float(loss_fn(network.eval()(inputs), targets))
-    result = train_segmentation(network, cases, cases[:1], table, settings, torch.device("cpu"),
-                                checkpoint_dir=tmp_path / "ckpt")
-    with torch.no_grad():
-        after = float(loss_fn(result.network.eval()(inputs), targets))
+
+    def pool_loss(net) -> float:
+        with torch.no_grad():
+            return float(loss_fn(forward_logits(net.eval(), pool.inputs, "convs", pool.cached), pool.targets))
+
+    before = pool_loss(network)
+    result = train_segmentation(network, cases, cases[:1], table, settings, CPU, checkpoint_dir=tmp_path / "ckpt")
+    after = pool_loss(result.network)
     assert after < before - 0.05, (before, after)
-    assert len(result.history) == 6 and result.validation is not None
+    assert len(result.history) == 5 and result.validation is not None
     assert set(result.validation["dice"]) == {lab.name for lab in table}
     assert (tmp_path / "ckpt" / "last.pt").is_file()
 
-    folder = write_trained_bundle(tmp_path / "bundle", {**fields, "metrics": {"steps": 6}}, result.network)
+    folder = write_trained_bundle(tmp_path / "bundle", {**fields, "metrics": {"steps": 5}}, result.network)
     assert (folder / "README.md").is_file()
     bundle = load_bundle(folder)
-    phantom = generate_phantom(7, **TINY)
-    segmentation = segment_image(phantom.image, bundle, torch.device("cpu"))
-    assert same_grid(segmentation.labels, phantom.image)
     for key, value in result.network.state_dict().items():
         if key in bundle.network.state_dict():
             assert torch.equal(bundle.network.state_dict()[key], value), key
+    phantom = generate_phantom(7, **TINY)
+    segmentation = segment_image(phantom.image, bundle, CPU)
+    assert same_grid(segmentation.labels, phantom.image)
 
 
-def test_resumed_training_repeats_the_uninterrupted_run(tmp_path):
-    """Crops come from rng([seed, step]): stopping at step 2 and resuming gives the same weights."""
+def test_interrupted_training_resumes_where_it_stopped(tmp_path):
+    """Crops come from rng([seed, step]): a run stopped by Ctrl-C and resumed from its checkpoint
+    ends with the weights of an uninterrupted run."""
     fields = _fields()
-    cases, table = phantom_cases([2], fields["preprocessing"], **TINY)
-    augment = AugmentSettings(window=(64, 64, 64))
+    cases, plan = phantom_cases([2], fields["preprocessing"], **TINY)
+    table = plan.table
+    settings = SegmentationSettings(augment=AugmentSettings(window=(64, 64, 64)), steps=3, batch_size=1,
+                                    lr=1e-3, warmup_steps=1, checkpoint_every=1, seed=3,
+                                    encoder_mode="frozen", feature_cache=1)
 
-    def run(steps: int, resume=None, folder=None):
+    def run(resume=None, folder=None, progress=None):
         torch.manual_seed(0)
         net = build_network(ArchitectureSpec.from_manifest("segmentation", fields["architecture"], len(table) + 1))
-        settings = SegmentationSettings(augment=augment, steps=steps, batch_size=1, lr=1e-3, warmup_steps=1,
-                                        checkpoint_every=1, seed=3, encoder_mode="frozen")
-        return train_segmentation(net, cases, [], table, settings, torch.device("cpu"),
-                                  checkpoint_dir=folder, resume=resume).network
+        return train_segmentation(net, cases, [], table, settings, CPU, checkpoint_dir=folder, resume=resume,
+                                  progress=progress).network
 
-    from coralbay.training.segmentation import load_checkpoint_state
-    straight = run(3)
-    run(2, folder=tmp_path)
-    resumed = run(3, resume=load_checkpoint_state(tmp_path / "last.pt"))
+    def interrupt(fraction: float, message: str) -> None:
+        if fraction >= 2 / 3:
+            raise KeyboardInterrupt
+
+    straight = run()
+    with pytest.raises(KeyboardInterrupt):
+        run(folder=tmp_path, progress=interrupt)
+    checkpoint = load_checkpoint_state(tmp_path / "last.pt")
+    assert checkpoint["step"] == 1
+    resumed = run(resume=checkpoint)
     for (key, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
-        assert torch.allclose(a, b, atol=1e-6), key
-    frozen = [k for k in straight.state_dict() if k.startswith("encoder.") and k.endswith("weight")][0]
+        assert torch.equal(a, b), key
     torch.manual_seed(0)
     fresh = build_network(ArchitectureSpec.from_manifest("segmentation", fields["architecture"], len(table) + 1))
-    assert torch.equal(fresh.state_dict()[frozen], straight.state_dict()[frozen])  # --encoder frozen
+    frozen = "encoder.encoder1.layer.conv1.conv.weight"
+    assert torch.equal(fresh.state_dict()[frozen], straight.state_dict()[frozen])  # encoder frozen
+    assert not torch.equal(fresh.state_dict()["decoder.out.conv.conv.weight"],
+                           straight.state_dict()["decoder.out.conv.conv.weight"])
 
 
 def test_crops_are_balanced_and_left_right_flips_swap_kidneys():
@@ -105,18 +121,21 @@ def test_crops_are_balanced_and_left_right_flips_swap_kidneys():
     names = [None] + [lab.name for lab in table]
     assert names[lut[names.index("kidney_left")]] == "kidney_right"
     assert names[lut[names.index("liver")]] == "liver"
-    phantom_fields = _fields()
-    (case,), _ = phantom_cases([3], phantom_fields["preprocessing"], spacing=4.0, direction="LPS")
-    sampler = CropSampler(case, (64, 64, 64))
+    # A large structure (class 1, half the volume) and a tiny one (class 2, 0.1%): balanced crops
+    # centre on each structure equally often, whatever their sizes.
+    target = np.zeros((128, 128, 128), np.uint8)
+    target[:, :64] = 1
+    target[60:70, 80:90, 60:70] = 2
+    sampler = CropSampler(Case("synthetic", np.zeros(target.shape, np.float32), target), (64, 64, 64))
     rng = np.random.default_rng(0)
     centres = []
-    for _ in range(40):
-        image, target = sampler.sample(rng, foreground_prob=1.0)
-        assert image.shape == (64, 64, 64) and target.shape == (64, 64, 64)
-        centres.append(target[32, 32, 32])
-    aorta = names.index("aorta")
-    # The aorta fills ~0.5% of the volume; balanced crops centre on it far more often than that.
-    assert sum(1 for c in centres if c == aorta) >= 2
+    for _ in range(60):
+        image, crop = sampler.sample(rng, foreground_prob=1.0)
+        assert image.shape == (64, 64, 64) and crop.shape == (64, 64, 64)
+        centres.append(int(crop[32, 32, 32]))
+    assert 15 <= centres.count(2) <= 45, centres.count(2)
+    uniform = [int(sampler.sample(rng, foreground_prob=0.0)[1][32, 32, 32]) for _ in range(60)]
+    assert uniform.count(2) <= 3
 
 
 def test_metrics():
@@ -129,6 +148,16 @@ def test_metrics():
     assert auroc([0.5, 0.5], [False, True]) == pytest.approx(0.5)
     assert auroc([0.1, 0.2], [True, True]) is None
     assert parse_seeds("0-2,7") == [0, 1, 2, 7]
+
+
+def test_merged_labels_are_trained_as_their_target():
+    plan = plan_labels(PHANTOM_LABELS, "liver_lesion=liver,spleen=background")
+    assert [lab.name for lab in plan.table] == ["liver", "kidney_left", "kidney_right", "aorta", "vertebrae", "lung"]
+    lut = plan.lookup()
+    assert lut[8] == lut[1] == 1 and lut[2] == 0 and lut[3] == 2
+    for bad in ("liver_lesion=nothing", "liver_lesion", "liver=liver", "liver=spleen,spleen=aorta"):
+        with pytest.raises(UsageError):
+            plan_labels(PHANTOM_LABELS, bad)
 
 
 # ------------------------------------------------------------------------------------------

@@ -210,10 +210,12 @@ def reproduce_command(args: argparse.Namespace) -> str:
             continue
         if value is True:
             words.append(flag)
-        elif isinstance(value, (list, tuple)):
-            words += [flag, ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)]
+            continue
+        if isinstance(value, (list, tuple)):
+            text = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
         else:
-            words += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
+            text = f"{value:g}" if isinstance(value, float) else str(value)
+        words += [f"{flag}={text}"] if text.startswith("-") else [flag, text]  # argparse reads -1000 as an option
     return shlex.join(words)
 
 
@@ -245,6 +247,10 @@ def _prepare_run(args: argparse.Namespace, stages: dict):
     if settings["window_hu"][1] <= settings["window_hu"][0]:
         from coralbay.errors import UsageError
         raise UsageError("--window-hu needs LO below HI.")
+    # The resolved values go into the `reproduce` command, so it does not depend on defaults.
+    args.feature_size, args.spacing, args.window_hu = (settings["feature_size"], list(settings["spacing_mm"]),
+                                                       list(settings["window_hu"]))
+    args.window, args.overlap = list(settings["window_size"]), settings["overlap"]
     return output, reporter, device, start, settings
 
 
