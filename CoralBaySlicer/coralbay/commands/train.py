@@ -153,6 +153,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--lr", type=positive_float, default=1e-3, help="peak learning rate (default 1e-3)")
     train.add_argument("--weight-decay", type=float, default=1e-5, help="AdamW weight decay (default 1e-5)")
     train.add_argument("--warmup", type=int, default=20, metavar="STEPS", help="linear warm-up steps (default 20)")
+    train.add_argument("--class-weights", choices=("none", "inverse-sqrt"), default="none",
+                       help="weight each class in the loss by 1/sqrt of its voxel share, which finds small "
+                            "structures sooner when training from scratch (default none)")
     train.add_argument("--foreground-prob", type=probability, default=0.9,
                        help="share of crops centred on a structure, each structure equally likely (default 0.9)")
     train.add_argument("--flip-prob", type=probability, default=0.1, help="flip probability per axis (default 0.1)")
@@ -328,6 +331,7 @@ def run_seg(args: argparse.Namespace) -> int:
     train_settings = SegmentationSettings(
         augment=augment, steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         warmup_steps=min(args.warmup, args.steps), encoder_mode=mode, feature_cache=max(0, args.feature_cache),
+        class_weights=args.class_weights,
         val_every=args.val_every, val_overlap=settings["overlap"], checkpoint_every=args.checkpoint_every,
         seed=args.seed)
     checkpoints = Path(args.checkpoint_dir) if args.checkpoint_dir else output.with_name(output.name + ".checkpoints")

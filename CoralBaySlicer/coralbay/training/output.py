@@ -53,6 +53,10 @@ def bundle_readme(fields: dict) -> str:
               f"{' x '.join(f'{s:g}' for s in pre['spacing_mm'])} mm (RAS), HU window "
               f"{pre['intensity_window_hu'][0]:g}..{pre['intensity_window_hu'][1]:g}, sliding windows of "
               f"{' x '.join(map(str, infer['window_size']))} voxels with overlap {infer['overlap']:g}.", ""]
+    use = (f"coralbay segment CT.nii.gz --model {fields['name']} --output labels.nii.gz"
+           if fields["task"] == "segmentation" else
+           f"coralbay classify CT.nii.gz --model {fields['name']} --output report.json")
+    lines += ["## Use", "", "```", use, "```", ""]
     if fields.get("metrics"):
         lines += ["## Metrics", "", "```json", json.dumps(fields["metrics"], indent=2), "```", ""]
     if fields.get("reproduce"):

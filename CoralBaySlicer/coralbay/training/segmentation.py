@@ -35,7 +35,7 @@ from coralbay.inference.sliding_window import sliding_window_logits
 from coralbay.labels import LabelTable
 from coralbay.training.augment import AugmentSettings, CropSampler, mirror_lookup, sample_batch
 from coralbay.training.data import Case
-from coralbay.training.loss import segmentation_loss
+from coralbay.training.loss import inverse_sqrt_weights, segmentation_loss
 from coralbay.training.metrics import dice_per_structure, mean_dice
 
 CHECKPOINT_FORMAT = "coralbay-train-seg-checkpoint-1"
@@ -57,6 +57,7 @@ class SegmentationSettings:
     max_grad_norm: float = 1.0
     encoder_mode: str = "finetune"  # "finetune", "convs" (Swin transformer frozen) or "frozen"
     feature_cache: int = 0          # crops per case whose frozen-part outputs are computed once
+    class_weights: str = "none"     # "none" or "inverse-sqrt" (of each class's voxel share)
     val_every: int = 100
     val_overlap: float = 0.5
     checkpoint_every: int = 50
@@ -195,7 +196,12 @@ def train_segmentation(network: nn.Module, cases: list[Case], val_cases: list[Ca
     trainable = set_trainable(network, mode)
     optimizer = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=settings.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, settings))
-    loss_fn = segmentation_loss()
+    weights = (inverse_sqrt_weights([c.target for c in cases], len(table) + 1)
+               if settings.class_weights == "inverse-sqrt" else None)
+    loss_fn = segmentation_loss(weights.to(device) if weights is not None else None)
+    if weights is not None and log:
+        log("Class weights: " + ", ".join(f"{n} {w:.2f}" for n, w in zip(["background"] + [lab.name for lab in table],
+                                                                        weights.tolist())) + ".")
     samplers = [CropSampler(c, settings.augment.window) for c in cases]
     mirror = mirror_lookup(table)
 
