@@ -104,6 +104,22 @@ def _backbone_state(backbone: str, trust_remote_code: bool) -> tuple[dict[str, t
     return load_safetensors(download_from_hub(repo_id, revision)), f"{repo_id}@{revision or 'main'}"
 
 
+def backbone_state(backbone: str, trust_remote_code: bool = False) -> tuple[dict[str, torch.Tensor], str]:
+    """Encoder weights from a local file or a hub id, and a name for messages (public for training)."""
+    return _backbone_state(backbone, trust_remote_code)
+
+
+def load_encoder_state(network: nn.Module, state: dict[str, torch.Tensor], source: str) -> list[str]:
+    """Load eva/VoCo-named encoder weights into `network.encoder`; notes on what was loaded."""
+    return _load_encoder(network, state, source)
+
+
+def feature_size_of(state: dict[str, torch.Tensor]) -> int | None:
+    """The encoder width (feature_size) of a state dict: the patch embedding's output channels."""
+    key = next((k for k in state if k.endswith("patch_embed.proj.weight")), None)
+    return int(state[key].shape[0]) if key else None
+
+
 def _load_encoder(network: nn.Module, state: dict[str, torch.Tensor], source: str) -> list[str]:
     """Load encoder weights (eva/VoCo/DINO naming) into `network.encoder`; report leftovers."""
     encoder = network.encoder
@@ -120,11 +136,12 @@ def _load_encoder(network: nn.Module, state: dict[str, torch.Tensor], source: st
 
 
 def save_bundle(folder: str | os.PathLike, manifest_fields: dict[str, Any], network: nn.Module,
-                separate_backbone: bool = False) -> Path:
+                separate_backbone: bool = False, extra_files: dict[str, str] | None = None) -> Path:
     """Write a complete bundle atomically: weights as safetensors with sha256, then the manifest.
 
     With `separate_backbone`, encoder tensors go to `backbone.safetensors` (shareable between
-    task bundles) and the rest to `model.safetensors`.
+    task bundles) and the rest to `model.safetensors`. `extra_files` (name -> text, e.g. a
+    README.md) are written inside the same atomic folder.
     """
     from safetensors.torch import save_file
 
@@ -143,5 +160,7 @@ def save_bundle(folder: str | os.PathLike, manifest_fields: dict[str, Any], netw
             weights.append({"file": name, "sha256": sha256_of(tmp / name), "role": role})
         data = {"schema_version": 1, **manifest_fields, "weights": weights}
         validate_manifest(data)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text, encoding="utf-8")
         (tmp / MANIFEST_NAME).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     return folder

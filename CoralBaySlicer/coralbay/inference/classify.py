@@ -17,6 +17,7 @@ import SimpleITK as sitk
 import torch
 
 from coralbay.bundle.loader import LoadedBundle
+from coralbay.bundle.manifest import Manifest
 from coralbay.errors import InputError
 from coralbay.inference.sliding_window import sliding_window_embeddings
 from coralbay.preprocess import prepare
@@ -34,31 +35,42 @@ def point_roi(image: sitk.Image, point_lps: Sequence[float], region_mm: Sequence
     return [*(p - half), *(p + half)]
 
 
-def classify_image(image: sitk.Image, bundle: LoadedBundle, device: torch.device, *,
-                   point_lps: Sequence[float] | None = None, overlap: float | None = None,
-                   window_batch_size: int | None = None,
-                   progress: Progress = lambda s, f, m="": None) -> dict:
-    """Class probabilities for a scan (or the region around a point) with a classification bundle."""
-    manifest = bundle.manifest
+def scan_embedding(image: sitk.Image, manifest: Manifest, embed: Callable[[torch.Tensor], torch.Tensor],
+                   device: torch.device, *, point_lps: Sequence[float] | None = None,
+                   overlap: float | None = None, window_batch_size: int | None = None,
+                   progress: Progress = lambda s, f, m="": None) -> tuple[torch.Tensor, dict]:
+    """The pooled feature vector (1, D) of a scan, or of the region around a point: what the
+    head sees. Training a head (`coralbay train-cls`) uses this same function."""
     infer = manifest.inference
     preprocessing = dict(manifest.preprocessing)
     roi = None
     if point_lps is not None:
         roi = point_roi(image, point_lps, infer["point_region_mm"])
         preprocessing["crop_foreground"] = False  # the region is the point's neighbourhood as is
-    start = time.perf_counter()
     progress("preprocess", 0.0, "cropping and resampling")
     prepared = prepare(image, preprocessing, roi)
     progress("preprocess", 1.0, "")
-    network = bundle.network.to(device)
     vectors, stats = sliding_window_embeddings(
-        prepared.array, network.embed, infer["window_size"],
+        prepared.array, embed, infer["window_size"],
         overlap=infer["overlap"] if overlap is None else overlap,
         batch_size=window_batch_size or infer["window_batch_size"], device=device,
         progress=lambda f, m: progress("inference", f, m))
+    return vectors.mean(dim=0, keepdim=True), stats
+
+
+def classify_image(image: sitk.Image, bundle: LoadedBundle, device: torch.device, *,
+                   point_lps: Sequence[float] | None = None, overlap: float | None = None,
+                   window_batch_size: int | None = None,
+                   progress: Progress = lambda s, f, m="": None) -> dict:
+    """Class probabilities for a scan (or the region around a point) with a classification bundle."""
+    manifest = bundle.manifest
+    start = time.perf_counter()
+    network = bundle.network.to(device)
+    scan_vector, stats = scan_embedding(image, manifest, network.embed, device, point_lps=point_lps,
+                                        overlap=overlap, window_batch_size=window_batch_size,
+                                        progress=progress)
     with torch.inference_mode():
-        scan_vector = vectors.mean(dim=0, keepdim=True).to(device)
-        probs = torch.softmax(network.head(scan_vector).float(), dim=1)[0].cpu().numpy()
+        probs = torch.softmax(network.head(scan_vector.to(device)).float(), dim=1)[0].cpu().numpy()
     classes = manifest.classes
     best = int(np.argmax(probs))
     return {"model": manifest.name, "classes": classes,

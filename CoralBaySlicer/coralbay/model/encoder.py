@@ -51,7 +51,14 @@ class CoralBayEncoder(nn.Module):
         return [m * self.feature_size for m in FEATURE_MULTIPLIERS]
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        hidden = self.swinViT(x)
+        return self.skip_features(x, self.swinViT(x))
+
+    def skip_features(self, x: torch.Tensor, hidden: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The six feature maps from the input and the transformer's hidden states.
+
+        Separate from `forward` so that training with a frozen transformer can compute (and
+        cache) `swinViT(x)` once and still train the convolutional blocks.
+        """
         return [self.encoder1(x), self.encoder2(hidden[0]), self.encoder3(hidden[1]),
                 self.encoder4(hidden[2]), hidden[3], self.encoder10(hidden[4])]
 

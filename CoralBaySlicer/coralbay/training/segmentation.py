@@ -1,0 +1,284 @@
+"""The segmentation training loop: AdamW, warm-up + cosine schedule, validation Dice, checkpoints.
+
+Why each step draws its random numbers from `default_rng([seed, step])`: the crops and
+augmentations of step k are then the same whether a run went straight through or was resumed
+from a checkpoint, so a resumed run repeats an uninterrupted one, and two runs with the same
+seed, data and settings give the same weights (on the same machine and thread count).
+
+Three ways to treat the encoder: "finetune" trains everything; "convs" freezes the Swin
+transformer and trains the encoder's convolutional skip blocks with the decoder; "frozen" trains
+the decoder alone (the usual way to put a head on real CoralBay weights). When part of the
+encoder is frozen, its outputs can be computed once for a fixed pool of augmented crops and reused
+every step (`feature_cache` crops per case), as eva precomputes embeddings for frozen backbones;
+on a CPU this makes training several times faster, because the transformer's window attention
+is most of the cost of a step.
+
+Validation runs the engine's own sliding-window inference (`sliding_window_logits`) on the
+validation cases' model grids, so the Dice it reports is the Dice of the way the bundle will run.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from coralbay.atomic import atomic_file
+from coralbay.errors import InputError
+from coralbay.inference.sliding_window import sliding_window_logits
+from coralbay.labels import LabelTable
+from coralbay.training.augment import AugmentSettings, CropSampler, mirror_lookup, sample_batch
+from coralbay.training.data import Case
+from coralbay.training.loss import inverse_sqrt_weights, segmentation_loss
+from coralbay.training.metrics import dice_per_structure, mean_dice
+
+CHECKPOINT_FORMAT = "coralbay-train-seg-checkpoint-1"
+CHECKPOINT_NAME = "last.pt"
+
+Progress = Callable[[float, str], None]
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class SegmentationSettings:
+    augment: AugmentSettings
+    steps: int = 1000
+    batch_size: int = 2
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    warmup_steps: int = 20
+    min_lr_ratio: float = 0.01     # the cosine ends at lr * min_lr_ratio
+    max_grad_norm: float = 1.0
+    encoder_mode: str = "finetune"  # "finetune", "convs" (Swin transformer frozen) or "frozen"
+    feature_cache: int = 0          # crops per case whose frozen-part outputs are computed once
+    class_weights: str = "none"     # "none" or "inverse-sqrt" (of each class's voxel share)
+    val_every: int = 100
+    val_overlap: float = 0.5
+    checkpoint_every: int = 50
+    seed: int = 0
+
+
+@dataclass
+class SegmentationResult:
+    network: nn.Module                     # holds the chosen weights (best validation, else last)
+    history: list[dict] = field(default_factory=list)
+    validation: dict | None = None         # per-structure Dice of the chosen weights
+    chosen_step: int = 0
+    steps_done: int = 0
+    seconds: float = 0.0
+
+
+def lr_factor(step: int, settings: SegmentationSettings) -> float:
+    """Linear warm-up, then a cosine from 1 down to `min_lr_ratio` at the last step."""
+    if step < settings.warmup_steps:
+        return (step + 1) / settings.warmup_steps
+    span = max(1, settings.steps - settings.warmup_steps)
+    progress = min(1.0, (step - settings.warmup_steps) / span)
+    return settings.min_lr_ratio + (1 - settings.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+ENCODER_MODES = ("finetune", "convs", "frozen")
+
+
+def set_trainable(network: nn.Module, mode: str) -> list[nn.Parameter]:
+    """Freeze the parts `mode` keeps fixed; the parameters left to train."""
+    if mode not in ENCODER_MODES:
+        raise ValueError(f"unknown encoder mode {mode!r}")
+    frozen = {"finetune": None, "convs": network.encoder.swinViT, "frozen": network.encoder}[mode]
+    for p in network.parameters():
+        p.requires_grad_(True)
+    if frozen is not None:
+        for p in frozen.parameters():
+            p.requires_grad_(False)
+    return [p for p in network.parameters() if p.requires_grad]
+
+
+def frozen_outputs(network: nn.Module, inputs: torch.Tensor, mode: str) -> list[torch.Tensor] | None:
+    """What the frozen part computes from `inputs` (None when nothing is frozen)."""
+    if mode == "finetune":
+        return None
+    with torch.no_grad():
+        return network.encoder.swinViT(inputs) if mode == "convs" else network.encoder(inputs)
+
+
+def forward_logits(network: nn.Module, inputs: torch.Tensor, mode: str,
+                   cached: list[torch.Tensor] | None = None) -> torch.Tensor:
+    """The network's logits, reusing the frozen part's outputs when they are given."""
+    if mode == "finetune":
+        return network(inputs)
+    fixed = cached if cached is not None else frozen_outputs(network, inputs, mode)
+    features = network.encoder.skip_features(inputs, fixed) if mode == "convs" else fixed
+    return network.decoder(features)
+
+
+@dataclass
+class CropPool:
+    """A fixed set of augmented crops with the frozen part's outputs, built once."""
+
+    inputs: torch.Tensor                 # (N, 1, X, Y, Z)
+    targets: torch.Tensor                # (N, 1, X, Y, Z)
+    cached: list[torch.Tensor]           # per feature level, (N, C, ...)
+
+    def batch(self, rng: np.random.Generator, size: int) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        index = torch.from_numpy(rng.integers(len(self.inputs), size=size))
+        return self.inputs[index], self.targets[index], [c[index] for c in self.cached]
+
+
+def build_crop_pool(network: nn.Module, samplers: list[CropSampler], settings: SegmentationSettings,
+                    mirror: np.ndarray | None, device: torch.device, progress: Progress | None = None) -> CropPool:
+    inputs, targets, cached = [], [], []
+    for i, sampler in enumerate(samplers):
+        for k in range(settings.feature_cache):
+            rng = np.random.default_rng([settings.seed, 1_000_003, i, k])  # a stream of its own
+            x, y = sample_batch([sampler], settings.augment, rng, 1, mirror)
+            outputs = frozen_outputs(network, x.to(device), settings.encoder_mode)
+            inputs.append(x)
+            targets.append(y)
+            cached.append([o.cpu() for o in outputs])
+        if progress:
+            progress((i + 1) / len(samplers), f"caching frozen features of {sampler.name}")
+    return CropPool(torch.cat(inputs), torch.cat(targets), [torch.cat(level) for level in zip(*cached)])
+
+
+def validate(network: nn.Module, cases: list[Case], table: LabelTable, window: tuple[int, int, int],
+             overlap: float, device: torch.device) -> dict:
+    """Mean Dice per structure over the validation cases (structures absent from a case skipped)."""
+    network.eval()
+    per_case = []
+    for case in cases:
+        logits, _ = sliding_window_logits(case.image, network, window, len(table) + 1, overlap=overlap,
+                                          device=device)
+        prediction = logits.argmax(dim=0).numpy()
+        per_case.append(dice_per_structure(prediction, case.target, table, range(1, len(table) + 1)))
+    dice = {}
+    for lab in table:
+        scores = [c[lab.name] for c in per_case if c[lab.name] is not None]
+        dice[lab.name] = round(float(np.mean(scores)), 4) if scores else None
+    mean = mean_dice(dice)
+    return {"dice": dice, "mean_dice": round(mean, 4) if mean is not None else None,
+            "cases": [c.name for c in cases]}
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    with atomic_file(path) as tmp:
+        torch.save(state, str(tmp))
+
+
+def load_checkpoint_state(path: str | Path) -> dict:
+    """A training checkpoint, read without unpickling anything but tensors and plain values."""
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise InputError(f"The checkpoint {path} does not exist.") from None
+    except Exception as exc:  # noqa: BLE001 - corrupt or foreign files raise many types
+        raise InputError(f"The checkpoint {path} cannot be read ({type(exc).__name__}).") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise InputError(f"The file {path} is not a train-seg checkpoint.")
+    return state
+
+
+def train_segmentation(network: nn.Module, cases: list[Case], val_cases: list[Case], table: LabelTable,
+                       settings: SegmentationSettings, device: torch.device, *,
+                       checkpoint_dir: Path | None = None, resume: dict | None = None,
+                       progress: Progress | None = None, log: Log | None = None) -> SegmentationResult:
+    """Train `network` (encoder + decoder) on crops of `cases`; returns the chosen weights."""
+    if not cases:
+        raise InputError("There are no training cases.")
+    started = time.perf_counter()
+    network.to(device)
+    mode = settings.encoder_mode
+    trainable = set_trainable(network, mode)
+    optimizer = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=settings.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, settings))
+    weights = (inverse_sqrt_weights([c.target for c in cases], len(table) + 1)
+               if settings.class_weights == "inverse-sqrt" else None)
+    loss_fn = segmentation_loss(weights.to(device) if weights is not None else None)
+    if weights is not None and log:
+        log("Class weights: " + ", ".join(f"{n} {w:.2f}" for n, w in zip(["background"] + [lab.name for lab in table],
+                                                                        weights.tolist())) + ".")
+    samplers = [CropSampler(c, settings.augment.window) for c in cases]
+    mirror = mirror_lookup(table)
+
+    step, history = 0, []
+    best_score, best_step, best_state, validation = -1.0, 0, None, None
+    if resume is not None:
+        network.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        step, history = int(resume["step"]), list(resume["history"])
+        best_score, best_step = float(resume["best_score"]), int(resume["best_step"])
+        best_state, validation = resume.get("best_model"), resume.get("validation")
+        if log:
+            log(f"Resumed from step {step}.")
+
+    def checkpoint() -> None:
+        if checkpoint_dir is None:
+            return
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(checkpoint_dir / CHECKPOINT_NAME, {
+            "format": CHECKPOINT_FORMAT, "step": step, "model": network.state_dict(),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "history": history,
+            "best_score": best_score, "best_step": best_step, "best_model": best_state,
+            "validation": validation, "settings": _plain(asdict(settings))})
+
+    pool = None
+    if settings.feature_cache and mode != "finetune" and step < settings.steps:
+        pool = build_crop_pool(network, samplers, settings, mirror, device,
+                               (lambda f, m: progress(0.0, m)) if progress else None)
+    while step < settings.steps:
+        network.train()
+        rng = np.random.default_rng([settings.seed, step])
+        cached = None
+        if pool is not None:
+            inputs, targets, cached = pool.batch(rng, settings.batch_size)
+            cached = [c.to(device) for c in cached]
+        else:
+            inputs, targets = sample_batch(samplers, settings.augment, rng, settings.batch_size, mirror)
+        inputs, targets = inputs.to(device), targets.to(device)
+        logits = forward_logits(network, inputs, mode, cached)
+        loss = loss_fn(logits, targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if settings.max_grad_norm:
+            nn.utils.clip_grad_norm_(trainable, settings.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        record = {"step": step, "loss": round(float(loss.detach()), 5), "lr": optimizer.param_groups[0]["lr"]}
+        if val_cases and (step % settings.val_every == 0 or step == settings.steps):
+            result = validate(network, val_cases, table, settings.augment.window, settings.val_overlap, device)
+            record["val_mean_dice"] = result["mean_dice"]
+            score = result["mean_dice"] if result["mean_dice"] is not None else 0.0
+            if score > best_score:
+                best_score, best_step, validation = score, step, result
+                best_state = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
+            if log:
+                log(f"step {step}: validation mean Dice {score:.3f} "
+                    f"({', '.join(f'{k} {v:.2f}' for k, v in result['dice'].items() if v is not None)})")
+        history.append(record)
+        if progress:
+            recent = np.mean([h["loss"] for h in history[-20:]])
+            progress(step / settings.steps, f"step {step}/{settings.steps} loss {recent:.3f}")
+        if step % settings.checkpoint_every == 0 or step == settings.steps:
+            checkpoint()
+
+    if best_state is not None:
+        network.load_state_dict(best_state)
+    network.eval()
+    return SegmentationResult(network, history, validation, best_step if best_state is not None else step,
+                              step, time.perf_counter() - started)
+
+
+def _plain(obj):
+    """Settings as plain lists/dicts/numbers (checkpoints are read with weights_only=True)."""
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
