@@ -84,6 +84,7 @@ def segment_image(image: sitk.Image, bundle: LoadedBundle, device: torch.device,
     del prepared  # the model-grid input is freed as soon as the last window has run
     for slab in slabs:
         store.put_logits(slab.start, slab.stop, slab.logits)
+        del slab  # let its accumulator go before the next windows run
     del slabs
     timings["inference_s"] = time.perf_counter() - start
 
