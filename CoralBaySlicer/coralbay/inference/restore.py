@@ -27,6 +27,7 @@ from coralbay.preprocess import IndexBox, input_subgrid
 
 LEVELS = {np.dtype(np.uint8): 255, np.dtype(np.uint16): 65535}
 CHUNK_VOXELS = 4_000_000  # input-grid voxels restored at once (a few tens of MB of buffers)
+PIECE_VALUES = 4_000_000  # values softmaxed and quantised at once (16 MB of float32)
 
 
 class ProbabilityStore:
@@ -50,15 +51,26 @@ class ProbabilityStore:
         return self.data.shape[0]
 
     def put_logits(self, start: int, stop: int, logits: torch.Tensor) -> None:
-        """Softmax a (C, stop-start, Y, Z) slab of logits and keep it quantised."""
-        self.put_probabilities(start, stop, torch.softmax(logits.float(), dim=0))
+        """Softmax a (C, stop-start, Y, Z) slab of logits and keep it quantised (piece by piece)."""
+        for a, b in self._pieces(logits.shape, start, stop):
+            piece = torch.softmax(logits[:, a - start:b - start].float(), dim=0)
+            self.put_probabilities(a, b, piece)
 
     def put_probabilities(self, start: int, stop: int, probs: torch.Tensor) -> None:
         """Keep a (C, stop-start, Y, Z) slab of probabilities quantised."""
-        probs = probs.float().clamp(0.0, 1.0).mul_(self.levels).round_()
         torch_dtype = torch.uint8 if self.dtype == np.uint8 else torch.int32
-        quantised = probs.to(torch_dtype).to("cpu").numpy().astype(self.dtype, copy=False)
-        self.data[:, :, :, start:stop] = quantised.transpose(0, 3, 2, 1)
+        for a, b in self._pieces(probs.shape, start, stop):
+            part = probs[:, a - start:b - start].float().clamp(0.0, 1.0).mul_(self.levels).round_()
+            quantised = part.to(torch_dtype).to("cpu").numpy().astype(self.dtype, copy=False)
+            self.data[:, :, :, a:b] = quantised.transpose(0, 3, 2, 1)
+
+    @staticmethod
+    def _pieces(shape, start: int, stop: int, budget: int = PIECE_VALUES):
+        """Sub-slabs of about `budget` values: the float temporaries stay small whatever the slab."""
+        per_plane = max(1, int(np.prod(shape)) // max(1, shape[1]))
+        step = max(1, budget // per_plane)
+        for a in range(start, stop, step):
+            yield a, min(stop, a + step)
 
     def class_image(self, channel: int, lower: np.ndarray, upper: np.ndarray) -> sitk.Image:
         """Channel `channel` over the model-grid box [lower, upper) (x, y, z) as an image."""

@@ -107,6 +107,7 @@ def segment_image(image: sitk.Image, bundle: LoadedBundle, device: torch.device,
                             progress=lambda f, m: progress("inference", f, m), stats=window_stats)
         for slab in slabs:
             store.put_logits(slab.start, slab.stop, slab.logits)
+            del slab  # let its accumulator go before the next windows run
         return store
 
     store, attempt = run_with_memory_fallback(run, device, batch, log.warning)

@@ -104,8 +104,8 @@ def blend_slabs(
     """Evaluate the windows in MONAI's order and yield the blended output slab by slab.
 
     Why slabs: MONAI's windows advance slowest along the first axis, so a slab of the volume is
-    final as soon as the windows that start at or before its end are in. Only the slabs that a
-    window still reaches are kept (about one window's depth), never the whole per-class volume;
+    final as soon as the windows that start at or before its end are in. Only the slabs that the
+    current window reaches are kept (one window's depth), never the whole per-class volume;
     the caller turns each finished slab into whatever it keeps (labels, quantised probabilities).
     Per voxel the sums run in MONAI's order with MONAI's Gaussian weights, so the blended values
     equal `monai.inferers.sliding_window_inference` when no window is skipped.
@@ -154,12 +154,22 @@ def blend_slabs(
         part = acc[:, start - cuts[i]:stop - cuts[i], y_lo:y_hi, z_lo:z_hi]
         return Slab(start - x_lo, stop - x_lo, part)
 
+    def ready(limit: int) -> Iterator[Slab]:
+        """Finish and yield the segments that end at or before `limit` (no slab kept after)."""
+        nonlocal next_to_emit
+        while next_to_emit < len(cuts) - 1 and cuts[next_to_emit + 1] <= limit:
+            next_to_emit += 1
+            slab = finish(next_to_emit - 1)
+            if slab is not None:
+                yield slab
+
     done = 0
     with torch.inference_mode(), autocast_context(device, autocast):
         for batch in _batches(todo, max(1, batch_size)):
             inputs = torch.stack([vol[s] for s in batch])[:, None].to(device)
             logits = network(inputs).to(stitch)
             for s, out in zip(batch, logits):
+                yield from ready(s[0].start)  # finish what lies before this window: one window's depth stays open
                 weighted = (out.float() * weights).to(accumulate_dtype)
                 x0 = s[0].start
                 first = cuts.index(x0)
@@ -172,19 +182,10 @@ def blend_slabs(
                     i += 1
             done += len(batch)
             # everything before the next window's start is final (windows advance along axis 0)
-            limit = todo[done][0].start if done < len(todo) else plan.padded_shape[0]
-            while next_to_emit < len(cuts) - 1 and cuts[next_to_emit + 1] <= limit:
-                slab = finish(next_to_emit)
-                next_to_emit += 1
-                if slab is not None:
-                    yield slab
+            yield from ready(todo[done][0].start if done < len(todo) else plan.padded_shape[0])
             if progress:
                 progress(done / max(1, len(todo)), f"window {done}/{len(todo)}")
-        while next_to_emit < len(cuts) - 1:
-            slab = finish(next_to_emit)
-            next_to_emit += 1
-            if slab is not None:
-                yield slab
+        yield from ready(plan.padded_shape[0])
 
 
 def sliding_window_logits(
@@ -217,6 +218,7 @@ def sliding_window_logits(
                             autocast=autocast, skip_empty=skip_empty, empty_below=empty_below,
                             accumulate_dtype=accumulate_dtype, progress=progress, stats=stats):
         output[:, slab.start:slab.stop] = slab.logits.to("cpu")
+        del slab  # let its accumulator go before the next windows run
     return output, stats
 
 
