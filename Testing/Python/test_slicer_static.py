@@ -145,8 +145,20 @@ def cmake_list(name: str) -> list[str]:
 
 
 def files_under(folder: Path) -> set[str]:
+    """The source files under `folder`: what git tracks or would track, not build outputs.
+
+    `pip install -e` writes `coralbay.egg-info/` into the module folder on a fresh clone; it is
+    git-ignored and must not count as a file CMake should install.
+    """
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z", "--", "."],
+        cwd=folder, capture_output=True, check=False)
+    if listed.returncode == 0:
+        names = {n for n in listed.stdout.decode().split("\0") if n}
+        return {n for n in names if (folder / n).is_file()}
     return {p.relative_to(folder).as_posix() for p in folder.rglob("*")
-            if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"}
+            if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"
+            and not any(part.endswith(".egg-info") for part in p.parts)}
 
 
 def test_cmake_lists_every_module_and_engine_script():
