@@ -13,4 +13,10 @@ run scale-size96-ov075 --synthetic 96 --classes 8 --feature-size 6 --window 64 -
 run scale-size64 --synthetic 64 --classes 8 --feature-size 6 --window 64 --overlap 0.5
 run diag-size96-nocrop --synthetic 96 --classes 8 --feature-size 6 --window 64 --overlap 0.5 --no-crop
 run lung1-1.5mm-8cls-final ../shared/data/pyradiomics/lung1_image.nrrd --resample-to 1.5 --classes 8 --feature-size 6 --window 64 --overlap 0.5
+# With the (provisional) trained demo bundle:
+run lung1-1.5mm-demo ../shared/data/pyradiomics/lung1_image.nrrd --resample-to 1.5 --model demo-phantom-seg --overlap 0.5 --repeat 3
+run lung1-native-demo ../shared/data/pyradiomics/lung1_image.nrrd --model demo-phantom-seg --overlap 0.5
+run phantom200-demo --synthetic 200 --model demo-phantom-seg --overlap 0.5
+run phantom300-demo-arch-14cls --synthetic 300 --classes 14 --model demo-phantom-seg --overlap 0.5
+run diag-lung1-1.5mm-demo-nocrop ../shared/data/pyradiomics/lung1_image.nrrd --resample-to 1.5 --model demo-phantom-seg --overlap 0.5 --no-crop
 echo ALL DONE $(date +%T)
