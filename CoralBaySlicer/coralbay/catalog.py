@@ -18,10 +18,8 @@ from coralbay.errors import BundleError, CoralBayError
 def resources_dir() -> Path:
     """Resources/ beside the engine: `<repo>/Resources` in a checkout, `<module dir>/Resources` in Slicer."""
     here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "Resources", here.parent.parent / "Resources"):
-        if (candidate / "Models").is_dir():
-            return candidate
-    return here.parent.parent / "Resources"
+    installed, checkout = here.parent / "Resources", here.parent.parent / "Resources"
+    return installed if installed.is_dir() else checkout
 
 
 def builtin_models_dir() -> Path:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import sys
 import traceback
@@ -61,12 +62,31 @@ def add_progress_option(parser: argparse.ArgumentParser) -> None:
 
 
 def make_reporter(args: argparse.Namespace, stages: dict[str, float] | None = None):
+    """The command's Reporter; warnings the engine logs (logger "coralbay.*") reach it as log events."""
+    import logging
+
     from coralbay.progress import Reporter
 
     mode = getattr(args, "progress", "bar")
     if mode == "bar" and not sys.stderr.isatty():
         mode = "quiet"
-    return Reporter("quiet" if mode == "none" else mode, stages=stages)
+    reporter = Reporter("quiet" if mode == "none" else mode, stages=stages)
+    engine_logger = logging.getLogger("coralbay")
+    engine_logger.handlers = [h for h in engine_logger.handlers if not isinstance(h, _ReporterHandler)]
+    engine_logger.addHandler(_ReporterHandler(reporter))
+    engine_logger.propagate = False
+    return reporter
+
+
+class _ReporterHandler(logging.Handler):
+    """Forwards engine log records (warnings and above) to the command's Reporter."""
+
+    def __init__(self, reporter) -> None:
+        super().__init__(level=logging.WARNING)
+        self.reporter = reporter
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.reporter.log(record.getMessage(), level=record.levelname.lower())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from coralbay.errors import DeviceError
+
+if TYPE_CHECKING:
+    import torch
 
 DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")
 
 
-def select_device(name: str = "auto") -> torch.device:
+def select_device(name: str = "auto") -> "torch.device":
     """The torch device for `name`; an explicitly requested, unavailable device is an error."""
+    import torch
+
     name = (name or "auto").lower()
     if name not in DEVICE_CHOICES and not name.startswith("cuda:"):
         raise DeviceError(f"Unknown device {name!r}; choose one of {', '.join(DEVICE_CHOICES)}.")
@@ -27,7 +32,9 @@ def select_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def describe(device: torch.device) -> str:
+def describe(device: "torch.device") -> str:
+    import torch
+
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
     return device.type

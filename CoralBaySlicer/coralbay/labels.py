@@ -16,13 +16,13 @@ A code is [coding scheme designator, code value, code meaning]; "modifier" is op
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
 from coralbay.errors import CoralBayError
+from coralbay.jsonio import read_json
 
 Code = tuple[str, str, str]
 
@@ -177,12 +177,7 @@ def label_table_path_for(label_map: str | os.PathLike) -> Path:
 def load_label_table(path: str | os.PathLike) -> LabelTable:
     """Read a label table file (JSON as above, or a plain {"1": "liver", ...} name mapping)."""
     p = Path(path)
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CoralBayError(f"The label table {p} does not exist.") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CoralBayError(f"The label table {p} is not readable JSON ({exc}).") from None
+    data = read_json(p, "label table")
     if isinstance(data, dict) and "labels" not in data:
         try:
             return LabelTable([Label(int(k), str(v), distinct_color(i))

@@ -10,7 +10,7 @@ import SimpleITK as sitk
 
 from coralbay.atomic import atomic_dir, atomic_file
 from coralbay.labels import LabelTable, label_table_path_for
-from coralbay.volume_io import check_output_path
+from coralbay.volume_io import check_output_path, write_image_verified
 
 
 def write_label_map(labels: sitk.Image, table: LabelTable, path: str | os.PathLike) -> Path:
@@ -22,7 +22,7 @@ def write_label_map(labels: sitk.Image, table: LabelTable, path: str | os.PathLi
     path = check_output_path(path)
     with atomic_file(path) as map_tmp, atomic_file(label_table_path_for(path)) as table_tmp:
         table_tmp.write_text(json.dumps(table.to_dict(), indent=2) + "\n", encoding="utf-8")
-        sitk.WriteImage(labels, str(map_tmp), True)
+        write_image_verified(labels, map_tmp, True, target=path)
     return path
 
 
@@ -32,5 +32,5 @@ def write_probability_maps(maps: dict[str, sitk.Image], folder: str | os.PathLik
     with atomic_dir(folder) as tmp:
         for name, image in maps.items():
             safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
-            sitk.WriteImage(image, str(tmp / f"{safe}.nii.gz"), True)
+            write_image_verified(image, tmp / f"{safe}.nii.gz", True, target=folder / f"{safe}.nii.gz")
     return folder

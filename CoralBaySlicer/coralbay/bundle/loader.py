@@ -58,10 +58,13 @@ def load_bundle(model: str | os.PathLike, backbone: str | None = None, trust_rem
         path = manifest.weight_path(files["backbone"])
         verify_checksum(path, files["backbone"]["sha256"])
         notes += _load_encoder(network, load_safetensors(path), path.name)
+    elif "backbone_source" in manifest.data and not backbone:
+        notes += _load_encoder(network, *_pinned_hub_backbone(manifest.data["backbone_source"]))
     path = manifest.weight_path(files["model"])
     verify_checksum(path, files["model"]["sha256"])
     state = load_safetensors(path)
-    unexpected = apply_state_dict(network, state, path.name, allow_missing="backbone" in files)
+    encoder_elsewhere = "backbone" in files or "backbone_source" in manifest.data
+    unexpected = apply_state_dict(network, state, path.name, allow_missing=encoder_elsewhere)
     if unexpected:
         raise BundleError(f"The weight file {path.name} has tensors the architecture does not have: "
                           f"{', '.join(unexpected[:5])}.")
@@ -78,6 +81,13 @@ def load_bundle(model: str | os.PathLike, backbone: str | None = None, trust_rem
     return LoadedBundle(manifest, network, notes)
 
 
+def _pinned_hub_backbone(source: dict[str, str]) -> tuple[dict[str, torch.Tensor], str]:
+    """The encoder a manifest names on the hub: always at its pinned revision, checksum verified."""
+    filename = source.get("file", "model.safetensors")
+    path = download_from_hub(source["hub_id"], source["revision"], filename, source.get("sha256"))
+    return load_safetensors(path), f"{source['hub_id']}@{source['revision']}"
+
+
 def _backbone_state(backbone: str, trust_remote_code: bool) -> tuple[dict[str, torch.Tensor], str]:
     path = Path(backbone).expanduser()
     if path.exists():
@@ -86,6 +96,9 @@ def _backbone_state(backbone: str, trust_remote_code: bool) -> tuple[dict[str, t
     if hub is None:
         raise BundleError(f"The backbone {backbone} is neither an existing file nor a hub id like org/name@revision.")
     repo_id, revision = hub
+    if revision is None:
+        raise BundleError(f"Give the hub revision to pin, e.g. {repo_id}@<commit or tag> "
+                          f"({repo_id}@main takes whatever is newest).")
     if trust_remote_code:
         return load_remote_code_model(repo_id, revision), f"{repo_id} (remote code)"
     return load_safetensors(download_from_hub(repo_id, revision)), f"{repo_id}@{revision or 'main'}"

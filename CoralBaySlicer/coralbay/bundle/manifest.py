@@ -15,12 +15,13 @@ from typing import Any
 
 from coralbay.bundle.schema_check import first_error
 from coralbay.errors import BundleError, CoralBayError
+from coralbay.jsonio import read_json
 from coralbay.labels import LabelTable
 
 MANIFEST_NAME = "manifest.json"
 SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")
 
-DEFAULT_PREPROCESSING = {"crop_foreground": True, "foreground_threshold_hu": -500.0,
+DEFAULT_PREPROCESSING = {"crop_foreground": True, "antialias": True, "foreground_threshold_hu": -500.0,
                          "foreground_margin_mm": 10.0}
 DEFAULT_INFERENCE = {"overlap": 0.5, "blend": "gaussian", "sigma_scale": 0.125,
                      "window_batch_size": 2}
@@ -121,9 +122,6 @@ def read_manifest(folder: str | os.PathLike) -> Manifest:
         raise BundleError(f"The model bundle folder {folder} does not exist.")
     if not path.is_file():
         raise BundleError(f"The folder {folder} is not a model bundle (no {MANIFEST_NAME}).")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(f"The bundle manifest {path} is not readable JSON ({exc}).") from None
+    data = read_json(path, "bundle manifest", BundleError)
     validate_manifest(data)
     return Manifest(folder.resolve(), data)

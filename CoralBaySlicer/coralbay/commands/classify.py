@@ -22,7 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--output", "-o", required=True, metavar="REPORT.json", help="JSON report to write")
     add_model_options(p)
     p.add_argument("--point", type=float_list(3, "--point"), metavar="X,Y,Z",
-                   help="classify the region around this point (mm, LPS), e.g. a nodule centre")
+                   help="classify the region around this point (mm, LPS), e.g. a nodule centre "
+                        "(write --point=-10,... when the first number is negative)")
     add_progress_option(p)
     p.set_defaults(run=run)
 

@@ -29,6 +29,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"orientation  {info['orientation']} (ITK/DICOM LPS letters)")
     print(f"pixel type   {info['pixel_type']}")
     print(f"intensity    min {info['min']:g}, max {info['max']:g}, mean {info['mean']:.1f}")
+    if info["note"]:
+        print(f"note: {info['note']}")
     if info["warning"]:
         print(f"warning: {info['warning']}")
     return 0

@@ -25,7 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="fraction by which sliding windows overlap (default from the bundle, "
                         "usually 0.5; higher is smoother and slower)")
     p.add_argument("--roi", type=float_list(6, "--roi"), metavar="X0,Y0,Z0,X1,Y1,Z1",
-                   help="only segment inside this box: two opposite corners in mm, LPS")
+                   help="only segment inside this box: two opposite corners in mm, LPS (write "
+                        "--roi=-10,... when the first number is negative)")
     p.add_argument("--structures", metavar="NAMES",
                    help="comma-separated structure names to keep (default: all the model knows)")
     p.add_argument("--probabilities", metavar="DIR",

@@ -1,17 +1,16 @@
 """Segmentation of a CT volume: preprocess, sliding windows, and labels back on the input grid.
 
-Why class probabilities, not labels, are resampled back to the input grid: the model grid is
-coarser than most CT grids (1.5 mm vs 0.7 mm in-plane). Nearest-neighbour resampling of an argmax
-label map would copy each coarse voxel into a staircase block and shift boundaries by up to half
-a coarse voxel; linear interpolation of each class's probability followed by the argmax on the
-input grid puts each boundary where the probabilities cross, smoothly and at sub-voxel
-precision. Classes are resampled one at a time into a running maximum, so no per-class volume
-on the input grid is ever held in full, and only the cropped part of the input grid is touched
-(voxels outside the body crop are background).
+The path is built to stay lean on large scans: the body crop and the skipped air windows cut
+the work, the network runs MONAI's Swin blocks through `fast_swin` (same weights and math,
+no dense attention masks), each finished slab of the blended output is turned into 16-bit class
+probabilities at once (`blend_slabs` -> `ProbabilityStore`), and the restore to the input grid
+works chunk by chunk (`restore.restore_to_input`, which explains why probabilities, not labels,
+are resampled).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -21,11 +20,31 @@ import SimpleITK as sitk
 import torch
 
 from coralbay.bundle.loader import LoadedBundle
-from coralbay.inference.sliding_window import sliding_window_logits
+from coralbay.inference.fast_swin import disable_fast_swin, enable_fast_swin
+from coralbay.inference.restore import ProbabilityStore, restore_labels
+from coralbay.inference.sliding_window import blend_slabs
 from coralbay.labels import LabelTable
-from coralbay.preprocess import IndexBox, grid_image, input_subgrid, prepare
+from coralbay.preprocess import IndexBox, prepare
+from coralbay.resources import (Attempt, available_device_memory, available_host_memory,
+                                estimate_segmentation, plan_window_batch, run_with_memory_fallback)
 
 Progress = Callable[[str, float, str], None]
+log = logging.getLogger("coralbay.inference")
+
+
+def plan_memory(grid_shape: Sequence[int], input_box: IndexBox, bundle: LoadedBundle,
+                device: torch.device, window_batch: int) -> int:
+    """The window batch that fits the free memory (see `resources`); refuse when none does."""
+    manifest = bundle.manifest
+    parameters = sum(p.numel() for p in bundle.network.parameters())
+    fitted, _ = plan_window_batch(
+        lambda b: estimate_segmentation(grid_shape, int(np.prod(input_box.size)), manifest.num_outputs,
+                                        manifest.inference["window_size"], bundle.spec.feature_size, b,
+                                        parameters),
+        window_batch, available_host_memory(), available_device_memory(device))
+    if fitted < window_batch:
+        log.warning(f"Lowered the window batch from {window_batch} to {fitted} to fit in the free memory.")
+    return fitted
 
 
 @dataclass
@@ -44,8 +63,15 @@ def segment_image(image: sitk.Image, bundle: LoadedBundle, device: torch.device,
                   overlap: float | None = None, roi_lps: Sequence[float] | None = None,
                   structures: Sequence[str] | None = None, probabilities: bool = False,
                   window_batch_size: int | None = None, skip_empty: bool = True,
+                  autocast: bool = True, fast_attention: bool = True, probability_bits: int = 16,
                   progress: Progress = _noop) -> SegmentationResult:
-    """Segment `image` with a segmentation bundle; the label map lies on `image`'s grid."""
+    """Segment `image` with a segmentation bundle; the label map lies on `image`'s grid.
+
+    `autocast` runs the network in bf16 (fp16 without bf16 support) on CUDA; `fast_attention`
+    uses `fast_swin`'s forward (off only to compare with MONAI's own). Class probabilities are
+    kept with `probability_bits` (16, or 8 to halve the largest buffer); the labels do not depend
+    on whether probability maps are requested.
+    """
     manifest = bundle.manifest
     infer = manifest.inference
     table = manifest.labels
@@ -60,62 +86,51 @@ def segment_image(image: sitk.Image, bundle: LoadedBundle, device: torch.device,
 
     start = time.perf_counter()
     network = bundle.network.to(device)
-    logits, window_stats = sliding_window_logits(
-        prepared.array, network, infer["window_size"], manifest.num_outputs,
-        overlap=infer["overlap"] if overlap is None else overlap, blend=infer["blend"],
-        sigma_scale=infer["sigma_scale"], batch_size=window_batch_size or infer["window_batch_size"],
-        device=device, skip_empty=skip_empty,
-        progress=lambda f, m: progress("inference", f, m))
+    if fast_attention:
+        enable_fast_swin(network)
+    else:
+        disable_fast_swin(network)
+    volume, grid, input_box = prepared.array, prepared.grid, prepared.input_box
+    del prepared
+    window_stats: dict = {}
+    batch = plan_memory(volume.shape, input_box, bundle, device,
+                        window_batch_size or int(infer["window_batch_size"]))
+
+    def run(attempt: Attempt) -> ProbabilityStore:
+        store = ProbabilityStore(manifest.num_outputs, volume.shape, grid,
+                                 np.uint8 if probability_bits == 8 else np.uint16)
+        slabs = blend_slabs(volume, network.to(attempt.device), infer["window_size"],
+                            manifest.num_outputs, overlap=infer["overlap"] if overlap is None else overlap,
+                            blend=infer["blend"], sigma_scale=infer["sigma_scale"],
+                            batch_size=attempt.window_batch, device=attempt.device,
+                            stitch_device=attempt.stitch_device, autocast=autocast, skip_empty=skip_empty,
+                            progress=lambda f, m: progress("inference", f, m), stats=window_stats)
+        for slab in slabs:
+            store.put_logits(slab.start, slab.stop, slab.logits)
+            del slab  # let its accumulator go before the next windows run
+        return store
+
+    store, attempt = run_with_memory_fallback(run, device, batch, log.warning)
+    batch = attempt.window_batch
+    volume = None  # the model-grid input is freed as soon as the last window has run (closure cell too)
     timings["inference_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
     progress("restore", 0.0, "back to the input grid")
-    torch.softmax(logits, dim=0, out=logits)
-    labels, probs = restore_to_input(logits.numpy(), prepared.grid, image, prepared.input_box,
-                                     table, keep, probabilities)
+    labels, probs = restore_labels(store, image, input_box, table, keep, probabilities)
     timings["restore_s"] = time.perf_counter() - start
     progress("restore", 1.0, "")
-    return SegmentationResult(labels, keep, probs, {**window_stats, **timings})
+    return SegmentationResult(labels, keep, probs, {**window_stats, "window_batch_size": batch, **timings})
 
 
 def restore_to_input(probs_xyz: np.ndarray, grid: sitk.Image, image: sitk.Image, box: IndexBox,
                      table: LabelTable, keep: LabelTable, want_probabilities: bool
                      ) -> tuple[sitk.Image, dict[str, sitk.Image] | None]:
-    """Argmax of linearly resampled class probabilities on the input grid (see module docstring).
+    """Labels on the input grid from a full (C, X, Y, Z) probability array on the model grid.
 
-    Channel c of `probs_xyz` is background for c = 0, else `table`'s c-th label.
+    The whole-array form of `restore.restore_labels` (kept as 16-bit probabilities), for callers
+    that already hold every class at once.
     """
-    target = input_subgrid(image, box)
-    best_value = None
-    best_class = np.zeros(target.GetSize()[::-1], dtype=np.uint16)
-    values = [0] + [lab.value for lab in table]
-    kept = {lab.value for lab in keep}
-    out_probs: dict[str, sitk.Image] = {}
-    for channel, value in enumerate(values):
-        moved = sitk.Resample(grid_image(probs_xyz[channel], grid), target, sitk.Transform(),
-                              sitk.sitkLinear, 1.0 if channel == 0 else 0.0, sitk.sitkFloat32)
-        prob = sitk.GetArrayViewFromImage(moved)
-        if best_value is None:
-            best_value = np.array(prob, copy=True)
-        else:
-            better = prob > best_value
-            best_value[better] = prob[better]
-            best_class[better] = channel
-        if want_probabilities and channel and value in kept:
-            out_probs[table.by_value(value).name] = _paste(moved, image, box, 0.0, sitk.sitkFloat32)
-    lookup = np.array([v if (v in kept) else 0 for v in values], dtype=np.uint16)
-    label_array = lookup[best_class]
-    dtype = np.uint8 if max(values) < 256 else np.uint16
-    sub = sitk.GetImageFromArray(label_array.astype(dtype))
-    sub.CopyInformation(target)
-    pixel = sitk.sitkUInt8 if dtype == np.uint8 else sitk.sitkUInt16
-    return _paste(sub, image, box, 0, pixel), (out_probs if want_probabilities else None)
-
-
-def _paste(sub: sitk.Image, image: sitk.Image, box: IndexBox, fill: float, pixel: int) -> sitk.Image:
-    """Place a sub-grid image into a full image on `image`'s grid, `fill` elsewhere."""
-    full = sitk.Image(image.GetSize(), pixel)
-    full.CopyInformation(image)
-    if fill:
-        full += fill
-    return sitk.Paste(full, sitk.Cast(sub, pixel), sub.GetSize(), [0, 0, 0], [int(v) for v in box.lower])
+    store = ProbabilityStore(probs_xyz.shape[0], probs_xyz.shape[1:], grid, np.uint16)
+    store.put_probabilities(0, probs_xyz.shape[1], torch.as_tensor(probs_xyz))
+    return restore_labels(store, image, box, table, keep, want_probabilities)

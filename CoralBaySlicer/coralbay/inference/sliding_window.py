@@ -2,10 +2,12 @@
 
 Window placement and the blending weights are MONAI's (`dense_patch_slices`,
 `compute_importance_map`), so with `skip_empty=False` and float32 accumulation the result equals
-`monai.inferers.sliding_window_inference` (tested to 1e-4). Ours differs in what it avoids:
-windows that hold only air (all inputs at the bottom of the HU window) are not evaluated, the
-window batch is gathered without copying the whole volume to the device, and the per-class
-accumulator can be kept in half precision to halve the largest buffer.
+`monai.inferers.sliding_window_inference` (tested). Ours differs in what it avoids: windows that
+hold only air (all inputs at the bottom of the HU window) are not evaluated, and the blended
+output is produced slab by slab along the first axis (`blend_slabs`), so a caller that keeps
+something smaller than per-class float logits (segmentation keeps 16-bit probabilities) never
+holds the whole per-class volume. `sliding_window_logits` assembles the full volume for callers
+that want it.
 """
 
 from __future__ import annotations
@@ -56,6 +58,136 @@ def _batches(items: list, size: int) -> Iterator[list]:
         yield items[start:start + size]
 
 
+@dataclass
+class Slab:
+    """Blended network output for voxels [start, stop) along the first axis, all of the others."""
+
+    start: int
+    stop: int
+    logits: torch.Tensor  # (C, stop - start, Y, Z), on the stitching device
+
+
+def _pad_volume(vol: torch.Tensor, plan: WindowPlan) -> torch.Tensor:
+    if not any(a or b for a, b in plan.padding):
+        return vol
+    pad = [p for pair in reversed(plan.padding) for p in pair]
+    return torch.nn.functional.pad(vol[None, None], pad, mode="constant", value=0.0)[0, 0]
+
+
+def _segment_bounds(plan: WindowPlan, window: Sequence[int]) -> list[int]:
+    """Cut points along axis 0 where some window starts or ends: segments between them are
+    covered by the same set of windows, so each can be finished as soon as its last window is in."""
+    cuts = {0, plan.padded_shape[0]}
+    for s in plan.slices:
+        cuts.update((s[0].start, s[0].stop))
+    return sorted(cuts)
+
+
+def blend_slabs(
+    volume: np.ndarray | torch.Tensor,
+    network: Callable[[torch.Tensor], torch.Tensor],
+    window: Sequence[int],
+    out_channels: int,
+    overlap: float = 0.5,
+    blend: str = "gaussian",
+    sigma_scale: float = 0.125,
+    batch_size: int = 2,
+    device: torch.device | str = "cpu",
+    autocast: bool = True,
+    skip_empty: bool = True,
+    empty_below: float = 1e-6,
+    accumulate_dtype: torch.dtype = torch.float32,
+    progress: ProgressCallback | None = None,
+    stats: dict | None = None,
+    stitch_device: torch.device | str | None = None,
+) -> Iterator[Slab]:
+    """Evaluate the windows in MONAI's order and yield the blended output slab by slab.
+
+    Why slabs: MONAI's windows advance slowest along the first axis, so a slab of the volume is
+    final as soon as the windows that start at or before its end are in. Only the slabs that the
+    current window reaches are kept (one window's depth), never the whole per-class volume;
+    the caller turns each finished slab into whatever it keeps (labels, quantised probabilities).
+    Per voxel the sums run in MONAI's order with MONAI's Gaussian weights, so the blended values
+    equal `monai.inferers.sliding_window_inference` when no window is skipped.
+    Voxels that no evaluated window covers (only possible with `skip_empty`) get a confident
+    background: logit 0 for every class except +20 for class 0. The network runs on `device`;
+    the volume and the stitching live on `stitch_device` (default: the same), so a GPU short of
+    memory can leave the stitching to the host. `stats` receives windows_total/evaluated.
+    """
+    device = torch.device(device)
+    stitch = torch.device(stitch_device) if stitch_device is not None else device
+    vol = torch.as_tensor(volume, dtype=torch.float32)
+    plan = plan_windows(vol.shape, window, overlap)
+    vol = _pad_volume(vol, plan)
+    todo = [s for s in plan.slices if not skip_empty or float(vol[s].max()) > empty_below]
+    if stats is not None:
+        stats.update(windows_total=len(plan.slices), windows_evaluated=len(todo),
+                     model_grid_shape=[int(v) for v in volume.shape])
+    vol = vol.to(stitch)
+    weights = compute_importance_map(tuple(window), mode=blend, sigma_scale=sigma_scale,
+                                     device=stitch, dtype=torch.float32)
+    cuts = _segment_bounds(plan, window)
+    _, ny, nz = plan.padded_shape
+    (x_lo, x_hi), (y_lo, y_hi), (z_lo, z_hi) = [(a, p - b) for (a, b), p in zip(plan.padding, plan.padded_shape)]
+    open_segments: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    next_to_emit = 0  # index of the first segment not yet yielded
+
+    def segment(i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if i not in open_segments:
+            length = cuts[i + 1] - cuts[i]
+            open_segments[i] = (torch.zeros((out_channels, length, ny, nz), dtype=accumulate_dtype, device=stitch),
+                                torch.zeros((length, ny, nz), dtype=torch.float32, device=stitch))
+        return open_segments[i]
+
+    def finish(i: int) -> Slab | None:
+        acc, norm = segment(i)
+        del open_segments[i]
+        covered = norm > 0
+        acc /= torch.where(covered, norm, torch.ones_like(norm)).to(accumulate_dtype)
+        if not bool(covered.all()):
+            background = torch.zeros(out_channels, dtype=accumulate_dtype, device=stitch)
+            background[0] = 20.0
+            acc.permute(1, 2, 3, 0)[~covered] = background
+        start, stop = max(cuts[i], x_lo), min(cuts[i + 1], x_hi)
+        if start >= stop:
+            return None
+        part = acc[:, start - cuts[i]:stop - cuts[i], y_lo:y_hi, z_lo:z_hi]
+        return Slab(start - x_lo, stop - x_lo, part)
+
+    def ready(limit: int) -> Iterator[Slab]:
+        """Finish and yield the segments that end at or before `limit` (no slab kept after)."""
+        nonlocal next_to_emit
+        while next_to_emit < len(cuts) - 1 and cuts[next_to_emit + 1] <= limit:
+            next_to_emit += 1
+            slab = finish(next_to_emit - 1)
+            if slab is not None:
+                yield slab
+
+    done = 0
+    with torch.inference_mode(), autocast_context(device, autocast):
+        for batch in _batches(todo, max(1, batch_size)):
+            inputs = torch.stack([vol[s] for s in batch])[:, None].to(device)
+            logits = network(inputs).to(stitch)
+            for s, out in zip(batch, logits):
+                yield from ready(s[0].start)  # finish what lies before this window: one window's depth stays open
+                weighted = (out.float() * weights).to(accumulate_dtype)
+                x0 = s[0].start
+                first = cuts.index(x0)
+                i = first
+                while cuts[i] < s[0].stop:
+                    acc, norm = segment(i)
+                    a, b = cuts[i] - x0, cuts[i + 1] - x0
+                    acc[:, :, s[1], s[2]] += weighted[:, a:b]
+                    norm[:, s[1], s[2]] += weights[a:b]
+                    i += 1
+            done += len(batch)
+            # everything before the next window's start is final (windows advance along axis 0)
+            yield from ready(todo[done][0].start if done < len(todo) else plan.padded_shape[0])
+            if progress:
+                progress(done / max(1, len(todo)), f"window {done}/{len(todo)}")
+        yield from ready(plan.padded_shape[0])
+
+
 def sliding_window_logits(
     volume: np.ndarray | torch.Tensor,
     network: Callable[[torch.Tensor], torch.Tensor],
@@ -72,44 +204,22 @@ def sliding_window_logits(
     accumulate_dtype: torch.dtype = torch.float32,
     progress: ProgressCallback | None = None,
 ) -> tuple[torch.Tensor, dict]:
-    """Blend per-window network outputs into a (C, X, Y, Z) float tensor on the CPU.
+    """Blend per-window network outputs into a (C, X, Y, Z) tensor on the CPU.
 
-    Voxels that no evaluated window covers (only possible with `skip_empty`) get a confident
-    background: logit 0 for every class except +20 for class 0.
+    The whole blended volume at once (see `blend_slabs` for the streaming form); with
+    `skip_empty=False` and float32 it equals `monai.inferers.sliding_window_inference`.
     Returns the blended output and statistics (windows total/evaluated).
     """
-    device = torch.device(device)
-    vol = torch.as_tensor(volume, dtype=torch.float32)
-    plan = plan_windows(vol.shape, window, overlap)
-    if any(a or b for a, b in plan.padding):
-        pad = [p for pair in reversed(plan.padding) for p in pair]
-        vol = torch.nn.functional.pad(vol[None, None], pad, mode="constant", value=0.0)[0, 0]
-    weights = compute_importance_map(tuple(window), mode=blend, sigma_scale=sigma_scale,
-                                     device="cpu", dtype=torch.float32)
-    todo = [s for s in plan.slices if not skip_empty or float(vol[s].max()) > empty_below]
-    output = torch.zeros((out_channels, *plan.padded_shape), dtype=accumulate_dtype)
-    norm = torch.zeros(plan.padded_shape, dtype=torch.float32)
-    done = 0
-    with torch.inference_mode(), autocast_context(device, autocast):
-        for batch in _batches(todo, max(1, batch_size)):
-            inputs = torch.stack([vol[s] for s in batch])[:, None].to(device, non_blocking=True)
-            logits = network(inputs).float().to("cpu")
-            for s, out in zip(batch, logits):
-                output[(slice(None), *s)] += (out * weights).to(accumulate_dtype)
-                norm[s] += weights
-            done += len(batch)
-            if progress:
-                progress(done / max(1, len(todo)), f"window {done}/{len(todo)}")
-    covered = norm > 0
-    output /= torch.where(covered, norm, torch.ones_like(norm)).to(accumulate_dtype)
-    if not bool(covered.all()):
-        background = torch.zeros(out_channels, dtype=accumulate_dtype)
-        background[0] = 20.0
-        output[:, ~covered] = background[:, None]
-    crop = tuple(slice(a, p - b) for (a, b), p in zip(plan.padding, plan.padded_shape))
-    stats = {"windows_total": len(plan.slices), "windows_evaluated": len(todo),
-             "model_grid_shape": list(vol.shape)}
-    return output[(slice(None), *crop)], stats
+    stats: dict = {}
+    shape = tuple(int(v) for v in np.shape(volume))
+    output = torch.empty((out_channels, *shape), dtype=accumulate_dtype)
+    for slab in blend_slabs(volume, network, window, out_channels, overlap=overlap, blend=blend,
+                            sigma_scale=sigma_scale, batch_size=batch_size, device=device,
+                            autocast=autocast, skip_empty=skip_empty, empty_below=empty_below,
+                            accumulate_dtype=accumulate_dtype, progress=progress, stats=stats):
+        output[:, slab.start:slab.stop] = slab.logits.to("cpu")
+        del slab  # let its accumulator go before the next windows run
+    return output, stats
 
 
 def sliding_window_embeddings(

@@ -1,0 +1,1057 @@
+"""CoralBay: segment and classify CT with the CoralBay foundation model, review, export.
+
+The Slicer side of CoralBaySlicer, kept thin on purpose: it moves nodes to files and back, starts the
+engine (`coralbay`, a Slicer-free package beside this file) in a background process, and shows the
+results. The work itself (inference, metrics, difference maps, export formats) is the engine's;
+the process, command-line, result-reading and dependency logic is in `CoralBaySlicerLib` (plain
+Python, tested without Slicer).
+"""
+
+import logging
+import os
+import pathlib
+import shutil
+import tempfile
+from typing import Annotated, Optional, Union
+
+import numpy as np
+import qt
+import vtk
+
+import slicer
+from slicer import (
+    vtkMRMLLabelMapVolumeNode,
+    vtkMRMLMarkupsFiducialNode,
+    vtkMRMLMarkupsROINode,
+    vtkMRMLScalarVolumeNode,
+    vtkMRMLSegmentationNode,
+    vtkMRMLTableNode,
+)
+from slicer.i18n import tr as _
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+from CoralBaySlicerLib import commands, coordinates, dependencies, models, paths, results, sample_data, segments
+from coralbay.labels import LabelTable, label_table_path_for
+from CoralBaySlicerLib.files import deliver
+from CoralBaySlicerLib.jobs import Job, JobController
+from CoralBaySlicerLib.process import SUCCEEDED, EngineBusyError, EngineRunner
+
+MODULE_DIR = pathlib.Path(__file__).resolve().parent
+
+
+#
+# CoralBaySlicer
+#
+
+
+class CoralBaySlicer(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("CoralBay")
+        self.parent.categories = [_("Segmentation")]
+        self.parent.dependencies = []
+        self.parent.contributors = ["CoralBaySlicer developers"]
+        self.parent.helpText = _(
+            "Segment and classify CT volumes with the CoralBay foundation model (a 3D Swin-UNETR "
+            "encoder), review the result against a reference segmentation (metrics, difference maps) "
+            "and export it (NIfTI, NRRD, .seg.nrrd, DICOM SEG, STL). The model runs in a background "
+            "process: Slicer stays responsive and Cancel stops it at once.")
+        self.parent.acknowledgementText = _(
+            "The model follows the eva framework's Swin-UNETR encoder (kaiko-ai/eva) built from MONAI blocks.")
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+def registerSampleData():
+    """Offer the generated CT phantom in the Sample Data module (generated on first use)."""
+    import SampleData
+
+    icon = str(paths.resources_dir(MODULE_DIR) / "Icons" / "CoralBaySlicer.png")
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(
+        category=sample_data.SAMPLE_CATEGORY, sampleName=sample_data.SAMPLE_NAME,
+        uris=[], fileNames=[], nodeNames=[], thumbnailFileName=icon,
+        customDownloader=lambda source: loadPhantomSample())
+
+
+_sampleLogic = None  # keeps the logic (and its poll timer) alive while the phantom is generated
+
+
+def loadPhantomSample():
+    """Sample Data's button: load the phantom, generating it in the background on first use."""
+    global _sampleLogic
+    _sampleLogic = _sampleLogic or CoralBaySlicerLogic()
+
+    def done(job):
+        if job.state == "failed":
+            slicer.util.errorDisplay(_("The CoralBay phantom could not be generated: {error}").format(error=job.error),
+                                     detailedText=job.full_log())
+
+    try:
+        _sampleLogic.loadPhantom(onDone=done)
+    except (EngineBusyError, ValueError, FileNotFoundError) as exc:
+        slicer.util.errorDisplay(str(exc))
+
+
+#
+# Parameter node: every choice of the panel, saved with the scene.
+#
+
+
+@parameterNodeWrapper
+class CoralBaySlicerParameterNode:
+    inputVolume: vtkMRMLScalarVolumeNode
+    model: str = ""
+    backbone: str = ""  # optional encoder weights: a file or a Hugging Face hub id (engine --backbone)
+    structures: str = ""  # checked structure names, comma-separated; empty means all
+    roi: vtkMRMLMarkupsROINode
+    point: vtkMRMLMarkupsFiducialNode
+    device: Annotated[str, Choice(list(commands.DEVICE_CHOICES))] = "auto"
+    overlap: Annotated[float, WithinRange(0.0, 0.9)] = 0.5
+    segmentation: vtkMRMLSegmentationNode
+    reference: Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode]
+    metricsTable: vtkMRMLTableNode
+    classificationTable: vtkMRMLTableNode
+    worstErrorRAS: str = ""  # "x,y,z" of the largest disagreement found by Compare
+    exportFormat: Annotated[str, Choice(list(commands.EXPORT_FORMATS))] = "seg.nrrd"
+    exportFolder: pathlib.Path = pathlib.Path.home()
+
+
+#
+# Widget
+#
+
+
+class CoralBaySlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._models = []
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(str(paths.resources_dir(MODULE_DIR) / "UI" / "CoralBaySlicer.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+
+        self.logic = CoralBaySlicerLogic()
+        self.logic.progressCallback = self.onProgress
+        self.logic.logCallback = self.onLog
+        self.logic.finishedCallback = self.onJobFinished
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
+        self.ui.structuresListWidget.connect("itemChanged(QListWidgetItem*)", self.onStructuresChanged)
+        self.ui.addModelButton.connect("clicked(bool)", self.onAddModel)
+        self.ui.segmentButton.connect("clicked(bool)", self.onSegment)
+        self.ui.classifyButton.connect("clicked(bool)", self.onClassify)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
+        self.ui.compareButton.connect("clicked(bool)", self.onCompare)
+        self.ui.jumpToWorstErrorButton.connect("clicked(bool)", self.onJumpToWorstError)
+        self.ui.exportButton.connect("clicked(bool)", self.onExport)
+        self.ui.installDependenciesButton.connect("clicked(bool)", self.onInstallDependencies)
+        self.ui.loadPhantomButton.connect("clicked(bool)", self.onLoadPhantom)
+
+        self.refreshModels()
+        self.updateDependencyStatus()
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if first and not first.IsA("vtkMRMLLabelMapVolumeNode"):
+                self._parameterNode.inputVolume = first
+
+    def setParameterNode(self, parameterNode: Optional[CoralBaySlicerParameterNode]) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
+        self._parameterNode = parameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
+            self.selectModel(self._parameterNode.model)
+            self.updateButtons()
+
+    # -- models ------------------------------------------------------------------------------------
+
+    def refreshModels(self) -> None:
+        try:
+            self._models = self.logic.availableModels()
+        except Exception as exc:  # noqa: BLE001 - the panel must open even if the catalog is broken
+            self._models = []
+            self.onLog("error", _("The model catalog could not be read: {error}").format(error=exc))
+        combo = self.ui.modelComboBox
+        wasBlocked = combo.blockSignals(True)
+        combo.clear()
+        for entry in self._models:
+            combo.addItem(entry.display_name(), entry.name)
+        combo.blockSignals(wasBlocked)
+
+    def selectModel(self, name: str) -> None:
+        index = self.ui.modelComboBox.findData(name) if name else -1
+        if index < 0 and self._models:
+            index = 0
+        self.ui.modelComboBox.setCurrentIndex(index)
+        self.onModelChanged(index)
+
+    def currentModel(self):
+        index = self.ui.modelComboBox.currentIndex
+        return self._models[index] if 0 <= index < len(self._models) else None
+
+    def onModelChanged(self, index) -> None:
+        entry = self.currentModel()
+        if self._parameterNode and entry and self._parameterNode.model != entry.name:
+            self._parameterNode.model = entry.name
+            self._parameterNode.structures = ""
+        checked = set(self._parameterNode.structures.split(",")) if self._parameterNode and self._parameterNode.structures else None
+        listWidget = self.ui.structuresListWidget
+        wasBlocked = listWidget.blockSignals(True)
+        listWidget.clear()
+        for name in (entry.structures if entry and entry.segments else []):
+            item = qt.QListWidgetItem(name)
+            item.setFlags(item.flags() | qt.Qt.ItemIsUserCheckable)
+            item.setCheckState(qt.Qt.Checked if checked is None or name in checked else qt.Qt.Unchecked)
+            listWidget.addItem(item)
+        listWidget.blockSignals(wasBlocked)
+        self.updateButtons()
+
+    def checkedStructures(self):
+        listWidget = self.ui.structuresListWidget
+        items = [listWidget.item(i) for i in range(listWidget.count)]
+        return [item.text() for item in items if item.checkState() == qt.Qt.Checked]
+
+    def onStructuresChanged(self, item=None) -> None:
+        entry = self.currentModel()
+        if self._parameterNode and entry:
+            chosen = commands.selected_structures(entry.structures, self.checkedStructures())
+            self._parameterNode.structures = "" if chosen is None else ",".join(chosen)
+
+    def onAddModel(self) -> None:
+        folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), _("Choose a CoralBay model bundle folder"))
+        if not folder:
+            return
+        with slicer.util.tryWithErrorDisplay(_("The model could not be added."), waitCursor=True):
+            entry = self.logic.addModel(folder)
+            self.refreshModels()
+            self.selectModel(entry.name)
+            self.onLog("info", _("Added model {name}.").format(name=entry.name))
+
+    # -- state of the buttons ------------------------------------------------------------------------
+
+    def updateButtons(self, caller=None, event=None) -> None:
+        p = self._parameterNode
+        busy = self.logic.busy if self.logic else False
+        entry = self.currentModel()
+        haveInput = bool(p and p.inputVolume)
+        self.ui.segmentButton.enabled = not busy and haveInput and bool(entry and entry.segments)
+        self.ui.classifyButton.enabled = not busy and haveInput and bool(entry and entry.classifies)
+        self.ui.compareButton.enabled = not busy and bool(p and p.segmentation and p.reference)
+        self.ui.exportButton.enabled = not busy and bool(p and p.segmentation)
+        self.ui.jumpToWorstErrorButton.enabled = bool(p and p.worstErrorRAS)
+        self.ui.cancelButton.enabled = busy
+        self.ui.installDependenciesButton.enabled = not busy
+        self.ui.loadPhantomButton.enabled = not busy
+        if p and p.metricsTable:
+            self.ui.metricsTableView.setMRMLTableNode(p.metricsTable)
+
+    # -- progress reporting --------------------------------------------------------------------------
+
+    def onProgress(self, fraction: float, message: str) -> None:
+        self.ui.progressBar.value = int(round(100 * fraction))
+        self.ui.statusLabel.text = message
+
+    def onLog(self, level: str, message: str) -> None:
+        prefix = "" if level == "info" else f"{level.upper()}: "
+        self.ui.logTextEdit.appendPlainText(prefix + message)
+        if level in ("warning", "error"):
+            self.ui.statusLabel.text = message
+
+    def onJobFinished(self, job: Job) -> None:
+        self.ui.progressBar.value = 100 if job.state == SUCCEEDED else 0
+        if job.state == "failed":
+            self.ui.statusLabel.text = job.error or ""
+            slicer.util.errorDisplay(_("CoralBay {purpose} failed: {error}").format(purpose=job.purpose, error=job.error),
+                                     detailedText=job.full_log())
+        elif job.state == "cancelled":
+            self.ui.statusLabel.text = _("Cancelled.")
+        self.updateButtons()
+
+    def startJob(self, start) -> None:
+        """Run `start()` (which starts a logic job), reporting refusals (busy, bad input) in one sentence."""
+        self.ui.progressBar.value = 0
+        try:
+            start()
+        except EngineBusyError as exc:
+            slicer.util.warningDisplay(str(exc))
+        except (ValueError, FileNotFoundError, dependencies.DependencyError) as exc:
+            slicer.util.errorDisplay(str(exc))
+        self.updateButtons()
+
+    def dependenciesReady(self) -> bool:
+        """Offer to install what the engine still needs; False if the user declines or it fails."""
+        missing = self.logic.missingDependencies()
+        if not missing:
+            return True
+        if not slicer.util.confirmOkCancelDisplay(
+                _("CoralBay needs these Python packages in Slicer: {names}. Install them now? "
+                  "(This needs a network connection and may take several minutes.)").format(names=", ".join(missing)),
+                _("Install CoralBay dependencies")):
+            return False
+        self.onInstallDependencies()
+        return not self.logic.missingDependencies()
+
+    # -- actions --------------------------------------------------------------------------------------
+
+    def onSegment(self) -> None:
+        if not self.dependenciesReady():
+            return
+        p = self._parameterNode
+        structures = p.structures.split(",") if p.structures else None
+        self.startJob(lambda: self.logic.segment(
+            p.inputVolume, p.model, device=p.device, overlap=p.overlap, roiNode=p.roi, structures=structures,
+            backbone=p.backbone, outputSegmentation=p.segmentation, onDone=self.onSegmentDone))
+
+    def onSegmentDone(self, job: Job) -> None:
+        if job.state == SUCCEEDED:
+            self._parameterNode.segmentation = job.value
+
+    def onClassify(self) -> None:
+        if not self.dependenciesReady():
+            return
+        p = self._parameterNode
+        self.startJob(lambda: self.logic.classify(p.inputVolume, p.model, device=p.device, pointNode=p.point,
+                                                  backbone=p.backbone, onDone=self.onClassifyDone))
+
+    def onClassifyDone(self, job: Job) -> None:
+        if job.state == SUCCEEDED:
+            tableNode, classification = job.value
+            self._parameterNode.classificationTable = tableNode
+            self.ui.classificationLabel.text = classification.summary()
+
+    def onCompare(self) -> None:
+        if not self.dependenciesReady():
+            return
+        p = self._parameterNode
+        self.startJob(lambda: self.logic.compare(p.segmentation, p.reference, imageVolume=p.inputVolume,
+                                                 onDone=self.onCompareDone))
+
+    def onCompareDone(self, job: Job) -> None:
+        if job.state == SUCCEEDED:
+            review = job.value
+            self._parameterNode.metricsTable = review.metricsTable
+            worst = review.worstErrorRAS
+            self._parameterNode.worstErrorRAS = "" if worst is None else coordinates.format_coordinates(worst)
+            self.ui.metricsTableView.setMRMLTableNode(review.metricsTable)
+
+    def onJumpToWorstError(self) -> None:
+        text = self._parameterNode.worstErrorRAS
+        if text:
+            self.logic.jumpToPosition([float(v) for v in text.split(",")])
+
+    def onExport(self) -> None:
+        if not self.dependenciesReady():
+            return
+        p = self._parameterNode
+        self.startJob(lambda: self.logic.export(p.segmentation, p.exportFormat, p.exportFolder,
+                                                referenceVolume=p.inputVolume, onDone=self.onExportDone))
+
+    def onExportDone(self, job: Job) -> None:
+        if job.state == SUCCEEDED:
+            self.onLog("info", _("Exported to {path}").format(path=job.value))
+
+    def onLoadPhantom(self) -> None:
+        def start():
+            loaded = self.logic.loadPhantom(onDone=self.onPhantomLoaded)
+            if isinstance(loaded, tuple):  # it was in the cache: loaded at once
+                self.usePhantom(*loaded)
+        self.startJob(start)
+
+    def onPhantomLoaded(self, job: Job) -> None:
+        if job.state == SUCCEEDED:
+            self.usePhantom(*job.value)
+
+    def usePhantom(self, ctNode, truthNode) -> None:
+        self._parameterNode.inputVolume = ctNode
+        self._parameterNode.reference = truthNode
+
+    def onCancel(self) -> None:
+        self.logic.cancel()
+        self.updateButtons()
+
+    def onInstallDependencies(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Installing CoralBay's dependencies failed."), waitCursor=True):
+            summary = self.logic.installDependencies()
+            self.onLog("info", summary)
+        self.updateDependencyStatus()
+
+    def updateDependencyStatus(self) -> None:
+        missing = self.logic.missingDependencies()
+        self.ui.dependencyStatusLabel.text = (
+            _("All dependencies are installed.") if not missing
+            else _("Missing: {names} (installed on first use, after you confirm).").format(names=", ".join(missing)))
+
+
+#
+# Logic
+#
+
+
+class Review:
+    """What Compare puts into the scene: metrics table, difference segmentation (false positive,
+    false negative, mismatch), signed surface-distance volume, and the worst error's position (RAS)."""
+
+    def __init__(self, metricsTable, differenceSegmentation, distanceVolume, worstErrorRAS) -> None:
+        self.metricsTable = metricsTable
+        self.differenceSegmentation = differenceSegmentation
+        self.distanceVolume = distanceVolume
+        self.worstErrorRAS = worstErrorRAS
+
+
+class CoralBaySlicerLogic(ScriptedLoadableModuleLogic):
+    """Runs the engine on scene nodes. Usable from scripts without the widget:
+
+        logic = CoralBaySlicerLogic()
+        logic.segment(volumeNode, "demo-phantom-seg")
+        segmentationNode = logic.wait().value
+    """
+
+    # Slicer's Python launcher; a Python with the engine's dependencies may be set instead.
+    engineExecutable = shutil.which("PythonSlicer")
+    # One engine run at a time in the whole application (shared by every logic instance).
+    _runner: Optional[EngineRunner] = None
+    POLL_INTERVAL_MS = 100
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self.progressCallback = None
+        self.logCallback = None
+        self.finishedCallback = None
+        self._onDone = None
+        self.jobs = JobController(self.runner(), on_progress=self._progress, on_log=self._log,
+                                  on_finished=self._finished)
+        self.timer = qt.QTimer()
+        self.timer.setInterval(self.POLL_INTERVAL_MS)
+        self.timer.connect("timeout()", self.poll)
+
+    @classmethod
+    def runner(cls) -> EngineRunner:
+        if cls._runner is None or cls._runner.python != str(cls.engineExecutable):
+            if not cls.engineExecutable:
+                raise FileNotFoundError("Slicer's Python launcher (PythonSlicer) was not found.")
+            cls._runner = EngineRunner(cls.engineExecutable, paths.engine_dir(MODULE_DIR),
+                                       base_env=slicer.util.startupEnvironment(),
+                                       temp_root=os.path.join(slicer.app.temporaryPath, "CoralBay"))
+        return cls._runner
+
+    def getParameterNode(self):
+        return CoralBaySlicerParameterNode(super().getParameterNode())
+
+    @property
+    def busy(self) -> bool:
+        return self.jobs.busy
+
+    # -- models and dependencies ---------------------------------------------------------------------
+
+    def availableModels(self):
+        return models.list_models()
+
+    def addModel(self, bundleFolder: str):
+        return models.add_model(bundleFolder)
+
+    def missingDependencies(self):
+        missing = ["PyTorch"] if dependencies.torch_missing() else []
+        missing += [r.pip for r in dependencies.missing_requirements()]
+        missing += [f"{m} (part of Slicer)" for m in dependencies.missing_from_slicer()]
+        return missing
+
+    def installDependencies(self) -> str:
+        """Install PyTorch (PyTorch extension) and the pinned packages; return a GPU sentence."""
+        broken = dependencies.missing_from_slicer()
+        if broken:
+            raise dependencies.DependencyError(
+                f"This Slicer lacks its own {', '.join(broken)}; reinstall Slicer.")
+        if dependencies.torch_missing():
+            try:
+                import PyTorchUtils
+            except ModuleNotFoundError:
+                raise dependencies.DependencyError(
+                    "CoralBay needs the PyTorch extension: install it from the Extensions Manager, "
+                    "restart Slicer and try again.") from None
+            if PyTorchUtils.PyTorchUtilsLogic().installTorch(
+                    askConfirmation=False, torchVersionRequirement=dependencies.TORCH_REQUIREMENT) is None:
+                raise dependencies.DependencyError("PyTorch could not be installed.")
+        missing = dependencies.missing_requirements()
+        if missing:
+            self._pipInstall(missing)
+        import torch
+
+        return dependencies.gpu_summary(torch)
+
+    def _pipInstall(self, requirements) -> None:
+        """Dry-run pip first and refuse if it would touch Slicer's own packages, then install."""
+        import subprocess
+
+        with tempfile.TemporaryDirectory(prefix="CoralBay-pip-") as folder:
+            constraintsFile = os.path.join(folder, "constraints.txt")
+            reportFile = os.path.join(folder, "plan.json")
+            with open(constraintsFile, "w", encoding="utf-8") as f:
+                f.write(dependencies.constraints())
+            plan = subprocess.run(
+                [self.engineExecutable, "-m", "pip", *dependencies.pip_install_args(requirements, constraintsFile, reportFile)],
+                capture_output=True, text=True, env=slicer.util.startupEnvironment())
+            if plan.returncode != 0:
+                lines = (plan.stderr or plan.stdout).strip().splitlines()
+                raise dependencies.DependencyError(
+                    "pip cannot install CoralBay's packages: " + (lines[-1] if lines else f"exit code {plan.returncode}"))
+            with open(reportFile, encoding="utf-8") as f:
+                dependencies.check_plan(f.read())
+            slicer.util.pip_install(dependencies.pip_install_args(requirements, constraintsFile))
+
+    # -- jobs ----------------------------------------------------------------------------------------
+
+    def _start(self, purpose: str, writeInputs, readOutputs, onDone=None) -> Job:
+        job = self.jobs.start(purpose, writeInputs, self._keepSceneOnFailure(readOutputs))
+        self._onDone = onDone
+        self.timer.start()
+        return job
+
+    def poll(self) -> None:
+        self.jobs.poll()
+
+    def wait(self, timeout: Optional[float] = None) -> Job:
+        """Block until the current job has finished, keeping Slicer's GUI alive (scripts, tests)."""
+        return self.jobs.wait(timeout, between_polls=slicer.app.processEvents)
+
+    def cancel(self) -> None:
+        self.jobs.cancel()
+
+    def _progress(self, fraction: float, message: str) -> None:
+        if self.progressCallback:
+            self.progressCallback(fraction, message)
+
+    def _log(self, level: str, message: str) -> None:
+        getattr(logging, level if level in ("debug", "info", "warning", "error") else "info")(f"CoralBay: {message}")
+        if self.logCallback:
+            self.logCallback(level, message)
+
+    def _finished(self, job: Job) -> None:
+        self.timer.stop()
+        onDone, self._onDone = self._onDone, None
+        if onDone:
+            onDone(job)
+        if self.finishedCallback:
+            self.finishedCallback(job)
+
+    def _keepSceneOnFailure(self, readOutputs):
+        """Wrap `readOutputs` so that nodes it added are removed again if it fails halfway."""
+        def read(run):
+            before = {slicer.mrmlScene.GetNthNode(i).GetID() for i in range(slicer.mrmlScene.GetNumberOfNodes())}
+            try:
+                return readOutputs(run)
+            except Exception:
+                added = [slicer.mrmlScene.GetNthNode(i) for i in range(slicer.mrmlScene.GetNumberOfNodes())]
+                for node in added:
+                    if node is not None and node.GetID() not in before:
+                        slicer.mrmlScene.RemoveNode(node)
+                raise
+        return read
+
+    # -- segment -------------------------------------------------------------------------------------
+
+    def segment(self, inputVolume, model: str, device: str = "auto", overlap: Optional[float] = 0.5,
+                roiNode=None, structures=None, backbone: str = "", outputSegmentation=None, onDone=None) -> Job:
+        """Segment `inputVolume` with a segmentation model; the job's value is the segmentation node.
+
+        `backbone` optionally replaces the bundle's encoder weights (a file or a hub id)."""
+        self._checkInputVolume(inputVolume)
+        roi = self._roiBoxLPS(roiNode, inputVolume) if roiNode else None
+        args = dict(device=device, overlap=overlap, roi_lps=roi, structures=structures, backbone=backbone)
+        name = f"{inputVolume.GetName()} {model}"
+
+        def writeInputs(folder):
+            source = folder / "input.nrrd"
+            self._writeVolume(inputVolume, source)
+            return commands.segment_args(source, model, folder / "labels.nii.gz", **args)
+
+        def readOutputs(run):
+            labelsFile = results.output_path(run.result, "labels", run.folder / "labels.nii.gz")
+            node = self._importLabelMap(labelsFile, name, inputVolume, outputSegmentation)
+            node.CreateClosedSurfaceRepresentation()
+            slicer.util.setSliceViewerLayers(background=inputVolume)
+            return node
+
+        return self._start("segmentation", writeInputs, readOutputs, onDone)
+
+    # -- classify ------------------------------------------------------------------------------------
+
+    def classify(self, inputVolume, model: str, device: str = "auto", pointNode=None, backbone: str = "",
+                 onDone=None) -> Job:
+        """Classify the scan (or the region around the point's first control point).
+
+        The job's value is (table node, results.Classification)."""
+        self._checkInputVolume(inputVolume)
+        point = self._pointLPS(pointNode, inputVolume) if pointNode else None
+
+        def writeInputs(folder):
+            source = folder / "input.nrrd"
+            self._writeVolume(inputVolume, source)
+            return commands.classify_args(source, model, folder / "report.json", device=device, point_lps=point,
+                                          backbone=backbone)
+
+        def readOutputs(run):
+            report = results.read_classification(results.output_path(run.result, "report", run.folder / "report.json"))
+            table = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", f"{inputVolume.GetName()} {model} classes")
+            self._fillTable(table, ["class", "probability"], [[name, p] for name, p in report.rows])
+            return table, report
+
+        return self._start("classification", writeInputs, readOutputs, onDone)
+
+    # -- compare -------------------------------------------------------------------------------------
+
+    def compare(self, segmentation, reference, imageVolume=None, onDone=None) -> Job:
+        """Compare a segmentation with a reference (segmentation or label map node).
+
+        The job's value is a `Review`: metrics table, difference segmentation, surface-distance
+        volume and the position of the worst error (RAS)."""
+        if segmentation is None or reference is None:
+            raise ValueError("Choose both a segmentation and a reference to compare.")
+        geometry = imageVolume or self._referenceVolume(segmentation)
+        label = f"{segmentation.GetName()} vs {reference.GetName()}"
+
+        def writeInputs(folder):
+            prediction = folder / "prediction.nrrd"
+            self._writeSegmentationAsLabelMap(segmentation, prediction, geometry)
+            referenceFile = folder / "reference.nrrd"
+            if reference.IsA("vtkMRMLSegmentationNode"):
+                self._writeSegmentationAsLabelMap(reference, referenceFile, geometry)
+            else:
+                # A label map volume carries only values (its colour names are usually Slicer's
+                # generic table), so the engine matches its structures by label value.
+                self._writeVolume(reference, referenceFile)
+            image = None
+            if imageVolume is not None:
+                image = folder / "image.nrrd"
+                self._writeVolume(imageVolume, image)
+            return commands.compare_args(prediction, referenceFile, folder / "review", image=image)
+
+        def readOutputs(run):
+            review = run.folder / "review"
+            metrics = results.read_metrics(review / "metrics.json")
+            table = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", f"{label} metrics")
+            self._fillTable(table, metrics.columns, metrics.rows)
+            difference = self._importLabelMap(review / "difference.nii.gz", f"{label} difference", geometry)
+            display = difference.GetDisplayNode()
+            for hidden in results.DIFFERENCE_HIDDEN:
+                segmentId = difference.GetSegmentation().GetSegmentIdBySegmentName(hidden)
+                if segmentId and display:
+                    display.SetSegmentVisibility(segmentId, False)
+            distance = self._loadDistanceMap(review / "surface_distance.nii.gz", f"{label} surface distance (mm)")
+            return Review(table, difference, distance, metrics.worst_error_ras)
+
+        return self._start("comparison", writeInputs, readOutputs, onDone)
+
+    def jumpToPosition(self, positionRAS) -> None:
+        """Centre every slice view on a position (RAS), e.g. the worst error found by Compare."""
+        x, y, z = (float(v) for v in positionRAS)
+        slicer.modules.markups.logic().JumpSlicesToLocation(x, y, z, True)
+
+    # -- export --------------------------------------------------------------------------------------
+
+    def export(self, segmentation, fmt: str, folder, referenceVolume=None, onDone=None) -> Job:
+        """Export a segmentation with the engine; the job's value is the written path."""
+        if segmentation is None:
+            raise ValueError("Choose a segmentation to export.")
+        if not folder or not pathlib.Path(folder).is_dir():
+            raise ValueError(f"The export folder {folder} does not exist.")
+        geometry = referenceVolume or self._referenceVolume(segmentation)
+        outputName = commands.export_file_name(segmentation.GetName(), fmt)
+        dicomFiles = self._dicomFiles(geometry) if fmt == "dicom-seg" else None
+        if fmt == "dicom-seg" and not dicomFiles:
+            raise ValueError("DICOM SEG export needs a reference CT loaded from Slicer's DICOM database.")
+
+        def writeInputs(runFolder):
+            labels = runFolder / "labels.nrrd"
+            self._writeSegmentationAsLabelMap(segmentation, labels, geometry)
+            series = self._linkFiles(dicomFiles, runFolder / "dicom") if dicomFiles else None
+            (runFolder / "export").mkdir()
+            return commands.export_args(labels, fmt, runFolder / "export" / outputName, dicom_series=series)
+
+        def readOutputs(run):
+            return deliver(run.folder / "export" / outputName, pathlib.Path(folder) / outputName)
+
+        return self._start("export", writeInputs, readOutputs, onDone)
+
+    # -- sample data ---------------------------------------------------------------------------------
+
+    def loadPhantom(self, seed: int = sample_data.PHANTOM_SEED, onDone=None):
+        """Load the generated phantom (CT and true segmentation), generating it on first use.
+
+        Returns the job generating it (its value is (CT node, truth segmentation)), or, when it is
+        already in the cache, that pair at once."""
+        cache = slicer.app.cachePath
+        ct, truth = sample_data.phantom_files(cache, seed)
+        if sample_data.phantom_cached(cache, seed):
+            return self._loadPhantomNodes(ct, truth)
+
+        def writeInputs(folder):
+            return commands.phantom_args(seed, folder / ct.name, folder / truth.name,
+                                         spacing_mm=sample_data.PHANTOM_SPACING_MM,
+                                         direction=sample_data.PHANTOM_DIRECTION)
+
+        def readOutputs(run):
+            for produced in (run.folder / ct.name, run.folder / truth.name):
+                deliver(produced, ct.parent / produced.name)
+                table = label_table_path_for(produced)
+                if table.is_file():
+                    deliver(table, ct.parent / table.name)
+            return self._loadPhantomNodes(ct, truth)
+
+        return self._start("phantom generation", writeInputs, readOutputs, onDone)
+
+    def _loadPhantomNodes(self, ctFile, truthFile):
+        ctNode = slicer.util.loadVolume(str(ctFile), {"name": sample_data.CT_NODE_NAME})
+        truthNode = self._importLabelMap(truthFile, sample_data.TRUTH_NODE_NAME, ctNode)
+        return ctNode, truthNode
+
+    # -- checks of the inputs (before anything starts) -----------------------------------------------
+
+    @staticmethod
+    def _checkInputVolume(volume) -> None:
+        if volume is None:
+            raise ValueError("Select an input volume.")
+        if volume.GetImageData() is None:
+            raise ValueError(f"The volume {volume.GetName()} has no image data.")
+
+    @staticmethod
+    def _volumeBoxLPS(volume):
+        bounds = [0.0] * 6
+        volume.GetRASBounds(bounds)
+        return coordinates.ras_bounds_to_lps_box(bounds)
+
+    def _roiBoxLPS(self, roiNode, volume):
+        bounds = [0.0] * 6
+        roiNode.GetRASBounds(bounds)
+        box = coordinates.ras_bounds_to_lps_box(bounds)
+        if not coordinates.boxes_overlap(box, self._volumeBoxLPS(volume)):
+            raise ValueError(f"The region {roiNode.GetName()} lies outside the volume {volume.GetName()}.")
+        return box
+
+    def _pointLPS(self, pointNode, volume):
+        if pointNode.GetNumberOfControlPoints() < 1:
+            raise ValueError(f"The point list {pointNode.GetName()} has no points.")
+        ras = [0.0, 0.0, 0.0]
+        pointNode.GetNthControlPointPositionWorld(0, ras)
+        lps = coordinates.ras_to_lps(ras)
+        box = self._volumeBoxLPS(volume)
+        if not all(box[i] <= lps[i] <= box[i + 3] for i in range(3)):
+            raise ValueError(f"The point {pointNode.GetNthControlPointLabel(0)} lies outside the volume {volume.GetName()}.")
+        return lps
+
+    # -- nodes -> files ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _writeVolume(volume, path) -> None:
+        """Write a volume (or label map) node to `path` without changing the node's own storage."""
+        storage = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+        try:
+            storage.SetFileName(str(path))
+            storage.UseCompressionOff()
+            if not storage.WriteData(volume):
+                raise ValueError(f"The volume {volume.GetName()} could not be written for the engine.")
+        finally:
+            slicer.mrmlScene.RemoveNode(storage)
+
+    def _writeSegmentationAsLabelMap(self, segmentation, path, geometryVolume) -> None:
+        """Segments as a label map on the reference grid, with its label table.
+
+        Segments keep the label value they had in the engine's output (see `segments.export_values`);
+        Slicer's export takes the values from a colour table matched by segment name."""
+        ids = vtk.vtkStringArray()
+        segmentation.GetSegmentation().GetSegmentIDs(ids)
+        if ids.GetNumberOfValues() == 0:
+            raise ValueError(f"The segmentation {segmentation.GetName()} has no segments.")
+        described, remembered = [], []
+        for i in range(ids.GetNumberOfValues()):
+            segment = segmentation.GetSegmentation().GetSegment(ids.GetValue(i))
+            term, value = vtk.reference(""), vtk.reference("")  # GetTag answers through a reference
+            described.append((segment.GetName(), segment.GetColor(),
+                              str(term) if segment.GetTag(segment.GetTerminologyEntryTagName(), term) else None))
+            remembered.append(str(value) if segment.GetTag(segments.LABEL_VALUE_TAG, value) else None)
+        table = segments.label_table_for_segments(described, segments.export_values(remembered))
+        labelMap = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+        colorNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLColorTableNode")
+        try:
+            colorNode.SetTypeToUser()
+            colorNode.SetNumberOfColors(max(label.value for label in table) + 1)
+            for (name, color, _term), label in zip(described, table):
+                colorNode.SetColor(label.value, name, *color, 1.0)
+            if not slicer.modules.segmentations.logic().ExportSegmentsToLabelmapNode(
+                    segmentation, ids, labelMap, geometryVolume, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY, colorNode):
+                raise ValueError(f"The segmentation {segmentation.GetName()} could not be exported as a label map.")
+            self._writeVolume(labelMap, path)
+        finally:
+            slicer.mrmlScene.RemoveNode(labelMap)
+            slicer.mrmlScene.RemoveNode(colorNode)
+        results.write_label_table(table, path)
+
+    @staticmethod
+    def _referenceVolume(segmentation):
+        volume = segmentation.GetNodeReference(segmentation.GetReferenceImageGeometryReferenceRole())
+        if volume is None:
+            raise ValueError(f"The segmentation {segmentation.GetName()} has no reference volume; select the input volume.")
+        return volume
+
+    @staticmethod
+    def _dicomFiles(volume):
+        uids = (volume.GetAttribute("DICOM.instanceUIDs") or "").split() if volume else []
+        database = getattr(slicer, "dicomDatabase", None)
+        if not uids or database is None:
+            return None
+        files = [database.fileForInstance(uid) for uid in uids]
+        return [f for f in files if f] or None
+
+    @staticmethod
+    def _linkFiles(files, folder: pathlib.Path) -> pathlib.Path:
+        """Gather a DICOM series' files in one private folder (hard links where possible)."""
+        folder.mkdir()
+        for index, source in enumerate(files):
+            target = folder / f"{index:05d}.dcm"
+            try:
+                os.link(source, target)
+            except OSError:
+                shutil.copyfile(source, target)
+        return folder
+
+    # -- files -> nodes ------------------------------------------------------------------------------
+
+    def _importLabelMap(self, labelsFile, name: str, geometryVolume, segmentationNode=None):
+        """Load an engine label map as segments with the label table's names, colours and terminology.
+
+        The segmentation references `geometryVolume` (so Slicer's DICOM SEG export works) and is
+        placed beside it in the subject hierarchy. With `segmentationNode`, its segments are replaced,
+        but only once the import has succeeded. A label map without a label table (not written by the
+        engine) gets generic names."""
+        labelMap = slicer.util.loadLabelVolume(str(labelsFile), {"name": f"{name} labels", "show": False})
+        colorNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLColorTableNode", f"{name} colors")
+        imported = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+        try:
+            try:
+                described = results.label_map_segments(labelsFile)
+            except results.ResultError:
+                values = [int(v) for v in np.unique(slicer.util.arrayFromVolume(labelMap)) if v > 0]
+                described = results.segments_from_table(LabelTable.generic(values))
+            if not described:
+                raise results.ResultError(f"The label map {pathlib.Path(labelsFile).name} has no structures.")
+            colorNode.SetTypeToUser()
+            colorNode.SetNumberOfColors(max(s.value for s in described) + 1)
+            colorNode.SetColor(0, "background", 0.0, 0.0, 0.0, 0.0)
+            for s in described:
+                colorNode.SetColor(s.value, s.name, *s.color, 1.0)
+            labelMap.GetDisplayNode().SetAndObserveColorNodeID(colorNode.GetID())
+            imported.CreateDefaultDisplayNodes()
+            imported.SetReferenceImageGeometryParameterFromVolumeNode(geometryVolume)
+            if not slicer.modules.segmentations.logic().ImportLabelmapToSegmentationNode(labelMap, imported):
+                raise results.ResultError(f"The label map {pathlib.Path(labelsFile).name} could not be imported.")
+        except Exception:
+            slicer.mrmlScene.RemoveNode(imported)
+            raise
+        finally:
+            slicer.mrmlScene.RemoveNode(labelMap)
+            slicer.mrmlScene.RemoveNode(colorNode)
+        segmentation = imported.GetSegmentation()
+        for s in described:
+            segmentId = segmentation.GetSegmentIdBySegmentName(s.name)
+            segment = segmentation.GetSegment(segmentId) if segmentId else None
+            if segment is None:
+                continue  # a structure the label map does not contain
+            segment.SetTag(segments.LABEL_VALUE_TAG, str(s.value))  # kept when written back for the engine
+            if s.terminology:
+                segment.SetTag(segment.GetTerminologyEntryTagName(), s.terminology)
+        if segmentationNode is not None:
+            segmentationNode.GetSegmentation().DeepCopy(segmentation)
+            segmentationNode.CreateDefaultDisplayNodes()
+            segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(geometryVolume)
+            slicer.mrmlScene.RemoveNode(imported)
+        else:
+            segmentationNode = imported
+        shNode = slicer.mrmlScene.GetSubjectHierarchyNode()
+        parent = shNode.GetItemParent(shNode.GetItemByDataNode(geometryVolume))
+        shNode.SetItemParent(shNode.GetItemByDataNode(segmentationNode), parent)
+        return segmentationNode
+
+    def _loadDistanceMap(self, path, name: str):
+        """The signed surface-distance map as a blue-red overlay in the slice views."""
+        node = slicer.util.loadVolume(str(path), {"name": name, "show": False})
+        self._forgetTemporaryFile(node)
+        display = node.GetDisplayNode()
+        display.SetAndObserveColorNodeID("vtkMRMLColorTableNodeFileDivergingBlueRed.txt")
+        scalarRange = node.GetImageData().GetScalarRange()
+        limit = max(abs(scalarRange[0]), abs(scalarRange[1]), 1.0)
+        display.AutoWindowLevelOff()
+        display.SetWindowLevelMinMax(-limit, limit)
+        slicer.util.setSliceViewerLayers(foreground=node, foregroundOpacity=0.5)
+        return node
+
+    @staticmethod
+    def _forgetTemporaryFile(node) -> None:
+        """Detach a node from the run's file (removed with the run), so Slicer saves it as new data."""
+        storage = node.GetStorageNode()
+        if storage is not None:
+            node.SetAndObserveStorageNodeID(None)
+            slicer.mrmlScene.RemoveNode(storage)
+
+    @staticmethod
+    def _fillTable(tableNode, columns, rows) -> None:
+        """Fill a table node: the first column as text, the others as numbers."""
+        table = tableNode.GetTable()
+        for index, column in enumerate(columns):
+            array = vtk.vtkStringArray() if index == 0 else vtk.vtkDoubleArray()
+            array.SetName(column)
+            for row in rows:
+                array.InsertNextValue(str(row[index]) if index == 0 else float(row[index]))
+            table.AddColumn(array)
+        tableNode.Modified()
+
+
+#
+# Test (runs inside Slicer: see README, "Using the Slicer module")
+#
+
+
+class CoralBaySlicerTest(ScriptedLoadableModuleTest):
+    """Phantom -> segment (demo bundle) -> Dice against the truth -> classify -> compare -> export."""
+
+    SEGMENTATION_MODEL = "demo-phantom-seg"
+    CLASSIFICATION_MODEL = "demo-phantom-cls"
+    MINIMUM_DICE = 0.5  # the demo bundle is small; this only catches a broken pipeline (flipped axes...)
+    TIMEOUT_S = 900
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_CoralBaySlicerEndToEnd()
+        self.setUp()
+        self.test_CoralBaySlicerCancel()
+
+    def _logic(self):
+        logic = CoralBaySlicerLogic()
+        missing = logic.missingDependencies()
+        if missing:
+            self.delayDisplay(f"Installing {', '.join(missing)}")
+            self.delayDisplay(logic.installDependencies())
+        return logic
+
+    def _phantom(self, logic):
+        loaded = logic.loadPhantom()
+        if isinstance(loaded, Job):
+            job = logic.wait(self.TIMEOUT_S)
+            self.assertEqual(job.state, SUCCEEDED, job.error)
+            loaded = job.value
+        return loaded
+
+    def test_CoralBaySlicerEndToEnd(self):
+        logic = self._logic()
+        names = [m.name for m in logic.availableModels()]
+        self.assertIn(self.SEGMENTATION_MODEL, names)
+        ctNode, truthNode = self._phantom(logic)
+        self.delayDisplay("Phantom loaded")
+
+        logic.segment(ctNode, self.SEGMENTATION_MODEL)
+        job = logic.wait(self.TIMEOUT_S)
+        self.assertEqual(job.state, SUCCEEDED, job.error)
+        segmentationNode = job.value
+        self.assertGreater(segmentationNode.GetSegmentation().GetNumberOfSegments(), 0)
+        self.assertEqual(segmentationNode.GetNodeReference(segmentationNode.GetReferenceImageGeometryReferenceRole()), ctNode)
+        self.delayDisplay("Segmented")
+
+        logic.compare(segmentationNode, truthNode, imageVolume=ctNode)
+        job = logic.wait(self.TIMEOUT_S)
+        self.assertEqual(job.state, SUCCEEDED, job.error)
+        table = job.value.metricsTable.GetTable()
+        dice = table.GetColumnByName("dice")
+        self.assertIsNotNone(dice)
+        segmented = {segmentationNode.GetSegmentation().GetNthSegment(i).GetName()
+                     for i in range(segmentationNode.GetSegmentation().GetNumberOfSegments())}
+        checked = 0
+        for row in range(table.GetNumberOfRows()):
+            name = table.GetValue(row, 0).ToString()
+            if name in segmented:  # structures the model segments (the truth has more)
+                self.assertGreaterEqual(dice.GetValue(row), self.MINIMUM_DICE, name)
+                checked += 1
+        self.assertGreater(checked, 0)
+        self.assertIsNotNone(job.value.worstErrorRAS)
+        logic.jumpToPosition(job.value.worstErrorRAS)
+        self.delayDisplay("Compared")
+
+        if self.CLASSIFICATION_MODEL in names:
+            logic.classify(ctNode, self.CLASSIFICATION_MODEL)
+            job = logic.wait(self.TIMEOUT_S)
+            self.assertEqual(job.state, SUCCEEDED, job.error)
+            tableNode, classification = job.value
+            self.assertAlmostEqual(sum(p for _name, p in classification.rows), 1.0, places=3)
+            self.delayDisplay("Classified")
+
+        folder = tempfile.mkdtemp(prefix="CoralBayTest-")
+        try:
+            logic.export(segmentationNode, "seg.nrrd", folder, referenceVolume=ctNode)
+            job = logic.wait(self.TIMEOUT_S)
+            self.assertEqual(job.state, SUCCEEDED, job.error)
+            exported = slicer.util.loadSegmentation(str(job.value))
+            self.assertEqual(exported.GetSegmentation().GetNumberOfSegments(),
+                             segmentationNode.GetSegmentation().GetNumberOfSegments())
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        self.delayDisplay("Exported; test passed")
+
+    def test_CoralBaySlicerCancel(self):
+        logic = self._logic()
+        ctNode, _truth = self._phantom(logic)
+        nodesBefore = slicer.mrmlScene.GetNumberOfNodes()
+        job = logic.segment(ctNode, self.SEGMENTATION_MODEL)
+        folder = job.run.folder
+        import time
+
+        deadline = time.monotonic() + self.TIMEOUT_S
+        while job.run.fraction == 0.0 and not job.finished and time.monotonic() < deadline:
+            logic.poll()
+            slicer.app.processEvents()
+        logic.cancel()
+        self.assertEqual(job.state, "cancelled")
+        self.assertFalse(folder.exists())
+        self.assertFalse(logic.busy)
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), nodesBefore)
+        self.delayDisplay("Cancel test passed")

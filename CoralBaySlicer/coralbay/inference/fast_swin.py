@@ -1,0 +1,151 @@
+"""A faster, leaner inference forward for MONAI's Swin transformer, with the same weights and math.
+
+Why: at CoralBay's widths most of a window's time goes to the windowed self-attention, and
+MONAI's plain path (a) rebuilds the shifted-window mask, a (windows, tokens, tokens) tensor, on
+every forward, (b) materialises the attention matrix and two copies of it (+bias, +mask,
+softmax), and (c) in its optional scaled-dot-product path expands bias+mask to one full copy per
+window and head. Here the mask is described once per grid shape as a few distinct patterns (a
+shifted window's mask depends only on whether it lies in the last window row of each axis, so
+there are at most 2^3 of them), windows are attended in pattern groups through
+`scaled_dot_product_attention` with one small (heads, n, n) bias per group, and nothing of size
+windows x heads x n x n is ever built. The result equals MONAI's forward to float rounding
+(tested), and the module tree and parameter names are untouched: the faster forwards are bound
+to the module instances by `enable_fast_swin` and removed by `disable_fast_swin`.
+
+Only inference uses it: with autograd enabled the modules fall back to MONAI's own forward.
+"""
+
+from __future__ import annotations
+
+import math
+import types
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+from monai.networks.nets.swin_unetr import (BasicLayer, WindowAttention, get_window_size,
+                                            window_partition)
+from torch import nn
+
+MASKED = -100.0  # MONAI's value between tokens of different shifted regions
+
+
+@dataclass(frozen=True)
+class MaskPlan:
+    """The shifted-window mask of one padded grid as distinct patterns.
+
+    `patterns[i]` is an (n, n) additive mask (0 or -100), `windows[i]` the indices (within one
+    batch item) of the windows that use it; `per_item` is the number of windows per batch item.
+    """
+
+    patterns: tuple[torch.Tensor, ...]
+    windows: tuple[torch.Tensor, ...]
+    per_item: int
+
+    def groups(self, total_windows: int):
+        """(pattern, window indices over the whole batch) for a batch of `total_windows`."""
+        items = total_windows // self.per_item
+        offsets = torch.arange(items, device=self.patterns[0].device)[:, None] * self.per_item
+        for pattern, index in zip(self.patterns, self.windows):
+            yield pattern, (offsets + index[None]).reshape(-1)
+
+
+@lru_cache(maxsize=32)
+def mask_plan(dims: tuple[int, int, int], window: tuple[int, int, int],
+              shift: tuple[int, int, int], device: str = "cpu") -> MaskPlan:
+    """The distinct shifted-window masks of a padded (d, h, w) token grid, kept on `device`.
+
+    Region ids follow MONAI's `compute_mask` (three slabs per axis: before the last window, the
+    last window's unshifted part, and its shifted part); two tokens of a window may attend to
+    each other only when they carry the same region id.
+    """
+    regions = torch.zeros((1, *dims, 1))
+    count = 0
+    for sd in (slice(-window[0]), slice(-window[0], -shift[0]), slice(-shift[0], None)):
+        for sh in (slice(-window[1]), slice(-window[1], -shift[1]), slice(-shift[1], None)):
+            for sw in (slice(-window[2]), slice(-window[2], -shift[2]), slice(-shift[2], None)):
+                regions[:, sd, sh, sw, :] = count
+                count += 1
+    per_window = window_partition(regions, window).squeeze(-1)  # (windows, n)
+    by_key: dict[tuple[int, ...], list[int]] = {}
+    canonical: dict[tuple[int, ...], torch.Tensor] = {}
+    for index, row in enumerate(per_window):
+        labels = torch.unique(row, return_inverse=True)[1]  # region ids relabelled 0, 1, ...
+        key = tuple(labels.tolist())
+        by_key.setdefault(key, []).append(index)
+        canonical.setdefault(key, labels)
+    patterns = []
+    for key in by_key:
+        labels = canonical[key]
+        different = labels[:, None] != labels[None, :]
+        patterns.append(torch.where(different, MASKED, 0.0).to(torch.float32).to(device))
+    windows = tuple(torch.tensor(v, dtype=torch.long, device=device) for v in by_key.values())
+    return MaskPlan(tuple(patterns), windows, per_window.shape[0])
+
+
+def _relative_bias(attn: WindowAttention, n: int) -> torch.Tensor:
+    """The (heads, n, n) relative position bias of the first n tokens, as MONAI indexes it."""
+    index = attn.relative_position_index[:n, :n].reshape(-1)
+    return attn.relative_position_bias_table[index].reshape(n, n, -1).permute(2, 0, 1)
+
+
+def _attention_forward(self: WindowAttention, x: torch.Tensor, mask=None) -> torch.Tensor:
+    if torch.is_grad_enabled() or (mask is not None and not isinstance(mask, MaskPlan)):
+        if isinstance(mask, MaskPlan):
+            raise RuntimeError("fast Swin attention received a mask plan with autograd enabled")
+        return WindowAttention.forward(self, x, mask)
+    b, n, c = x.shape
+    heads = self.num_heads
+    q, k, v = self.qkv(x).reshape(b, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4).unbind(0)
+    bias = _relative_bias(self, n).to(q.dtype)
+    if mask is None:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias[None], scale=self.scale)
+    else:
+        out = torch.empty_like(q)
+        for pattern, index in mask.groups(b):
+            group_bias = (bias + pattern.to(q.dtype))[None]
+            out[index] = F.scaled_dot_product_attention(q[index], k[index], v[index],
+                                                        attn_mask=group_bias, scale=self.scale)
+    return self.proj(out.transpose(1, 2).reshape(b, n, c))
+
+
+def _layer_forward(self: BasicLayer, x: torch.Tensor) -> torch.Tensor:
+    """MONAI's BasicLayer step for 3D inputs, with the cached mask plan instead of a dense mask."""
+    if torch.is_grad_enabled() or x.dim() != 5 or getattr(self, "use_hyena", False):
+        return BasicLayer.forward(self, x)
+    b, _, d, h, w = x.shape
+    window, shift = get_window_size((d, h, w), self.window_size, self.shift_size)
+    padded = tuple(int(math.ceil(s / ws)) * ws for s, ws in zip((d, h, w), window))
+    plan = mask_plan(padded, tuple(window), tuple(shift), str(x.device)) if any(shift) else None
+    x = x.permute(0, 2, 3, 4, 1)
+    for block in self.blocks:
+        x = block(x, plan)
+    x = x.reshape(b, d, h, w, -1)
+    if self.downsample is not None:
+        x = self.downsample(x)
+    return x.permute(0, 4, 1, 2, 3)
+
+
+def enable_fast_swin(network: nn.Module) -> int:
+    """Bind the fast forwards to every Swin layer and attention module; returns how many."""
+    changed = 0
+    for module in network.modules():
+        if isinstance(module, WindowAttention):
+            module.forward = types.MethodType(_attention_forward, module)
+            changed += 1
+        elif isinstance(module, BasicLayer) and not getattr(module, "use_hyena", False):
+            module.forward = types.MethodType(_layer_forward, module)
+            changed += 1
+    return changed
+
+
+def disable_fast_swin(network: nn.Module) -> None:
+    """Back to MONAI's own forwards."""
+    for module in network.modules():
+        if isinstance(module, (WindowAttention, BasicLayer)) and "forward" in module.__dict__:
+            del module.__dict__["forward"]
+
+
+def fast_swin_enabled(network: nn.Module) -> bool:
+    return any("forward" in m.__dict__ for m in network.modules() if isinstance(m, WindowAttention))

@@ -1,0 +1,180 @@
+"""Memory planning: estimate what a segmentation run needs before allocating it.
+
+Why: a 500^3 scan with a 14-class head at 1.5 mm can need gigabytes; failing an hour into a batch,
+or being killed by the operating system without a word, is the worst outcome. The estimate is
+deliberately generous (peak activations of a window are counted several times over); when the
+run does not fit, the window batch is lowered first, and only then is the run refused with a
+sentence that says what to change.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence, TypeVar
+
+import numpy as np
+
+from coralbay.errors import CoralBayError
+
+T = TypeVar("T")
+GIB = 1024 ** 3
+# Peak memory of one window's forward, per voxel of the window: CONV_COPIES full-resolution
+# tensors of F channels (encoder1/decoder1 with residual branches and norms) plus ATTENTION
+# bytes-per-voxel-worth for the first Swin stage's attention matrices (W^3/8 tokens x 343 x
+# 3 heads, a few copies). Fitted to the peak RSS measured on the CPU with 64^3 windows: about
+# 390 MiB per window at F=6 and 320-330 MiB at F=12 (the formula gives 404 and 488 MiB).
+CONV_COPIES = 14
+ATTENTION_PER_VOXEL = 320
+FOREGROUND_MARGIN = 1.2  # 20 % headroom for allocator fragmentation and Python objects
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes a segmentation run needs, by what it is for."""
+
+    weights: int
+    volume: int
+    stitching: int
+    activations: int
+    restore: int
+
+    @property
+    def host(self) -> int:
+        """Main memory when everything runs on the CPU."""
+        return int(FOREGROUND_MARGIN * (self.weights + self.volume + self.stitching + self.activations + self.restore))
+
+    @property
+    def device(self) -> int:
+        """Accelerator memory when the model and the stitching run there (restore stays on the host)."""
+        return int(FOREGROUND_MARGIN * (self.weights + self.volume + self.stitching + self.activations))
+
+
+def estimate_segmentation(grid_shape: Sequence[int], input_box_voxels: int, classes: int,
+                          window: Sequence[int], feature_size: int, window_batch: int,
+                          parameters: int) -> MemoryEstimate:
+    """Estimate from the model grid, the cropped input region and the network's size."""
+    grid = int(np.prod(grid_shape))
+    window_voxels = int(np.prod(window))
+    slab = int(window[0]) * int(np.prod(grid_shape[1:]))
+    return MemoryEstimate(
+        weights=4 * parameters,
+        volume=4 * grid,
+        # 16-bit per-class probability store plus float32 accumulators of the open slabs
+        stitching=2 * classes * grid + 2 * (4 * classes + 4) * slab,
+        activations=window_batch * 4 * window_voxels * (CONV_COPIES * feature_size + ATTENTION_PER_VOXEL),
+        # per class: one resampled float32 probability, the running best and the argmax
+        restore=(4 + 4 + 2) * input_box_voxels,
+    )
+
+
+def available_host_memory() -> int:
+    import psutil
+
+    free = int(psutil.virtual_memory().available)
+    limit = memory_limit_override()
+    return min(free, limit) if limit is not None else free
+
+
+def available_device_memory(device) -> int | None:
+    """Free accelerator memory in bytes, or None for the CPU (or where it cannot be asked)."""
+    if getattr(device, "type", "cpu") != "cuda":
+        return None
+    import torch
+
+    free, _total = torch.cuda.mem_get_info(device)
+    limit = memory_limit_override()
+    return min(int(free), limit) if limit is not None else int(free)
+
+
+def plan_window_batch(estimate_for, window_batch: int, host_free: int, device_free: int | None) -> tuple[int, MemoryEstimate]:
+    """The largest window batch <= `window_batch` that fits; refuse when even 1 does not.
+
+    `estimate_for(batch)` gives the MemoryEstimate for a batch size.
+    """
+    batch = max(1, window_batch)
+    while True:
+        estimate = estimate_for(batch)
+        fits_host = estimate.host <= host_free if device_free is None else (estimate.restore * FOREGROUND_MARGIN <= host_free)
+        fits_device = device_free is None or estimate.device <= device_free
+        if fits_host and fits_device:
+            return batch, estimate
+        if batch == 1:
+            needed, free, where = ((estimate.device, device_free, "GPU") if not fits_device
+                                   else (estimate.host, host_free, "main"))
+            raise CoralBayError(
+                f"This run needs about {needed / GIB:.1f} GiB of {where} memory but only {free / GIB:.1f} GiB "
+                "are free; restrict it with --roi, use a model with a coarser spacing, or free memory.")
+        batch = max(1, batch // 2)
+
+
+def memory_limit_override() -> int | None:
+    """`CORALBAY_MAX_MEMORY_GB` caps what a run may plan to use (shared servers, tests)."""
+    value = os.environ.get("CORALBAY_MAX_MEMORY_GB")
+    if not value:
+        return None
+    try:
+        return int(float(value) * GIB)
+    except ValueError:
+        raise CoralBayError(f"CORALBAY_MAX_MEMORY_GB must be a number of GiB, not {value!r}.") from None
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """Where one try of the sliding windows runs."""
+
+    device: Any           # torch.device of the network
+    stitch_device: Any    # torch.device of the blended output
+    window_batch: int
+
+    def describe(self) -> str:
+        where = (f"on {self.device.type}" if self.device == self.stitch_device
+                 else f"on {self.device.type} with stitching on {self.stitch_device.type}")
+        return f"a window batch of {self.window_batch} {where}"
+
+
+def fallback_attempts(device, window_batch: int) -> list[Attempt]:
+    """What to try, in order, when memory runs out: halve the window batch down to 1, then (on
+    an accelerator) keep only the network there and stitch on the CPU, then run on the CPU."""
+    import torch
+
+    attempts = [Attempt(device, device, window_batch)]
+    batch = window_batch
+    while batch > 1:
+        batch //= 2
+        attempts.append(Attempt(device, device, batch))
+    if device.type != "cpu":
+        cpu = torch.device("cpu")
+        attempts += [Attempt(device, cpu, 1), Attempt(cpu, cpu, 1)]
+    return attempts
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
+
+
+def run_with_memory_fallback(run: Callable[[Attempt], T], device, window_batch: int,
+                             log: Callable[[str], None]) -> tuple[T, Attempt]:
+    """Call `run(attempt)` until one attempt fits in memory; say what was done at each step."""
+    import gc
+
+    import torch
+
+    attempts = fallback_attempts(device, window_batch)
+    for index, attempt in enumerate(attempts):
+        try:
+            return run(attempt), attempt
+        except Exception as exc:  # noqa: BLE001 - only out-of-memory errors are retried
+            if not is_out_of_memory(exc):
+                raise
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            if index + 1 == len(attempts):
+                raise CoralBayError(f"Out of memory even with {attempt.describe()}; restrict the run "
+                                    "with --roi or free memory.") from None
+            log(f"Out of memory with {attempt.describe()}; retrying with {attempts[index + 1].describe()}.")
+    raise AssertionError("unreachable")

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# GPU check for issue 6: full-width CoralBay U96B (F=48, 96^3 windows, 14 structures, random
+# weights) on a 256^3 phantom at 1.5 mm; ours against the plain MONAI path in fp32 and bf16,
+# with the achieved fraction of the GPU's peak bf16 rate. One run, at most 5 minutes.
+#
+# On a machine whose python3 has CUDA PyTorch but not MONAI/SimpleITK (the lent GPU machines),
+# carry the missing wheels in .whl/ (prepared on a machine with pip, Python 3.12 wheels):
+#   echo /.whl/ >> .git/info/exclude
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+#     -d .whl monai==1.6.1 simpleitk==2.5.7 nibabel==5.4.2 pynrrd==1.1.3 importlib_resources==7.1.0
+# and this script installs them into /tmp/site first.
+# Usage: bash Testing/gpu_check.sh [OUT_DIR] [extra options of python -m coralbay.bench.gpu_check]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT="${1:-gpu-check-results}"; shift || true
+PY="${PYTHON:-python3}"
+if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PYTHONPATH="$PWD/CoralBaySlicer${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+timeout 300 "$PY" -m coralbay.bench.gpu_check --out "$OUT" "$@"
