@@ -117,6 +117,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                             "(default: that of --init-from, else 96)")
     model.add_argument("--overlap", type=overlap_value, metavar="F",
                        help="sliding-window overlap stored in the bundle (default: that of --init-from, else 0.5)")
+    model.add_argument("--antialias", choices=("yes", "no"),
+                       help="blur before downsampling onto the model grid, as inference does for the bundle "
+                            "(default: that of --init-from, else yes)")
     run = p.add_argument_group("run")
     run.add_argument("--seed", type=int, default=0, help="seed for initialisation, crops and splits (default 0)")
     run.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="compute device (default auto)")
@@ -267,7 +270,8 @@ def _prepare_run(args: argparse.Namespace, stages: dict):
                 "spacing_mm": args.spacing or defaults["spacing_mm"],
                 "window_hu": args.window_hu or defaults["window_hu"],
                 "window_size": args.window or defaults["window_size"],
-                "overlap": args.overlap if args.overlap is not None else defaults["overlap"]}
+                "overlap": args.overlap if args.overlap is not None else defaults["overlap"],
+                "antialias": (args.antialias == "yes") if args.antialias else defaults["antialias"]}
     if settings["window_hu"][1] <= settings["window_hu"][0]:
         from coralbay.errors import UsageError
         raise UsageError("--window-hu needs LO below HI.")
@@ -275,6 +279,7 @@ def _prepare_run(args: argparse.Namespace, stages: dict):
     args.feature_size, args.spacing, args.window_hu = (settings["feature_size"], list(settings["spacing_mm"]),
                                                        list(settings["window_hu"]))
     args.window, args.overlap = list(settings["window_size"]), settings["overlap"]
+    args.antialias = "yes" if settings["antialias"] else "no"
     return output, reporter, device, start, settings
 
 
@@ -287,7 +292,7 @@ def _preprocessing(settings: dict) -> dict:
     from coralbay.bundle.manifest import DEFAULT_PREPROCESSING
 
     return {**DEFAULT_PREPROCESSING, "spacing_mm": list(settings["spacing_mm"]),
-            "intensity_window_hu": list(settings["window_hu"])}
+            "intensity_window_hu": list(settings["window_hu"]), "antialias": bool(settings["antialias"])}
 
 
 def _texts(args: argparse.Namespace, what: str) -> tuple[str, str]:
@@ -344,6 +349,7 @@ def run_seg(args: argparse.Namespace) -> int:
                              window_size=settings["window_size"], overlap=settings["overlap"],
                              title=args.title, description=description, reproduce=reproduce_command(args))
     fields["intended_use"] = intended_use
+    fields["preprocessing"]["antialias"] = bool(settings["antialias"])  # what training saw, stated
     spec = ArchitectureSpec.from_manifest("segmentation", fields["architecture"], len(table) + 1)
     torch.manual_seed(args.seed)
     network = build_network(spec)
@@ -369,14 +375,15 @@ def run_seg(args: argparse.Namespace) -> int:
                  f"checkpoints in {checkpoints}.")
     result = train_segmentation(network, cases, val_cases, table, train_settings, device,
                                 checkpoint_dir=checkpoints, resume=resume,
+                                data_key={"source": args.data or args.phantoms, "merge": args.merge,
+                                          "preprocessing": preprocessing},
                                 progress=reporter.stage_callback("train"), log=reporter.log)
     losses = [h["loss"] for h in result.history]
     metrics: dict = {"training": {
         "steps": result.steps_done, "chosen_step": result.chosen_step, "train_cases": len(cases),
         "encoder": mode,
         "loss_first_20_steps": round(sum(losses[:20]) / max(1, len(losses[:20])), 4),
-        "loss_last_20_steps": round(sum(losses[-20:]) / max(1, len(losses[-20:])), 4),
-        "seconds_this_run": round(result.seconds, 1)}}
+        "loss_last_20_steps": round(sum(losses[-20:]) / max(1, len(losses[-20:])), 4)}}
     if result.validation:
         metrics["validation"] = {**result.validation, "evaluated_on": "the model grid, by the training loop"}
     if args.test_phantoms:
@@ -407,6 +414,7 @@ def run_cls(args: argparse.Namespace) -> int:
     from coralbay.bundle.factory import manifest_fields
     from coralbay.bundle.manifest import Manifest
     from coralbay.errors import InputError, UsageError
+    from coralbay.inference.fast_swin import enable_fast_swin
     from coralbay.model.build import ArchitectureSpec, build_network
     from coralbay.training.classification import embed_items, evaluate_probe, fit_linear_probe
     from coralbay.training.data import (LESION_CLASSES, parse_seeds, phantom_classification_items,
@@ -459,6 +467,7 @@ def run_cls(args: argparse.Namespace) -> int:
                              window_size=settings["window_size"], overlap=settings["overlap"], pooling=args.pooling,
                              title=args.title, description=description, reproduce=reproduce_command(args))
     fields["intended_use"] = intended_use
+    fields["preprocessing"]["antialias"] = bool(settings["antialias"])  # what training saw, stated
     # The region around a point: a little less than one window, because the input voxels whose
     # centres fall in the region reach up to half a voxel beyond it; a region of exactly one
     # window would spill into a second window per axis (8 windows instead of 1).
@@ -470,6 +479,7 @@ def run_cls(args: argparse.Namespace) -> int:
     for note in start.apply(network):
         reporter.log(note)
     network.to(device).eval()
+    enable_fast_swin(network)  # as classify_image runs it
     manifest = Manifest(Path("."), {**fields, "weights": []})
 
     train = embed_items(items, manifest, network.embed, device, reporter.stage_callback("features"))

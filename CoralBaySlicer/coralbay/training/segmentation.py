@@ -31,6 +31,7 @@ from torch import nn
 
 from coralbay.atomic import atomic_file
 from coralbay.errors import InputError
+from coralbay.inference.fast_swin import enable_fast_swin
 from coralbay.inference.sliding_window import sliding_window_logits
 from coralbay.labels import LabelTable
 from coralbay.training.augment import AugmentSettings, CropSampler, mirror_lookup, sample_batch
@@ -201,12 +202,18 @@ def load_checkpoint_state(path: str | Path) -> dict:
 def train_segmentation(network: nn.Module, cases: list[Case], val_cases: list[Case], table: LabelTable,
                        settings: SegmentationSettings, device: torch.device, *,
                        checkpoint_dir: Path | None = None, resume: dict | None = None,
-                       progress: Progress | None = None, log: Log | None = None) -> SegmentationResult:
-    """Train `network` (encoder + decoder) on crops of `cases`; returns the chosen weights."""
+                       progress: Progress | None = None, log: Log | None = None,
+                       data_key: dict | None = None) -> SegmentationResult:
+    """Train `network` (encoder + decoder) on crops of `cases`; returns the chosen weights.
+
+    `data_key` says where the cases came from (source, preprocessing); a saved feature cache is
+    reused only for the same key.
+    """
     if not cases:
         raise InputError("There are no training cases.")
     started = time.perf_counter()
     network.to(device)
+    enable_fast_swin(network)  # only the no-grad passes use it (feature cache, validation)
     mode = settings.encoder_mode
     trainable = set_trainable(network, mode)
     optimizer = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=settings.weight_decay)
@@ -245,7 +252,8 @@ def train_segmentation(network: nn.Module, cases: list[Case], val_cases: list[Ca
     pool = None
     if settings.feature_cache and mode != "finetune" and step < settings.steps:
         # Saved beside the checkpoints, so a resumed run does not compute the frozen part again.
-        key = {"cases": [c.name for c in cases], "settings": _plain(asdict(settings)), "pool": 1}
+        key = {"cases": [c.name for c in cases], "data": _plain(data_key or {}),
+               "settings": _plain(asdict(settings)), "pool": 1}
         for name in ("steps", "val_every", "checkpoint_every", "lr", "weight_decay", "warmup_steps",
                      "min_lr_ratio", "batch_size", "class_weights", "max_grad_norm", "val_overlap"):
             key["settings"].pop(name)
