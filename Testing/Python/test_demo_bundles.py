@@ -109,7 +109,7 @@ def test_coralbay_demo_writes_the_report(tmp_path, cli):
     proc = cli("demo", "--output", out, "--progress", "none", timeout=900)
     assert proc.returncode == 0, proc.stderr
     report = json.loads((out / "report.json").read_text())
-    assert report["phantom"]["seed"] == DEMO_SEED
+    assert report["phantom"]["seed"] == DEMO_SEED and report["phantom"]["liver_lesions"] >= 1
     assert report["segmentation"]["model"] == "demo-phantom-seg"
     assert 0.0 <= report["segmentation"]["mean_dice"] <= 1.0  # the quality target is the held-out test's
     ct = sitk.ReadImage(str(out / "phantom_ct.nii.gz"))
@@ -120,7 +120,13 @@ def test_coralbay_demo_writes_the_report(tmp_path, cli):
                                     load_bundle("demo-phantom-seg").manifest.labels)
     assert recomputed["liver"] == pytest.approx(report["segmentation"]["dice"]["liver"], abs=1e-4)
     classification = json.loads((out / "classification.json").read_text())
-    assert classification["truth"] == report["classification"]["truth"]
+    points = classification["points"]
+    assert [p["truth"] for p in points] == ["liver lesion", "no liver lesion"]
+    assert [p["prediction"] for p in points] == [p["prediction"] for p in report["classification"]["points"]]
+    lesion_mm, healthy_mm = (np.asarray(p["point_lps"]) for p in points)
+    assert np.linalg.norm(lesion_mm - healthy_mm) >= 50
+    index = truth.TransformPhysicalPointToIndex(healthy_mm.tolist())
+    assert truth[index] == 1  # the healthy point lies in the liver
     assert (out / "labels.labels.json").is_file()
     for name in ("report.json", "labels.nii.gz", "classification.json"):
         assert str(out / name) in proc.stdout

@@ -186,7 +186,7 @@ def test_train_cls_point_probe_from_csv(tmp_path, cli):
         rows.append(f"scan{i}.nii.gz,background,{dull[0]},{dull[1]},{dull[2]}")
     (tmp_path / "train.csv").write_text("\n".join(rows) + "\n")
     out = tmp_path / "probe"
-    # At 1 mm the region around a point (one 64^3 window, 64 mm) holds the blob or not.
+    # At 1 mm the region around a point (56 mm, one 64^3 window) holds the blob or not.
     proc = cli("train-cls", "--csv", tmp_path / "train.csv", "--feature-size", "6", "--spacing", "1",
                "--window", "64", "--output", out, "--classes", "background,nodule", "--progress", "none")
     assert proc.returncode == 0, proc.stderr

@@ -16,6 +16,9 @@ SEG_STAGES = {"data": 0.08, "train": 0.8, "test": 0.1, "write": 0.02}
 CLS_STAGES = {"data": 0.02, "features": 0.7, "fit": 0.03, "test": 0.23, "write": 0.02}
 
 # Options that do not change the trained weights; they stay out of the manifest's `reproduce`.
+PROBE_WEIGHT_DECAYS = (1e-3, 1e-2, 1e-1, 1.0)
+POINT_REGION_MARGIN = 8  # model-grid voxels per axis left for the input's voxel edges
+
 NOT_REPRODUCED = {"progress", "checkpoint_dir", "checkpoint_every", "keep_checkpoints", "resume", "device",
                   "threads", "help"}
 
@@ -70,6 +73,18 @@ def positive_float(text: str) -> float:
     return value
 
 
+def weight_decay_choice(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("must be a number or auto") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must not be negative")
+    return value
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     from coralbay.cli import add_progress_option
     from coralbay.device import DEVICE_CHOICES
@@ -102,6 +117,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                             "(default: that of --init-from, else 96)")
     model.add_argument("--overlap", type=overlap_value, metavar="F",
                        help="sliding-window overlap stored in the bundle (default: that of --init-from, else 0.5)")
+    model.add_argument("--antialias", choices=("yes", "no"),
+                       help="blur before downsampling onto the model grid, as inference does for the bundle "
+                            "(default: that of --init-from, else yes)")
     run = p.add_argument_group("run")
     run.add_argument("--seed", type=int, default=0, help="seed for initialisation, crops and splits (default 0)")
     run.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="compute device (default auto)")
@@ -192,12 +210,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     val.add_argument("--val-fraction", type=probability, metavar="F", help="fraction of --csv kept for validation")
     data.add_argument("--test-phantoms", metavar="SEEDS", help="after fitting, classify these held-out phantoms "
                       "through the full inference path and record AUROC in the manifest (with --phantoms)")
+    data.add_argument("--lesion-points", action="store_true",
+                      help="phantom mode per point: the region around each phantom's first liver lesion "
+                           "(liver lesion) and the same region of the phantom generated without lesions "
+                           "(no liver lesion), instead of whole scans")
     data.add_argument("--classes", metavar="A,B,...", help="class names in output order (default: sorted)")
     _add_common(cls)
     fit = cls.add_argument_group("probe")
     fit.add_argument("--pooling", choices=("multiscale", "head"), default="multiscale",
                      help="pool five feature maps (24F values, default) or the last one (16F)")
-    fit.add_argument("--weight-decay", type=float, default=1e-3, help="L2 penalty of the probe (default 1e-3)")
+    fit.add_argument("--weight-decay", type=weight_decay_choice, default="auto", metavar="L2",
+                     help="L2 penalty of the probe, or auto (default): the best of 0.001, 0.01, 0.1 and 1 "
+                          "by validation AUROC (0.001 without validation examples)")
     cls.set_defaults(run=run_cls, parser=cls)
 
 
@@ -246,7 +270,8 @@ def _prepare_run(args: argparse.Namespace, stages: dict):
                 "spacing_mm": args.spacing or defaults["spacing_mm"],
                 "window_hu": args.window_hu or defaults["window_hu"],
                 "window_size": args.window or defaults["window_size"],
-                "overlap": args.overlap if args.overlap is not None else defaults["overlap"]}
+                "overlap": args.overlap if args.overlap is not None else defaults["overlap"],
+                "antialias": (args.antialias == "yes") if args.antialias else defaults["antialias"]}
     if settings["window_hu"][1] <= settings["window_hu"][0]:
         from coralbay.errors import UsageError
         raise UsageError("--window-hu needs LO below HI.")
@@ -254,14 +279,20 @@ def _prepare_run(args: argparse.Namespace, stages: dict):
     args.feature_size, args.spacing, args.window_hu = (settings["feature_size"], list(settings["spacing_mm"]),
                                                        list(settings["window_hu"]))
     args.window, args.overlap = list(settings["window_size"]), settings["overlap"]
+    args.antialias = "yes" if settings["antialias"] else "no"
     return output, reporter, device, start, settings
+
+
+def window_mm(settings: dict) -> str:
+    """The physical size of one window, e.g. "64 x 64 x 64 mm"."""
+    return " x ".join(f"{w * s:g}" for w, s in zip(settings["window_size"], settings["spacing_mm"])) + " mm"
 
 
 def _preprocessing(settings: dict) -> dict:
     from coralbay.bundle.manifest import DEFAULT_PREPROCESSING
 
     return {**DEFAULT_PREPROCESSING, "spacing_mm": list(settings["spacing_mm"]),
-            "intensity_window_hu": list(settings["window_hu"])}
+            "intensity_window_hu": list(settings["window_hu"]), "antialias": bool(settings["antialias"])}
 
 
 def _texts(args: argparse.Namespace, what: str) -> tuple[str, str]:
@@ -318,6 +349,7 @@ def run_seg(args: argparse.Namespace) -> int:
                              window_size=settings["window_size"], overlap=settings["overlap"],
                              title=args.title, description=description, reproduce=reproduce_command(args))
     fields["intended_use"] = intended_use
+    fields["preprocessing"]["antialias"] = bool(settings["antialias"])  # what training saw, stated
     spec = ArchitectureSpec.from_manifest("segmentation", fields["architecture"], len(table) + 1)
     torch.manual_seed(args.seed)
     network = build_network(spec)
@@ -343,14 +375,15 @@ def run_seg(args: argparse.Namespace) -> int:
                  f"checkpoints in {checkpoints}.")
     result = train_segmentation(network, cases, val_cases, table, train_settings, device,
                                 checkpoint_dir=checkpoints, resume=resume,
+                                data_key={"source": args.data or args.phantoms, "merge": args.merge,
+                                          "preprocessing": preprocessing},
                                 progress=reporter.stage_callback("train"), log=reporter.log)
     losses = [h["loss"] for h in result.history]
     metrics: dict = {"training": {
         "steps": result.steps_done, "chosen_step": result.chosen_step, "train_cases": len(cases),
         "encoder": mode,
         "loss_first_20_steps": round(sum(losses[:20]) / max(1, len(losses[:20])), 4),
-        "loss_last_20_steps": round(sum(losses[-20:]) / max(1, len(losses[-20:])), 4),
-        "seconds_this_run": round(result.seconds, 1)}}
+        "loss_last_20_steps": round(sum(losses[-20:]) / max(1, len(losses[-20:])), 4)}}
     if result.validation:
         metrics["validation"] = {**result.validation, "evaluated_on": "the model grid, by the training loop"}
     if args.test_phantoms:
@@ -381,6 +414,7 @@ def run_cls(args: argparse.Namespace) -> int:
     from coralbay.bundle.factory import manifest_fields
     from coralbay.bundle.manifest import Manifest
     from coralbay.errors import InputError, UsageError
+    from coralbay.inference.fast_swin import enable_fast_swin
     from coralbay.model.build import ArchitectureSpec, build_network
     from coralbay.training.classification import embed_items, evaluate_probe, fit_linear_probe
     from coralbay.training.data import (LESION_CLASSES, parse_seeds, phantom_classification_items,
@@ -389,6 +423,8 @@ def run_cls(args: argparse.Namespace) -> int:
     from coralbay.training.output import write_trained_bundle
 
     output, reporter, device, start, settings = _prepare_run(args, CLS_STAGES)
+    if args.lesion_points and not args.phantoms:
+        raise UsageError("--lesion-points applies to --phantoms.")
     if args.csv:
         items = read_classification_csv(args.csv)
         found = sorted({item.label for item in items})
@@ -400,13 +436,13 @@ def run_cls(args: argparse.Namespace) -> int:
         if args.classes:
             raise UsageError("--classes applies to --csv; phantom mode has the classes "
                              f"{', '.join(LESION_CLASSES)}.")
-        items, classes = phantom_classification_items(parse_seeds(args.phantoms)), list(LESION_CLASSES)
+        items, classes = phantom_classification_items(parse_seeds(args.phantoms), args.lesion_points), list(LESION_CLASSES)
     if len(classes) < 2:
         raise InputError("A classifier needs at least two classes.")
     if args.val_csv:
         val_items = read_classification_csv(args.val_csv)
     elif args.val_phantoms:
-        val_items = phantom_classification_items(parse_seeds(args.val_phantoms))
+        val_items = phantom_classification_items(parse_seeds(args.val_phantoms), args.lesion_points)
     else:
         items, val_items = split_validation(items, args.val_fraction or 0.0, args.seed)
     unknown = sorted({i.label for i in val_items if i.label is not None and i.label not in classes})
@@ -416,7 +452,13 @@ def run_cls(args: argparse.Namespace) -> int:
         reporter.log("No --init-from or --backbone: the probe is fitted on features of a randomly "
                      "initialised encoder, which carry little information.", level="warning")
 
-    source = f"{len(items)} synthetic phantoms" if args.phantoms else f"{len(items)} examples of {Path(args.csv).name}"
+    if args.lesion_points:
+        source = (f"{len(items)} synthetic phantoms, each the {window_mm(settings)} region around its first liver "
+                  "lesion and the same region of the phantom generated without lesions")
+    elif args.phantoms:
+        source = f"{len(items)} synthetic phantoms (whole scans)"
+    else:
+        source = f"{len(items)} examples of {Path(args.csv).name}"
     description, intended_use = _texts(
         args, f"Linear probe on pooled CoralBay encoder features (feature size {settings['feature_size']}) "
               f"for {', '.join(classes)}, trained with coralbay train-cls on {source}")
@@ -425,12 +467,19 @@ def run_cls(args: argparse.Namespace) -> int:
                              window_size=settings["window_size"], overlap=settings["overlap"], pooling=args.pooling,
                              title=args.title, description=description, reproduce=reproduce_command(args))
     fields["intended_use"] = intended_use
+    fields["preprocessing"]["antialias"] = bool(settings["antialias"])  # what training saw, stated
+    # The region around a point: a little less than one window, because the input voxels whose
+    # centres fall in the region reach up to half a voxel beyond it; a region of exactly one
+    # window would spill into a second window per axis (8 windows instead of 1).
+    fields["inference"]["point_region_mm"] = [(w - POINT_REGION_MARGIN) * s for w, s in
+                                              zip(settings["window_size"], settings["spacing_mm"])]
     spec = ArchitectureSpec.from_manifest("classification", fields["architecture"], len(classes))
     torch.manual_seed(args.seed)
     network = build_network(spec)
     for note in start.apply(network):
         reporter.log(note)
     network.to(device).eval()
+    enable_fast_swin(network)  # as classify_image runs it
     manifest = Manifest(Path("."), {**fields, "weights": []})
 
     train = embed_items(items, manifest, network.embed, device, reporter.stage_callback("features"))
@@ -439,17 +488,25 @@ def run_cls(args: argparse.Namespace) -> int:
         raise InputError(f"Training examples use class(es) {', '.join(missing)} that --classes does not list.")
     reporter.progress("fit", 0.0, "fitting the linear probe")
     targets = np.array([classes.index(label) for label in train.labels])
-    head = fit_linear_probe(train.features, targets, len(classes), weight_decay=args.weight_decay)
+    val = embed_items(val_items, manifest, network.embed, device) if val_items else None
+    candidates = [args.weight_decay] if args.weight_decay != "auto" else (PROBE_WEIGHT_DECAYS if val else [1e-3])
+    fits = []
+    for decay in candidates:
+        head = fit_linear_probe(train.features, targets, len(classes), weight_decay=decay)
+        score = evaluate_probe(head, val, classes) if val else None
+        fits.append((decay, head, score))
+    # The best validation AUROC (then accuracy); on ties the stronger penalty.
+    decay, head, _ = max(fits, key=lambda f: ((f[2]["auroc"] or 0.0, f[2]["accuracy"]) if f[2] else (0, 0), f[0]))
     network.head.load_state_dict(head.state_dict())
     network.head.to(device)
-    metrics: dict = {"training": evaluate_probe(head, train, classes)}
-    if val_items:
-        val = embed_items(val_items, manifest, network.embed, device)
-        metrics["validation"] = evaluate_probe(head, val, classes)
+    metrics: dict = {"training": {**evaluate_probe(head, train, classes), "weight_decay": decay}}
+    if val:
+        metrics["validation"] = {**evaluate_probe(head, val, classes),
+                                 "auroc_by_weight_decay": {f"{d:g}": score["auroc"] for d, _, score in fits}}
     reporter.progress("fit", 1.0, "")
     if args.test_phantoms:
         metrics["held_out"] = classification_on_phantoms(in_memory_bundle(fields, network), parse_seeds(args.test_phantoms),
-                                                         device, reporter.stage_callback("test"))
+                                                         device, args.lesion_points, reporter.stage_callback("test"))
         reporter.log(f"Held-out phantoms: AUROC {metrics['held_out']['auroc']}, accuracy {metrics['held_out']['accuracy']}.")
     fields["metrics"] = metrics
     reporter.progress("write", 0.0, "writing the bundle")

@@ -19,6 +19,7 @@ import torch
 from coralbay.bundle.loader import LoadedBundle
 from coralbay.bundle.manifest import Manifest
 from coralbay.errors import InputError
+from coralbay.inference.fast_swin import enable_fast_swin
 from coralbay.inference.sliding_window import sliding_window_embeddings
 from coralbay.preprocess import prepare
 
@@ -66,6 +67,7 @@ def classify_image(image: sitk.Image, bundle: LoadedBundle, device: torch.device
     manifest = bundle.manifest
     start = time.perf_counter()
     network = bundle.network.to(device)
+    enable_fast_swin(network)
     scan_vector, stats = scan_embedding(image, manifest, network.embed, device, point_lps=point_lps,
                                         overlap=overlap, window_batch_size=window_batch_size,
                                         progress=progress)

@@ -37,13 +37,15 @@ def embed_items(items: Sequence[ClassificationItem], manifest: Manifest, embed: 
     """Pooled feature vectors of each example (images are loaded one at a time)."""
     names, labels, vectors = [], [], []
     for i, item in enumerate(items):
-        image, label = item.load()
-        vector, _ = scan_embedding(image, manifest, embed, device, point_lps=item.point_lps)
-        names.append(item.name)
-        labels.append(label)
-        vectors.append(vector[0].numpy())
+        for example in item.examples():
+            vector, _ = scan_embedding(example.image, manifest, embed, device, point_lps=example.point_lps)
+            names.append(example.name)
+            labels.append(example.label)
+            vectors.append(vector[0].numpy())
         if progress:
-            progress((i + 1) / len(items), f"{item.name}: {label}")
+            progress((i + 1) / len(items), item.name)
+    if not vectors:
+        raise InputError("There are no training examples.")
     return Embedded(names, labels, np.stack(vectors).astype(np.float32))
 
 

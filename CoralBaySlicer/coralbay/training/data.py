@@ -15,7 +15,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -293,11 +293,22 @@ def split_validation(items: list, fraction: float, seed: int) -> tuple[list, lis
 # ---------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class ClassificationItem:
-    """One example for a classification head: a scan (or a point in it) and its class.
+class Example:
+    """One loaded example: the image, its class, and the point the class refers to (if any)."""
 
-    A phantom's class is known only once it is generated (whether a lesion was painted), so
-    `load` returns the image together with the class.
+    name: str
+    image: sitk.Image
+    label: str
+    point_lps: tuple[float, float, float] | None = None
+
+
+@dataclass(frozen=True)
+class ClassificationItem:
+    """A source of examples for a classification head: a CSV row, or a phantom seed.
+
+    A phantom's class is known only once it is generated (whether a lesion was painted), and a
+    lesion-point item gives two examples (the lesion's region, and the same region of the
+    phantom's lesion-free twin), so `examples()` loads them.
     """
 
     name: str
@@ -305,21 +316,37 @@ class ClassificationItem:
     image: Path | None = None                        # a file or DICOM folder, or None for a phantom
     point_lps: tuple[float, float, float] | None = None
     phantom_seed: int | None = None
+    lesion_points: bool = False
 
-    def load(self) -> tuple[sitk.Image, str]:
+    def examples(self) -> Iterator[Example]:
         if self.image is not None:
-            return read_volume(self.image), str(self.label)
+            yield Example(self.name, read_volume(self.image), str(self.label), self.point_lps)
+            return
         from coralbay.phantom import generate_phantom
-        phantom = generate_phantom(int(self.phantom_seed))  # type: ignore[arg-type]
-        return phantom.image, LESION_CLASSES[int(phantom.has_lesion)]
+        seed = int(self.phantom_seed)  # type: ignore[arg-type]
+        if not self.lesion_points:
+            phantom = generate_phantom(seed)
+            yield Example(self.name, phantom.image, LESION_CLASSES[int(phantom.has_lesion)])
+            return
+        # The same anatomy, noise and grid with and without lesions (the generator draws them
+        # from independent streams): the two regions differ only by the lesion.
+        with_lesion = generate_phantom(seed, lesions=True)
+        if not with_lesion.lesion_centers_lps:
+            return  # no lesion fitted in this liver
+        centre = tuple(with_lesion.lesion_centers_lps[0])
+        yield Example(f"{self.name} lesion", with_lesion.image, LESION_CLASSES[1], centre)
+        twin = generate_phantom(seed, lesions=False)
+        yield Example(f"{self.name} twin", twin.image, LESION_CLASSES[0], centre)
 
 
 LESION_CLASSES = ("no liver lesion", "liver lesion")
 
 
-def phantom_classification_items(seeds: Sequence[int]) -> list[ClassificationItem]:
-    """Phantoms (own random spacing and direction) to be labelled by liver lesion presence."""
-    return [ClassificationItem(f"phantom-{seed}", None, phantom_seed=int(seed)) for seed in seeds]
+def phantom_classification_items(seeds: Sequence[int], lesion_points: bool = False) -> list[ClassificationItem]:
+    """Phantoms (own random spacing and direction) labelled by liver lesion presence: per scan,
+    or (`lesion_points`) per region around a lesion centre and the same region without it."""
+    return [ClassificationItem(f"phantom-{seed}", None, phantom_seed=int(seed), lesion_points=lesion_points)
+            for seed in seeds]
 
 
 def read_classification_csv(path: str | os.PathLike) -> list[ClassificationItem]:

@@ -52,23 +52,27 @@ def segmentation_on_phantoms(bundle: LoadedBundle, seeds: Sequence[int], device:
 
 
 def classification_on_phantoms(bundle: LoadedBundle, seeds: Sequence[int], device: torch.device,
-                               progress: Progress | None = None) -> dict:
-    """AUROC and accuracy of a liver-lesion classifier on held-out phantoms, through classify_image."""
+                               lesion_points: bool = False, progress: Progress | None = None) -> dict:
+    """AUROC and accuracy of a liver-lesion classifier on held-out phantoms, through classify_image
+    (per scan, or at each phantom's lesion centre with and without the lesion)."""
     from coralbay.inference.classify import classify_image
-    from coralbay.phantom import generate_phantom
+    from coralbay.training.data import phantom_classification_items
 
     positive = bundle.manifest.classes[-1]
-    scores, truth, correct = [], [], 0
-    for i, seed in enumerate(seeds):
-        phantom = generate_phantom(int(seed))
-        report = classify_image(phantom.image, bundle, device)
-        scores.append(report["probabilities"][positive])
-        truth.append(phantom.has_lesion)
-        correct += int((report["prediction"] == positive) == phantom.has_lesion)
+    scores, truth = [], []
+    items = phantom_classification_items(seeds, lesion_points)
+    for i, item in enumerate(items):
+        for example in item.examples():
+            report = classify_image(example.image, bundle, device, point_lps=example.point_lps)
+            scores.append(report["probabilities"][positive])
+            truth.append(example.label == positive)
         if progress:
-            progress((i + 1) / len(seeds), f"phantom {seed}")
+            progress((i + 1) / len(items), item.name)
     area = auroc(scores, truth)
-    return {"phantom_seeds": [int(s) for s in seeds], "positive_class": positive,
+    correct = sum((score >= 0.5) == t for score, t in zip(scores, truth))
+    return {"phantom_seeds": [int(s) for s in seeds], "examples": len(truth), "positive_class": positive,
             "auroc": round(area, 4) if area is not None else None,
-            "accuracy": round(correct / max(1, len(seeds)), 4), "positives": int(sum(truth)),
-            "evaluated_on": "phantoms at their own random spacing and orientation, through classify_image"}
+            "accuracy": round(correct / max(1, len(truth)), 4), "positives": int(sum(truth)),
+            "evaluated_on": ("the region around each phantom's first lesion centre, with the lesion and in "
+                             "the phantom's lesion-free twin" if lesion_points else "whole phantoms")
+                            + " (own random spacing and orientation), through classify_image"}

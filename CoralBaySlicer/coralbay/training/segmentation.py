@@ -31,6 +31,7 @@ from torch import nn
 
 from coralbay.atomic import atomic_file
 from coralbay.errors import InputError
+from coralbay.inference.fast_swin import enable_fast_swin
 from coralbay.inference.sliding_window import sliding_window_logits
 from coralbay.labels import LabelTable
 from coralbay.training.augment import AugmentSettings, CropSampler, mirror_lookup, sample_batch
@@ -121,13 +122,28 @@ def forward_logits(network: nn.Module, inputs: torch.Tensor, mode: str,
 class CropPool:
     """A fixed set of augmented crops with the frozen part's outputs, built once."""
 
-    inputs: torch.Tensor                 # (N, 1, X, Y, Z)
-    targets: torch.Tensor                # (N, 1, X, Y, Z)
+    inputs: torch.Tensor                 # (N, 1, X, Y, Z) float
+    targets: torch.Tensor                # (N, 1, X, Y, Z) uint8 class indices
     cached: list[torch.Tensor]           # per feature level, (N, C, ...)
 
     def batch(self, rng: np.random.Generator, size: int) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         index = torch.from_numpy(rng.integers(len(self.inputs), size=size))
-        return self.inputs[index], self.targets[index], [c[index] for c in self.cached]
+        return self.inputs[index], self.targets[index].long(), [c[index] for c in self.cached]
+
+    def save(self, path: Path, key: dict) -> None:
+        with atomic_file(path) as tmp:
+            torch.save({"key": key, "inputs": self.inputs, "targets": self.targets, "cached": self.cached}, str(tmp))
+
+    @classmethod
+    def load(cls, path: Path, key: dict) -> "CropPool | None":
+        """The pool saved at `path` if it was built for the same key (cases, settings, seed)."""
+        try:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 - a missing or damaged cache is rebuilt
+            return None
+        if not isinstance(state, dict) or state.get("key") != key:
+            return None
+        return cls(state["inputs"], state["targets"], list(state["cached"]))
 
 
 def build_crop_pool(network: nn.Module, samplers: list[CropSampler], settings: SegmentationSettings,
@@ -139,7 +155,7 @@ def build_crop_pool(network: nn.Module, samplers: list[CropSampler], settings: S
             x, y = sample_batch([sampler], settings.augment, rng, 1, mirror)
             outputs = frozen_outputs(network, x.to(device), settings.encoder_mode)
             inputs.append(x)
-            targets.append(y)
+            targets.append(y.to(torch.uint8))
             cached.append([o.cpu() for o in outputs])
         if progress:
             progress((i + 1) / len(samplers), f"caching frozen features of {sampler.name}")
@@ -186,12 +202,18 @@ def load_checkpoint_state(path: str | Path) -> dict:
 def train_segmentation(network: nn.Module, cases: list[Case], val_cases: list[Case], table: LabelTable,
                        settings: SegmentationSettings, device: torch.device, *,
                        checkpoint_dir: Path | None = None, resume: dict | None = None,
-                       progress: Progress | None = None, log: Log | None = None) -> SegmentationResult:
-    """Train `network` (encoder + decoder) on crops of `cases`; returns the chosen weights."""
+                       progress: Progress | None = None, log: Log | None = None,
+                       data_key: dict | None = None) -> SegmentationResult:
+    """Train `network` (encoder + decoder) on crops of `cases`; returns the chosen weights.
+
+    `data_key` says where the cases came from (source, preprocessing); a saved feature cache is
+    reused only for the same key.
+    """
     if not cases:
         raise InputError("There are no training cases.")
     started = time.perf_counter()
     network.to(device)
+    enable_fast_swin(network)  # only the no-grad passes use it (feature cache, validation)
     mode = settings.encoder_mode
     trainable = set_trainable(network, mode)
     optimizer = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=settings.weight_decay)
@@ -229,8 +251,22 @@ def train_segmentation(network: nn.Module, cases: list[Case], val_cases: list[Ca
 
     pool = None
     if settings.feature_cache and mode != "finetune" and step < settings.steps:
-        pool = build_crop_pool(network, samplers, settings, mirror, device,
-                               (lambda f, m: progress(0.0, m)) if progress else None)
+        # Saved beside the checkpoints, so a resumed run does not compute the frozen part again.
+        key = {"cases": [c.name for c in cases], "data": _plain(data_key or {}),
+               "settings": _plain(asdict(settings)), "pool": 1}
+        for name in ("steps", "val_every", "checkpoint_every", "lr", "weight_decay", "warmup_steps",
+                     "min_lr_ratio", "batch_size", "class_weights", "max_grad_norm", "val_overlap"):
+            key["settings"].pop(name)
+        pool_file = checkpoint_dir / "feature-cache.pt" if checkpoint_dir is not None else None
+        pool = CropPool.load(pool_file, key) if pool_file is not None and pool_file.is_file() else None
+        if pool is None:
+            pool = build_crop_pool(network, samplers, settings, mirror, device,
+                                   (lambda f, m: progress(0.0, m)) if progress else None)
+            if pool_file is not None:
+                checkpoint_dir.mkdir(parents=True, exist_ok=True)
+                pool.save(pool_file, key)
+        elif log:
+            log(f"Reused the feature cache {pool_file}.")
     while step < settings.steps:
         network.train()
         rng = np.random.default_rng([settings.seed, step])

@@ -45,13 +45,14 @@ class StartingPoint:
         return requested or (known[0][0] if known else DEFAULT_FEATURE_SIZE)
 
     def preprocessing(self) -> dict:
-        """Spacing, HU window, window size and overlap: the init bundle's, else CoralBay's defaults."""
+        """Spacing, HU window, window size, overlap and anti-aliasing: the init bundle's, else the defaults."""
         if self.init:
             pre, infer = self.init.manifest.preprocessing, self.init.manifest.inference
             return {"spacing_mm": tuple(pre["spacing_mm"]), "window_hu": tuple(pre["intensity_window_hu"]),
-                    "window_size": tuple(infer["window_size"]), "overlap": float(infer["overlap"])}
+                    "window_size": tuple(infer["window_size"]), "overlap": float(infer["overlap"]),
+                    "antialias": bool(pre.get("antialias", True))}
         return {"spacing_mm": DEFAULT_SPACING_MM, "window_hu": DEFAULT_WINDOW_HU,
-                "window_size": DEFAULT_WINDOW, "overlap": DEFAULT_OVERLAP}
+                "window_size": DEFAULT_WINDOW, "overlap": DEFAULT_OVERLAP, "antialias": True}
 
     def apply(self, network: nn.Module) -> list[str]:
         """Copy the starting weights into a freshly built network; notes on what was copied."""
