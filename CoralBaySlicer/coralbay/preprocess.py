@@ -10,6 +10,7 @@ accumulated interpolation error).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -93,19 +94,75 @@ def intersect(a: IndexBox, b: IndexBox) -> IndexBox:
                     tuple(min(x, y) for x, y in zip(a.upper, b.upper)))
 
 
-def model_grid(image: sitk.Image, box: IndexBox, spacing: Sequence[float]) -> sitk.Image:
-    """An RAS-aligned grid at `spacing` that covers the physical extent of `box` of `image`."""
+def reference_lattice(image: sitk.Image, spacing: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Origin (along the RAS grid's own axes) and size of the whole image's model grid.
+
+    It is the grid MONAI's `Orientation("RAS")` + `Spacing` give for an axis-aligned scan: first
+    voxel at the input's first voxel centre, round(extent / spacing + 1) voxels. Why every model
+    grid is a piece of this one: the samples the network sees then do not depend on the body crop
+    or ROI (a crop only drops voxels), and they are MONAI's samples, so both paths agree.
+    """
     direction = np.asarray(RAS_DIRECTION).reshape(3, 3)
-    corners = corners_lps(image, box) @ direction  # coordinates along the grid's own axes
-    lo, hi = corners.min(axis=0), corners.max(axis=0)
+    last = np.asarray(image.GetSize(), float) - 1.0
+    pts = [(x, y, z) for x in (0.0, last[0]) for y in (0.0, last[1]) for z in (0.0, last[2])]
+    centres = np.asarray([image.TransformContinuousIndexToPhysicalPoint(p) for p in pts]) @ direction
+    lo, hi = centres.min(axis=0), centres.max(axis=0)
     spacing = np.asarray(spacing, float)
-    size = np.maximum(1, np.round((hi - lo) / spacing).astype(int))
-    origin_axes = lo + spacing / 2  # first voxel centre half a voxel inside the extent
-    grid = sitk.Image([int(s) for s in size], sitk.sitkUInt8)
+    return lo, np.maximum(1, np.round((hi - lo) / spacing + 1.0).astype(int))
+
+
+def window_span(lower: int, upper: int, size: int, window: int, overlap: float) -> tuple[int, int]:
+    """The voxels [a, b) covered by the sliding windows, placed on the whole grid of `size`, that
+    touch [lower, upper).
+
+    Windows are placed MONAI's way (every `interval` voxels from 0, the last flush with the end),
+    so windows evaluated on [a, b) are exactly the whole-grid windows that reach the region, and
+    its voxels are blended from the same windows as on the whole grid.
+    """
+    if size <= window:
+        return 0, size
+    interval = max(int(window * (1 - overlap)), 1)
+    count = math.ceil((size - window) / interval) + 1
+    starts = [min(i * interval, size - window) for i in range(count)]
+    touching = [t for t in starts if t < upper and t + window > lower]
+    return min(touching), max(touching) + window
+
+
+def model_grid(image: sitk.Image, box: IndexBox, spacing: Sequence[float],
+               windows: tuple[Sequence[int], float] | None = None) -> sitk.Image:
+    """The piece of the whole image's RAS model grid (`reference_lattice`) that covers `box`,
+    grown to whole sliding windows when `windows` = (window size, overlap) is given."""
+    direction = np.asarray(RAS_DIRECTION).reshape(3, 3)
+    origin, full = reference_lattice(image, spacing)
+    spacing = np.asarray(spacing, float)
+    corners = corners_lps(image, box) @ direction  # voxel edges along the grid's own axes
+    # Every model voxel whose cell [k - 1/2, k + 1/2) overlaps the box's extent.
+    lower = np.floor((corners.min(axis=0) - origin) / spacing + 0.5).astype(int)
+    upper = np.ceil((corners.max(axis=0) - origin) / spacing + 0.5).astype(int)
+    lower = np.clip(lower, 0, full - 1)
+    upper = np.clip(np.maximum(upper, lower + 1), 1, full)
+    if windows is not None:
+        size, overlap = windows
+        for axis in range(3):
+            lower[axis], upper[axis] = window_span(int(lower[axis]), int(upper[axis]), int(full[axis]),
+                                                   int(size[axis]), overlap)
+    grid = sitk.Image([int(u - l) for l, u in zip(lower, upper)], sitk.sitkUInt8)
     grid.SetSpacing([float(s) for s in spacing])
     grid.SetDirection(RAS_DIRECTION)
-    grid.SetOrigin([float(v) for v in direction @ origin_axes])
+    grid.SetOrigin([float(v) for v in direction @ (origin + lower * spacing)])
     return grid
+
+
+def input_box_covering(image: sitk.Image, grid: sitk.Image, context: int = 2) -> IndexBox:
+    """The input voxels that linear interpolation onto `grid` reads, plus `context` voxels."""
+    last = np.asarray(grid.GetSize(), float) - 1.0
+    pts = [(x, y, z) for x in (0.0, last[0]) for y in (0.0, last[1]) for z in (0.0, last[2])]
+    idx = np.asarray([image.TransformPhysicalPointToContinuousIndex(grid.TransformContinuousIndexToPhysicalPoint(p))
+                      for p in pts])
+    size = np.asarray(image.GetSize())
+    lower = np.clip(np.floor(idx.min(axis=0)) - context, 0, size - 1).astype(int)
+    upper = np.clip(np.ceil(idx.max(axis=0)) + 1 + context, lower + 1, size).astype(int)
+    return IndexBox(tuple(int(v) for v in lower), tuple(int(v) for v in upper))  # type: ignore[arg-type]
 
 
 ANTIALIAS_FACTOR = 0.4  # sigma = factor * sqrt(target^2 - source^2) per axis that is downsampled
@@ -163,8 +220,14 @@ def to_zyx(array_xyz: np.ndarray) -> np.ndarray:
     return array_xyz.transpose(2, 1, 0)
 
 
-def prepare(image: sitk.Image, preprocessing: dict, roi_lps: Sequence[float] | None = None) -> Prepared:
-    """Crop to the body (and ROI), resample onto the model grid, window the intensities."""
+def prepare(image: sitk.Image, preprocessing: dict, roi_lps: Sequence[float] | None = None,
+            windows: tuple[Sequence[int], float] | None = None) -> Prepared:
+    """Crop to the body (and ROI), resample onto the model grid, window the intensities.
+
+    With `windows` = (window size, overlap), the crop is grown to whole sliding windows of the
+    uncropped grid (see `window_span`), so cropping changes which windows are evaluated but not
+    the result for any voxel in the body.
+    """
     full = IndexBox((0, 0, 0), tuple(image.GetSize()))  # type: ignore[arg-type]
     box = full
     if preprocessing.get("crop_foreground", True):
@@ -177,11 +240,9 @@ def prepare(image: sitk.Image, preprocessing: dict, roi_lps: Sequence[float] | N
         box = intersect(box, roi_box)
         if box.is_empty():
             box = roi_box  # an ROI entirely in air: honour the user's region anyway
-    grid = model_grid(image, box, preprocessing["spacing_mm"])
-    # One voxel of context beyond the box keeps the interpolation at the box's edge exact.
-    context = IndexBox(tuple(max(0, v - 2) for v in box.lower),  # type: ignore[arg-type]
-                       tuple(min(n, v + 2) for v, n in zip(box.upper, image.GetSize())))
-    resampled = resample_to_grid(crop(image, context), grid, AIR_HU, preprocessing.get("antialias", True))
+    grid = model_grid(image, box, preprocessing["spacing_mm"], windows)
+    resampled = resample_to_grid(crop(image, input_box_covering(image, grid)), grid, AIR_HU,
+                                 preprocessing.get("antialias", True))
     array = np.ascontiguousarray(to_xyz(sitk.GetArrayFromImage(resampled)))
     window_intensities(array, preprocessing["intensity_window_hu"])
     return Prepared(array, grid, box)

@@ -80,7 +80,8 @@ def segment_image(image: sitk.Image, bundle: LoadedBundle, device: torch.device,
 
     start = time.perf_counter()
     progress("preprocess", 0.0, "cropping and resampling")
-    prepared = prepare(image, manifest.preprocessing, roi_lps)
+    overlap = infer["overlap"] if overlap is None else overlap
+    prepared = prepare(image, manifest.preprocessing, roi_lps, windows=(infer["window_size"], overlap))
     timings["preprocess_s"] = time.perf_counter() - start
     progress("preprocess", 1.0, f"model grid {prepared.array.shape}")
 
@@ -100,7 +101,7 @@ def segment_image(image: sitk.Image, bundle: LoadedBundle, device: torch.device,
         store = ProbabilityStore(manifest.num_outputs, volume.shape, grid,
                                  np.uint8 if probability_bits == 8 else np.uint16)
         slabs = blend_slabs(volume, network.to(attempt.device), infer["window_size"],
-                            manifest.num_outputs, overlap=infer["overlap"] if overlap is None else overlap,
+                            manifest.num_outputs, overlap=overlap,
                             blend=infer["blend"], sigma_scale=infer["sigma_scale"],
                             batch_size=attempt.window_batch, device=attempt.device,
                             stitch_device=attempt.stitch_device, autocast=autocast, skip_empty=skip_empty,
