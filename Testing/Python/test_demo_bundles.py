@@ -67,9 +67,6 @@ def test_demo_bundle_is_small_reproducible_and_says_it_is_a_demo(name):
     assert set(data["metrics"]["held_out"]["phantom_seeds"]).isdisjoint(used)
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "issue 3 open: the shipped demo-phantom-seg is the step-400 snapshot of a 1600-step run "
-    "(validation mean Dice 0.66; held-out Dice in its manifest); the 0.85 target needs the full run"))
 def test_demo_segmentation_reaches_dice_085_on_held_out_phantoms():
     bundle = load_bundle("demo-phantom-seg")
     table = bundle.manifest.labels
