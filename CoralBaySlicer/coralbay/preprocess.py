@@ -202,6 +202,22 @@ def crop(image: sitk.Image, box: IndexBox) -> sitk.Image:
     return sitk.RegionOfInterest(image, [int(v) for v in box.size], [int(v) for v in box.lower])
 
 
+def replicate_edges(part: sitk.Image, box: IndexBox, image: sitk.Image, grid: sitk.Image) -> sitk.Image:
+    """`part` (the voxels of `box` of `image`) with its slices at the scan's own edges repeated
+    outward, far enough for every point of `grid`.
+
+    Why: the model grid may reach up to half a model voxel beyond the last voxel centre. There
+    linear interpolation then gives the edge value (MONAI's `Spacing` "border" padding) instead of
+    a wall of air, which would draw a false skin line where the field of view cuts the body.
+    """
+    reach = [int(math.ceil(max(grid.GetSpacing()) / s)) + 1 for s in image.GetSpacing()]
+    lower = [r if lo == 0 else 0 for r, lo in zip(reach, box.lower)]
+    upper = [r if up == n else 0 for r, up, n in zip(reach, box.upper, image.GetSize())]
+    if not any(lower) and not any(upper):
+        return part
+    return sitk.ZeroFluxNeumannPad(part, lower, upper)
+
+
 def window_intensities(array: np.ndarray, window_hu: Sequence[float]) -> np.ndarray:
     """Clip to the HU window and scale it to [0, 1] (in place on a float32 array)."""
     lo, hi = float(window_hu[0]), float(window_hu[1])
@@ -241,8 +257,9 @@ def prepare(image: sitk.Image, preprocessing: dict, roi_lps: Sequence[float] | N
         if box.is_empty():
             box = roi_box  # an ROI entirely in air: honour the user's region anyway
     grid = model_grid(image, box, preprocessing["spacing_mm"], windows)
-    resampled = resample_to_grid(crop(image, input_box_covering(image, grid)), grid, AIR_HU,
-                                 preprocessing.get("antialias", True))
+    covering = input_box_covering(image, grid)
+    part = replicate_edges(crop(image, covering), covering, image, grid)
+    resampled = resample_to_grid(part, grid, AIR_HU, preprocessing.get("antialias", True))
     array = np.ascontiguousarray(to_xyz(sitk.GetArrayFromImage(resampled)))
     window_intensities(array, preprocessing["intensity_window_hu"])
     return Prepared(array, grid, box)

@@ -89,3 +89,21 @@ def test_window_span_holds_exactly_the_whole_grid_windows_it_touches(size, windo
             continue
         ours = sorted({s[0].start + a for s in plan_windows((b - a, window, window), (window,) * 3, overlap).slices})
         assert ours == touching
+
+
+@pytest.mark.parametrize("spacing", [(1.5, 1.5, 1.5), (4.0, 4.0, 4.0)])
+def test_prepared_intensities_are_monai_spacing_samples_up_to_the_edges(tmp_path, spacing):
+    """Without anti-aliasing the model-grid input is MONAI's, including the last model voxels that
+    lie beyond the scan's last voxel centre (MONAI repeats the edge there; air would be wrong)."""
+    from monai.transforms import Compose, EnsureChannelFirst, LoadImage, Orientation, Spacing
+
+    image = lps_scan(size=(90, 80, 40), spacing=(0.7, 0.7, 2.0), direction=(1, 0, 0, 0, 1, 0, 0, 0, 1))
+    path = tmp_path / "scan.nrrd"
+    sitk.WriteImage(image, str(path))
+    expected = np.asarray(Compose([LoadImage(image_only=True), EnsureChannelFirst(), Orientation(axcodes="RAS"),
+                                   Spacing(pixdim=spacing, mode="bilinear")])(str(path))[0])
+    lo, hi = -4000.0, 4000.0
+    pre = {"crop_foreground": False, "antialias": False, "spacing_mm": list(spacing), "intensity_window_hu": [lo, hi]}
+    ours = prepare(image, pre).array * (hi - lo) + lo
+    assert ours.shape == expected.shape
+    np.testing.assert_allclose(ours, expected, atol=0.05)
