@@ -28,7 +28,7 @@ def synchronize(device: torch.device) -> None:
 
 
 def run_our_path(input_path: Path, bundle: LoadedBundle, device: torch.device, *, overlap: float,
-                 window_batch: int | None, precision: str) -> PathRun:
+                 window_batch: int | None, precision: str, restore: str = "linear") -> PathRun:
     from coralbay.inference.segment import segment_image
     from coralbay.volume_io import read_volume
 
@@ -36,7 +36,7 @@ def run_our_path(input_path: Path, bundle: LoadedBundle, device: torch.device, *
     image = read_volume(input_path)
     load_s = time.perf_counter() - begin
     result = segment_image(image, bundle, device, overlap=overlap, window_batch_size=window_batch,
-                           autocast=precision == "bf16")
+                           autocast=precision == "bf16", restore=restore)
     synchronize(device)
     total = time.perf_counter() - begin
     stats = result.stats

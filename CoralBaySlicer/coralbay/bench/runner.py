@@ -41,6 +41,7 @@ class BenchSettings:
     repeat: int = 1
     workdir: Path = Path(".")
     no_crop: bool = False
+    restore: str = "linear"
 
 
 def _engine_dir() -> str:
@@ -62,6 +63,8 @@ def run_worker(path: str, settings: BenchSettings, tag: str) -> dict:
         cmd += ["--spacing", *[str(s) for s in settings.spacing]]
     if settings.no_crop:
         cmd += ["--no-crop"]
+    if settings.restore != "linear":
+        cmd += ["--restore", settings.restore]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([_engine_dir(), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -161,7 +164,7 @@ def run_benchmark(settings: BenchSettings, info: dict, log: Callable[[str], None
                   "intensity_window_hu": manifest.preprocessing["intensity_window_hu"],
                   "random_weights": bool(info.get("random_weights"))},
         "settings": {"overlap": settings.overlap, "device": settings.device, "precision": settings.precision,
-                     "body_crop": not settings.no_crop,
+                     "body_crop": not settings.no_crop, "restore": settings.restore,
                      "window_batch": {p: summaries[p]["window_batch_size"] for p in PATH_NAMES},
                      "repeat": settings.repeat, "wall_s": round(time.time() - started, 1)},
         "paths": {p: {"median": summaries[p], "runs": runs[p]} for p in PATH_NAMES},

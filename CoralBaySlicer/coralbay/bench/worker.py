@@ -31,6 +31,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     p.add_argument("--spacing", type=float, nargs=3, help="override the bundle's model spacing (mm)")
     p.add_argument("--no-crop", action="store_true", help="switch off the bundle's body crop (ours)")
+    p.add_argument("--restore", choices=("linear", "nearest"), default="linear",
+                   help="how ours brings labels back to the input grid")
     return p.parse_args(argv)
 
 
@@ -84,7 +86,7 @@ def main(argv=None) -> int:
                                  window_batch=batch, precision=args.precision)
         else:
             run = run_our_path(Path(args.input), bundle, device, overlap=args.overlap,
-                               window_batch=batch, precision=args.precision)
+                               window_batch=batch, precision=args.precision, restore=args.restore)
     sitk.WriteImage(run.labels, args.labels, False)
     result = {
         "path": args.path, "device": str(device), "precision": args.precision,

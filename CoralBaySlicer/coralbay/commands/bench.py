@@ -65,6 +65,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="window edge of the random bundle without --model (default 64)")
     p.add_argument("--no-crop", action="store_true",
                    help="diagnostic: switch off our body crop, so both paths place windows alike")
+    p.add_argument("--restore", choices=("linear", "nearest"), default="linear",
+                   help="how our path brings labels back to the input grid: linear (coralbay segment's "
+                        "default) or nearest (argmax labels copied from the nearest model voxel, as the "
+                        "MONAI baseline's Invertd does)")
     p.add_argument("--repeat", type=positive_int, default=1, metavar="N", help="runs per path (default 1)")
     p.add_argument("--keep", metavar="DIR", help="keep inputs, labels and per-run results in DIR")
     p.set_defaults(run=run)
@@ -148,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
                                  device=device.type if device.type != "cuda" else str(device),
                                  precision=args.precision, window_batch=args.window_batch,
                                  spacing=model_spacing, repeat=args.repeat, workdir=workdir,
-                                 no_crop=args.no_crop)
+                                 no_crop=args.no_crop, restore=args.restore)
         command = ("coralbay bench " + shlex.join(sys.argv[sys.argv.index("bench") + 1:])
                    if "bench" in sys.argv else None)
         info = {"command": command, "input": described, "random_weights": bool(args.classes)}

@@ -283,9 +283,11 @@ def _prepare_run(args: argparse.Namespace, stages: dict):
     return output, reporter, device, start, settings
 
 
-def window_mm(settings: dict) -> str:
-    """The physical size of one window, e.g. "64 x 64 x 64 mm"."""
-    return " x ".join(f"{w * s:g}" for w, s in zip(settings["window_size"], settings["spacing_mm"])) + " mm"
+def point_region_mm(settings: dict) -> list[float]:
+    """The region a point classifier sees: a little less than one window, because the input voxels
+    whose centres fall in the region reach up to half a voxel beyond it; a region of exactly one
+    window would spill into a second window per axis (8 windows instead of 1)."""
+    return [(w - POINT_REGION_MARGIN) * s for w, s in zip(settings["window_size"], settings["spacing_mm"])]
 
 
 def _preprocessing(settings: dict) -> dict:
@@ -453,7 +455,7 @@ def run_cls(args: argparse.Namespace) -> int:
                      "initialised encoder, which carry little information.", level="warning")
 
     if args.lesion_points:
-        source = (f"{len(items)} synthetic phantoms, each the {window_mm(settings)} region around its first liver "
+        source = (f"{len(items)} synthetic phantoms, each the {' x '.join(f'{r:g}' for r in point_region_mm(settings))} mm region around its first liver "
                   "lesion and the same region of the phantom generated without lesions")
     elif args.phantoms:
         source = f"{len(items)} synthetic phantoms (whole scans)"
@@ -468,11 +470,7 @@ def run_cls(args: argparse.Namespace) -> int:
                              title=args.title, description=description, reproduce=reproduce_command(args))
     fields["intended_use"] = intended_use
     fields["preprocessing"]["antialias"] = bool(settings["antialias"])  # what training saw, stated
-    # The region around a point: a little less than one window, because the input voxels whose
-    # centres fall in the region reach up to half a voxel beyond it; a region of exactly one
-    # window would spill into a second window per axis (8 windows instead of 1).
-    fields["inference"]["point_region_mm"] = [(w - POINT_REGION_MARGIN) * s for w, s in
-                                              zip(settings["window_size"], settings["spacing_mm"])]
+    fields["inference"]["point_region_mm"] = point_region_mm(settings)
     spec = ArchitectureSpec.from_manifest("classification", fields["architecture"], len(classes))
     torch.manual_seed(args.seed)
     network = build_network(spec)

@@ -102,14 +102,40 @@ def _chunk_grid(target: sitk.Image, k0: int, k1: int) -> sitk.Image:
     return chunk
 
 
+RESTORE_METHODS = ("linear", "nearest")
+
+
+def _argmax_image(store: ProbabilityStore, lower: np.ndarray, upper: np.ndarray) -> sitk.Image:
+    """The most probable channel on a box of the model grid (first one on ties, as torch.argmax)."""
+    best_value = best_class = None
+    for channel in range(store.channels):
+        image = store.class_image(channel, lower, upper)
+        prob = sitk.GetArrayViewFromImage(image)
+        if best_value is None:
+            best_value = np.array(prob, copy=True)
+            best_class = np.zeros(prob.shape, dtype=np.uint8 if store.channels < 256 else np.uint16)
+            continue
+        better = prob > best_value
+        best_value[better] = prob[better]
+        best_class[better] = channel
+    out = sitk.GetImageFromArray(best_class)
+    out.CopyInformation(image)
+    return out
+
+
 def restore_labels(store: ProbabilityStore, image: sitk.Image, box: IndexBox, table: LabelTable,
-                     keep: LabelTable, want_probabilities: bool,
-                     chunk_voxels: int = CHUNK_VOXELS) -> tuple[sitk.Image, dict[str, sitk.Image] | None]:
-    """Argmax of linearly resampled class probabilities on the input grid (see module docstring).
+                     keep: LabelTable, want_probabilities: bool, chunk_voxels: int = CHUNK_VOXELS,
+                     method: str = "linear") -> tuple[sitk.Image, dict[str, sitk.Image] | None]:
+    """Labels on the input grid (see module docstring): with `method` "linear", the argmax of
+    linearly resampled class probabilities; with "nearest", the model grid's argmax labels copied
+    to each input voxel from the nearest model voxel (what MONAI's `Invertd` of an argmax does;
+    for comparing with that path). Probability maps are resampled linearly either way.
 
     Channel c of `store` is background for c = 0, else `table`'s c-th label. Outside the model
     grid, background has probability 1.
     """
+    if method not in RESTORE_METHODS:
+        raise ValueError(f"unknown restore method {method!r}")
     target = input_subgrid(image, box)
     ni, nj, nk = target.GetSize()
     values = [0] + [lab.value for lab in table]
@@ -122,18 +148,25 @@ def restore_labels(store: ProbabilityStore, image: sitk.Image, box: IndexBox, ta
         k1 = min(nk, k0 + step)
         chunk = _chunk_grid(target, k0, k1)
         lower, upper = _model_box(store.grid, chunk)
+        if method == "nearest":
+            moved = sitk.Resample(_argmax_image(store, lower, upper), chunk, sitk.Transform(),
+                                  sitk.sitkNearestNeighbor, 0)
+            best_class[k0:k1] = sitk.GetArrayViewFromImage(moved)
+            if not maps:
+                continue
         best_value = None
         for channel in range(store.channels):
             moved = sitk.Resample(store.class_image(channel, lower, upper), chunk, sitk.Transform(),
                                   sitk.sitkLinear, float(store.levels if channel == 0 else 0),
                                   sitk.sitkFloat32)
             prob = sitk.GetArrayViewFromImage(moved)
-            if best_value is None:
-                best_value = np.array(prob, copy=True)
-            else:
-                better = prob > best_value
-                best_value[better] = prob[better]
-                best_class[k0:k1][better] = channel
+            if method == "linear":
+                if best_value is None:
+                    best_value = np.array(prob, copy=True)
+                else:
+                    better = prob > best_value
+                    best_value[better] = prob[better]
+                    best_class[k0:k1][better] = channel
             if channel in maps:
                 maps[channel][k0:k1] = prob * (1.0 / store.levels)
     lookup = np.array([v if (v in kept) else 0 for v in values], dtype=np.uint16)

@@ -64,7 +64,7 @@ def segment_image(image: sitk.Image, bundle: LoadedBundle, device: torch.device,
                   structures: Sequence[str] | None = None, probabilities: bool = False,
                   window_batch_size: int | None = None, skip_empty: bool = True,
                   autocast: bool = True, fast_attention: bool = True, probability_bits: int = 16,
-                  progress: Progress = _noop) -> SegmentationResult:
+                  restore: str = "linear", progress: Progress = _noop) -> SegmentationResult:
     """Segment `image` with a segmentation bundle; the label map lies on `image`'s grid.
 
     `autocast` runs the network in bf16 (fp16 without bf16 support) on CUDA; `fast_attention`
@@ -118,7 +118,7 @@ def segment_image(image: sitk.Image, bundle: LoadedBundle, device: torch.device,
 
     start = time.perf_counter()
     progress("restore", 0.0, "back to the input grid")
-    labels, probs = restore_labels(store, image, input_box, table, keep, probabilities)
+    labels, probs = restore_labels(store, image, input_box, table, keep, probabilities, method=restore)
     timings["restore_s"] = time.perf_counter() - start
     progress("restore", 1.0, "")
     return SegmentationResult(labels, keep, probs, {**window_stats, "window_batch_size": batch, **timings})

@@ -56,6 +56,10 @@ def bundle_readme(fields: dict) -> str:
     use = (f"coralbay segment CT.nii.gz --model {fields['name']} --output labels.nii.gz"
            if fields["task"] == "segmentation" else
            f"coralbay classify CT.nii.gz --model {fields['name']} --output report.json")
+    if fields["task"] == "classification" and infer.get("point_region_mm"):
+        region = " x ".join(f"{r:g}" for r in infer["point_region_mm"])
+        use += (f"\ncoralbay classify CT.nii.gz --model {fields['name']} --point X,Y,Z --output report.json"
+                f"  # the {region} mm region around a point (LPS mm)")
     lines += ["## Use", "", "```", use, "```", ""]
     if fields.get("metrics"):
         lines += ["## Metrics", "", "```json", json.dumps(fields["metrics"], indent=2), "```", ""]
