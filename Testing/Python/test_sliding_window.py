@@ -37,3 +37,22 @@ def test_air_only_windows_are_skipped_and_become_background(tiny_network):
     logits, stats = sliding_window_logits(volume, tiny_network, (64, 64, 64), 3, overlap=0.5)
     assert (stats["windows_evaluated"], stats["windows_total"]) == (1, 3)
     assert int(logits[:, :, :, -20:].argmax(0).max()) == 0  # far end: never evaluated, background
+
+
+@pytest.mark.parametrize("shape,keep", [((100, 90, 70), ((10, 20, 5), (80, 61, 70))),
+                                        ((50, 70, 40), ((0, 3, 0), (50, 9, 40)))])
+def test_blending_only_a_kept_box_gives_the_same_values_there(tiny_network, shape, keep):
+    """Segmentation blends only the box the restore reads; its values must not change."""
+    from coralbay.inference.sliding_window import blend_slabs
+
+    torch.manual_seed(1)
+    volume = torch.rand(shape)
+    full, _ = sliding_window_logits(volume, tiny_network, (64, 64, 64), 3, overlap=0.5, skip_empty=False)
+    (x0, y0, z0), (x1, y1, z1) = keep
+    seen = torch.zeros(shape[0], dtype=torch.bool)
+    for slab in blend_slabs(volume, tiny_network, (64, 64, 64), 3, overlap=0.5, skip_empty=False, keep=keep):
+        assert x0 <= slab.start < slab.stop <= x1 and slab.offset_yz == (y0, z0)
+        assert tuple(slab.logits.shape[2:]) == (y1 - y0, z1 - z0)
+        torch.testing.assert_close(slab.logits, full[:, slab.start:slab.stop, y0:y1, z0:z1], rtol=0, atol=1e-5)
+        seen[slab.start:slab.stop] = True
+    assert bool(seen[x0:x1].all()) and not bool(seen[:x0].any()) and not bool(seen[x1:].any())

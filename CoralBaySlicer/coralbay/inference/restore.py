@@ -18,6 +18,8 @@ volume on the input grid exists either, and only the cropped part of the input g
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import SimpleITK as sitk
 import torch
@@ -34,30 +36,44 @@ class ProbabilityStore:
     """Per-class probabilities on the model grid, quantised to `dtype` (uint8 or uint16).
 
     Stored as (C, Z, Y, X), SimpleITK's array order, so one class's box is one cheap copy.
+    With `region` = (lower, upper) model-grid indices, only that box is kept: the windows cover
+    more than the body (whole windows of the uncropped grid), the restore needs only the body.
     """
 
     def __init__(self, channels: int, shape_xyz: tuple[int, int, int], grid: sitk.Image,
-                 dtype: np.dtype | type = np.uint8) -> None:
+                 dtype: np.dtype | type = np.uint8,
+                 region: tuple[Sequence[int], Sequence[int]] | None = None) -> None:
         self.dtype = np.dtype(dtype)
         if self.dtype not in LEVELS:
             raise ValueError(f"probability store dtype must be uint8 or uint16, not {self.dtype}")
         self.levels = LEVELS[self.dtype]
-        self.grid = grid
-        self.shape_xyz = tuple(int(v) for v in shape_xyz)
+        lower, upper = region if region is not None else ((0, 0, 0), shape_xyz)
+        self.lower = tuple(int(v) for v in lower)
+        self.upper = tuple(int(v) for v in upper)
+        self.grid = sub_grid(grid, self.lower, self.upper)
+        self.shape_xyz = tuple(u - l for l, u in zip(self.lower, self.upper))
         self.data = np.zeros((channels, *self.shape_xyz[::-1]), dtype=self.dtype)
 
     @property
     def channels(self) -> int:
         return self.data.shape[0]
 
-    def put_logits(self, start: int, stop: int, logits: torch.Tensor) -> None:
-        """Softmax a (C, stop-start, Y, Z) slab of logits and keep it quantised (piece by piece)."""
+    def put_logits(self, start: int, stop: int, logits: torch.Tensor, offset_yz: tuple[int, int] = (0, 0)) -> None:
+        """Softmax a (C, stop-start, Y, Z) slab of logits of the model grid (its Y and Z starting
+        at `offset_yz`) and keep the part in the region, quantised (piece by piece)."""
+        (x0, y0, z0), (x1, y1, z1) = self.lower, self.upper
+        first, last = max(start, x0), min(stop, x1)
+        if first >= last:
+            return
+        (oy, oz) = offset_yz
+        logits = logits[:, first - start:last - start, y0 - oy:y1 - oy, z0 - oz:z1 - oz]
+        start, stop = first - x0, last - x0
         for a, b in self._pieces(logits.shape, start, stop):
             piece = torch.softmax(logits[:, a - start:b - start].float(), dim=0)
             self.put_probabilities(a, b, piece)
 
     def put_probabilities(self, start: int, stop: int, probs: torch.Tensor) -> None:
-        """Keep a (C, stop-start, Y, Z) slab of probabilities quantised."""
+        """Keep a (C, stop-start, Y, Z) slab of probabilities quantised (region coordinates)."""
         torch_dtype = torch.uint8 if self.dtype == np.uint8 else torch.int32
         for a, b in self._pieces(probs.shape, start, stop):
             part = probs[:, a - start:b - start].float().clamp(0.0, 1.0).mul_(self.levels).round_()
@@ -80,6 +96,20 @@ class ProbabilityStore:
         image.SetDirection(self.grid.GetDirection())
         image.SetOrigin(self.grid.TransformIndexToPhysicalPoint([int(v) for v in lower]))
         return image
+
+
+def sub_grid(grid: sitk.Image, lower: Sequence[int], upper: Sequence[int]) -> sitk.Image:
+    """The geometry of the box [lower, upper) of `grid`."""
+    sub = sitk.Image([int(u - l) for l, u in zip(lower, upper)], sitk.sitkUInt8)
+    sub.SetSpacing(grid.GetSpacing())
+    sub.SetDirection(grid.GetDirection())
+    sub.SetOrigin(grid.TransformIndexToPhysicalPoint([int(v) for v in lower]))
+    return sub
+
+
+def region_for(grid: sitk.Image, image: sitk.Image, box: IndexBox) -> tuple[np.ndarray, np.ndarray]:
+    """The model-grid voxels that linear interpolation at the centres of `box` of `image` reads."""
+    return _model_box(grid, input_subgrid(image, box))
 
 
 def _model_box(grid: sitk.Image, chunk: sitk.Image) -> tuple[np.ndarray, np.ndarray]:

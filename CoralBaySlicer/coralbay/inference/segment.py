@@ -21,7 +21,7 @@ import torch
 
 from coralbay.bundle.loader import LoadedBundle
 from coralbay.inference.fast_swin import disable_fast_swin, enable_fast_swin
-from coralbay.inference.restore import ProbabilityStore, restore_labels
+from coralbay.inference.restore import ProbabilityStore, region_for, restore_labels
 from coralbay.inference.sliding_window import blend_slabs
 from coralbay.labels import LabelTable
 from coralbay.preprocess import IndexBox, prepare
@@ -97,17 +97,20 @@ def segment_image(image: sitk.Image, bundle: LoadedBundle, device: torch.device,
     batch = plan_memory(volume.shape, input_box, bundle, device,
                         window_batch_size or int(infer["window_batch_size"]))
 
+    region = region_for(grid, image, input_box)  # the model voxels the restore reads
+
     def run(attempt: Attempt) -> ProbabilityStore:
         store = ProbabilityStore(manifest.num_outputs, volume.shape, grid,
-                                 np.uint8 if probability_bits == 8 else np.uint16)
+                                 np.uint8 if probability_bits == 8 else np.uint16, region=region)
         slabs = blend_slabs(volume, network.to(attempt.device), infer["window_size"],
                             manifest.num_outputs, overlap=overlap,
                             blend=infer["blend"], sigma_scale=infer["sigma_scale"],
                             batch_size=attempt.window_batch, device=attempt.device,
                             stitch_device=attempt.stitch_device, autocast=autocast, skip_empty=skip_empty,
-                            progress=lambda f, m: progress("inference", f, m), stats=window_stats)
+                            progress=lambda f, m: progress("inference", f, m), stats=window_stats,
+                            keep=region)
         for slab in slabs:
-            store.put_logits(slab.start, slab.stop, slab.logits)
+            store.put_logits(slab.start, slab.stop, slab.logits, slab.offset_yz)
             del slab  # let its accumulator go before the next windows run
         return store
 

@@ -64,7 +64,8 @@ class Slab:
 
     start: int
     stop: int
-    logits: torch.Tensor  # (C, stop - start, Y, Z), on the stitching device
+    logits: torch.Tensor  # (C, stop - start, Y, Z) of the kept box, on the stitching device
+    offset_yz: tuple[int, int] = (0, 0)  # where the kept box starts along Y and Z
 
 
 def _pad_volume(vol: torch.Tensor, plan: WindowPlan) -> torch.Tensor:
@@ -100,6 +101,7 @@ def blend_slabs(
     progress: ProgressCallback | None = None,
     stats: dict | None = None,
     stitch_device: torch.device | str | None = None,
+    keep: tuple[Sequence[int], Sequence[int]] | None = None,
 ) -> Iterator[Slab]:
     """Evaluate the windows in MONAI's order and yield the blended output slab by slab.
 
@@ -113,6 +115,8 @@ def blend_slabs(
     background: logit 0 for every class except +20 for class 0. The network runs on `device`;
     the volume and the stitching live on `stitch_device` (default: the same), so a GPU short of
     memory can leave the stitching to the host. `stats` receives windows_total/evaluated.
+    With `keep` = (lower, upper) voxel indices, only that box is blended and yielded (windows
+    still run on the whole volume): the accumulators then span the box, not the volume.
     """
     device = torch.device(device)
     stitch = torch.device(stitch_device) if stitch_device is not None else device
@@ -127,19 +131,26 @@ def blend_slabs(
     weights = compute_importance_map(tuple(window), mode=blend, sigma_scale=sigma_scale,
                                      device=stitch, dtype=torch.float32)
     cuts = _segment_bounds(plan, window)
-    _, ny, nz = plan.padded_shape
-    (x_lo, x_hi), (y_lo, y_hi), (z_lo, z_hi) = [(a, p - b) for (a, b), p in zip(plan.padding, plan.padded_shape)]
+    x_lo = plan.padding[0][0]
+    lower, upper = keep if keep is not None else ((0, 0, 0), tuple(int(v) for v in volume.shape))
+    # The kept box in padded coordinates.
+    (kx0, kx1), (ky0, ky1), (kz0, kz1) = [(int(lo) + pad[0], int(up) + pad[0])
+                                          for lo, up, pad in zip(lower, upper, plan.padding)]
     open_segments: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     next_to_emit = 0  # index of the first segment not yet yielded
 
     def segment(i: int) -> tuple[torch.Tensor, torch.Tensor]:
         if i not in open_segments:
             length = cuts[i + 1] - cuts[i]
-            open_segments[i] = (torch.zeros((out_channels, length, ny, nz), dtype=accumulate_dtype, device=stitch),
-                                torch.zeros((length, ny, nz), dtype=torch.float32, device=stitch))
+            shape = (length, ky1 - ky0, kz1 - kz0)
+            open_segments[i] = (torch.zeros((out_channels, *shape), dtype=accumulate_dtype, device=stitch),
+                                torch.zeros(shape, dtype=torch.float32, device=stitch))
         return open_segments[i]
 
     def finish(i: int) -> Slab | None:
+        start, stop = max(cuts[i], kx0), min(cuts[i + 1], kx1)
+        if start >= stop:
+            return None
         acc, norm = segment(i)
         del open_segments[i]
         covered = norm > 0
@@ -148,11 +159,8 @@ def blend_slabs(
             background = torch.zeros(out_channels, dtype=accumulate_dtype, device=stitch)
             background[0] = 20.0
             acc.permute(1, 2, 3, 0)[~covered] = background
-        start, stop = max(cuts[i], x_lo), min(cuts[i + 1], x_hi)
-        if start >= stop:
-            return None
-        part = acc[:, start - cuts[i]:stop - cuts[i], y_lo:y_hi, z_lo:z_hi]
-        return Slab(start - x_lo, stop - x_lo, part)
+        part = acc[:, start - cuts[i]:stop - cuts[i]]
+        return Slab(start - x_lo, stop - x_lo, part, (ky0 - plan.padding[1][0], kz0 - plan.padding[2][0]))
 
     def ready(limit: int) -> Iterator[Slab]:
         """Finish and yield the segments that end at or before `limit` (no slab kept after)."""
@@ -170,15 +178,21 @@ def blend_slabs(
             logits = network(inputs).to(stitch)
             for s, out in zip(batch, logits):
                 yield from ready(s[0].start)  # finish what lies before this window: one window's depth stays open
-                weighted = (out.float() * weights).to(accumulate_dtype)
+                y0, y1 = max(s[1].start, ky0), min(s[1].stop, ky1)
+                z0, z1 = max(s[2].start, kz0), min(s[2].stop, kz1)
+                if y0 >= y1 or z0 >= z1:
+                    continue  # the window lies beside the kept box
+                wy, wz = slice(y0 - s[1].start, y1 - s[1].start), slice(z0 - s[2].start, z1 - s[2].start)
+                ay, az = slice(y0 - ky0, y1 - ky0), slice(z0 - kz0, z1 - kz0)
+                weighted = (out[:, :, wy, wz].float() * weights[:, wy, wz]).to(accumulate_dtype)
                 x0 = s[0].start
-                first = cuts.index(x0)
-                i = first
+                i = cuts.index(x0)
                 while cuts[i] < s[0].stop:
-                    acc, norm = segment(i)
-                    a, b = cuts[i] - x0, cuts[i + 1] - x0
-                    acc[:, :, s[1], s[2]] += weighted[:, a:b]
-                    norm[:, s[1], s[2]] += weights[a:b]
+                    if cuts[i + 1] > kx0 and cuts[i] < kx1:
+                        acc, norm = segment(i)
+                        a, b = cuts[i] - x0, cuts[i + 1] - x0
+                        acc[:, :, ay, az] += weighted[:, a:b]
+                        norm[:, ay, az] += weights[a:b, wy, wz]
                     i += 1
             done += len(batch)
             # everything before the next window's start is final (windows advance along axis 0)
