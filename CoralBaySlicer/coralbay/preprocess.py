@@ -47,20 +47,23 @@ class Prepared:
     input_box: IndexBox        # the part of the input grid the model grid covers (crop/ROI)
 
 
+def corner_points(lo: Sequence[float], hi: Sequence[float]) -> list[tuple[float, float, float]]:
+    """The 8 corners of the box spanned by `lo` and `hi` (any coordinates)."""
+    return [(float(x), float(y), float(z)) for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])]
+
+
 def corners_lps(image: sitk.Image, box: IndexBox) -> np.ndarray:
     """Physical LPS positions (8, 3) of the outer corners of a voxel box (voxel edges, not centres)."""
     lo = np.asarray(box.lower, float) - 0.5
     hi = np.asarray(box.upper, float) - 0.5
-    pts = [(x, y, z) for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])]
-    return np.asarray([image.TransformContinuousIndexToPhysicalPoint(p) for p in pts])
+    return np.asarray([image.TransformContinuousIndexToPhysicalPoint(p) for p in corner_points(lo, hi)])
 
 
 def lps_box_to_index_box(image: sitk.Image, lower_lps: Sequence[float], upper_lps: Sequence[float]) -> IndexBox:
     """The voxels of `image` whose centres lie inside a physical LPS box (any orientation)."""
     lo = np.minimum(lower_lps, upper_lps)
     hi = np.maximum(lower_lps, upper_lps)
-    pts = [(x, y, z) for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])]
-    idx = np.asarray([image.TransformPhysicalPointToContinuousIndex(p) for p in pts])
+    idx = np.asarray([image.TransformPhysicalPointToContinuousIndex(p) for p in corner_points(lo, hi)])
     size = np.asarray(image.GetSize())
     lower = np.clip(np.ceil(idx.min(axis=0) - 1e-6), 0, size).astype(int)
     upper = np.clip(np.floor(idx.max(axis=0) + 1e-6) + 1, 0, size).astype(int)
@@ -104,8 +107,8 @@ def reference_lattice(image: sitk.Image, spacing: Sequence[float]) -> tuple[np.n
     """
     direction = np.asarray(RAS_DIRECTION).reshape(3, 3)
     last = np.asarray(image.GetSize(), float) - 1.0
-    pts = [(x, y, z) for x in (0.0, last[0]) for y in (0.0, last[1]) for z in (0.0, last[2])]
-    centres = np.asarray([image.TransformContinuousIndexToPhysicalPoint(p) for p in pts]) @ direction
+    centres = np.asarray([image.TransformContinuousIndexToPhysicalPoint(p)
+                          for p in corner_points((0.0, 0.0, 0.0), last)]) @ direction
     lo, hi = centres.min(axis=0), centres.max(axis=0)
     spacing = np.asarray(spacing, float)
     return lo, np.maximum(1, np.round((hi - lo) / spacing + 1.0).astype(int))
@@ -153,13 +156,13 @@ def model_grid(image: sitk.Image, box: IndexBox, spacing: Sequence[float],
     return grid
 
 
-def input_box_covering(image: sitk.Image, grid: sitk.Image, context: int = 2) -> IndexBox:
-    """The input voxels that linear interpolation onto `grid` reads, plus `context` voxels."""
-    last = np.asarray(grid.GetSize(), float) - 1.0
-    pts = [(x, y, z) for x in (0.0, last[0]) for y in (0.0, last[1]) for z in (0.0, last[2])]
-    idx = np.asarray([image.TransformPhysicalPointToContinuousIndex(grid.TransformContinuousIndexToPhysicalPoint(p))
-                      for p in pts])
-    size = np.asarray(image.GetSize())
+def covering_box(source: sitk.Image, target: sitk.Image, context: int) -> IndexBox:
+    """The voxels of `source` that linear interpolation at `target`'s voxel centres reads, plus
+    `context` voxels on each side (clipped to `source`, never empty)."""
+    last = np.asarray(target.GetSize(), float) - 1.0
+    idx = np.asarray([source.TransformPhysicalPointToContinuousIndex(target.TransformContinuousIndexToPhysicalPoint(p))
+                      for p in corner_points((0.0, 0.0, 0.0), last)])
+    size = np.asarray(source.GetSize())
     lower = np.clip(np.floor(idx.min(axis=0)) - context, 0, size - 1).astype(int)
     upper = np.clip(np.ceil(idx.max(axis=0)) + 1 + context, lower + 1, size).astype(int)
     return IndexBox(tuple(int(v) for v in lower), tuple(int(v) for v in upper))  # type: ignore[arg-type]
@@ -257,7 +260,7 @@ def prepare(image: sitk.Image, preprocessing: dict, roi_lps: Sequence[float] | N
         if box.is_empty():
             box = roi_box  # an ROI entirely in air: honour the user's region anyway
     grid = model_grid(image, box, preprocessing["spacing_mm"], windows)
-    covering = input_box_covering(image, grid)
+    covering = covering_box(image, grid, context=2)
     part = replicate_edges(crop(image, covering), covering, image, grid)
     resampled = resample_to_grid(part, grid, AIR_HU, preprocessing.get("antialias", True))
     array = np.ascontiguousarray(to_xyz(sitk.GetArrayFromImage(resampled)))

@@ -29,7 +29,7 @@ def result_rows(name: str, result: dict) -> list[str]:
                     f"{_f(s['preprocess'], 2)} / {_f(s['inference'])} / {_f(s['restore'], 2)} | "
                     f"{m['windows_evaluated']}/{m['windows_total']} | {_f(m['windows_per_s'], 3)} | "
                     f"{_f((m['achieved_flops_per_s'] or 0) / 1e9, 2)} | {_f(m['peak_rss_added_mb'], 0)} |")
-    r, a = result["ratios"], result["agreement"]
+    r = result["ratios"]
     rows.append(f"| | | **ours/monai** | **{_f(r['time'], 2)}** | inference {_f(r['inference_time'], 2)} | | | | "
                 f"**{_f(r['memory'], 2)}** |")
     return rows

@@ -25,7 +25,7 @@ import SimpleITK as sitk
 import torch
 
 from coralbay.labels import LabelTable
-from coralbay.preprocess import IndexBox, input_subgrid
+from coralbay.preprocess import IndexBox, covering_box, input_subgrid
 
 LEVELS = {np.dtype(np.uint8): 255, np.dtype(np.uint16): 65535}
 CHUNK_VOXELS = 4_000_000  # input-grid voxels restored at once (a few tens of MB of buffers)
@@ -50,7 +50,7 @@ class ProbabilityStore:
         lower, upper = region if region is not None else ((0, 0, 0), shape_xyz)
         self.lower = tuple(int(v) for v in lower)
         self.upper = tuple(int(v) for v in upper)
-        self.grid = sub_grid(grid, self.lower, self.upper)
+        self.grid = input_subgrid(grid, IndexBox(self.lower, self.upper))
         self.shape_xyz = tuple(u - l for l, u in zip(self.lower, self.upper))
         self.data = np.zeros((channels, *self.shape_xyz[::-1]), dtype=self.dtype)
 
@@ -88,7 +88,7 @@ class ProbabilityStore:
         for a in range(start, stop, step):
             yield a, min(stop, a + step)
 
-    def class_image(self, channel: int, lower: np.ndarray, upper: np.ndarray) -> sitk.Image:
+    def class_image(self, channel: int, lower: Sequence[int], upper: Sequence[int]) -> sitk.Image:
         """Channel `channel` over the model-grid box [lower, upper) (x, y, z) as an image."""
         (x0, y0, z0), (x1, y1, z1) = lower, upper
         image = sitk.GetImageFromArray(np.ascontiguousarray(self.data[channel, z0:z1, y0:y1, x0:x1]))
@@ -98,44 +98,16 @@ class ProbabilityStore:
         return image
 
 
-def sub_grid(grid: sitk.Image, lower: Sequence[int], upper: Sequence[int]) -> sitk.Image:
-    """The geometry of the box [lower, upper) of `grid`."""
-    sub = sitk.Image([int(u - l) for l, u in zip(lower, upper)], sitk.sitkUInt8)
-    sub.SetSpacing(grid.GetSpacing())
-    sub.SetDirection(grid.GetDirection())
-    sub.SetOrigin(grid.TransformIndexToPhysicalPoint([int(v) for v in lower]))
-    return sub
-
-
-def region_for(grid: sitk.Image, image: sitk.Image, box: IndexBox) -> tuple[np.ndarray, np.ndarray]:
+def region_for(grid: sitk.Image, image: sitk.Image, box: IndexBox) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """The model-grid voxels that linear interpolation at the centres of `box` of `image` reads."""
-    return _model_box(grid, input_subgrid(image, box))
-
-
-def _model_box(grid: sitk.Image, chunk: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
-    """The model-grid voxels that linear interpolation at `chunk`'s voxel centres can read."""
-    size = np.asarray(chunk.GetSize()) - 1
-    corners = [(x, y, z) for x in (0, size[0]) for y in (0, size[1]) for z in (0, size[2])]
-    index = np.asarray([grid.TransformPhysicalPointToContinuousIndex(
-        chunk.TransformIndexToPhysicalPoint([int(v) for v in c])) for c in corners])
-    full = np.asarray(grid.GetSize())
-    lower = np.clip(np.floor(index.min(axis=0)) - 1, 0, full).astype(int)
-    upper = np.clip(np.ceil(index.max(axis=0)) + 2, 0, full).astype(int)
-    return lower, np.maximum(upper, lower + 1)
-
-
-def _chunk_grid(target: sitk.Image, k0: int, k1: int) -> sitk.Image:
-    chunk = sitk.Image([target.GetSize()[0], target.GetSize()[1], k1 - k0], sitk.sitkUInt8)
-    chunk.SetSpacing(target.GetSpacing())
-    chunk.SetDirection(target.GetDirection())
-    chunk.SetOrigin(target.TransformIndexToPhysicalPoint([0, 0, k0]))
-    return chunk
+    region = covering_box(grid, input_subgrid(image, box), context=1)
+    return region.lower, region.upper
 
 
 RESTORE_METHODS = ("linear", "nearest")
 
 
-def _argmax_image(store: ProbabilityStore, lower: np.ndarray, upper: np.ndarray) -> sitk.Image:
+def _argmax_image(store: ProbabilityStore, lower: Sequence[int], upper: Sequence[int]) -> sitk.Image:
     """The most probable channel on a box of the model grid (first one on ties, as torch.argmax)."""
     best_value = best_class = None
     for channel in range(store.channels):
@@ -176,8 +148,9 @@ def restore_labels(store: ProbabilityStore, image: sitk.Image, box: IndexBox, ta
     step = max(1, chunk_voxels // max(1, ni * nj))
     for k0 in range(0, nk, step):
         k1 = min(nk, k0 + step)
-        chunk = _chunk_grid(target, k0, k1)
-        lower, upper = _model_box(store.grid, chunk)
+        chunk = input_subgrid(target, IndexBox((0, 0, k0), (ni, nj, k1)))
+        model_box = covering_box(store.grid, chunk, context=1)
+        lower, upper = model_box.lower, model_box.upper
         if method == "nearest":
             moved = sitk.Resample(_argmax_image(store, lower, upper), chunk, sitk.Transform(),
                                   sitk.sitkNearestNeighbor, 0)
