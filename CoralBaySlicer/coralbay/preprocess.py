@@ -18,6 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from coralbay.errors import InputError
+from coralbay.inference.window_placement import window_starts
 
 RAS_DIRECTION = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)  # in ITK's LPS frame
 AIR_HU = -1024.0
@@ -118,17 +119,11 @@ def window_span(lower: int, upper: int, size: int, window: int, overlap: float) 
     """The voxels [a, b) covered by the sliding windows, placed on the whole grid of `size`, that
     touch [lower, upper).
 
-    Windows are placed MONAI's way (every `interval` voxels from 0, the last flush with the end),
-    so windows evaluated on [a, b) are exactly the whole-grid windows that reach the region, and
+    Windows are placed as the sliding-window loop places them (`window_starts`), so windows evaluated on [a, b) are exactly the whole-grid windows that reach the region, and
     its voxels are blended from the same windows as on the whole grid.
     """
-    if size <= window:
-        return 0, size
-    interval = max(int(window * (1 - overlap)), 1)
-    count = math.ceil((size - window) / interval) + 1
-    starts = [min(i * interval, size - window) for i in range(count)]
-    touching = [t for t in starts if t < upper and t + window > lower]
-    return min(touching), max(touching) + window
+    touching = [t for t in window_starts(size, window, overlap) if t < upper and t + window > lower]
+    return min(touching), min(max(touching) + window, size)
 
 
 def model_grid(image: sitk.Image, box: IndexBox, spacing: Sequence[float],

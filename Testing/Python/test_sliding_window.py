@@ -31,6 +31,21 @@ def test_equals_monai_sliding_window_inference(tiny_network, shape, overlap):
     assert stats["windows_evaluated"] == stats["windows_total"] == len(plan_windows(shape, (64,) * 3, overlap).slices)
 
 
+@pytest.mark.parametrize("window", [16, 64, 96])
+@pytest.mark.parametrize("overlap", [0.0, 0.25, 0.5, 0.625, 0.75, 0.9])
+def test_window_placement_equals_monais(window, overlap):
+    """Every axis length up to 3 windows: the same windows, in the same order, as MONAI's."""
+    from monai.data.utils import dense_patch_slices
+    from monai.inferers.utils import _get_scan_interval
+
+    for size in range(window, 3 * window + 2):
+        shape = (size, window, size // 2 + window)
+        interval = _get_scan_interval(shape, (window,) * 3, 3, (overlap,) * 3)
+        theirs = [tuple((s.start, s.stop) for s in w) for w in dense_patch_slices(shape, (window,) * 3, interval)]
+        ours = [tuple((s.start, s.stop) for s in w) for w in plan_windows(shape, (window,) * 3, overlap).slices]
+        assert ours == theirs, (size, window, overlap)
+
+
 def test_air_only_windows_are_skipped_and_become_background(tiny_network):
     volume = torch.zeros(64, 64, 128)
     volume[:, :, :20] = torch.rand(64, 64, 20)  # tissue only at one end: one window of three

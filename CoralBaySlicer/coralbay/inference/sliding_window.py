@@ -1,8 +1,7 @@
 """Sliding-window evaluation of a network over a volume, with Gaussian blending.
 
-Window placement and the blending weights are MONAI's (`dense_patch_slices`,
-`compute_importance_map`), so with `skip_empty=False` and float32 accumulation the result equals
-`monai.inferers.sliding_window_inference` (tested). Ours differs in what it avoids: windows that
+Window placement (`window_placement`) and the blending weights (`compute_importance_map`) are
+MONAI's, so with `skip_empty=False` and float32 accumulation the result equals `monai.inferers.sliding_window_inference` (tested). Ours differs in what it avoids: windows that
 hold only air (all inputs at the bottom of the HU window) are not evaluated, and the blended
 output is produced slab by slab along the first axis (`blend_slabs`), so a caller that keeps
 something smaller than per-class float logits (segmentation keeps 16-bit probabilities) never
@@ -13,13 +12,16 @@ that want it.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-from monai.data.utils import compute_importance_map, dense_patch_slices
+from monai.data.utils import compute_importance_map
+
+from coralbay.inference.window_placement import window_starts
 
 ProgressCallback = Callable[[float, str], None]
 
@@ -40,8 +42,8 @@ def plan_windows(shape: Sequence[int], window: Sequence[int], overlap: float) ->
         diff = max(win - size, 0)
         padding.append((diff // 2, diff - diff // 2))
     padded = tuple(int(s + a + b) for s, (a, b) in zip(shape, padding))
-    interval = tuple(int(w) if w == p else max(int(w * (1 - overlap)), 1) for w, p in zip(window, padded))
-    slices = [tuple(s[i] for i in range(3)) for s in dense_patch_slices(padded, tuple(window), interval)]
+    starts = [window_starts(p, int(w), overlap) for p, w in zip(padded, window)]
+    slices = [tuple(slice(s, s + int(w)) for s, w in zip(corner, window)) for corner in itertools.product(*starts)]
     return WindowPlan(padded, tuple(padding), slices)  # type: ignore[arg-type]
 
 
