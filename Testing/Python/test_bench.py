@@ -79,6 +79,7 @@ def test_every_field_is_reported(bench_result):
     assert set(result["targets"]["met"]) == {"time", "memory", "dice"}
     assert result["targets"]["time_ratio_max"] == TARGETS["time_ratio_max"]
     assert "ours/monai" in stdout
+    assert "back to the input grid: ours linear, monai probabilities" in stdout
 
 
 def test_labels_agree_with_the_monai_path(bench_result):
@@ -88,6 +89,32 @@ def test_labels_agree_with_the_monai_path(bench_result):
     judged = [s for s in agreement["structures"] if s["judged"]]
     assert judged, "random weights still label something over 1 mL in 24 mL of tissue"
     assert all(s["baseline_ml"] > 1.0 for s in judged)
+    assert agreement["holds"] and agreement["min_dice"] >= DICE_BOUND, agreement["structures"]
+    assert agreement["voxels_equal_fraction"] > 0.99
+    assert bench_result[0]["settings"]["baseline_invert"] == "probabilities"
+
+
+@pytest.mark.parametrize("restore, baseline_invert", [("linear", "probabilities"), ("nearest", "labels")])
+def test_labels_agree_when_the_model_grid_is_coarser(tissue_ct, tmp_path, restore, baseline_invert):
+    """Model grid 2.5 mm, input 1.5 mm: both paths resample back, each pair the same way.
+
+    Ours (linear probabilities, argmax) against MONAI's bundle recipe (softmax, Invertd bilinear,
+    argmax), and ours with nearest labels against argmax + Invertd nearest. 2.5 / 1.5 = 5 / 3 puts
+    no input voxel centre exactly half-way between two model voxels, so nearest has no ties.
+    """
+    from conftest import run_cli
+
+    out = tmp_path / "bench.json"
+    done = run_cli("bench", tissue_ct, "--classes", "3", "--feature-size", "6", "--window", "64",
+                   "--spacing", "2.5", "--overlap", "0.5", "--restore", restore,
+                   "--baseline-invert", baseline_invert, "--json", out, timeout=300)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    assert result["model"]["spacing_mm"] == [2.5, 2.5, 2.5]
+    assert result["paths"]["monai"]["median"]["model_grid_shape"] == [39, 39, 39]
+    assert result["settings"]["restore"] == restore and result["settings"]["baseline_invert"] == baseline_invert
+    agreement = result["agreement"]
+    assert [s for s in agreement["structures"] if s["judged"]], agreement["structures"]
     assert agreement["holds"] and agreement["min_dice"] >= DICE_BOUND, agreement["structures"]
     assert agreement["voxels_equal_fraction"] > 0.99
 

@@ -5,3 +5,6 @@ Modules: `memory` (peak resident and GPU memory of a block), `flops` (model FLOP
 timed per stage), `worker` (one path in a child process), `agreement` (per-structure Dice),
 `inputs` (volume and bundle preparation), `runner` (interleaved repeats, medians, ratios, JSON).
 """
+
+# How the MONAI baseline goes back to the input grid; the first is MONAI's own bundles' recipe.
+BASELINE_INVERT_MODES = ("probabilities", "labels")

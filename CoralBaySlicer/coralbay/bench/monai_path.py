@@ -3,9 +3,11 @@
 MONAI transforms load the file (LoadImage with its default reader choice), put the channel first, reorient to RAS, resample to
 the bundle's spacing (bilinear) and scale the bundle's HU window to [0, 1];
 `monai.inferers.sliding_window_inference` runs the network with the bundle's window size,
-overlap, Gaussian blending, sigma and window batch, on the whole (uncropped) volume; the argmax
-labels go back to the input grid with `Invertd` (nearest neighbour), as MONAI's tutorials do.
-The network runs MONAI's own Swin forward.
+overlap, Gaussian blending, sigma and window batch, on the whole (uncropped) volume. Back to the
+input grid, by default as MONAI's own bundles and its spleen tutorial do (`invert="probabilities"`):
+softmax, `Invertd` with the forward interpolation (bilinear), argmax on the input grid. With
+`invert="labels"`: argmax on the model grid, then `Invertd` with nearest neighbour. The network
+runs MONAI's own Swin forward.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from coralbay.bench import BASELINE_INVERT_MODES
 from coralbay.bench.our_path import PathRun, synchronize
 from coralbay.bundle.loader import LoadedBundle
 from coralbay.inference.fast_swin import disable_fast_swin
@@ -44,8 +47,10 @@ def input_geometry(path: Path) -> tuple[tuple, tuple, tuple, tuple]:
 
 
 def run_monai_path(input_path: Path, bundle: LoadedBundle, device: torch.device, *, overlap: float,
-                   window_batch: int | None, precision: str) -> PathRun:
+                   window_batch: int | None, precision: str, invert: str = "probabilities") -> PathRun:
     """Run the MONAI pipeline and return its labels as an image on the input grid."""
+    if invert not in BASELINE_INVERT_MODES:
+        raise ValueError(f"invert must be one of {BASELINE_INVERT_MODES}, not {invert!r}")
     from monai.inferers import sliding_window_inference
     from monai.transforms import (Compose, EnsureChannelFirstd, Invertd, LoadImaged, Orientationd,
                                   ScaleIntensityRanged, Spacingd)
@@ -82,10 +87,16 @@ def run_monai_path(input_path: Path, bundle: LoadedBundle, device: torch.device,
     del inputs
 
     start = time.perf_counter()
-    data["pred"] = torch.argmax(logits, dim=1)  # (1, X, Y, Z), keeps the model grid's metadata
-    del logits
-    data = Invertd(keys="pred", transform=spatial, orig_keys="image", nearest_interp=True)(data)
-    channels = np.asarray(data["pred"][0].cpu().numpy(), dtype=np.int64)
+    if invert == "probabilities":
+        data["pred"] = torch.softmax(logits[0], dim=0)  # (C, X, Y, Z), keeps the model grid's metadata
+        del logits
+        data = Invertd(keys="pred", transform=spatial, orig_keys="image", nearest_interp=False)(data)
+        channels = torch.argmax(data["pred"], dim=0).cpu().numpy().astype(np.int64)
+    else:
+        data["pred"] = torch.argmax(logits, dim=1)  # (1, X, Y, Z), keeps the model grid's metadata
+        del logits
+        data = Invertd(keys="pred", transform=spatial, orig_keys="image", nearest_interp=True)(data)
+        channels = np.asarray(data["pred"][0].cpu().numpy(), dtype=np.int64)
     values = np.array([0] + [lab.value for lab in manifest.labels], dtype=np.uint16)
     labels = sitk.GetImageFromArray(values[channels].transpose(2, 1, 0).astype(
         np.uint8 if values.max() < 256 else np.uint16))

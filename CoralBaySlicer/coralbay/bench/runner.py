@@ -42,6 +42,7 @@ class BenchSettings:
     workdir: Path = Path(".")
     no_crop: bool = False
     restore: str = "linear"
+    baseline_invert: str = "probabilities"
 
 
 def _engine_dir() -> str:
@@ -65,6 +66,8 @@ def run_worker(path: str, settings: BenchSettings, tag: str) -> dict:
         cmd += ["--no-crop"]
     if settings.restore != "linear":
         cmd += ["--restore", settings.restore]
+    if settings.baseline_invert != "probabilities":
+        cmd += ["--baseline-invert", settings.baseline_invert]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([_engine_dir(), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -165,6 +168,7 @@ def run_benchmark(settings: BenchSettings, info: dict, log: Callable[[str], None
                   "random_weights": bool(info.get("random_weights"))},
         "settings": {"overlap": settings.overlap, "device": settings.device, "precision": settings.precision,
                      "body_crop": not settings.no_crop, "restore": settings.restore,
+                     "baseline_invert": settings.baseline_invert,
                      "window_batch": {p: summaries[p]["window_batch_size"] for p in PATH_NAMES},
                      "repeat": settings.repeat, "wall_s": round(time.time() - started, 1)},
         "paths": {p: {"median": summaries[p], "runs": runs[p]} for p in PATH_NAMES},

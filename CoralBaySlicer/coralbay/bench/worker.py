@@ -15,6 +15,8 @@ import json
 import sys
 from pathlib import Path
 
+from coralbay.bench import BASELINE_INVERT_MODES
+
 PATHS = ("monai", "ours")
 
 
@@ -33,6 +35,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--no-crop", action="store_true", help="switch off the bundle's body crop (ours)")
     p.add_argument("--restore", choices=("linear", "nearest"), default="linear",
                    help="how ours brings labels back to the input grid")
+    p.add_argument("--baseline-invert", choices=BASELINE_INVERT_MODES, default=BASELINE_INVERT_MODES[0],
+                   help="how the MONAI baseline goes back to the input grid")
     return p.parse_args(argv)
 
 
@@ -83,7 +87,7 @@ def main(argv=None) -> int:
     with PeakMemory(device) as peak:
         if args.path == "monai":
             run = run_monai_path(Path(args.input), bundle, device, overlap=args.overlap,
-                                 window_batch=batch, precision=args.precision)
+                                 window_batch=batch, precision=args.precision, invert=args.baseline_invert)
         else:
             run = run_our_path(Path(args.input), bundle, device, overlap=args.overlap,
                                window_batch=batch, precision=args.precision, restore=args.restore)

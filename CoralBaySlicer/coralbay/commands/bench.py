@@ -9,13 +9,15 @@ import sys
 import tempfile
 from pathlib import Path
 
+from coralbay.bench import BASELINE_INVERT_MODES
 from coralbay.commands._common import overlap_value, positive_int
 from coralbay.errors import UsageError
 
 DESCRIPTION = """\
 Benchmark `coralbay segment`'s code path ("ours") against the plain MONAI path ("monai": MONAI
 transforms, sliding_window_inference with the same window, overlap, Gaussian blending and window
-batch, argmax, Invertd back to the input grid) on the same bundle weights and volume. Each path
+batch; back to the input grid as MONAI's bundles do: softmax, Invertd, argmax) on the same bundle
+weights and volume. Each path
 runs in its own child process; with --repeat N they alternate and the median is reported.
 Reported per path: wall time per stage (load, preprocess, inference, restore) and in total, peak
 resident memory added by the run (above the level after imports, model loading and one warm-up
@@ -67,8 +69,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="diagnostic: switch off our body crop, so both paths place windows alike")
     p.add_argument("--restore", choices=("linear", "nearest"), default="linear",
                    help="how our path brings labels back to the input grid: linear (coralbay segment's "
-                        "default) or nearest (argmax labels copied from the nearest model voxel, as the "
-                        "MONAI baseline's Invertd does)")
+                        "default) or nearest (argmax labels copied from the nearest model voxel)")
+    p.add_argument("--baseline-invert", choices=BASELINE_INVERT_MODES, default=BASELINE_INVERT_MODES[0],
+                   help="how the MONAI baseline goes back to the input grid: probabilities (softmax, "
+                        "Invertd bilinear, argmax: MONAI's own bundles; default) or labels (argmax, "
+                        "Invertd nearest)")
     p.add_argument("--repeat", type=positive_int, default=1, metavar="N", help="runs per path (default 1)")
     p.add_argument("--keep", metavar="DIR", help="keep inputs, labels and per-run results in DIR")
     p.set_defaults(run=run)
@@ -152,7 +157,8 @@ def run(args: argparse.Namespace) -> int:
                                  device=device.type if device.type != "cuda" else str(device),
                                  precision=args.precision, window_batch=args.window_batch,
                                  spacing=model_spacing, repeat=args.repeat, workdir=workdir,
-                                 no_crop=args.no_crop, restore=args.restore)
+                                 no_crop=args.no_crop, restore=args.restore,
+                                 baseline_invert=args.baseline_invert)
         command = ("coralbay bench " + shlex.join(sys.argv[sys.argv.index("bench") + 1:])
                    if "bench" in sys.argv else None)
         info = {"command": command, "input": described, "random_weights": bool(args.classes)}
@@ -179,6 +185,8 @@ def format_summary(result: dict) -> str:
         rows.append(f"{name:<10}{m['total_s']:>9.1f}{m['stages_s']['inference']:>9.1f}"
                     f"{m['windows_evaluated']:>9d}{(m['windows_per_s'] or 0):>8.2f}"
                     f"{m['peak_rss_added_mb']:>9.0f}{(m['achieved_flops_per_s'] or 0) / 1e9:>9.1f}")
+    settings = result["settings"]
+    rows.append(f"back to the input grid: ours {settings['restore']}, monai {settings['baseline_invert']}")
     r, a = result["ratios"], result["agreement"]
     rows.append(f"ours/monai: time {r['time']}, memory {r['memory']}"
                 + (f", GPU memory {r['gpu_memory']}" if r.get("gpu_memory") is not None else ""))
