@@ -112,3 +112,26 @@ def test_chunked_restore_equals_whole_grid_resampling():
     assert not a[~inside].any()
     assert set(maps) == {"label 1", "label 2"}
     assert np.allclose(sitk.GetArrayFromImage(maps["label 1"])[inside], moved[1][inside], atol=1e-4)
+
+
+def test_input_voxels_half_a_model_voxel_beyond_the_grid_take_its_edge_values():
+    """67 slices at 3 mm span 198 mm; the 4 mm model grid has round(198 / 4 + 1) = 50 planes,
+    whose last centre lies 2 mm (exactly half a model voxel) before the last slice. That slice
+    takes the edge plane's labels (MONAI's border padding), not background."""
+    image = sitk.Image([12, 10, 67], sitk.sitkInt16)
+    image.SetSpacing((0.8, 0.8, 3.0))
+    image.SetDirection((-1, 0, 0, 0, -1, 0, 0, 0, -1))
+    box = IndexBox((0, 0, 0), tuple(image.GetSize()))
+    grid = model_grid(image, box, (4.0, 4.0, 4.0))
+    assert grid.GetSize()[2] == 50
+    shape = grid.GetSize()
+    probs = torch.zeros((3, *shape))
+    probs[1] = 1.0  # structure 1 everywhere
+    table = LabelTable.generic([1, 2])
+    for method in ("linear", "nearest"):
+        store = ProbabilityStore(3, shape, grid, np.uint16)
+        store.put_probabilities(0, shape[0], probs)
+        labels, maps = restore_labels(store, image, box, table, table, True, method=method)
+        array = sitk.GetArrayFromImage(labels)
+        assert bool((array == 1).all()), (method, np.argwhere(array != 1)[:3])
+        assert float(sitk.GetArrayFromImage(maps["label 1"]).min()) == pytest.approx(1.0)

@@ -89,12 +89,21 @@ class ProbabilityStore:
             yield a, min(stop, a + step)
 
     def class_image(self, channel: int, lower: Sequence[int], upper: Sequence[int]) -> sitk.Image:
-        """Channel `channel` over the model-grid box [lower, upper) (x, y, z) as an image."""
+        """Channel `channel` over the model-grid box [lower, upper) (x, y, z) as an image, with
+        one more plane on every side repeating the edge one.
+
+        Why the repeated planes: an input voxel centre may lie up to half a model voxel beyond the
+        last model voxel centre, and exactly half-way ITK counts it as outside the image (its
+        buffer ends half-open at size - 1/2) and would give it the default value. Repeating the
+        edge there is MONAI's border padding, the same convention as `preprocess.replicate_edges`;
+        inside the box the extra planes are never read (boxes carry one voxel of context).
+        """
         (x0, y0, z0), (x1, y1, z1) = lower, upper
-        image = sitk.GetImageFromArray(np.ascontiguousarray(self.data[channel, z0:z1, y0:y1, x0:x1]))
+        padded = np.pad(self.data[channel, z0:z1, y0:y1, x0:x1], 1, mode="edge")
+        image = sitk.GetImageFromArray(padded)
         image.SetSpacing(self.grid.GetSpacing())
         image.SetDirection(self.grid.GetDirection())
-        image.SetOrigin(self.grid.TransformIndexToPhysicalPoint([int(v) for v in lower]))
+        image.SetOrigin(self.grid.TransformContinuousIndexToPhysicalPoint([float(v) - 1.0 for v in lower]))
         return image
 
 
@@ -133,8 +142,9 @@ def restore_labels(store: ProbabilityStore, image: sitk.Image, box: IndexBox, ta
     to each input voxel from the nearest model voxel (what MONAI's `Invertd` of an argmax does;
     for comparing with that path). Probability maps are resampled linearly either way.
 
-    Channel c of `store` is background for c = 0, else `table`'s c-th label. Outside the model
-    grid, background has probability 1.
+    Channel c of `store` is background for c = 0, else `table`'s c-th label. Input voxels up to
+    half a model voxel beyond the model grid take its edge values (`ProbabilityStore.class_image`);
+    farther out (never, for a grid made by `preprocess.model_grid`), background has probability 1.
     """
     if method not in RESTORE_METHODS:
         raise ValueError(f"unknown restore method {method!r}")
