@@ -119,8 +119,9 @@ def window_span(lower: int, upper: int, size: int, window: int, overlap: float) 
     """The voxels [a, b) covered by the sliding windows, placed on the whole grid of `size`, that
     touch [lower, upper).
 
-    Windows are placed as the sliding-window loop places them (`window_starts`), so windows evaluated on [a, b) are exactly the whole-grid windows that reach the region, and
-    its voxels are blended from the same windows as on the whole grid.
+    Windows are placed as the sliding-window loop places them (`window_starts`), so the windows
+    evaluated on [a, b) are exactly the whole-grid windows that reach the region, and its voxels
+    are blended from the same windows as on the whole grid.
     """
     touching = [t for t in window_starts(size, window, overlap) if t < upper and t + window > lower]
     return min(touching), min(max(touching) + window, size)
