@@ -17,8 +17,8 @@ DESCRIPTION = """\
 Benchmark `coralbay segment`'s code path ("ours") against the plain MONAI path ("monai": MONAI
 transforms, sliding_window_inference with the same window, overlap, Gaussian blending and window
 batch; back to the input grid as MONAI's bundles do: softmax, Invertd, argmax) on the same bundle
-weights and volume. Each path
-runs in its own child process; with --repeat N they alternate and the median is reported.
+weights and volume. Each path runs in its own child process; with --repeat N they alternate and
+the median is reported.
 Reported per path: wall time per stage (load, preprocess, inference, restore) and in total, peak
 resident memory added by the run (above the level after imports, model loading and one warm-up
 window), peak GPU memory on CUDA, windows evaluated, windows/s, model FLOPs per window, achieved

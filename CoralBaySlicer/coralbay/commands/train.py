@@ -455,7 +455,8 @@ def run_cls(args: argparse.Namespace) -> int:
                      "initialised encoder, which carry little information.", level="warning")
 
     if args.lesion_points:
-        source = (f"{len(items)} synthetic phantoms, each the {' x '.join(f'{r:g}' for r in point_region_mm(settings))} mm region around its first liver "
+        region = " x ".join(f"{r:g}" for r in point_region_mm(settings))
+        source = (f"{len(items)} synthetic phantoms, each the {region} mm region around its first liver "
                   "lesion and the same region of the phantom generated without lesions")
     elif args.phantoms:
         source = f"{len(items)} synthetic phantoms (whole scans)"

@@ -89,7 +89,19 @@ class ProbabilityStore:
             yield a, min(stop, a + step)
 
     def class_image(self, channel: int, lower: Sequence[int], upper: Sequence[int]) -> sitk.Image:
-        """Channel `channel` over the model-grid box [lower, upper) (x, y, z) as an image, with
+        """Channel `channel` over the model-grid box [lower, upper) (x, y, z) as an image."""
+        (x0, y0, z0), (x1, y1, z1) = lower, upper
+        return self._box_image(self.data[channel, z0:z1, y0:y1, x0:x1], lower)
+
+    def argmax_image(self, lower: Sequence[int], upper: Sequence[int]) -> sitk.Image:
+        """The most probable channel over the model-grid box [lower, upper) (x, y, z) as an image
+        (the first one on ties, as torch.argmax)."""
+        (x0, y0, z0), (x1, y1, z1) = lower, upper
+        best = np.argmax(self.data[:, z0:z1, y0:y1, x0:x1], axis=0)
+        return self._box_image(best.astype(np.uint8 if self.channels < 256 else np.uint16), lower)
+
+    def _box_image(self, array_zyx: np.ndarray, lower: Sequence[int]) -> sitk.Image:
+        """`array_zyx` (a box of the store starting at `lower`) as an image on the model grid, with
         one more plane on every side repeating the edge one.
 
         Why the repeated planes: an input voxel centre may lie up to half a model voxel beyond the
@@ -98,9 +110,7 @@ class ProbabilityStore:
         edge there is MONAI's border padding, the same convention as `preprocess.replicate_edges`;
         inside the box the extra planes are never read (boxes carry one voxel of context).
         """
-        (x0, y0, z0), (x1, y1, z1) = lower, upper
-        padded = np.pad(self.data[channel, z0:z1, y0:y1, x0:x1], 1, mode="edge")
-        image = sitk.GetImageFromArray(padded)
+        image = sitk.GetImageFromArray(np.pad(array_zyx, 1, mode="edge"))
         image.SetSpacing(self.grid.GetSpacing())
         image.SetDirection(self.grid.GetDirection())
         image.SetOrigin(self.grid.TransformContinuousIndexToPhysicalPoint([float(v) - 1.0 for v in lower]))
@@ -114,24 +124,6 @@ def region_for(grid: sitk.Image, image: sitk.Image, box: IndexBox) -> tuple[tupl
 
 
 RESTORE_METHODS = ("linear", "nearest")
-
-
-def _argmax_image(store: ProbabilityStore, lower: Sequence[int], upper: Sequence[int]) -> sitk.Image:
-    """The most probable channel on a box of the model grid (first one on ties, as torch.argmax)."""
-    best_value = best_class = None
-    for channel in range(store.channels):
-        image = store.class_image(channel, lower, upper)
-        prob = sitk.GetArrayViewFromImage(image)
-        if best_value is None:
-            best_value = np.array(prob, copy=True)
-            best_class = np.zeros(prob.shape, dtype=np.uint8 if store.channels < 256 else np.uint16)
-            continue
-        better = prob > best_value
-        best_value[better] = prob[better]
-        best_class[better] = channel
-    out = sitk.GetImageFromArray(best_class)
-    out.CopyInformation(image)
-    return out
 
 
 def restore_labels(store: ProbabilityStore, image: sitk.Image, box: IndexBox, table: LabelTable,
@@ -162,7 +154,7 @@ def restore_labels(store: ProbabilityStore, image: sitk.Image, box: IndexBox, ta
         model_box = covering_box(store.grid, chunk, context=1)
         lower, upper = model_box.lower, model_box.upper
         if method == "nearest":
-            moved = sitk.Resample(_argmax_image(store, lower, upper), chunk, sitk.Transform(),
+            moved = sitk.Resample(store.argmax_image(lower, upper), chunk, sitk.Transform(),
                                   sitk.sitkNearestNeighbor, 0)
             best_class[k0:k1] = sitk.GetArrayViewFromImage(moved)
             if not maps:

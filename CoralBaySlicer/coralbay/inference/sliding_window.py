@@ -1,7 +1,8 @@
 """Sliding-window evaluation of a network over a volume, with Gaussian blending.
 
 Window placement (`window_placement`) and the blending weights (`compute_importance_map`) are
-MONAI's, so with `skip_empty=False` and float32 accumulation the result equals `monai.inferers.sliding_window_inference` (tested). Ours differs in what it avoids: windows that
+MONAI's, so with `skip_empty=False` and float32 accumulation the result equals
+`monai.inferers.sliding_window_inference` (tested). Ours differs in what it avoids: windows that
 hold only air (all inputs at the bottom of the HU window) are not evaluated, and the blended
 output is produced slab by slab along the first axis (`blend_slabs`), so a caller that keeps
 something smaller than per-class float logits (segmentation keeps 16-bit probabilities) never

@@ -10,20 +10,12 @@ from __future__ import annotations
 import math
 
 
-def window_interval(size: int, window: int, overlap: float) -> int:
-    """Step between window starts: the whole window when one window spans the axis, else
-    int(window * (1 - overlap)), at least 1 (MONAI's `_get_scan_interval`)."""
-    if window >= size:
-        return window
-    return max(int(window * (1 - overlap)), 1)
-
-
 def window_starts(size: int, window: int, overlap: float) -> list[int]:
-    """Start of every window along an axis of `size` voxels: every interval from 0, the last one
-    moved back to end flush with the axis (MONAI's `dense_patch_slices`). One window at 0 when
-    the window spans the axis."""
+    """Start of every window along an axis of `size` voxels: every int(window * (1 - overlap))
+    voxels (at least 1) from 0, the last one moved back to end flush with the axis (MONAI's
+    `_get_scan_interval` and `dense_patch_slices`). One window at 0 when the window spans the axis."""
     if window >= size:
         return [0]
-    interval = window_interval(size, window, overlap)
+    interval = max(int(window * (1 - overlap)), 1)
     count = math.ceil((size - window) / interval) + 1
     return [min(i * interval, size - window) for i in range(count)]
