@@ -293,9 +293,10 @@ def test_install_plan_that_replaces_numpy_is_refused(tmp_path):
     with pytest.raises(dependencies.DependencyError, match=r"replace Slicer's own numpy 99\.0"):
         dependencies.check_plan(report.read_text())
     dependencies.check_plan(json.dumps({"install": [{"metadata": {"name": "einops", "version": "0.8.1"}}]}))
-    assert dependencies.pip_install_args(list(dependencies.REQUIREMENTS[:1]), "c.txt", "r.json") == [
-        "install", "--constraint", "c.txt", "--no-warn-script-location", "--dry-run", "--quiet", "--report",
-        "r.json", dependencies.REQUIREMENTS[0].pip]
+    install = dependencies.pip_install_args(list(dependencies.REQUIREMENTS[:1]), "c.txt")
+    assert install == ["--constraint", "c.txt", "--no-warn-script-location", dependencies.REQUIREMENTS[0].pip]
+    assert dependencies.pip_dry_run_args(install, "r.json") == [
+        "install", "--dry-run", "--quiet", "--report", "r.json", *install]
 
 
 def test_gpu_summary_with_the_real_torch():
