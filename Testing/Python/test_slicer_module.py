@@ -426,6 +426,43 @@ def test_import_replaces_a_chosen_segmentation_and_a_failed_import_changes_nothi
     assert _nodes() == before
 
 
+def _removals():
+    """Record the ID of every node the scene announces as removed (NodeRemovedEvent)."""
+    import slicer
+
+    removed = []
+
+    def onRemoved(caller, event, node):
+        removed.append(node.GetID())
+
+    onRemoved.CallDataType = vtk.VTK_OBJECT
+    _scene().AddObserver(slicer.vtkMRMLScene.NodeRemovedEvent, onRemoved)
+    return removed
+
+
+def test_reading_outputs_that_fail_halfway_removes_each_added_node_once(module, shared_data, tmp_path):
+    """Slicer's Data module removes a node's display and storage nodes with it; removing them again
+    makes the scene announce a second removal of nodes it no longer has (bug 5). After a job's
+    reading fails halfway, every node it added is gone and each was removed exactly once."""
+    labels = _totalseg_labels(tmp_path, shared_data)
+    ct, _study = _load_ct(shared_data / "totalseg" / "example_ct_sm.nii.gz")
+    logic = module.CoralBaySlicerLogic()
+    before = _nodes()
+
+    def readOutputs(run):
+        logic._importLabelMap(labels, "half-read", ct)
+        logic._loadDistanceMap(labels, "half-read distance")
+        raise results.ResultError("the metrics could not be read")
+
+    removed = _removals()
+    with pytest.raises(results.ResultError):
+        logic._keepSceneOnFailure(readOutputs)(None)
+    assert _nodes() == before
+    duplicates = [node_id for node_id, n in collections.Counter(removed).items() if n > 1]
+    assert not duplicates, f"removed twice: {duplicates}"
+    assert not set(removed) & set(before)
+
+
 # -- inputs refused before anything runs -------------------------------------------------------------
 
 def test_region_and_point_outside_the_volume_are_refused_before_anything_runs(module, shared_data):
