@@ -945,12 +945,17 @@ class CoralBaySlicerLogic(ScriptedLoadableModuleLogic):
         finally:
             slicer.mrmlScene.RemoveNode(labelMap)  # Slicer's Data module removes its display and storage nodes
             slicer.mrmlScene.RemoveNode(colorNode)
+        # Segments are matched by their label value, not by name or ID: segment IDs are random, and
+        # Slicer names the only segment of a one-label map after the label map node.
         segmentation = imported.GetSegmentation()
-        for s in described:
-            segmentId = segmentation.GetSegmentIdBySegmentName(s.name)
-            segment = segmentation.GetSegment(segmentId) if segmentId else None
-            if segment is None:
-                continue  # a structure the label map does not contain
+        byValue = {s.value: s for s in described}
+        for index in range(segmentation.GetNumberOfSegments()):
+            segment = segmentation.GetNthSegment(index)
+            s = byValue.get(segment.GetLabelValue())
+            if s is None:
+                continue
+            segment.SetName(s.name)
+            segment.SetColor(*s.color)
             segment.SetTag(segments.LABEL_VALUE_TAG, str(s.value))  # kept when written back for the engine
             if s.terminology:
                 segment.SetTag(segment.GetTerminologyEntryTagName(), s.terminology)

@@ -426,6 +426,25 @@ def test_import_replaces_a_chosen_segmentation_and_a_failed_import_changes_nothi
     assert _nodes() == before
 
 
+def test_a_one_structure_label_map_keeps_its_table_name_and_code(module, shared_data, tmp_path):
+    """Slicer may name the only segment of a one-label map after the label map node; segments are
+    matched by label value, so the table's name, colour and code are applied all the same."""
+    ct, _study = _load_ct(shared_data / "pyradiomics" / "lung1_image.nrrd")
+    nodule = tmp_path / "nodule.nrrd"
+    shutil.copyfile(shared_data / "pyradiomics" / "lung1_label.nrrd", nodule)
+    value = int(max(np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(nodule))))))
+    lesion = Terminology(("SCT", "49755003", "Morphologically Altered Structure"), ("SCT", "27925004", "Nodule"))
+    results.write_label_table(LabelTable([Label(value, "nodule", (200, 80, 40), lesion)]), nodule)
+    segmentation = module.CoralBaySlicerLogic()._importLabelMap(nodule, "lung", ct)
+    seg = segmentation.GetSegmentation()
+    assert _segment_names(segmentation) == ["nodule"]
+    segment = seg.GetNthSegment(0)
+    assert segment.GetColor() == pytest.approx((200 / 255, 80 / 255, 40 / 255))
+    tag = vtk.reference("")
+    assert segment.GetTag(segment.GetTerminologyEntryTagName(), tag) and "27925004^Nodule" in str(tag)
+    assert segment.GetTag("CoralBay.LabelValue", tag) and str(tag) == str(value)
+
+
 def _removals():
     """Record the ID of every node the scene announces as removed (NodeRemovedEvent)."""
     import slicer
