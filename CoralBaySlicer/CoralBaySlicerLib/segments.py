@@ -34,25 +34,21 @@ def terminology_from_slicer_string(text: str | None) -> Terminology | None:
     return Terminology(category, type_, modifier)
 
 
-# The entry Slicer gives every new segment (vtkSegment's constructor, Slicer 5.x): Tissue / Tissue.
-SLICER_DEFAULT_TERMINOLOGY = (("SCT", "85756007", "Tissue"), ("SCT", "85756007", "Tissue"))
-
-
 def is_unset_terminology(entry: str | None, default_entry: str | None = None) -> bool:
-    """True when a segment's terminology entry is no chosen code: empty, unreadable, or Slicer's
-    default for new segments (`default_entry`, as the running Slicer writes it, or Tissue / Tissue).
-    Codes are compared, not texts: the context names in the entry differ between Slicer versions."""
+    """True when a segment's terminology entry is no chosen code: empty, unreadable, Slicer's
+    placeholder for new segments (Tissue / Tissue, `Terminology.is_slicer_default`), or the entry the
+    running Slicer gives a new segment (`default_entry`). Codes are compared, not texts: the context
+    names in the entry differ between Slicer versions."""
     parsed = terminology_from_slicer_string(entry)
-    if parsed is None:
+    if parsed is None or parsed.is_slicer_default():
         return True
-    def key(category: Code, type_: Code):  # scheme and value identify a code; meanings are display text
-        return (category[0], category[1]), (type_[0], type_[1])
-
-    defaults = {key(*SLICER_DEFAULT_TERMINOLOGY)}
     default = terminology_from_slicer_string(default_entry)
-    if default is not None and default.modifier is None:
-        defaults.add(key(default.category, default.type))
-    return parsed.modifier is None and key(parsed.category, parsed.type) in defaults
+    return default is not None and _code_key(parsed) == _code_key(default)
+
+
+def _code_key(terminology: Terminology):
+    """Scheme and value of each code: meanings are display text."""
+    return tuple(None if c is None else (c[0], c[1]) for c in (terminology.category, terminology.type, terminology.modifier))
 
 
 def _code(text: str) -> Code | None:

@@ -629,6 +629,7 @@ def test_seg_nrrd_written_by_slicer_read_by_the_engine(module, shared_data, tmp_
     assert [label.name for label in table] == _segment_names(segmentation)
     liver = table.by_name("liver")
     assert liver.terminology is not None and liver.terminology.type[1] == "10200004"
+    assert table.by_name("spleen").terminology is None  # Slicer's Tissue placeholder is not a code
     assert liver.color == load_label_table(tmp_path / "totalseg.labels.json").by_name("liver").color
     ct_image = _image(ct)
     resampled = sitk.Resample(image, ct_image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, image.GetPixelID())
