@@ -668,7 +668,9 @@ def tiny_bundles(tmp_path_factory):
     small = dict(feature_size=6, spacing_mm=(6.0, 6.0, 6.0), window_size=(64, 64, 64), window_batch_size=1)
     seg = create_random_bundle(folder / "tiny-seg", manifest_fields("tiny-seg", "segmentation", labels=table,
                                                                      overlap=0.0, **small))
-    return {"segmentation": seg, "labels": table}
+    cls = create_random_bundle(folder / "tiny-cls", manifest_fields("tiny-cls", "classification",
+                                                                     classes=["benign", "malignant"], overlap=0.0, **small))
+    return {"segmentation": seg, "classification": cls, "labels": table}
 
 
 def test_segment_end_to_end_on_the_phantom(module, phantom, tiny_bundles):
@@ -723,6 +725,33 @@ def test_segment_end_to_end_on_the_phantom(module, phantom, tiny_bundles):
     hierarchy = _scene().GetSubjectHierarchyNode()
     assert hierarchy.GetItemParent(hierarchy.GetItemByDataNode(segmentation)) == study
     assert not folder.exists() and not logic.busy
+
+
+def test_classify_end_to_end_adds_only_its_table(module, phantom, tiny_bundles):
+    """Classification of the region around a real markups point: the engine's report comes back as
+    one table node (class, probability), probabilities summing to 1."""
+    import slicer
+
+    ct, _study = _load_ct(phantom[0])
+    b = [0.0] * 6
+    ct.GetRASBounds(b)
+    point = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "lesion")
+    point.AddControlPoint([(b[0] + b[1]) / 2, (b[2] + b[3]) / 2, (b[4] + b[5]) / 2], "L-1")
+    logic = module.CoralBaySlicerLogic()
+    before = _nodes()
+    job = logic.classify(ct, str(tiny_bundles["classification"]), device="CPU", pointNode=point)
+    centre = [-(b[0] + b[1]) / 2, -(b[2] + b[3]) / 2, (b[4] + b[5]) / 2]  # the point in LPS
+    given = next(a for a in job.run.argv if a.startswith("--point="))
+    assert [float(v) for v in given[len("--point="):].split(",")] == pytest.approx(centre, abs=1e-3)
+    logic.wait(TIMEOUT_S)
+    assert job.state == "succeeded", job.error
+    assert _added(before) == {"vtkMRMLTableNode": 1}
+    table_node, classification = job.value
+    table = table_node.GetTable()
+    assert [table.GetColumnName(i) for i in range(table.GetNumberOfColumns())] == ["class", "probability"]
+    assert {table.GetValue(r, 0).ToString() for r in range(table.GetNumberOfRows())} == {"benign", "malignant"}
+    assert sum(table.GetValue(r, 1).ToDouble() for r in range(table.GetNumberOfRows())) == pytest.approx(1.0, abs=1e-3)
+    assert sum(p for _name, p in classification.rows) == pytest.approx(1.0, abs=1e-3)
 
 
 def test_cancel_at_the_first_progress_event_kills_the_engine_and_changes_nothing(module, phantom, tiny_bundles):
