@@ -3,8 +3,9 @@ Widgets/qSlicerSubjectHierarchyPluginLogic.cxx): in Slicer, a Qt plugin that can
 data node gives it a subject-hierarchy item under the scene item. The vtkMRMLSubjectHierarchyNode
 itself is REAL; only this creation of items, which Slicer's Qt plugins do, happens here.
 
-Nodes that get an item: data nodes the plugins own (volumes, segmentations, tables, markups, colour
-tables are excluded by their plugin unless shown in editors), not hidden from editors.
+As there: nothing while a scene is being imported, nothing for nodes hidden from editors; the nodes
+that get an item are those of the plugins the module meets (volumes, segmentations, tables, markups,
+models).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ OWNED_CLASSES = ("vtkMRMLVolumeNode", "vtkMRMLSegmentationNode", "vtkMRMLTableNo
 
 def install(scene) -> None:
     def onNodeAdded(caller, event, node):
-        if node is None or node.GetHideFromEditors() or not any(node.IsA(c) for c in OWNED_CLASSES):
+        if scene.IsImporting() or node is None or node.GetHideFromEditors() or not any(node.IsA(c) for c in OWNED_CLASSES):
             return
         hierarchy = scene.GetSubjectHierarchyNode()
         if hierarchy.GetItemByDataNode(node) == 0:
