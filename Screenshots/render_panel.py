@@ -80,8 +80,8 @@ def main() -> int:
     models = panel.findChild(QtWidgets.QComboBox, "modelComboBox")
     if models is not None:
         models.addItems(["demo-phantom-seg (segmentation, 6 structures)", "demo-phantom-cls (classification)"])
-    for name, items in (("deviceComboBox", ["auto", "cuda", "mps", "cpu"]),
-                        ("exportFormatComboBox", ["seg.nrrd", "nifti", "nrrd", "dicom-seg", "stl"])):
+    for name, items in (("deviceComboBox", ["auto", "GPU", "CPU"]),
+                        ("exportFormatComboBox", ["seg.nrrd", "nifti", "nrrd", "dicom-seg", "stl", "obj"])):
         combo = panel.findChild(QtWidgets.QComboBox, name)
         if combo is not None:
             combo.addItems(items)
