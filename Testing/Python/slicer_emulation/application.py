@@ -21,6 +21,7 @@ import os
 import tempfile
 
 import slicer
+import vtk
 
 import io_manager
 import slice_views
@@ -94,6 +95,16 @@ class EmulatedApplication:
         """Qt signal connection (e.g. "startupCompleted()"): never emitted here."""
 
 
+def _createLogics(scene, applicationLogic, modules, logics) -> None:
+    for name, className in MODULE_LOGICS.items():
+        logic = getattr(slicer, className)()
+        logic.SetMRMLApplicationLogic(applicationLogic)
+        logic.SetMRMLScene(scene)
+        applicationLogic.SetModuleLogic(name, logic)
+        logics[name] = logic
+        setattr(modules, name.lower(), _Module(logic))
+
+
 def start(root: str | None = None):
     """Build a fresh application around a new real scene; set slicer.app, slicer.mrmlScene,
     slicer.modules as Slicer's startup does. Returns the application."""
@@ -103,13 +114,14 @@ def start(root: str | None = None):
     applicationLogic.SetMRMLScene(scene)
     modules = _Modules()
     logics = {}
-    for name, className in MODULE_LOGICS.items():
-        logic = getattr(slicer, className)()
-        logic.SetMRMLApplicationLogic(applicationLogic)
-        logic.SetMRMLScene(scene)
-        applicationLogic.SetModuleLogic(name, logic)
-        logics[name] = logic
-        setattr(modules, name.lower(), _Module(logic))
+    # slicer-core ships no colour or terminology files: silence the Colors and Terminologies logics'
+    # reports that they cannot find them (Slicer's application gives them its share folder).
+    cutoff = vtk.vtkLogger.GetCurrentVerbosityCutoff()
+    vtk.vtkLogger.SetStderrVerbosity(vtk.vtkLogger.VERBOSITY_OFF)
+    try:
+        _createLogics(scene, applicationLogic, modules, logics)
+    finally:
+        vtk.vtkLogger.SetStderrVerbosity(cutoff)
     app = EmulatedApplication(root)
     app.applicationLogic = applicationLogic
     app.logics = logics  # keeps the logics alive as long as the application
