@@ -637,6 +637,24 @@ def test_seg_nrrd_written_by_slicer_read_by_the_engine(module, shared_data, tmp_
     got = sitk.GetArrayFromImage(resampled)
     assert np.array_equal(got == liver.value, source == load_label_table(tmp_path / "totalseg.labels.json").by_name("liver").value)
 
+    # a segment drawn over the liver: Slicer stores it in a second layer; the engine reads both
+    import slicer
+
+    seg = segmentation.GetSegmentation()
+    liver_mask = _mask(segmentation, seg.GetSegmentIdBySegmentName("liver"), ct)
+    lesion = liver_mask & (np.indices(liver_mask.shape)[0] < 12)
+    lesion_id = seg.AddEmptySegment("", "my lesion", [1.0, 1.0, 0.0])
+    slicer.util.updateSegmentBinaryLabelmapFromArray(lesion.astype(np.uint8), segmentation, lesion_id, ct)
+    assert seg.GetNumberOfLayers() == 2
+    assert storage.WriteData(segmentation)
+    image, table, warnings = read_seg_nrrd(path)
+    assert [label.name for label in table] == _segment_names(segmentation)
+    assert table.by_name("my lesion").terminology is None
+    resampled = sitk.Resample(image, ct_image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, image.GetPixelID())
+    got = sitk.GetArrayFromImage(resampled)
+    assert np.array_equal(got == table.by_name("my lesion").value, lesion)  # listed later: wins the shared voxels
+    assert warnings and "overlap" in warnings[0]
+
 
 @pytest.fixture(scope="module")
 def phantom(tmp_path_factory):
