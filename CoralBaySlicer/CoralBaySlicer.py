@@ -7,6 +7,7 @@ the process, command-line, result-reading and dependency logic is in `CoralBaySl
 Python, tested without Slicer).
 """
 
+import contextlib
 import logging
 import os
 import pathlib
@@ -105,18 +106,21 @@ def loadPhantomSample():
 
 @parameterNodeWrapper
 class CoralBaySlicerParameterNode:
-    inputVolume: vtkMRMLScalarVolumeNode
+    """Node fields are Optional: Slicer's parameterNodeWrapper writes None as every node field's
+    default, and its Union serializer refuses None unless the Union includes it."""
+
+    inputVolume: Optional[vtkMRMLScalarVolumeNode]
     model: str = ""
     backbone: str = ""  # optional encoder weights: a file or a Hugging Face hub id (engine --backbone)
     structures: str = ""  # checked structure names, comma-separated; empty means all
-    roi: vtkMRMLMarkupsROINode
-    point: vtkMRMLMarkupsFiducialNode
+    roi: Optional[vtkMRMLMarkupsROINode]
+    point: Optional[vtkMRMLMarkupsFiducialNode]
     device: Annotated[str, Choice(list(commands.DEVICE_CHOICES))] = "auto"
     overlap: Annotated[float, WithinRange(0.0, 0.9)] = 0.5
-    segmentation: vtkMRMLSegmentationNode
-    reference: Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode]
-    metricsTable: vtkMRMLTableNode
-    classificationTable: vtkMRMLTableNode
+    segmentation: Optional[vtkMRMLSegmentationNode]
+    reference: Optional[Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode]]
+    metricsTable: Optional[vtkMRMLTableNode]
+    classificationTable: Optional[vtkMRMLTableNode]
     worstErrorRAS: str = ""  # "x,y,z" of the largest disagreement found by Compare
     exportFormat: Annotated[str, Choice(list(commands.EXPORT_FORMATS))] = "seg.nrrd"
     exportFolder: pathlib.Path = pathlib.Path.home()
@@ -428,6 +432,48 @@ class CoralBaySlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 #
 
 
+def _nodeIDs() -> set:
+    scene = slicer.mrmlScene
+    return {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+
+
+def _removeNodesAddedSince(before: set, keep=None) -> None:
+    """Remove every node added to the scene since `before` (node IDs), except `keep` and its display
+    and storage nodes. A node already taken away with another is skipped: Slicer's Data module
+    removes a node's display and storage nodes with it."""
+    scene = slicer.mrmlScene
+    kept = set()
+    if keep is not None:
+        kept = {keep.GetID()} | {keep.GetNthDisplayNodeID(i) for i in range(keep.GetNumberOfDisplayNodes())}
+        if keep.GetStorageNodeID():
+            kept.add(keep.GetStorageNodeID())
+    added = [scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes())]
+    for node in [n for n in added if n is not None and n.GetID() not in before and n.GetID() not in kept]:
+        if scene.IsNodePresent(node):
+            scene.RemoveNode(node)
+
+
+@contextlib.contextmanager
+def _sceneUnchanged():
+    """Remove, on leaving, every node added meanwhile (temporary nodes and those Slicer adds with them)."""
+    before = _nodeIDs()
+    try:
+        yield
+    finally:
+        _removeNodesAddedSince(before)
+
+
+def _chosenTerminology(segment) -> Optional[str]:
+    """The segment's terminology entry, or None when nobody chose one: Slicer gives every new segment
+    a default entry (Tissue / Tissue), which is not a code for the structure."""
+    entry = vtk.reference("")
+    if not segment.GetTag(segment.GetTerminologyEntryTagName(), entry):
+        return None
+    fresh, default = slicer.vtkSegment(), vtk.reference("")
+    fresh.GetTag(fresh.GetTerminologyEntryTagName(), default)
+    return None if segments.is_unset_terminology(str(entry), str(default)) else str(entry)
+
+
 class Review:
     """What Compare puts into the scene: metrics table, difference segmentation (false positive,
     false negative, mismatch), signed surface-distance volume, and the worst error's position (RAS)."""
@@ -528,8 +574,9 @@ class CoralBaySlicerLogic(ScriptedLoadableModuleLogic):
             reportFile = os.path.join(folder, "plan.json")
             with open(constraintsFile, "w", encoding="utf-8") as f:
                 f.write(dependencies.constraints())
+            installArgs = dependencies.pip_install_args(requirements, constraintsFile)
             plan = subprocess.run(
-                [self.engineExecutable, "-m", "pip", *dependencies.pip_install_args(requirements, constraintsFile, reportFile)],
+                [self.engineExecutable, "-m", "pip", *dependencies.pip_dry_run_args(installArgs, reportFile)],
                 capture_output=True, text=True, env=slicer.util.startupEnvironment())
             if plan.returncode != 0:
                 lines = (plan.stderr or plan.stdout).strip().splitlines()
@@ -537,7 +584,7 @@ class CoralBaySlicerLogic(ScriptedLoadableModuleLogic):
                     "pip cannot install CoralBay's packages: " + (lines[-1] if lines else f"exit code {plan.returncode}"))
             with open(reportFile, encoding="utf-8") as f:
                 dependencies.check_plan(f.read())
-            slicer.util.pip_install(dependencies.pip_install_args(requirements, constraintsFile))
+            slicer.util.pip_install(installArgs)  # Slicer adds `install` itself
 
     # -- jobs ----------------------------------------------------------------------------------------
 
@@ -577,14 +624,11 @@ class CoralBaySlicerLogic(ScriptedLoadableModuleLogic):
     def _keepSceneOnFailure(self, readOutputs):
         """Wrap `readOutputs` so that nodes it added are removed again if it fails halfway."""
         def read(run):
-            before = {slicer.mrmlScene.GetNthNode(i).GetID() for i in range(slicer.mrmlScene.GetNumberOfNodes())}
+            before = _nodeIDs()
             try:
                 return readOutputs(run)
             except Exception:
-                added = [slicer.mrmlScene.GetNthNode(i) for i in range(slicer.mrmlScene.GetNumberOfNodes())]
-                for node in added:
-                    if node is not None and node.GetID() not in before:
-                        slicer.mrmlScene.RemoveNode(node)
+                _removeNodesAddedSince(before)
                 raise
         return read
 
@@ -784,20 +828,24 @@ class CoralBaySlicerLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def _writeVolume(volume, path) -> None:
         """Write a volume (or label map) node to `path` without changing the node's own storage."""
-        storage = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
-        try:
+        with _sceneUnchanged():
+            storage = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
             storage.SetFileName(str(path))
             storage.UseCompressionOff()
             if not storage.WriteData(volume):
                 raise ValueError(f"The volume {volume.GetName()} could not be written for the engine.")
-        finally:
-            slicer.mrmlScene.RemoveNode(storage)
 
     def _writeSegmentationAsLabelMap(self, segmentation, path, geometryVolume) -> None:
         """Segments as a label map on the reference grid, with its label table.
 
         Segments keep the label value they had in the engine's output (see `segments.export_values`);
-        Slicer's export takes the values from a colour table matched by segment name."""
+        Slicer's export takes the values from a colour table matched by segment name. Every node this
+        adds is removed again, also those Slicer adds itself (Slicer >= 5.10's export adds a colour
+        table "<segmentation>_ColorTable" to the label map), whether the export succeeds or not."""
+        with _sceneUnchanged():
+            self._exportSegmentationAsLabelMap(segmentation, path, geometryVolume)
+
+    def _exportSegmentationAsLabelMap(self, segmentation, path, geometryVolume) -> None:
         ids = vtk.vtkStringArray()
         segmentation.GetSegmentation().GetSegmentIDs(ids)
         if ids.GetNumberOfValues() == 0:
@@ -805,25 +853,20 @@ class CoralBaySlicerLogic(ScriptedLoadableModuleLogic):
         described, remembered = [], []
         for i in range(ids.GetNumberOfValues()):
             segment = segmentation.GetSegmentation().GetSegment(ids.GetValue(i))
-            term, value = vtk.reference(""), vtk.reference("")  # GetTag answers through a reference
-            described.append((segment.GetName(), segment.GetColor(),
-                              str(term) if segment.GetTag(segment.GetTerminologyEntryTagName(), term) else None))
+            value = vtk.reference("")  # GetTag answers through a reference
+            described.append((segment.GetName(), segment.GetColor(), _chosenTerminology(segment)))
             remembered.append(str(value) if segment.GetTag(segments.LABEL_VALUE_TAG, value) else None)
         table = segments.label_table_for_segments(described, segments.export_values(remembered))
         labelMap = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
         colorNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLColorTableNode")
-        try:
-            colorNode.SetTypeToUser()
-            colorNode.SetNumberOfColors(max(label.value for label in table) + 1)
-            for (name, color, _term), label in zip(described, table):
-                colorNode.SetColor(label.value, name, *color, 1.0)
-            if not slicer.modules.segmentations.logic().ExportSegmentsToLabelmapNode(
-                    segmentation, ids, labelMap, geometryVolume, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY, colorNode):
-                raise ValueError(f"The segmentation {segmentation.GetName()} could not be exported as a label map.")
-            self._writeVolume(labelMap, path)
-        finally:
-            slicer.mrmlScene.RemoveNode(labelMap)
-            slicer.mrmlScene.RemoveNode(colorNode)
+        colorNode.SetTypeToUser()
+        colorNode.SetNumberOfColors(max(label.value for label in table) + 1)
+        for (name, color, _term), label in zip(described, table):
+            colorNode.SetColor(label.value, name, *color, 1.0)
+        if not slicer.modules.segmentations.logic().ExportSegmentsToLabelmapNode(
+                segmentation, ids, labelMap, geometryVolume, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY, colorNode):
+            raise ValueError(f"The segmentation {segmentation.GetName()} could not be exported as a label map.")
+        self._writeVolume(labelMap, path)
         results.write_label_table(table, path)
 
     @staticmethod
@@ -862,7 +905,22 @@ class CoralBaySlicerLogic(ScriptedLoadableModuleLogic):
         The segmentation references `geometryVolume` (so Slicer's DICOM SEG export works) and is
         placed beside it in the subject hierarchy. With `segmentationNode`, its segments are replaced,
         but only once the import has succeeded. A label map without a label table (not written by the
-        engine) gets generic names."""
+        engine) gets generic names. Only the segmentation (with its display node) stays in the scene:
+        the temporary label map and colour table go again, and a failed import leaves the scene as it was."""
+        before = _nodeIDs()
+        try:
+            segmentationNode = self._importLabelMapNodes(labelsFile, name, geometryVolume, segmentationNode)
+        except Exception:
+            _removeNodesAddedSince(before)
+            raise
+        _removeNodesAddedSince(before, keep=segmentationNode)
+        shNode = slicer.mrmlScene.GetSubjectHierarchyNode()
+        volumeItem, segmentationItem = shNode.GetItemByDataNode(geometryVolume), shNode.GetItemByDataNode(segmentationNode)
+        if volumeItem and segmentationItem:  # items are made by Slicer's subject hierarchy plugins
+            shNode.SetItemParent(segmentationItem, shNode.GetItemParent(volumeItem))
+        return segmentationNode
+
+    def _importLabelMapNodes(self, labelsFile, name: str, geometryVolume, segmentationNode):
         labelMap = slicer.util.loadLabelVolume(str(labelsFile), {"name": f"{name} labels", "show": False})
         colorNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLColorTableNode", f"{name} colors")
         imported = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
@@ -884,18 +942,20 @@ class CoralBaySlicerLogic(ScriptedLoadableModuleLogic):
             imported.SetReferenceImageGeometryParameterFromVolumeNode(geometryVolume)
             if not slicer.modules.segmentations.logic().ImportLabelmapToSegmentationNode(labelMap, imported):
                 raise results.ResultError(f"The label map {pathlib.Path(labelsFile).name} could not be imported.")
-        except Exception:
-            slicer.mrmlScene.RemoveNode(imported)
-            raise
         finally:
-            slicer.mrmlScene.RemoveNode(labelMap)
+            slicer.mrmlScene.RemoveNode(labelMap)  # Slicer's Data module removes its display and storage nodes
             slicer.mrmlScene.RemoveNode(colorNode)
+        # Segments are matched by their label value, not by name or ID: segment IDs are random, and
+        # Slicer names the only segment of a one-label map after the label map node.
         segmentation = imported.GetSegmentation()
-        for s in described:
-            segmentId = segmentation.GetSegmentIdBySegmentName(s.name)
-            segment = segmentation.GetSegment(segmentId) if segmentId else None
-            if segment is None:
-                continue  # a structure the label map does not contain
+        byValue = {s.value: s for s in described}
+        for index in range(segmentation.GetNumberOfSegments()):
+            segment = segmentation.GetNthSegment(index)
+            s = byValue.get(segment.GetLabelValue())
+            if s is None:
+                continue
+            segment.SetName(s.name)
+            segment.SetColor(*s.color)
             segment.SetTag(segments.LABEL_VALUE_TAG, str(s.value))  # kept when written back for the engine
             if s.terminology:
                 segment.SetTag(segment.GetTerminologyEntryTagName(), s.terminology)
@@ -904,12 +964,8 @@ class CoralBaySlicerLogic(ScriptedLoadableModuleLogic):
             segmentationNode.CreateDefaultDisplayNodes()
             segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(geometryVolume)
             slicer.mrmlScene.RemoveNode(imported)
-        else:
-            segmentationNode = imported
-        shNode = slicer.mrmlScene.GetSubjectHierarchyNode()
-        parent = shNode.GetItemParent(shNode.GetItemByDataNode(geometryVolume))
-        shNode.SetItemParent(shNode.GetItemByDataNode(segmentationNode), parent)
-        return segmentationNode
+            return segmentationNode
+        return imported
 
     def _loadDistanceMap(self, path, name: str):
         """The signed surface-distance map as a blue-red overlay in the slice views."""

@@ -105,13 +105,16 @@ def constraints(version_of: Callable[[str], str] = importlib.metadata.version) -
     return "\n".join(lines) + "\n"
 
 
-def pip_install_args(requirements: Sequence[Requirement], constraints_file: str,
-                     report_file: str | None = None) -> list[str]:
-    """Arguments after `python -m pip`: a dry run with a JSON report when `report_file` is given."""
-    args = ["install", "--constraint", constraints_file, "--no-warn-script-location"]
-    if report_file is not None:
-        args += ["--dry-run", "--quiet", "--report", report_file]
-    return args + [r.pip for r in requirements]
+def pip_install_args(requirements: Sequence[Requirement], constraints_file: str) -> list[str]:
+    """What follows `pip install` for these requirements: the arguments for `slicer.util.pip_install`,
+    which adds the `install` itself (Slicer 5.6-5.13)."""
+    return ["--constraint", constraints_file, "--no-warn-script-location", *[r.pip for r in requirements]]
+
+
+def pip_dry_run_args(install_args: Sequence[str], report_file: str) -> list[str]:
+    """Arguments after `python -m pip` for a dry run of exactly `pip install <install_args>`, writing
+    pip's JSON installation plan to `report_file` (checked before the real install runs)."""
+    return ["install", "--dry-run", "--quiet", "--report", report_file, *install_args]
 
 
 def unsafe_changes(report: dict) -> list[str]:

@@ -34,6 +34,23 @@ def terminology_from_slicer_string(text: str | None) -> Terminology | None:
     return Terminology(category, type_, modifier)
 
 
+def is_unset_terminology(entry: str | None, default_entry: str | None = None) -> bool:
+    """True when a segment's terminology entry is no chosen code: empty, unreadable, Slicer's
+    placeholder for new segments (Tissue / Tissue, `Terminology.is_slicer_default`), or the entry the
+    running Slicer gives a new segment (`default_entry`). Codes are compared, not texts: the context
+    names in the entry differ between Slicer versions."""
+    parsed = terminology_from_slicer_string(entry)
+    if parsed is None or parsed.is_slicer_default():
+        return True
+    default = terminology_from_slicer_string(default_entry)
+    return default is not None and _code_key(parsed) == _code_key(default)
+
+
+def _code_key(terminology: Terminology):
+    """Scheme and value of each code: meanings are display text."""
+    return tuple(None if c is None else (c[0], c[1]) for c in (terminology.category, terminology.type, terminology.modifier))
+
+
 def _code(text: str) -> Code | None:
     fields = text.split("^")
     if len(fields) != 3 or not all(f.strip() for f in fields):

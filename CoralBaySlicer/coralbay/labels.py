@@ -64,6 +64,16 @@ class Terminology:
                 f"{fmt(self.category)}~{fmt(self.type)}~{fmt(self.modifier)}"
                 "~Anatomic codes - DICOM master list~^^~^^")
 
+    def is_slicer_default(self) -> bool:
+        """True for the entry 3D Slicer gives every new segment (Tissue / Tissue, no modifier): a
+        placeholder, not a code anyone chose for the structure."""
+        return (self.modifier is None and tuple(self.category[:2]) == SLICER_DEFAULT_CODE
+                and tuple(self.type[:2]) == SLICER_DEFAULT_CODE)
+
+
+# Scheme and value of Slicer's default segment terminology ("Tissue" as category and as type).
+SLICER_DEFAULT_CODE = ("SCT", "85756007")
+
 
 @dataclass(frozen=True)
 class Label:

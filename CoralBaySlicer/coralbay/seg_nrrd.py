@@ -75,7 +75,8 @@ def _terminology(segment: dict) -> Terminology | None:
     category, type_ = code("category"), code("type")
     if not (category and type_):
         return None
-    return Terminology(category, type_, code("typeModifier"))
+    terminology = Terminology(category, type_, code("typeModifier"))
+    return None if terminology.is_slicer_default() else terminology  # Slicer's placeholder, not a code
 
 
 def read_seg_nrrd(path: str | os.PathLike) -> tuple[sitk.Image, LabelTable, list[str]]:

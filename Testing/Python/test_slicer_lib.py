@@ -293,9 +293,10 @@ def test_install_plan_that_replaces_numpy_is_refused(tmp_path):
     with pytest.raises(dependencies.DependencyError, match=r"replace Slicer's own numpy 99\.0"):
         dependencies.check_plan(report.read_text())
     dependencies.check_plan(json.dumps({"install": [{"metadata": {"name": "einops", "version": "0.8.1"}}]}))
-    assert dependencies.pip_install_args(list(dependencies.REQUIREMENTS[:1]), "c.txt", "r.json") == [
-        "install", "--constraint", "c.txt", "--no-warn-script-location", "--dry-run", "--quiet", "--report",
-        "r.json", dependencies.REQUIREMENTS[0].pip]
+    install = dependencies.pip_install_args(list(dependencies.REQUIREMENTS[:1]), "c.txt")
+    assert install == ["--constraint", "c.txt", "--no-warn-script-location", dependencies.REQUIREMENTS[0].pip]
+    assert dependencies.pip_dry_run_args(install, "r.json") == [
+        "install", "--dry-run", "--quiet", "--report", "r.json", *install]
 
 
 def test_gpu_summary_with_the_real_torch():
@@ -371,3 +372,18 @@ def test_phantom_cache_paths(tmp_path):
     ct.write_bytes(b"x")
     labels.write_bytes(b"y")
     assert sample_data.phantom_cached(tmp_path, 3)
+
+
+def test_slicer_default_terminology_is_not_a_chosen_code():
+    """Slicer gives every new segment Tissue / Tissue; whatever the context names of the version."""
+    default_5x = ("Segmentation category and type - 3D Slicer General Anatomy list~SCT^85756007^Tissue~"
+                  "SCT^85756007^Tissue~^^~Anatomic codes - DICOM master list~^^~^^")
+    assert segments.is_unset_terminology(default_5x)
+    assert segments.is_unset_terminology("~SCT^85756007^Tissue~SCT^85756007^Tissue~^^~~^^~^^")
+    assert segments.is_unset_terminology("") and segments.is_unset_terminology(None)
+    liver = Terminology(("SCT", "123037004", "Anatomical Structure"), ("SCT", "10200004", "Liver"))
+    assert not segments.is_unset_terminology(liver.slicer_string(), default_5x)
+    tumour_in_tissue = Terminology(("SCT", "85756007", "Tissue"), ("SCT", "85756007", "Tissue"), ("SCT", "7771000", "Left"))
+    assert not segments.is_unset_terminology(tumour_in_tissue.slicer_string())  # a modifier was chosen
+    other_default = "ctx~SCT^49755003^Morphologically Altered Structure~SCT^4147007^Mass~^^~x~^^~^^"
+    assert segments.is_unset_terminology(other_default, other_default)  # what this Slicer gives new segments

@@ -28,6 +28,10 @@ UI_FILE = REPO / "Resources" / "UI" / "CoralBaySlicer.ui"
 CMAKE_FILE = REPO / "CMakeLists.txt"
 S4EXT_FILE = REPO / "CoralBaySlicer.s4ext"
 ICON_FILE = REPO / "Resources" / "Icons" / "CoralBaySlicer.png"
+JSON_FILE = REPO / "CoralBaySlicer.json"
+LICENSE_FILE = REPO / "LICENSE.txt"
+PYPROJECT_FILE = REPO / "pyproject.toml"
+RAW_URL = "https://raw.githubusercontent.com/CoralBaySlicer/CoralBaySlicer/main/"
 
 # Widget class -> parameter types Slicer 5.6's parameterNodeWrapper connects it to
 # (Base/Python/slicer/parameterNodeWrapper/guiConnectors.py).
@@ -283,6 +287,52 @@ def test_icon_is_a_valid_png():
     assert len(zlib.decompress(idat)) == height * (1 + width * 4)
 
 
-@pytest.mark.parametrize("path", [UI_FILE, CMAKE_FILE, S4EXT_FILE, ICON_FILE, MODULE_FILE])
+# -- Extensions Index JSON, licence, screenshot --------------------------------------------------------
+
+def cmake_setting(var: str) -> str:
+    match = re.search(rf'set\(EXTENSION_{var} (?:"([^"]*)"|([^\s)]+))\)', CMAKE_FILE.read_text(encoding="utf-8"))
+    assert match, f"CMakeLists.txt does not set EXTENSION_{var}"
+    return match.group(1) if match.group(1) is not None else match.group(2)
+
+
+def test_extension_index_json_entry_agrees_with_cmake_and_s4ext():
+    """The Extensions Index takes a JSON catalog entry (schema slicer-extension-catalog-entry-schema,
+    required: $schema, category, scm_url); PyTorch is a build dependency."""
+    import json
+
+    entry = json.loads(JSON_FILE.read_text(encoding="utf-8"))
+    assert entry["$schema"].startswith("https://raw.githubusercontent.com/Slicer/Slicer/main/Schemas/"
+                                       "slicer-extension-catalog-entry-schema-v1.0.")
+    allowed = {"$schema", "build_dependencies", "build_subdirectory", "category", "scm_revision", "scm_type",
+               "scm_url", "tier"}
+    assert set(entry) <= allowed, f"fields the schema does not define: {set(entry) - allowed}"
+    fields = s4ext_fields()
+    assert entry["build_dependencies"] == ["PyTorch"] == cmake_setting("DEPENDS").split()
+    assert entry["category"] == fields["category"] == cmake_setting("CATEGORY")
+    assert entry["scm_url"] == fields["scmurl"] and entry["scm_revision"] == fields["scmrevision"]
+    assert entry["build_subdirectory"] == fields["build_subdirectory"] == cmake_setting("BUILD_SUBDIRECTORY")
+    assert str(entry["tier"]) == fields["tier"]
+
+
+def test_license_file_is_the_apache_licence_pyproject_states():
+    text = LICENSE_FILE.read_text(encoding="utf-8")
+    assert "Apache License" in text and "Version 2.0, January 2004" in text
+    assert "END OF TERMS AND CONDITIONS" in text and len(text.splitlines()) > 150  # the full text
+    assert re.search(r'^license = "Apache-2.0"', PYPROJECT_FILE.read_text(encoding="utf-8"), re.MULTILINE)
+    assert cmake_setting("LICENSE_FILE") == "${CMAKE_CURRENT_SOURCE_DIR}/LICENSE.txt"
+
+
+def test_screenshot_urls_name_real_png_files_of_the_repository():
+    urls = cmake_setting("SCREENSHOTURLS").split()
+    assert urls
+    for url in urls:
+        assert url.startswith(RAW_URL), url
+        data = (REPO / url[len(RAW_URL):]).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n"
+        width, height = struct.unpack(">II", data[16:24])
+        assert width >= 300 and height >= 400, "a screenshot of the panel, not the icon"
+
+
+@pytest.mark.parametrize("path", [UI_FILE, CMAKE_FILE, S4EXT_FILE, ICON_FILE, MODULE_FILE, JSON_FILE, LICENSE_FILE])
 def test_extension_files_exist(path):
     assert path.is_file()

@@ -1,0 +1,109 @@
+"""Render the CoralBay panel (Resources/UI/CoralBaySlicer.ui) to Screenshots/CoralBaySlicer-panel.png.
+
+3D Slicer cannot run where this project is built, so the screenshot is rendered from the .ui file
+with plain Qt (PyQt5, offscreen platform): each Slicer/CTK widget class is drawn as the Qt widget it
+derives from (qMRMLNodeComboBox -> QComboBox, ctkCollapsibleButton -> QGroupBox, ctkSliderWidget ->
+QDoubleSpinBox, ctkDirectoryButton -> QPushButton, qMRMLTableView -> QTableView, qMRMLWidget ->
+QWidget). Layout, labels, buttons and tooltips are the .ui's own; the combo boxes are filled with
+the names a user sees after loading the sample phantom.
+
+    python -m venv /tmp/qt && /tmp/qt/bin/pip install PyQt5==5.15.11
+    QT_QPA_PLATFORM=offscreen /tmp/qt/bin/python Screenshots/render_panel.py
+"""
+
+import re
+import sys
+from pathlib import Path
+
+from PyQt5 import QtWidgets, uic
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE_NODES = {"inputVolumeSelector": "CoralBay phantom CT", "referenceSelector": "CoralBay phantom truth",
+                "outputSegmentationSelector": "(create new segmentation)", "roiSelector": "None",
+                "pointSelector": "None"}
+
+
+class _Permissive:
+    """Setters of Slicer/CTK-only properties (nodeTypes, noneEnabled...) are accepted and ignored."""
+
+    def __getattr__(self, name):
+        if name.startswith("set"):
+            return lambda *args: None
+        raise AttributeError(name)
+
+
+class qMRMLNodeComboBox(_Permissive, QtWidgets.QComboBox):
+    pass
+
+
+class ctkCollapsibleButton(_Permissive, QtWidgets.QGroupBox):
+    def setText(self, text):
+        self.setTitle(text)
+
+
+class ctkSliderWidget(_Permissive, QtWidgets.QDoubleSpinBox):
+    pass
+
+
+class ctkDirectoryButton(_Permissive, QtWidgets.QPushButton):
+    def setDirectory(self, directory):
+        self.setText(str(directory))
+
+
+class qMRMLTableView(_Permissive, QtWidgets.QTableView):
+    pass
+
+
+class qMRMLWidget(_Permissive, QtWidgets.QWidget):
+    pass
+
+
+def plain_qt_ui(text: str) -> str:
+    """The .ui with every custom widget's header pointing at this file's stand-in classes, without the
+    MRML scene connections (there is no scene)."""
+    text = re.sub(r"<connections>.*?</connections>", "", text, flags=re.S)
+    return re.sub(r"<header>[^<]*</header>", "<header>render_panel.h</header>", text)
+
+
+def main() -> int:
+    app = QtWidgets.QApplication(sys.argv)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # uic imports the stand-ins as `render_panel`
+    sys.modules.setdefault("render_panel", sys.modules[__name__])
+    source = (REPO / "Resources" / "UI" / "CoralBaySlicer.ui").read_text(encoding="utf-8")
+    plain = Path("/tmp/CoralBaySlicer-plain.ui")
+    plain.write_text(plain_qt_ui(source), encoding="utf-8")
+    panel = uic.loadUi(str(plain))
+    for name, label in SAMPLE_NODES.items():
+        combo = panel.findChild(QtWidgets.QComboBox, name)
+        if combo is not None:
+            combo.addItem(label)
+    models = panel.findChild(QtWidgets.QComboBox, "modelComboBox")
+    if models is not None:
+        models.addItems(["demo-phantom-seg (segmentation, 6 structures)", "demo-phantom-cls (classification)"])
+    for name, items in (("deviceComboBox", ["auto", "GPU", "CPU"]),
+                        ("exportFormatComboBox", ["seg.nrrd", "nifti", "nrrd", "dicom-seg", "stl", "obj"])):
+        combo = panel.findChild(QtWidgets.QComboBox, name)
+        if combo is not None:
+            combo.addItems(items)
+    folder = panel.findChild(QtWidgets.QPushButton, "exportFolderButton")
+    if folder is not None:
+        folder.setText(str(Path.home()))
+    structures = panel.findChild(QtWidgets.QListWidget, "structuresListWidget")
+    if structures is not None:
+        for name in ("liver", "spleen", "kidney_left", "kidney_right", "aorta", "vertebrae"):
+            item = QtWidgets.QListWidgetItem(name)
+            item.setCheckState(2)
+            structures.addItem(item)
+    panel.resize(460, panel.sizeHint().height())
+    panel.show()
+    app.processEvents()
+    out = REPO / "Screenshots" / "CoralBaySlicer-panel.png"
+    if not panel.grab().save(str(out)):
+        print(f"could not write {out}", file=sys.stderr)
+        return 1
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
