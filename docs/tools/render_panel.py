@@ -1,4 +1,4 @@
-"""Render the CoralBay panel (Resources/UI/CoralBaySlicer.ui) to Screenshots/CoralBaySlicer-panel.png.
+"""Render the CoralBay panel (Resources/UI/CoralBaySlicer.ui) to docs/images/CoralBaySlicer-panel.png.
 
 3D Slicer cannot run where this project is built, so the screenshot is rendered from the .ui file
 with plain Qt (PyQt5, offscreen platform): each Slicer/CTK widget class is drawn as the Qt widget it
@@ -8,16 +8,20 @@ QWidget). Layout, labels, buttons and tooltips are the .ui's own; the combo boxe
 the names a user sees after loading the sample phantom.
 
     python -m venv /tmp/qt && /tmp/qt/bin/pip install PyQt5==5.15.11
-    QT_QPA_PLATFORM=offscreen /tmp/qt/bin/python Screenshots/render_panel.py
+    QT_QPA_PLATFORM=offscreen /tmp/qt/bin/python docs/tools/render_panel.py
 """
 
+import json
 import re
 import sys
 from pathlib import Path
 
 from PyQt5 import QtWidgets, uic
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
+# The structures the panel lists for the demo bundle, read from its manifest (never typed in here).
+DEMO_STRUCTURES = [label["name"] for label in json.loads(
+    (REPO / "Resources" / "Models" / "demo-phantom-seg" / "manifest.json").read_text(encoding="utf-8"))["labels"]]
 SAMPLE_NODES = {"inputVolumeSelector": "CoralBay phantom CT", "referenceSelector": "CoralBay phantom truth",
                 "outputSegmentationSelector": "(create new segmentation)", "roiSelector": "None",
                 "pointSelector": "None"}
@@ -79,7 +83,8 @@ def main() -> int:
             combo.addItem(label)
     models = panel.findChild(QtWidgets.QComboBox, "modelComboBox")
     if models is not None:
-        models.addItems(["demo-phantom-seg (segmentation, 6 structures)", "demo-phantom-cls (classification)"])
+        models.addItems([f"demo-phantom-seg (segmentation, {len(DEMO_STRUCTURES)} structures)",
+                         "demo-phantom-cls (classification)"])
     for name, items in (("deviceComboBox", ["auto", "GPU", "CPU"]),
                         ("exportFormatComboBox", ["seg.nrrd", "nifti", "nrrd", "dicom-seg", "stl", "obj"])):
         combo = panel.findChild(QtWidgets.QComboBox, name)
@@ -90,14 +95,14 @@ def main() -> int:
         folder.setText(str(Path.home()))
     structures = panel.findChild(QtWidgets.QListWidget, "structuresListWidget")
     if structures is not None:
-        for name in ("liver", "spleen", "kidney_left", "kidney_right", "aorta", "vertebrae"):
+        for name in DEMO_STRUCTURES:
             item = QtWidgets.QListWidgetItem(name)
             item.setCheckState(2)
             structures.addItem(item)
     panel.resize(460, panel.sizeHint().height())
     panel.show()
     app.processEvents()
-    out = REPO / "Screenshots" / "CoralBaySlicer-panel.png"
+    out = REPO / "docs" / "images" / "CoralBaySlicer-panel.png"
     if not panel.grab().save(str(out)):
         print(f"could not write {out}", file=sys.stderr)
         return 1
