@@ -30,7 +30,6 @@ from coralbay.errors import InputError, UsageError
 OnRecord = Callable[[dict], None]
 LOCAL_PATTERN = re.compile(r"^local:(\d+)$")
 REMOTE_PATTERN = re.compile(r"^(tcp|tls)://[^\s/]+:\d+/?$")
-CONNECT_TIMEOUT_S = 15
 
 
 def check_cluster_address(address: str) -> None:
@@ -81,12 +80,13 @@ def open_client(address: str, max_attempts: int, tls_ca: str | None = None, tls_
         security = _security(tls_ca, tls_cert, tls_key)
         if address.startswith("tls://") and security is None:
             raise UsageError("A tls:// scheduler needs --tls-ca-file and --tls-cert (Dask TLS security).")
+        timeout = dask.config.get("distributed.comm.timeouts.connect")  # Dask's own setting, default 30 s
         try:
-            client = Client(address, timeout=f"{CONNECT_TIMEOUT_S}s", security=security)
+            client = Client(address, timeout=timeout, security=security)
         except (OSError, TimeoutError) as exc:
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise InputError(f"The Dask scheduler at {address} cannot be reached within "
-                             f"{CONNECT_TIMEOUT_S} s ({reason[:200]}).") from None
+                             f"{timeout} ({reason[:200]}).") from None
         with client:
             yield client
 

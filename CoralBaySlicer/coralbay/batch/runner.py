@@ -6,6 +6,7 @@ marker first and the tables last, also when interrupted (the cases not reached a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass
@@ -84,6 +85,16 @@ def run_batch(options: BatchOptions, progress: Progress = lambda s, f, m="": Non
     check_output_folder(output)
     cases = read_cohort(options.cohort, engine.VOLUME_SUFFIXES)
     job = make_job(options)
+    with contextlib.ExitStack() as stack:
+        # Reach the cluster before writing anything, so an unreachable one leaves no trace.
+        client = stack.enter_context(open_client(options.cluster, MAX_ATTEMPTS, options.tls_ca, options.tls_cert,
+                                                 options.tls_key)) if options.cluster else None
+        return _run(options, cases, job, client, started, progress, on_case)
+
+
+def _run(options: BatchOptions, cases: list[Case], job: CaseJob, client, started: float,
+         progress: Progress, on_case: Callable[[dict], None]) -> dict:
+    output = Path(options.output)
     (output / "cases").mkdir(parents=True, exist_ok=True)
     engine.write_text_atomic(output / MARKER_NAME, json.dumps(
         {"format": MARKER_FORMAT, "cohort": str(Path(options.cohort).absolute()), "model": job.model,
@@ -109,10 +120,8 @@ def run_batch(options: BatchOptions, progress: Progress = lambda s, f, m="": Non
 
     interrupted = True
     try:
-        if todo and options.cluster:
-            with open_client(options.cluster, MAX_ATTEMPTS, options.tls_ca, options.tls_cert,
-                             options.tls_key) as client:
-                run_dask(client, todo, job, finished)
+        if todo and client is not None:
+            run_dask(client, todo, job, finished)
         elif todo:
             run_local(todo, job, options.workers, finished, MAX_ATTEMPTS)
         interrupted = False
