@@ -34,6 +34,7 @@ CLASSIFICATION_NAME = "classification.json"
 REVIEW_DIR = "review"
 # Fault injection for the tests: "<case id>:<marker file>" makes the worker that starts this
 # case SIGKILL itself, once (the marker records that it did), as an OOM kill would.
+SEGMENT_STAGES = ("preprocess_s", "inference_s", "restore_s")  # parts of segment_s (CPU, network, CPU)
 KILL_ONCE_ENV = "CORALBAY_BATCH_KILL_ONCE"
 
 
@@ -61,6 +62,7 @@ class ImageRead:
 
     image: sitk.Image | None
     seconds: float
+    cpu_seconds: float = 0.0
     error: str | None = None
     warning: str | None = None
 
@@ -68,13 +70,14 @@ class ImageRead:
 _BUNDLES: dict[tuple, Any] = {}  # this worker's loaded models, by (model, backbone)
 
 
-def _bundle(model: str, backbone: str | None, trust_remote_code: bool) -> tuple[Any, bool]:
-    """(bundle, was_cached): load a model the first time this worker needs it."""
+def _bundle(model: str, backbone: str | None, trust_remote_code: bool) -> tuple[Any, float | None]:
+    """(bundle, seconds spent loading it, None when this worker had it already)."""
     key = (model, backbone, trust_remote_code)
     if key in _BUNDLES:
-        return _BUNDLES[key], True
+        return _BUNDLES[key], None
+    start = time.perf_counter()
     _BUNDLES[key] = engine.load_bundle(model, backbone=backbone, trust_remote_code=trust_remote_code)
-    return _BUNDLES[key], False
+    return _BUNDLES[key], time.perf_counter() - start
 
 
 def sentence(exc: BaseException) -> str:
@@ -89,12 +92,13 @@ def sentence(exc: BaseException) -> str:
 
 def read_case_image(case: Case) -> ImageRead:
     """Read a case's scan (the CPU/I-O part); failures come back as a sentence, not an exception."""
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     try:
         image = engine.read_volume(case.image)
-        return ImageRead(image, time.perf_counter() - start, warning=engine.ct_intensity_warning(image))
+        return ImageRead(image, time.perf_counter() - start, time.process_time() - cpu,
+                         warning=engine.ct_intensity_warning(image))
     except Exception as exc:  # noqa: BLE001 - a bad scan fails alone, with its sentence
-        return ImageRead(None, time.perf_counter() - start, error=sentence(exc))
+        return ImageRead(None, time.perf_counter() - start, time.process_time() - cpu, error=sentence(exc))
 
 
 def _maybe_kill_self(case_id: str) -> None:
@@ -118,23 +122,36 @@ def _base_record(case: Case, job: CaseJob) -> dict:
             "volumes_ml": {}, "metrics": {}, "classification": None, "warnings": []}
 
 
+class _CaseClock:
+    """A case's wall and CPU seconds (this process), reading included; CPU time shows contention."""
+
+    def __init__(self, read: ImageRead) -> None:
+        self.wall = time.perf_counter() - read.seconds
+        self.cpu = time.process_time() - read.cpu_seconds
+
+    def stop(self, timings: dict) -> None:
+        timings["total_s"] = round(time.perf_counter() - self.wall, 3)
+        timings["cpu_s"] = round(time.process_time() - self.cpu, 3)
+
+
 def process_case(case: Case, job: CaseJob, read: ImageRead) -> dict:
     """Segment (classify, compare) one read scan and write its folder; returns the case's record."""
     record = _base_record(case, job)
     record["timings"]["read_s"] = round(read.seconds, 3)
     if read.error is not None:
         record["error"] = read.error
+        record["timings"]["total_s"] = round(read.seconds, 3)
         return record
     if read.warning:
         record["warnings"].append(read.warning)
-    start = time.perf_counter()
+    clock = _CaseClock(read)
     try:
-        _write_case(case, job, read.image, record)
+        _write_case(case, job, read.image, record, clock)
         record["status"] = "done"
     except Exception as exc:  # noqa: BLE001 - the case fails alone
         record["error"] = sentence(exc)
         record["volumes_ml"], record["metrics"], record["classification"] = {}, {}, None
-    record["timings"]["total_s"] = round(read.seconds + time.perf_counter() - start, 3)
+        clock.stop(record["timings"])
     return record
 
 
@@ -143,18 +160,21 @@ def run_case(case: Case, job: CaseJob) -> dict:
     return process_case(case, job, read_case_image(case))
 
 
-def _write_case(case: Case, job: CaseJob, image: sitk.Image, record: dict) -> None:
-    bundle, cached = _bundle(job.model, job.backbone, job.trust_remote_code)
-    record["worker"]["model_cached"] = cached
+def _write_case(case: Case, job: CaseJob, image: sitk.Image, record: dict, clock: _CaseClock) -> None:
+    bundle, load_s = _bundle(job.model, job.backbone, job.trust_remote_code)
+    record["worker"]["model_cached"] = load_s is None
+    timings = record["timings"]
+    if load_s is not None:
+        timings["model_load_s"] = round(load_s, 3)
     if bundle.manifest.task != "segmentation":
         raise CoralBayError(f"The model {bundle.manifest.name} is a {bundle.manifest.task} model; "
                             "batch needs a segmentation model.")
     device = engine.select_device(job.device)
     _maybe_kill_self(case.id)
-    timings = record["timings"]
     start = time.perf_counter()
     result = engine.segment_image(image, bundle, device, overlap=job.overlap, window_batch_size=job.window_batch)
     timings["segment_s"] = round(time.perf_counter() - start, 3)
+    timings.update({k: round(float(result.stats[k]), 3) for k in SEGMENT_STAGES if k in result.stats})
     record["volumes_ml"] = _volumes_ml(result.labels, result.label_table)
     case_dir = Path(job.output_dir) / "cases" / case.id
     record["hashes"] = {"model": job.model_hash, "settings": job.settings_hash,
@@ -173,6 +193,7 @@ def _write_case(case: Case, job: CaseJob, image: sitk.Image, record: dict) -> No
             record["metrics"] = _compare(case, job, tmp, case_dir)
             timings["compare_s"] = round(time.perf_counter() - start, 3)
         record["status"] = "done"
+        clock.stop(timings)
         (tmp / CASE_RECORD).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
 
 

@@ -24,8 +24,10 @@ RESULTS_PARQUET = "results.parquet"
 SUMMARY_JSON = "summary.json"
 PLOT_PNG = "metrics.png"
 FIXED_COLUMNS = ("id", "status", "error", "image", "reference", "attempts", "worker_host", "worker_pid",
-                 "read_s", "segment_s", "write_s", "classify_s", "compare_s", "total_s",
+                 "model_load_s", "read_s", "segment_s", "preprocess_s", "inference_s", "restore_s",
+                 "write_s", "classify_s", "compare_s", "total_s", "cpu_s",
                  "classification", "confidence")
+TIMING_COLUMNS = tuple(c for c in FIXED_COLUMNS if c.endswith("_s"))
 METRIC_KEYS = ("dice", "hd95_mm", "assd_mm", "surface_dice", "volume_difference_percent")
 
 
@@ -39,7 +41,7 @@ def row_of(record: dict) -> dict[str, Any]:
                            "worker_pid": worker.get("pid"),
                            "classification": classification.get("prediction"),
                            "confidence": classification.get("confidence")}
-    for key in ("read_s", "segment_s", "write_s", "classify_s", "compare_s", "total_s"):
+    for key in TIMING_COLUMNS:
         row[key] = timings.get(key)
     for name, volume in (record.get("volumes_ml") or {}).items():
         row[f"volume_ml:{name}"] = volume
