@@ -70,9 +70,10 @@ def per_case(output: Path) -> dict:
             "model_load_s": [r["timings"]["model_load_s"] for r in records if "model_load_s" in r["timings"]]}
 
 
-def scheduler_memory(cases: int, tmp: Path) -> dict:
-    import psutil  # noqa: F401 - needed on the scheduler side
-
+def scheduler_memory(cases: int, tmp: Path, every: int) -> dict:
+    """Scheduler RSS (after a garbage collection there) every `every` finished cases, for the
+    bounded submission run_dask uses and, as the baseline, the whole cohort submitted at once;
+    each on a fresh LocalCluster. Slopes are given for the first and second half of the cohort."""
     from coralbay.batch.cohort import Case
     from coralbay.batch.dask_backend import open_client, run_dask
     from coralbay.batch.runner import BatchOptions, make_job
@@ -81,29 +82,38 @@ def scheduler_memory(cases: int, tmp: Path) -> dict:
     synthetic = [Case(f"s{i:05d}", str(tmp / f"synthetic-{i:05d}.nii.gz")) for i in range(cases)]
 
     def rss_and_tasks(dask_scheduler=None):
+        import gc
+
         import psutil
 
+        gc.collect()
         return psutil.Process().memory_info().rss, len(dask_scheduler.tasks)
 
+    def slope(samples: list[dict]) -> float:
+        if len(samples) < 2:
+            return 0.0
+        fit = statistics.linear_regression([s["cases_done"] for s in samples], [s["scheduler_rss_mb"] for s in samples])
+        return round(fit.slope * 1024, 2)
+
     result = {}
-    with open_client("local:2", max_attempts=3) as client:
-        for label, in_flight in (("bounded (default)", None), ("all at once", cases)):
-            samples = []
+    for label, in_flight in (("bounded (default)", None), ("all at once", cases)):
+        with open_client("local:2", max_attempts=3) as client:
+            rss, tasks = client.run_on_scheduler(rss_and_tasks)
+            samples = [{"cases_done": 0, "scheduler_rss_mb": round(rss / 2**20, 1), "tasks_held": tasks}]
             done = [0]
 
             def on_record(record: dict) -> None:
                 done[0] += 1
-                if done[0] % 100 == 0:
+                if done[0] % every == 0:
                     rss, tasks = client.run_on_scheduler(rss_and_tasks)
                     samples.append({"cases_done": done[0], "scheduler_rss_mb": round(rss / 2**20, 1),
                                     "tasks_held": tasks})
 
             start = time.perf_counter()
             run_dask(client, synthetic, job, on_record, in_flight=in_flight)
-            xs = [s["cases_done"] for s in samples]
-            ys = [s["scheduler_rss_mb"] for s in samples]
-            slope = statistics.linear_regression(xs, ys).slope if len(xs) > 1 else 0.0
-            result[label] = {"samples": samples, "kb_per_case": round(slope * 1024, 2),
+            half = len(samples) // 2
+            result[label] = {"samples": samples, "kb_per_case_first_half": slope(samples[1:half + 1]),
+                             "kb_per_case_second_half": slope(samples[half:]),
                              "max_tasks_held": max(s["tasks_held"] for s in samples),
                              "seconds": round(time.perf_counter() - start, 1)}
     return result
@@ -115,10 +125,16 @@ def main() -> None:
     parser.add_argument("--cases", type=int, default=20)
     parser.add_argument("--spacing", type=float, default=2.0, help="phantom voxel size in mm")
     parser.add_argument("--synthetic", type=int, default=1000)
+    parser.add_argument("--sample-every", type=int, default=100)
+    parser.add_argument("--only-scheduler", action="store_true", help="skip the phantom runs")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    cohort = make_cohort(args.out / "cohort", args.cases, args.spacing)
     report: dict = {"machine": {"cpus": os.cpu_count(), "load_avg_before": os.getloadavg()}}
+    if args.only_scheduler:
+        report["scheduler_memory"] = scheduler_memory(args.synthetic, args.out, args.sample_every)
+        print(json.dumps(report, indent=1))
+        return
+    cohort = make_cohort(args.out / "cohort", args.cases, args.spacing)
     runs = []
     for workers in (1, 2):
         output = args.out / f"workers{workers}"
@@ -130,12 +146,12 @@ def main() -> None:
     report["ratio_2_to_1"] = round(runs[1]["cases_per_min"] / runs[0]["cases_per_min"], 3)
     report["per_case"] = per_case(args.out / "workers1")
     print(json.dumps(report["per_case"]), flush=True)
-    report["scheduler_memory"] = scheduler_memory(args.synthetic, args.out)
+    report["scheduler_memory"] = scheduler_memory(args.synthetic, args.out, args.sample_every)
     report["machine"]["load_avg_after"] = os.getloadavg()
     (args.out / "batch_scale.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps({k: v for k, v in report.items() if k != "scheduler_memory"}, indent=1))
     for label, data in report["scheduler_memory"].items():
-        print(label, data["kb_per_case"], "KB/case;", "max tasks held", data["max_tasks_held"],
+        print(label, data["kb_per_case_first_half"], data["kb_per_case_second_half"], "KB/case (halves);", "max tasks held", data["max_tasks_held"],
               [s["scheduler_rss_mb"] for s in data["samples"]])
 
 

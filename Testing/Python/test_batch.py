@@ -254,7 +254,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.parametrize("case", ["unreadable_csv", "duplicate_ids", "missing_image", "foreign_output",
-                                  "unreachable_cluster", "bad_cluster_address"])
+                                  "unreachable_cluster", "unencrypted_remote_cluster", "bad_cluster_address"])
 def test_bad_input_gives_one_sentence(case, cohort, tiny_seg_bundle, tmp_path):
     csv_path = tmp_path / "cohort.csv"
     output = tmp_path / "out"
@@ -283,6 +283,11 @@ def test_bad_input_gives_one_sentence(case, cohort, tiny_seg_bundle, tmp_path):
         extra = ["--cluster", address]
         env = {"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "2s"}
         expected = f"The Dask scheduler at {address} cannot be reached within 2s"
+    elif case == "unencrypted_remote_cluster":  # TEST-NET-1: never routed, so never reached
+        csv_path.write_text(f"id,image\na,{image}\n")
+        extra = ["--cluster", "tcp://192.0.2.1:8786"]
+        env = {"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "2s"}
+        expected = "The Dask scheduler at tcp://192.0.2.1:8786 cannot be reached within 2s"
     elif case == "bad_cluster_address":
         csv_path.write_text(f"id,image\na,{image}\n")
         extra = ["--cluster", "http://example.org"]
@@ -294,6 +299,8 @@ def test_bad_input_gives_one_sentence(case, cohort, tiny_seg_bundle, tmp_path):
     errors = _errors(result.stderr)
     assert len(errors) == 1 and errors[0].startswith(f"coralbay: error: {expected}"), result.stderr
     assert "Traceback" not in result.stderr
+    warned = "warning: The connection to tcp://192.0.2.1:8786 is neither encrypted nor authenticated" in result.stderr
+    assert warned == (case == "unencrypted_remote_cluster")
     if case == "foreign_output":  # nothing lost, nothing added
         assert [p.name for p in output.iterdir()] == ["thesis.docx"]
         assert (output / "thesis.docx").read_text() == "years of work"

@@ -28,6 +28,8 @@ from coralbay.batch.cohort import Case
 from coralbay.errors import InputError, UsageError
 
 OnRecord = Callable[[dict], None]
+log = logging.getLogger("coralbay.batch")
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 LOCAL_PATTERN = re.compile(r"^local:(\d+)$")
 REMOTE_PATTERN = re.compile(r"^(tcp|tls)://[^\s/]+:\d+/?$")
 
@@ -80,6 +82,11 @@ def open_client(address: str, max_attempts: int, tls_ca: str | None = None, tls_
         security = _security(tls_ca, tls_cert, tls_key)
         if address.startswith("tls://") and security is None:
             raise UsageError("A tls:// scheduler needs --tls-ca-file and --tls-cert (Dask TLS security).")
+        host = address.split("://", 1)[1].rsplit(":", 1)[0]
+        if address.startswith("tcp://") and host not in LOOPBACK_HOSTS:
+            log.warning(f"The connection to {address} is neither encrypted nor authenticated, and its "
+                        "scheduler runs any code sent to it; use tls:// (docs/batch.md) unless the network "
+                        "is private to you.")
         timeout = dask.config.get("distributed.comm.timeouts.connect")  # Dask's own setting, default 30 s
         try:
             client = Client(address, timeout=timeout, security=security)

@@ -147,7 +147,8 @@ def _write_plot(path: Path, records: list[dict]) -> None:
         return
     figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
     for axis, (title, data) in zip(axes[0], panels):
-        axis.boxplot(list(data.values()), tick_labels=list(data.keys()))
+        axis.boxplot(list(data.values()))  # labels set apart: the keyword's name changed in matplotlib 3.9
+        axis.set_xticks(range(1, len(data) + 1), list(data.keys()))
         axis.set_title(f"{title}, {len(ok)} cases")
         axis.tick_params(axis="x", labelrotation=45)
     figure.tight_layout()
