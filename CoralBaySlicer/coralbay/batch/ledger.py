@@ -24,7 +24,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from coralbay.errors import InputError, UsageError
+from coralbay.errors import UsageError
 
 MARKER_NAME = "batch.json"   # identifies a folder as a coralbay batch output
 MARKER_FORMAT = "coralbay-batch"
