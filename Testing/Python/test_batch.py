@@ -49,35 +49,37 @@ def cohort(tmp_path_factory) -> Path:
     from coralbay.phantom import generate_phantom, write_phantom
 
     folder = tmp_path_factory.mktemp("cohort")
-    lines = ["id,image,reference"]
+    lines = ["id,image,reference,point"]
     for seed, case_id in enumerate(GOOD):
         phantom = generate_phantom(seed, spacing=4.0, size_mm=PHANTOM_SIZE_MM)
         write_phantom(phantom, folder / f"{case_id}.nii.gz", folder / f"{case_id}_ref.nii.gz")
-        lines.append(f"{case_id},{case_id}.nii.gz,{case_id}_ref.nii.gz")
+        centre = phantom.image.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in phantom.image.GetSize()])
+        point = '"' + ",".join(f"{v:.2f}" for v in centre) + '"' if case_id == "c3" else ""
+        lines.append(f"{case_id},{case_id}.nii.gz,{case_id}_ref.nii.gz,{point}")
     (folder / "bad.nii.gz").write_bytes(b"\x1f\x8b not really a gzip stream" * 20)
-    lines.append("bad,bad.nii.gz,c0_ref.nii.gz")
+    lines.append("bad,bad.nii.gz,c0_ref.nii.gz,")
     (folder / "cohort.csv").write_text("\n".join(lines) + "\n")
     return folder
 
 
-def _run_batch(cohort: Path, bundle: Path, output: Path, *extra: str, kill_marker: Path | None = None):
-    env = {"CORALBAY_BATCH_KILL_ONCE": f"{KILLED}:{kill_marker}"} if kill_marker else {}
+def _run_batch(cohort: Path, bundle: Path, classifier: Path, output: Path, *extra: str, kill_marker: Path):
     return run_cli("batch", cohort / "cohort.csv", "-m", bundle, "-o", output, "--compare",
-                   "--progress", "none", *extra, env=env, timeout=300)
+                   "--classify-model", classifier, "--progress", "none", *extra,
+                   env={"CORALBAY_BATCH_KILL_ONCE": f"{KILLED}:{kill_marker}"}, timeout=300)
 
 
 @pytest.fixture(scope="module")
-def local_run(cohort, tiny_seg_bundle, tmp_path_factory):
+def local_run(cohort, tiny_seg_bundle, tiny_cls_bundle, tmp_path_factory):
     folder = tmp_path_factory.mktemp("local")
-    result = _run_batch(cohort, tiny_seg_bundle, folder / "out", "--workers", "2",
+    result = _run_batch(cohort, tiny_seg_bundle, tiny_cls_bundle, folder / "out", "--workers", "2",
                         kill_marker=folder / "killed.marker")
     return folder / "out", folder / "killed.marker", result
 
 
 @pytest.fixture(scope="module")
-def dask_run(cohort, tiny_seg_bundle, tmp_path_factory):
+def dask_run(cohort, tiny_seg_bundle, tiny_cls_bundle, tmp_path_factory):
     folder = tmp_path_factory.mktemp("dask")
-    result = _run_batch(cohort, tiny_seg_bundle, folder / "out", "--cluster", "local:2",
+    result = _run_batch(cohort, tiny_seg_bundle, tiny_cls_bundle, folder / "out", "--cluster", "local:2",
                         kill_marker=folder / "killed.marker")
     return folder / "out", folder / "killed.marker", result
 
@@ -121,11 +123,17 @@ def test_model_loaded_once_per_worker(local_run):
     assert sum(1 for _ in GOOD) > len(loads)  # and some worker ran more than one case with it
 
 
-def test_same_labels_as_segment_case_by_case(local_run, cohort, tiny_seg_bundle, tmp_path):
+def test_same_labels_and_classes_as_segment_and_classify_case_by_case(local_run, cohort, tiny_seg_bundle,
+                                                                      tiny_cls_bundle, tmp_path):
     output = local_run[0]
     # `coralbay segment` for each case, in one interpreter (the command's own main) to pay torch's import once.
     calls = [["segment", str(cohort / f"{c}.nii.gz"), "-m", str(tiny_seg_bundle), "-o", str(tmp_path / f"{c}.nii.gz"),
               "--progress", "none"] for c in GOOD]
+    point = next(r for r in csv.DictReader(open(cohort / "cohort.csv")) if r["id"] == "c3")["point"]
+    calls += [["classify", str(cohort / "c0.nii.gz"), "-m", str(tiny_cls_bundle), "-o", str(tmp_path / "c0.json"),
+               "--progress", "none"],
+              ["classify", str(cohort / "c3.nii.gz"), "-m", str(tiny_cls_bundle), "-o", str(tmp_path / "c3.json"),
+               f"--point={point}", "--progress", "none"]]
     script = f"import sys\nfrom coralbay.cli import main\nsys.exit(max(main(a) for a in {calls!r}))"
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=cli_env(), timeout=300)
     assert result.returncode == 0, result.stderr
@@ -136,6 +144,14 @@ def test_same_labels_as_segment_case_by_case(local_run, cohort, tiny_seg_bundle,
         assert sitk.ReadImage(str(batch_labels)).GetOrigin() == sitk.ReadImage(str(single)).GetOrigin()
         assert json.loads((output / "cases" / case_id / "labels.labels.json").read_text()) == \
             json.loads((tmp_path / f"{case_id}.labels.json").read_text())
+    rows = _rows(output)
+    for case_id in ("c0", "c3"):  # c3 around its point, c0 the whole scan
+        single = json.loads((tmp_path / f"{case_id}.json").read_text())
+        in_batch = json.loads((output / "cases" / case_id / "classification.json").read_text())
+        assert in_batch["probabilities"] == single["probabilities"]
+        assert in_batch["point_lps"] == single["point_lps"]
+        assert rows[case_id]["classification"] == single["prediction"]
+    assert json.loads((tmp_path / "c3.json").read_text())["point_lps"] is not None
 
 
 def test_results_metrics_equal_compare(local_run, cohort, tmp_path):
