@@ -39,7 +39,7 @@ def describe_image(image) -> dict:
 
 
 def handle(request: dict) -> dict:
-    from coralbay import volume_io
+    from coralbay.io import volumes as volume_io
     from coralbay.errors import CoralBayError
 
     path, reader = request["path"], request.get("reader", "volume")

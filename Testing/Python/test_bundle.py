@@ -183,7 +183,7 @@ def test_hub_id_parsing():
 
 def test_catalog_add_list_remove(tiny_seg_bundle, tmp_path, monkeypatch, cli):
     monkeypatch.setenv("CORALBAY_HOME", str(tmp_path / "home"))
-    from coralbay.catalog import add_model, list_models, remove_model, resolve_model
+    from coralbay.bundle.catalog import add_model, list_models, remove_model, resolve_model
 
     add_model(tiny_seg_bundle)
     assert resolve_model("tiny-seg") == read_manifest(tiny_seg_bundle).folder

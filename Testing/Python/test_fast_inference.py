@@ -10,9 +10,9 @@ import torch
 from coralbay.inference.fast_swin import disable_fast_swin, enable_fast_swin, fast_swin_enabled, mask_plan
 from coralbay.inference.restore import ProbabilityStore, restore_labels
 from coralbay.inference.sliding_window import blend_slabs, sliding_window_logits
-from coralbay.labels import LabelTable
+from coralbay.io.labels import LabelTable
 from coralbay.model import ArchitectureSpec, build_network
-from coralbay.preprocess import IndexBox, model_grid
+from coralbay.grid.model_grid import IndexBox, model_grid
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import torch
 from coralbay.errors import CoralBayError
 from coralbay.inference.sliding_window import blend_slabs, sliding_window_logits
 from coralbay.model import ArchitectureSpec, build_network
-from coralbay.resources import (GIB, estimate_segmentation, fallback_attempts, plan_window_batch,
+from coralbay.inference.memory_plan import (GIB, estimate_segmentation, fallback_attempts, plan_window_batch,
                                 run_with_memory_fallback)
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from coralbay.preprocess import IndexBox, model_grid, prepare, reference_lattice, window_span
+from coralbay.grid.model_grid import IndexBox, model_grid, prepare, reference_lattice, window_span
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 

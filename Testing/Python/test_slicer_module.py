@@ -17,7 +17,7 @@ import pytest
 import SimpleITK as sitk
 import vtk
 
-from coralbay.labels import Label, LabelTable, Terminology, load_label_table
+from coralbay.io.labels import Label, LabelTable, Terminology, load_label_table
 from CoralBaySlicerLib import coordinates, results
 
 DOUBLE = Path(__file__).resolve().parent / "slicer_test_double"

@@ -8,9 +8,9 @@ import numpy as np, torch
 from monai.transforms import Compose, EnsureChannelFirst, LoadImage, Orientation, Spacing, ScaleIntensityRange
 from monai.inferers import sliding_window_inference
 from coralbay.bundle.loader import load_bundle
-from coralbay.bench.inputs import resampled_copy
-from coralbay.preprocess import prepare
-from coralbay.volume_io import read_volume
+from coralbay_bench.inputs import resampled_copy
+from coralbay.grid.model_grid import prepare
+from coralbay.io.volumes import read_volume
 from coralbay.inference.sliding_window import sliding_window_logits
 from coralbay.inference.fast_swin import disable_fast_swin
 torch.set_num_threads(1)

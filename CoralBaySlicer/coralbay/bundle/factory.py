@@ -13,7 +13,7 @@ from typing import Sequence
 
 import torch
 
-from coralbay.labels import LabelTable
+from coralbay.io.labels import LabelTable
 from coralbay.model.build import ArchitectureSpec, build_network
 
 DEMO_NOTICE = ("Demonstration model trained on synthetic phantoms: not for any clinical or research "

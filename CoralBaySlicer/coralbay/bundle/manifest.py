@@ -16,7 +16,7 @@ from typing import Any
 from coralbay.bundle.schema_check import first_error
 from coralbay.errors import BundleError, CoralBayError
 from coralbay.jsonio import read_json
-from coralbay.labels import LabelTable
+from coralbay.io.labels import LabelTable
 
 MANIFEST_NAME = "manifest.json"
 SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")

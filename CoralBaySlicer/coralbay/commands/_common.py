@@ -70,7 +70,7 @@ def load_for_task(args: argparse.Namespace, task: str, reporter):
 
 def read_input(path: str, reporter):
     """Read the input volume and warn (not fail) when it does not look like CT in HU."""
-    from coralbay.volume_io import ct_intensity_warning, read_volume
+    from coralbay.io.volumes import ct_intensity_warning, read_volume
 
     image = read_volume(path)
     warning = ct_intensity_warning(image)

@@ -16,7 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from coralbay.volume_io import read_volume, volume_info
+    from coralbay.io.volumes import read_volume, volume_info
 
     info = volume_info(read_volume(args.input))
     if args.json:

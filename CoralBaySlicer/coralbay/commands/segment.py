@@ -40,9 +40,9 @@ def run(args: argparse.Namespace) -> int:
     from coralbay.commands._common import load_for_task, read_input
     from coralbay.device import describe, select_device
     from coralbay.inference.segment import segment_image
-    from coralbay.labels import label_table_path_for
-    from coralbay.outputs import write_label_map, write_probability_maps
-    from coralbay.volume_io import check_output_path
+    from coralbay.io.labels import label_table_path_for
+    from coralbay.io.outputs import write_label_map, write_probability_maps
+    from coralbay.io.volumes import check_output_path
 
     output = check_output_path(args.output)
     reporter = make_reporter(args, STAGES)

@@ -314,7 +314,7 @@ def run_seg(args: argparse.Namespace) -> int:
     import torch
 
     from coralbay.bundle.factory import manifest_fields
-    from coralbay.labels import load_label_table
+    from coralbay.io.labels import load_label_table
     from coralbay.model.build import ArchitectureSpec, build_network
     from coralbay.training.augment import AugmentSettings
     from coralbay.training.data import load_folder_cases, parse_seeds, phantom_cases, split_validation

@@ -17,7 +17,7 @@ from typing import Callable
 
 from coralbay.atomic import atomic_dir
 from coralbay.errors import InputError, UsageError
-from coralbay.labels import Label, LabelTable, distinct_color, load_label_table
+from coralbay.io.labels import Label, LabelTable, distinct_color, load_label_table
 
 FORMATS = ("nifti", "nrrd", "seg.nrrd", "dicom-seg", "stl", "obj")
 SUFFIXES = {"nifti": (".nii.gz", ".nii"), "nrrd": (".nrrd",), "seg.nrrd": (".seg.nrrd",), "dicom-seg": (".dcm",)}
@@ -58,7 +58,7 @@ def export_labels(labels_path: str | os.PathLike, fmt: str, output: str | os.Pat
 
     `label_table` (a LabelTable or a table file) overrides the input's own names and colours.
     """
-    from coralbay.label_io import read_labels
+    from coralbay.io.label_maps import read_labels
 
     warn = warn or (lambda message: None)
     if fmt not in FORMATS:
@@ -80,15 +80,15 @@ def export_labels(labels_path: str | os.PathLike, fmt: str, output: str | os.Pat
     image = source.image
 
     if fmt in ("nifti", "nrrd"):
-        from coralbay.outputs import write_label_map
+        from coralbay.io.outputs import write_label_map
 
         write_label_map(image, table, out)
     elif fmt == "seg.nrrd":
-        from coralbay.seg_nrrd import write_seg_nrrd
+        from coralbay.io.seg_nrrd import write_seg_nrrd
 
         write_seg_nrrd(image, table, out)
     elif fmt == "dicom-seg":
-        from coralbay.dicom_seg import write_dicom_seg
+        from coralbay.io.dicom_seg import write_dicom_seg
 
         _, messages = write_dicom_seg(image, table, dicom_series, out, algorithm_type=algorithm_type)
         for message in messages:

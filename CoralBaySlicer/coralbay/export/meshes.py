@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from coralbay.labels import LabelTable
+from coralbay.io.labels import LabelTable
 
 MESH_FORMATS = ("stl", "obj")
 SMOOTHING_PASSBAND = 0.01  # Slicer's default smoothing factor 0.5 -> pass band 10^(-4 x 0.5)

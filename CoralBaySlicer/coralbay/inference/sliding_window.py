@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from monai.data.utils import compute_importance_map
 
-from coralbay.inference.window_placement import window_starts
+from coralbay.grid.windows import window_starts
 
 ProgressCallback = Callable[[float, str], None]
 

@@ -9,7 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
-from coralbay.labels import LabelTable
+from coralbay.io.labels import LabelTable
 
 
 def dice_per_structure(prediction: np.ndarray, truth: np.ndarray, table: LabelTable,

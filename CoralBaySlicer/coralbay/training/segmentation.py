@@ -33,7 +33,7 @@ from coralbay.atomic import atomic_file
 from coralbay.errors import InputError
 from coralbay.inference.fast_swin import enable_fast_swin
 from coralbay.inference.sliding_window import sliding_window_logits
-from coralbay.labels import LabelTable
+from coralbay.io.labels import LabelTable
 from coralbay.training.augment import AugmentSettings, CropSampler, mirror_lookup, sample_batch
 from coralbay.training.data import Case
 from coralbay.training.loss import inverse_sqrt_weights, segmentation_loss
