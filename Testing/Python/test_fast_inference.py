@@ -12,7 +12,8 @@ from coralbay.inference.restore import ProbabilityStore, restore_labels
 from coralbay.inference.sliding_window import blend_slabs, sliding_window_logits
 from coralbay.io.labels import LabelTable
 from coralbay.model import ArchitectureSpec, build_network
-from coralbay.grid.model_grid import IndexBox, model_grid
+from coralbay.grid.boxes import IndexBox
+from coralbay.grid.model_grid import model_grid
 
 
 @pytest.fixture(scope="module")

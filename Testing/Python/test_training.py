@@ -25,11 +25,12 @@ from coralbay.training.augment import AugmentSettings, CropSampler, mirror_looku
 from coralbay.errors import UsageError
 from coralbay.training.data import Case, find_pairs, parse_seeds, phantom_cases, plan_labels
 from coralbay.training.loss import segmentation_loss
-from coralbay.training.metrics import auroc, dice_per_structure
+from coralbay.review.metrics import dice_per_structure
+from coralbay.training.metrics import auroc
 from coralbay.training.output import write_trained_bundle
 from coralbay.training.segmentation import (SegmentationSettings, build_crop_pool, forward_logits,
                                             load_checkpoint_state, train_segmentation)
-from coralbay.io.volumes import same_grid
+from coralbay.grid.resample import same_grid
 
 CPU = torch.device("cpu")
 SPACING = 8.0

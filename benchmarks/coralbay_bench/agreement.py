@@ -1,4 +1,5 @@
-"""Per-structure agreement of two label maps on the same grid: Dice and volumes in mL."""
+"""Per-structure agreement of two label maps on the same grid: Dice (the engine's, with its
+empty-mask rules) and volumes in mL."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from coralbay.io.labels import LabelTable
+from coralbay.review.metrics import dice_from_counts
 
 DICE_BOUND = 0.99   # the agreement we promise between our labels and the MONAI path's
 MIN_VOLUME_ML = 1.0  # structures the baseline labels smaller than this are reported, not judged
@@ -24,8 +26,9 @@ def structure_agreement(ours: sitk.Image, baseline: sitk.Image, table: LabelTabl
         mine, theirs = a == label.value, b == label.value
         n_mine, n_theirs = int(mine.sum()), int(theirs.sum())
         both = int(np.logical_and(mine, theirs).sum())
-        dice = 2.0 * both / (n_mine + n_theirs) if n_mine + n_theirs else 1.0
-        structures.append({"value": label.value, "name": label.name, "dice": round(dice, 5),
+        dice = dice_from_counts(both, n_mine, n_theirs)  # None when neither labels it
+        structures.append({"value": label.value, "name": label.name,
+                           "dice": None if dice is None else round(dice, 5),
                            "baseline_ml": round(n_theirs * voxel_ml, 3), "ours_ml": round(n_mine * voxel_ml, 3),
                            "judged": n_theirs * voxel_ml > min_ml})
     judged = [s["dice"] for s in structures if s["judged"]]

@@ -10,8 +10,8 @@ import tempfile
 from pathlib import Path
 
 from coralbay_bench import BASELINE_INVERT_MODES
-from coralbay.commands._common import overlap_value, positive_int
 from coralbay.errors import UsageError
+from coralbay.commands._common import EPILOG, overlap_value, positive_int
 
 DESCRIPTION = """\
 Benchmark `coralbay segment`'s code path ("ours") against the plain MONAI path ("monai": MONAI
@@ -35,7 +35,6 @@ examples:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from coralbay.cli import EPILOG
     from coralbay.device import DEVICE_CHOICES
 
     p = subparsers.add_parser("bench", help="time and memory of our path against the plain MONAI path",

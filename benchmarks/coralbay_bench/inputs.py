@@ -17,7 +17,8 @@ from coralbay.errors import UsageError
 
 def resampled_copy(source: str | os.PathLike, spacing_mm: float, folder: Path) -> Path:
     """The input resampled to isotropic `spacing_mm` over the same extent (anti-aliased linear)."""
-    from coralbay.grid.model_grid import AIR_HU, resample_to_grid
+    from coralbay.grid.resample import resample_to_grid
+    from coralbay.inference.preprocess import AIR_HU
     from coralbay.io.volumes import read_volume
 
     image = read_volume(source)

@@ -9,7 +9,7 @@ from monai.transforms import Compose, EnsureChannelFirst, LoadImage, Orientation
 from monai.inferers import sliding_window_inference
 from coralbay.bundle.loader import load_bundle
 from coralbay_bench.inputs import resampled_copy
-from coralbay.grid.model_grid import prepare
+from coralbay.inference.preprocess import prepare
 from coralbay.io.volumes import read_volume
 from coralbay.inference.sliding_window import sliding_window_logits
 from coralbay.inference.fast_swin import disable_fast_swin

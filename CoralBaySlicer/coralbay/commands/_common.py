@@ -1,11 +1,56 @@
-"""Options and steps shared by the model-running commands (segment, classify, bench)."""
+"""What the commands share: the epilog, the --progress option and its Reporter, the model
+options and the input/bundle steps of the model-running commands.
+
+Why here and not in `cli`: `cli` imports the commands, so anything both need lives below them.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import sys
 from typing import Callable
 
 from coralbay.device import DEVICE_CHOICES
+from coralbay.progress import Reporter
+
+
+EPILOG = """\
+Coordinates (--point, --roi) are physical positions in millimetres in the LPS convention of ITK
+and DICOM (x grows to the patient's left, y to the posterior, z to the head); Slicer shows RAS,
+so negate x and y of a point read in Slicer.
+Exit codes: 0 success, 1 failure (one sentence on stderr), 2 usage error, 130 interrupted.
+"""
+
+
+def add_progress_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--progress", choices=("bar", "jsonl", "none"), default="bar",
+                        help="progress display: a bar on stderr (default), JSON lines on stdout "
+                             "(for programs such as the Slicer module), or none")
+
+
+def make_reporter(args: argparse.Namespace, stages: dict[str, float] | None = None):
+    """The command's Reporter; warnings the engine logs (logger "coralbay.*") reach it as log events."""
+    mode = getattr(args, "progress", "bar")
+    if mode == "bar" and not sys.stderr.isatty():
+        mode = "quiet"
+    reporter = Reporter("quiet" if mode == "none" else mode, stages=stages)
+    engine_logger = logging.getLogger("coralbay")
+    engine_logger.handlers = [h for h in engine_logger.handlers if not isinstance(h, _ReporterHandler)]
+    engine_logger.addHandler(_ReporterHandler(reporter))
+    engine_logger.propagate = False
+    return reporter
+
+
+class _ReporterHandler(logging.Handler):
+    """Forwards engine log records (warnings and above) to the command's Reporter."""
+
+    def __init__(self, reporter) -> None:
+        super().__init__(level=logging.WARNING)
+        self.reporter = reporter
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.reporter.log(record.getMessage(), level=record.levelname.lower())
 
 
 def float_list(count: int, what: str) -> Callable[[str], list[float]]:

@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 
-from coralbay.commands._common import add_model_options, float_list
+from coralbay.commands._common import (EPILOG, add_model_options, add_progress_option, float_list,
+                                       load_for_task, make_reporter, read_input)
+
 
 STAGES = {"load": 0.1, "preprocess": 0.1, "inference": 0.75, "write": 0.05}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from coralbay.cli import EPILOG, add_progress_option
-
     p = subparsers.add_parser(
         "classify", help="classify a CT scan (or the region around a point)",
         description="Classify a CT volume with a classification bundle: encoder features are "
@@ -32,8 +32,6 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from coralbay.atomic import write_text_atomic
-    from coralbay.cli import make_reporter
-    from coralbay.commands._common import load_for_task, read_input
     from coralbay.device import describe, select_device
     from coralbay.errors import InputError
     from coralbay.inference.classify import classify_image

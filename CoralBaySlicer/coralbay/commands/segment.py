@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import argparse
-from coralbay.commands._common import add_model_options, float_list, overlap_value
+
+from coralbay.commands._common import (EPILOG, add_model_options, add_progress_option, float_list,
+                                       load_for_task, make_reporter, overlap_value, read_input)
 
 STAGES = {"load": 0.05, "preprocess": 0.1, "inference": 0.7, "restore": 0.1, "write": 0.05}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from coralbay.cli import EPILOG, add_progress_option
-
     p = subparsers.add_parser(
         "segment", help="segment a CT volume into a label map",
         description="Segment a CT volume (NIfTI/NRRD/MHA file or DICOM series folder) with a "
@@ -36,8 +36,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from coralbay.cli import make_reporter
-    from coralbay.commands._common import load_for_task, read_input
     from coralbay.device import describe, select_device
     from coralbay.inference.segment import segment_image
     from coralbay.io.labels import label_table_path_for

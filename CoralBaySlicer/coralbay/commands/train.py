@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import shlex
 
-from coralbay.commands._common import float_list, overlap_value, positive_int
+from coralbay.commands._common import (EPILOG, add_progress_option, float_list, make_reporter,
+                                       overlap_value, positive_int)
+
 
 SEG_STAGES = {"data": 0.08, "train": 0.8, "test": 0.1, "write": 0.02}
 CLS_STAGES = {"data": 0.02, "features": 0.7, "fit": 0.03, "test": 0.23, "write": 0.02}
@@ -86,7 +88,6 @@ def weight_decay_choice(text: str) -> float | str:
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    from coralbay.cli import add_progress_option
     from coralbay.device import DEVICE_CHOICES
 
     out = p.add_argument_group("the bundle written")
@@ -128,8 +129,6 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from coralbay.cli import EPILOG
-
     seg = subparsers.add_parser(
         "train-seg", help="train a segmentation head (decoder) and write a bundle",
         description="Train a Swin-UNETR decoder on the CoralBay encoder (frozen or fine-tuned) from a "
@@ -250,7 +249,6 @@ def _prepare_run(args: argparse.Namespace, stages: dict):
     """Shared start of both commands: output check, reporter, device, starting weights, fields."""
     import torch
 
-    from coralbay.cli import make_reporter
     from coralbay.device import select_device
     from coralbay.training.output import bundle_name, check_output_folder
     from coralbay.training.start import starting_point

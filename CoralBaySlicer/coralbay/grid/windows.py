@@ -1,8 +1,8 @@
 """Where sliding windows go along one axis: MONAI's placement, in one place.
 
-Why its own module: the sliding-window loop and the body crop (`preprocess.window_span`) must
+Why its own module: the sliding-window loop and the body crop (`grid.model_grid.window_span`) must
 place windows identically, or the crop would change which windows blend into a voxel. It
-imports nothing heavy, so `preprocess` can use it without importing torch.
+imports nothing heavy, so the grid can use it without importing torch.
 """
 
 from __future__ import annotations

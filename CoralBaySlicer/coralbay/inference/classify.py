@@ -21,7 +21,7 @@ from coralbay.bundle.manifest import Manifest
 from coralbay.errors import InputError
 from coralbay.inference.fast_swin import enable_fast_swin
 from coralbay.inference.sliding_window import sliding_window_embeddings
-from coralbay.grid.model_grid import prepare
+from coralbay.inference.preprocess import prepare
 
 Progress = Callable[[str, float, str], None]
 

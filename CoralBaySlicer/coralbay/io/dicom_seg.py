@@ -24,7 +24,8 @@ from coralbay import __version__
 from coralbay.atomic import atomic_file
 from coralbay.errors import InputError
 from coralbay.io.labels import Label, LabelTable, Terminology, TISSUE, distinct_color
-from coralbay.io.volumes import dicom_series_files, read_volume, same_grid
+from coralbay.grid.resample import same_grid
+from coralbay.io.volumes import dicom_series_files, read_volume
 
 SEG_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.66.4"
 GENERIC_TYPE = ("SCT", "85756007", "Tissue")  # Slicer's default for a segment without terminology

@@ -16,16 +16,8 @@ import SimpleITK as sitk
 
 from coralbay.atomic import atomic_file
 from coralbay.errors import InputError
+from coralbay.grid.lps import index_to_lps
 from coralbay.io.labels import Label, LabelTable, Terminology, distinct_color
-
-
-def ijk_to_lps(image: sitk.Image) -> np.ndarray:
-    """The 4x4 matrix from voxel index (i, j, k) to physical LPS millimetres."""
-    matrix = np.eye(4)
-    direction = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)
-    matrix[:3, :3] = direction @ np.diag(image.GetSpacing())
-    matrix[:3, 3] = image.GetOrigin()
-    return matrix
 
 
 def write_seg_nrrd(image: sitk.Image, table: LabelTable, output: str | os.PathLike) -> Path:
@@ -53,7 +45,7 @@ def write_seg_nrrd(image: sitk.Image, table: LabelTable, output: str | os.PathLi
         segments.append(segment)
     dtype = np.uint8 if not present or max(present) < 256 else np.uint16
     segmentation = {"voxels": np.ascontiguousarray(labels.transpose(2, 1, 0)).astype(dtype),
-                    "ijkToLPS": ijk_to_lps(image), "segments": segments,
+                    "ijkToLPS": index_to_lps(image), "segments": segments,
                     "containedRepresentationNames": ["Binary labelmap"],
                     "masterRepresentation": "Binary labelmap"}
     with atomic_file(out) as tmp:

@@ -364,14 +364,6 @@ def _compressed_container(path: Path) -> bool:
     return "encoding: gzip" in head or "compresseddata = true" in head
 
 
-def same_grid(a: sitk.Image, b: sitk.Image, tol: float = 1e-4) -> bool:
-    """True when two images share size, spacing, origin and direction (within `tol`)."""
-    return (a.GetSize() == b.GetSize()
-            and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=tol)
-            and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=tol)
-            and np.allclose(a.GetDirection(), b.GetDirection(), atol=tol))
-
-
 def ct_intensity_warning(image: sitk.Image) -> str | None:
     """A warning sentence when the intensities do not look like CT in Hounsfield units."""
     array = sitk.GetArrayViewFromImage(image)

@@ -1,7 +1,7 @@
 """Training task heads on the CoralBay encoder: segmentation decoders and linear classification probes.
 
 Why it lives in the engine: the demo bundles are trained by the project's own command, and users
-train heads for their own structures with the same preprocessing (`coralbay.grid.model_grid.prepare`)
+train heads for their own structures with the same preprocessing (`coralbay.inference.preprocess.prepare`)
 that inference uses, so a trained head sees at inference exactly what it saw in training.
 
 Modules: `data` (cases from folders, CSV files or generated phantoms, with input checks),

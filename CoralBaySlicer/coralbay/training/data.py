@@ -1,6 +1,6 @@
 """Training data: image/label pairs from a folder, rows of a CSV file, or generated phantoms.
 
-Every case goes through `coralbay.grid.model_grid.prepare`, the function inference uses, so a head is
+Every case goes through `coralbay.inference.preprocess.prepare`, the function inference uses, so a head is
 trained on exactly what it will see. Label maps go onto the model grid by nearest neighbour
 through physical space (never by array index), so a label map stored in another orientation
 than its image is still placed correctly, while one on a different grid is refused: that is
@@ -22,8 +22,10 @@ import SimpleITK as sitk
 
 from coralbay.errors import InputError, UsageError
 from coralbay.io.labels import LabelTable, find_label_table
-from coralbay.grid.model_grid import prepare, to_xyz
-from coralbay.io.volumes import VOLUME_SUFFIXES, read_label_map, read_volume, same_grid
+from coralbay.grid.model_grid import to_xyz
+from coralbay.inference.preprocess import prepare
+from coralbay.grid.resample import same_grid
+from coralbay.io.volumes import VOLUME_SUFFIXES, read_label_map, read_volume
 
 # A label map beside its image is called CASE<tag>.<ext>, e.g. ct01_labels.nii.gz for ct01.nii.gz.
 LABEL_TAGS = ("_labels", "_label", "_seg", "_mask", "-labels", "-label", "-seg")

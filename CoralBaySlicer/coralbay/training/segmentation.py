@@ -37,7 +37,7 @@ from coralbay.io.labels import LabelTable
 from coralbay.training.augment import AugmentSettings, CropSampler, mirror_lookup, sample_batch
 from coralbay.training.data import Case
 from coralbay.training.loss import inverse_sqrt_weights, segmentation_loss
-from coralbay.training.metrics import dice_per_structure, mean_dice
+from coralbay.review.metrics import dice_per_structure, mean_dice
 
 CHECKPOINT_FORMAT = "coralbay-train-seg-checkpoint-1"
 CHECKPOINT_NAME = "last.pt"
