@@ -16,10 +16,11 @@ from coralbay.errors import BundleError, CoralBayError
 
 
 def resources_dir() -> Path:
-    """Resources/ beside the engine: `<repo>/Resources` in a checkout, `<module dir>/Resources` in Slicer."""
-    here = Path(__file__).resolve().parent.parent  # the coralbay package
-    installed, checkout = here.parent / "Resources", here.parent.parent / "Resources"
-    return installed if installed.is_dir() else checkout
+    """The Resources folder holding Models/: inside the package in a wheel (setup.py copies it
+    there), beside the package in Slicer, at the repository root in a checkout."""
+    package = Path(__file__).resolve().parent.parent
+    candidates = (package / "Resources", package.parent / "Resources", package.parent.parent / "Resources")
+    return next((c for c in candidates if (c / "Models").is_dir()), candidates[-1])
 
 
 def builtin_models_dir() -> Path:

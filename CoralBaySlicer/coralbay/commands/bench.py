@@ -26,9 +26,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     if _register_harness is not None:
         _register_harness(subparsers)
         return
+    # No options of its own (prefix "\0" matches nothing): whatever follows, the one sentence.
     p = subparsers.add_parser("bench", help="benchmark against the plain MONAI path (needs a checkout)",
-                              description=HARNESS_MISSING, add_help=True)
-    p.add_argument("rest", nargs=argparse.REMAINDER)
+                              description=HARNESS_MISSING, add_help=False, prefix_chars="\0")
+    p.add_argument("arguments", nargs="*")
     p.set_defaults(run=_missing)
 
 
