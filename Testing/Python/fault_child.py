@@ -66,7 +66,7 @@ def file_size_limit(folder: Path, limit: int) -> None:
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel kills us instead of EFBIG
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
     from coralbay.io.labels import LabelTable
-    from coralbay.io.outputs import write_label_map
+    from coralbay.io.label_maps import write_label_map
 
     targets = [(folder / f"out{suffix}", lambda p: write_image(version_image(2), p)) for suffix in FORMATS]
     targets.append((folder / "report.json", lambda p: write_text_atomic(p, "y" * (4 * limit))))

@@ -18,16 +18,16 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from coralbay.bundle.loader import load_bundle
 from coralbay.bundle.catalog import list_models
+from coralbay.bundle.loader import load_bundle
 from coralbay.commands.demo import DEMO_SEED
+from coralbay.grid.resample import same_grid
 from coralbay.inference.classify import classify_image
 from coralbay.inference.segment import segment_image
+from coralbay.io.label_maps import read_label_map
 from coralbay.phantom import generate_phantom
-from coralbay.training.data import parse_seeds
 from coralbay.review.metrics import dice_per_structure
-from coralbay.grid.resample import same_grid
-from coralbay.io.volumes import read_label_map
+from coralbay.training.data import parse_seeds
 
 HELD_OUT = [10000, 10001, 10002, 10003, 10004]
 DEMOS = {"demo-phantom-seg": ("segmentation", "train-seg"), "demo-phantom-cls": ("classification", "train-cls")}

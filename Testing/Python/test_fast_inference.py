@@ -7,13 +7,13 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from coralbay.grid.boxes import IndexBox
+from coralbay.grid.model_grid import model_grid
 from coralbay.inference.fast_swin import disable_fast_swin, enable_fast_swin, fast_swin_enabled, mask_plan
 from coralbay.inference.restore import ProbabilityStore, restore_labels
 from coralbay.inference.sliding_window import blend_slabs, sliding_window_logits
 from coralbay.io.labels import LabelTable
 from coralbay.model import ArchitectureSpec, build_network
-from coralbay.grid.boxes import IndexBox
-from coralbay.grid.model_grid import model_grid
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,10 @@ import SimpleITK as sitk
 import torch
 
 from coralbay.errors import CoralBayError
-from coralbay.inference.sliding_window import blend_slabs, sliding_window_logits
-from coralbay.model import ArchitectureSpec, build_network
 from coralbay.inference.memory_plan import (GIB, estimate_segmentation, fallback_attempts, plan_window_batch,
                                 run_with_memory_fallback)
+from coralbay.inference.sliding_window import blend_slabs, sliding_window_logits
+from coralbay.model import ArchitectureSpec, build_network
 
 
 def estimate_for(batch):

@@ -9,9 +9,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from coralbay_bench import BASELINE_INVERT_MODES
-from coralbay.errors import UsageError
 from coralbay.commands._common import EPILOG, overlap_value, positive_int
+from coralbay.errors import UsageError
+from coralbay_bench import BASELINE_INVERT_MODES
 
 DESCRIPTION = """\
 Benchmark `coralbay segment`'s code path ("ours") against the plain MONAI path ("monai": MONAI

@@ -20,11 +20,11 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from coralbay_bench import BASELINE_INVERT_MODES
-from coralbay_bench.our_path import PathRun, synchronize
 from coralbay.bundle.loader import LoadedBundle
 from coralbay.inference.fast_swin import disable_fast_swin
 from coralbay.inference.sliding_window import windows_needed
+from coralbay_bench import BASELINE_INVERT_MODES
+from coralbay_bench.our_path import PathRun, synchronize
 
 
 def _autocast(device: torch.device, precision: str):

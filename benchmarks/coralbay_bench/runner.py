@@ -19,9 +19,9 @@ from typing import Callable, Sequence
 
 import SimpleITK as sitk
 
+from coralbay.errors import CoralBayError
 from coralbay_bench.agreement import structure_agreement
 from coralbay_bench.machine import describe_machine, load_average, peak_bf16_flops
-from coralbay.errors import CoralBayError
 
 SCHEMA = "coralbay-bench/1"
 PATH_NAMES = ("monai", "ours")

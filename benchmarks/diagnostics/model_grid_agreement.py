@@ -8,11 +8,11 @@ import numpy as np, torch
 from monai.transforms import Compose, EnsureChannelFirst, LoadImage, Orientation, Spacing, ScaleIntensityRange
 from monai.inferers import sliding_window_inference
 from coralbay.bundle.loader import load_bundle
-from coralbay_bench.inputs import resampled_copy
-from coralbay.inference.preprocess import prepare
-from coralbay.io.volumes import read_volume
-from coralbay.inference.sliding_window import sliding_window_logits
 from coralbay.inference.fast_swin import disable_fast_swin
+from coralbay.inference.preprocess import prepare
+from coralbay.inference.sliding_window import sliding_window_logits
+from coralbay.io.volumes import read_volume
+from coralbay_bench.inputs import resampled_copy
 torch.set_num_threads(1)
 b = load_bundle("demo-phantom-seg"); m = b.manifest; pre, inf = m.preprocessing, m.inference
 path = resampled_copy(sys.argv[1], 1.5, Path(tempfile.mkdtemp()))

@@ -15,8 +15,8 @@ from typing import Any
 
 from coralbay.bundle.schema_check import first_error
 from coralbay.errors import BundleError, CoralBayError
-from coralbay.jsonio import read_json
 from coralbay.io.labels import LabelTable
+from coralbay.jsonio import read_json
 
 MANIFEST_NAME = "manifest.json"
 SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")

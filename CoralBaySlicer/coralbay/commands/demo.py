@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     from coralbay.inference.classify import classify_image
     from coralbay.inference.segment import segment_image
     from coralbay.io.labels import label_table_path_for
-    from coralbay.io.outputs import write_label_map
+    from coralbay.io.label_maps import write_label_map
     from coralbay.phantom import generate_phantom, write_phantom
     from coralbay.review.metrics import dice_per_structure, mean_dice
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from coralbay.export import FORMATS
 from coralbay.commands._common import add_progress_option, make_reporter
+from coralbay.export import FORMATS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

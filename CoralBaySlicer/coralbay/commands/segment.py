@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from coralbay.device import describe, select_device
     from coralbay.inference.segment import segment_image
     from coralbay.io.labels import label_table_path_for
-    from coralbay.io.outputs import write_label_map, write_probability_maps
+    from coralbay.io.label_maps import write_label_map, write_probability_maps
     from coralbay.io.volumes import check_output_path
 
     output = check_output_path(args.output)

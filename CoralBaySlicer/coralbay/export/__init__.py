@@ -80,7 +80,7 @@ def export_labels(labels_path: str | os.PathLike, fmt: str, output: str | os.Pat
     image = source.image
 
     if fmt in ("nifti", "nrrd"):
-        from coralbay.io.outputs import write_label_map
+        from coralbay.io.label_maps import write_label_map
 
         write_label_map(image, table, out)
     elif fmt == "seg.nrrd":

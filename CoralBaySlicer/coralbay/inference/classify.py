@@ -20,8 +20,8 @@ from coralbay.bundle.loader import LoadedBundle
 from coralbay.bundle.manifest import Manifest
 from coralbay.errors import InputError
 from coralbay.inference.fast_swin import enable_fast_swin
-from coralbay.inference.sliding_window import sliding_window_embeddings
 from coralbay.inference.preprocess import prepare
+from coralbay.inference.sliding_window import sliding_window_embeddings
 
 Progress = Callable[[str, float, str], None]
 

@@ -24,8 +24,8 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from coralbay.io.labels import LabelTable
 from coralbay.grid.boxes import IndexBox, covering_box, input_subgrid
+from coralbay.io.labels import LabelTable
 
 LEVELS = {np.dtype(np.uint8): 255, np.dtype(np.uint16): 65535}
 CHUNK_VOXELS = 4_000_000  # input-grid voxels restored at once (a few tens of MB of buffers)

@@ -20,14 +20,14 @@ import SimpleITK as sitk
 import torch
 
 from coralbay.bundle.loader import LoadedBundle
+from coralbay.grid.boxes import IndexBox
 from coralbay.inference.fast_swin import disable_fast_swin, enable_fast_swin
+from coralbay.inference.memory_plan import (Attempt, available_device_memory, available_host_memory,
+                                estimate_segmentation, plan_window_batch, run_with_memory_fallback)
+from coralbay.inference.preprocess import prepare
 from coralbay.inference.restore import ProbabilityStore, region_for, restore_labels
 from coralbay.inference.sliding_window import blend_slabs
 from coralbay.io.labels import LabelTable
-from coralbay.grid.boxes import IndexBox
-from coralbay.inference.preprocess import prepare
-from coralbay.inference.memory_plan import (Attempt, available_device_memory, available_host_memory,
-                                estimate_segmentation, plan_window_batch, run_with_memory_fallback)
 
 Progress = Callable[[str, float, str], None]
 log = logging.getLogger("coralbay.inference")

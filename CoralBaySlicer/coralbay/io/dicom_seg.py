@@ -23,8 +23,8 @@ import SimpleITK as sitk
 from coralbay import __version__
 from coralbay.atomic import atomic_file
 from coralbay.errors import InputError
+from coralbay.grid.resample import bring_onto_grid, same_grid
 from coralbay.io.labels import Label, LabelTable, Terminology, TISSUE, distinct_color
-from coralbay.grid.resample import same_grid
 from coralbay.io.volumes import dicom_series_files, read_volume
 
 SEG_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.66.4"
@@ -168,8 +168,6 @@ def _on_series_grid(seg, path: Path, series_dir: Path, warnings: list[str]) -> t
         return series, np.asarray(stack)
     except Exception:  # noqa: BLE001 - frames not derived image by image: go through physical space
         image, stack = _on_own_grid(seg, path)
-    from coralbay.grid.resample import bring_onto_grid
-
     layers = []
     for index in range(stack.shape[-1]):
         layer = sitk.GetImageFromArray(np.ascontiguousarray(stack[..., index]))
@@ -229,8 +227,6 @@ def write_dicom_seg(image: sitk.Image, table: LabelTable, series_dir: str | os.P
     _check_referencable(sources, series_dir)
     series = read_volume(series_dir)
     if not same_grid(image, series):
-        from coralbay.grid.resample import bring_onto_grid
-
         image = bring_onto_grid(image, series).image
         warnings.append(f"The label map does not lie on the grid of the series in {series_dir}; it was "
                         "resampled onto it (nearest neighbour) for the DICOM SEG.")

@@ -254,20 +254,6 @@ def read_volume(path: str | os.PathLike) -> sitk.Image:
     return check_volume(read_image_any(path), f"The input {path}")
 
 
-def read_label_map(path: str | os.PathLike) -> sitk.Image:
-    """Read a 3D label map and return it as UInt16; refuse non-integer or negative labels."""
-    image = read_volume(path)
-    array = sitk.GetArrayViewFromImage(image)
-    if array.dtype.kind == "f":
-        if not np.all(np.equal(np.mod(array, 1), 0)):
-            raise InputError(f"The label map {path} has non-integer values; labels must be integers.")
-    if array.size and array.min() < 0:
-        raise InputError(f"The label map {path} has negative values; labels must be 0 or positive.")
-    if array.size and array.max() > 65535:
-        raise InputError(f"The label map {path} has label values above 65535.")
-    return sitk.Cast(image, sitk.sitkUInt16)
-
-
 def check_output_path(path: str | os.PathLike) -> Path:
     """Refuse an output path whose folder is missing or whose extension we cannot write."""
     p = Path(path)

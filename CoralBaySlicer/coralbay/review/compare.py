@@ -19,14 +19,14 @@ import SimpleITK as sitk
 
 from coralbay.atomic import atomic_dir
 from coralbay.errors import InputError, UsageError
-from coralbay.io.label_maps import LabelInput, read_labels
-from coralbay.review import diffmaps
 from coralbay.grid.resample import bring_onto_grid
+from coralbay.io.label_maps import LabelInput, read_labels
+from coralbay.io.volumes import write_image_verified
+from coralbay.review import diffmaps
 from coralbay.review.matching import Matching, load_mapping, match_labels
 from coralbay.review.metrics import overlap_metrics
 from coralbay.review.report import metrics_json_text, write_reports
 from coralbay.review.surface import surface_metrics
-from coralbay.io.volumes import write_image_verified
 
 DEFAULT_TOLERANCE_MM = 3.0  # as TotalSegmentator's evaluation (normalized surface distance at 3 mm)
 OUTPUT_FILES = ("metrics.json", "metrics.csv", "difference.nii.gz", "difference.labels.json",

@@ -21,11 +21,12 @@ import numpy as np
 import SimpleITK as sitk
 
 from coralbay.errors import InputError, UsageError
-from coralbay.io.labels import LabelTable, find_label_table
 from coralbay.grid.model_grid import to_xyz
-from coralbay.inference.preprocess import prepare
 from coralbay.grid.resample import same_grid
-from coralbay.io.volumes import VOLUME_SUFFIXES, read_label_map, read_volume
+from coralbay.inference.preprocess import prepare
+from coralbay.io.label_maps import read_label_map
+from coralbay.io.labels import Label, LabelTable, distinct_color, find_label_table
+from coralbay.io.volumes import VOLUME_SUFFIXES, read_volume
 
 # A label map beside its image is called CASE<tag>.<ext>, e.g. ct01_labels.nii.gz for ct01.nii.gz.
 LABEL_TAGS = ("_labels", "_label", "_seg", "_mask", "-labels", "-label", "-seg")
@@ -121,7 +122,6 @@ def dataset_json_table(folder: Path) -> LabelTable | None:
         number, name = (key, value) if str(key).isdigit() else (value, key)
         if isinstance(number, (int, str)) and str(number).isdigit() and int(number) > 0:
             pairs.append((int(number), str(name)))
-    from coralbay.io.labels import Label, distinct_color
     return LabelTable([Label(v, n, distinct_color(i)) for i, (v, n) in enumerate(sorted(pairs))])
 
 

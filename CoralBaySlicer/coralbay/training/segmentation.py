@@ -34,10 +34,10 @@ from coralbay.errors import InputError
 from coralbay.inference.fast_swin import enable_fast_swin
 from coralbay.inference.sliding_window import sliding_window_logits
 from coralbay.io.labels import LabelTable
+from coralbay.review.metrics import dice_per_structure, mean_dice
 from coralbay.training.augment import AugmentSettings, CropSampler, mirror_lookup, sample_batch
 from coralbay.training.data import Case
 from coralbay.training.loss import inverse_sqrt_weights, segmentation_loss
-from coralbay.review.metrics import dice_per_structure, mean_dice
 
 CHECKPOINT_FORMAT = "coralbay-train-seg-checkpoint-1"
 CHECKPOINT_NAME = "last.pt"
