@@ -18,8 +18,9 @@ from typing import Callable
 from coralbay.atomic import atomic_dir
 from coralbay.errors import InputError, UsageError
 from coralbay.io.labels import Label, LabelTable, distinct_color, load_label_table
+from coralbay.vocabulary import ExportFormat
 
-FORMATS = ("nifti", "nrrd", "seg.nrrd", "dicom-seg", "stl", "obj")
+FORMATS = ExportFormat.values()
 SUFFIXES = {"nifti": (".nii.gz", ".nii"), "nrrd": (".nrrd",), "seg.nrrd": (".seg.nrrd",), "dicom-seg": (".dcm",)}
 
 

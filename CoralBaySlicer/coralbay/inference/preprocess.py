@@ -6,15 +6,17 @@ decides what the network sees.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import SimpleITK as sitk
 
+from coralbay.bundle.manifest import PreprocessingSettings
 from coralbay.errors import InputError
 from coralbay.grid.boxes import IndexBox, covering_box, crop, foreground_box, intersect, lps_box_to_index_box
 from coralbay.grid.model_grid import model_grid, to_xyz
 from coralbay.grid.resample import replicate_edges, resample_to_grid
+from coralbay.grid.windows import WindowSettings
 
 
 AIR_HU = -1024.0
@@ -38,19 +40,18 @@ def window_intensities(array: np.ndarray, window_hu: Sequence[float]) -> np.ndar
     return array
 
 
-def prepare(image: sitk.Image, preprocessing: dict, roi_lps: Sequence[float] | None = None,
-            windows: tuple[Sequence[int], float] | None = None) -> Prepared:
+def prepare(image: sitk.Image, preprocessing: PreprocessingSettings | Mapping[str, Any],
+            roi_lps: Sequence[float] | None = None, windows: WindowSettings | None = None) -> Prepared:
     """Crop to the body (and ROI), resample onto the model grid, window the intensities.
 
-    With `windows` = (window size, overlap), the crop is grown to whole sliding windows of the
+    `preprocessing` is a bundle's section (typed, or its JSON dict). With `windows`, the crop is grown to whole sliding windows of the
     uncropped grid (see `window_span`), so cropping changes which windows are evaluated but not
     the result for any voxel in the body.
     """
-    full = IndexBox((0, 0, 0), tuple(image.GetSize()))  # type: ignore[arg-type]
-    box = full
-    if preprocessing.get("crop_foreground", True):
-        box = foreground_box(image, preprocessing.get("foreground_threshold_hu", -500.0),
-                             preprocessing.get("foreground_margin_mm", 10.0))
+    settings = PreprocessingSettings.parse(preprocessing)
+    box = IndexBox((0, 0, 0), tuple(image.GetSize()))  # type: ignore[arg-type]
+    if settings.crop_foreground:
+        box = foreground_box(image, settings.foreground_threshold_hu, settings.foreground_margin_mm)
     if roi_lps is not None:
         roi_box = lps_box_to_index_box(image, roi_lps[:3], roi_lps[3:])
         if roi_box.is_empty():
@@ -58,10 +59,10 @@ def prepare(image: sitk.Image, preprocessing: dict, roi_lps: Sequence[float] | N
         box = intersect(box, roi_box)
         if box.is_empty():
             box = roi_box  # an ROI entirely in air: honour the user's region anyway
-    grid = model_grid(image, box, preprocessing["spacing_mm"], windows)
+    grid = model_grid(image, box, settings.spacing_mm, (windows.size, windows.overlap) if windows else None)
     covering = covering_box(image, grid, context=2)
     part = replicate_edges(crop(image, covering), covering, image, grid)
-    resampled = resample_to_grid(part, grid, AIR_HU, preprocessing.get("antialias", True))
+    resampled = resample_to_grid(part, grid, AIR_HU, settings.antialias)
     array = np.ascontiguousarray(to_xyz(sitk.GetArrayFromImage(resampled)))
-    window_intensities(array, preprocessing["intensity_window_hu"])
+    window_intensities(array, settings.intensity_window_hu)
     return Prepared(array, grid, box)

@@ -26,6 +26,7 @@ import torch
 
 from coralbay.grid.boxes import IndexBox, covering_box, input_subgrid
 from coralbay.io.labels import LabelTable
+from coralbay.vocabulary import RestoreMethod
 
 LEVELS = {np.dtype(np.uint8): 255, np.dtype(np.uint16): 65535}
 CHUNK_VOXELS = 4_000_000  # input-grid voxels restored at once (a few tens of MB of buffers)
@@ -123,12 +124,12 @@ def region_for(grid: sitk.Image, image: sitk.Image, box: IndexBox) -> tuple[tupl
     return region.lower, region.upper
 
 
-RESTORE_METHODS = ("linear", "nearest")
+RESTORE_METHODS = RestoreMethod.values()
 
 
 def restore_labels(store: ProbabilityStore, image: sitk.Image, box: IndexBox, table: LabelTable,
                      keep: LabelTable, want_probabilities: bool, chunk_voxels: int = CHUNK_VOXELS,
-                     method: str = "linear") -> tuple[sitk.Image, dict[str, sitk.Image] | None]:
+                     method: RestoreMethod = RestoreMethod.LINEAR) -> tuple[sitk.Image, dict[str, sitk.Image] | None]:
     """Labels on the input grid (see module docstring): with `method` "linear", the argmax of
     linearly resampled class probabilities; with "nearest", the model grid's argmax labels copied
     to each input voxel from the nearest model voxel (what MONAI's `Invertd` of an argmax does;
@@ -136,7 +137,7 @@ def restore_labels(store: ProbabilityStore, image: sitk.Image, box: IndexBox, ta
 
     Channel c of `store` is background for c = 0, else `table`'s c-th label. Input voxels up to
     half a model voxel beyond the model grid take its edge values (`ProbabilityStore.class_image`);
-    farther out (never, for a grid made by `preprocess.model_grid`), background has probability 1.
+    farther out (never, for a grid made by `grid.model_grid.model_grid`), background has probability 1.
     """
     if method not in RESTORE_METHODS:
         raise ValueError(f"unknown restore method {method!r}")
