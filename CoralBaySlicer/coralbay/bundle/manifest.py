@@ -58,7 +58,7 @@ class PreprocessingSettings(_Section):
     foreground_margin_mm: float = 10.0
 
     @classmethod
-    def parse(cls, value: "PreprocessingSettings | Mapping[str, Any]") -> "PreprocessingSettings":
+    def parse(cls, value: PreprocessingSettings | Mapping[str, Any]) -> PreprocessingSettings:
         """From a manifest section (a dict, defaults filled in) or as is."""
         if isinstance(value, cls):
             return value
@@ -82,8 +82,8 @@ class InferenceSettings(_Section):
     point_region_mm: Optional[tuple[float, float, float]] = None  # classification around a point
 
     @classmethod
-    def parse(cls, value: "InferenceSettings | Mapping[str, Any]",
-              spacing_mm: Sequence[float] | None = None) -> "InferenceSettings":
+    def parse(cls, value: InferenceSettings | Mapping[str, Any],
+              spacing_mm: Sequence[float] | None = None) -> InferenceSettings:
         """From a manifest section; `point_region_mm` defaults to one window at `spacing_mm`."""
         if isinstance(value, cls):
             return value

@@ -17,7 +17,7 @@ import os
 import re
 import struct
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from coralbay.errors import InputError
@@ -36,6 +36,7 @@ class Payload:
     files: tuple[Path, ...]
     offset: int = 0  # bytes of header before the voxels in files[0] (attached data)
     encoding: str = "unknown"  # raw | compressed | text | unknown
+    orientation_stated: bool | None = None  # does the header give the axes' directions (None: unknown)
 
     def stored_bytes(self) -> int:
         return sum(f.stat().st_size for f in self.files) - self.offset
@@ -99,13 +100,14 @@ def _nrrd_payload(path: Path) -> Payload:
     encoding = fields.get("encoding", "").lower()
     kind = ("compressed" if encoding in ("gzip", "gz", "bzip2", "bz2") else
             "raw" if encoding == "raw" else "text")
+    stated = "space directions" in fields
     if data_line is not None:
         value = fields.get("data file", fields.get("datafile", ""))
-        return Payload(_data_files(path, value, lines[data_line + 1:], "data file"), 0, kind)
+        return Payload(_data_files(path, value, lines[data_line + 1:], "data file"), 0, kind, stated)
     if header_end is None:
         raise InputError(f"The NRRD file {path} has no blank line ending its header.")
     offset = len("\n".join(lines[: header_end + 1]).encode("latin-1")) + 1
-    return Payload((path,), min(offset, path.stat().st_size), kind)
+    return Payload((path,), min(offset, path.stat().st_size), kind, stated)
 
 
 def _check_nrrd_spacing(path: Path, fields: dict[str, str]) -> None:
@@ -140,7 +142,8 @@ def _meta_payload(path: Path) -> Payload:
             else:
                 payload = Payload(_data_files(path, fields[key], lines[index + 1:], "ElementDataFile"), 0, kind)
             _check_compressed_size(path, fields.get("compresseddatasize"), payload)
-            return payload
+            stated = any(k in fields for k in ("transformmatrix", "orientation", "rotation"))
+            return replace(payload, orientation_stated=stated)
     raise InputError(f"The MetaImage header {path} has no ElementDataFile line.")
 
 
@@ -159,15 +162,16 @@ def _check_compressed_size(path: Path, declared: str | None, payload: Payload) -
 
 # NIfTI-1 header: dim (8 int16) at 40, pixdim (8 float32) at 76, qform_code/sform_code (int16) at
 # 252, quatern_b..d and qoffset_x..z (6 float32) at 256, srow_x/y/z (12 float32) at 280.
-def _check_nifti1(path: Path, header: bytes) -> None:
+def _check_nifti1(path: Path, header: bytes) -> bool | None:
     """Refuse NIfTI-1 geometry fields that ITK would silently replace (NaN/zero voxel sizes,
     non-finite or impossible quaternions and affine rows) or interpret differently from the
-    standard (negative voxel sizes, which nibabel also refuses)."""
+    standard (negative voxel sizes, which nibabel also refuses). Returns whether the header
+    states an orientation (a qform or sform code), None when it is not NIfTI-1."""
     for order in "<>":
         if len(header) >= 348 and struct.unpack_from(order + "i", header, 0)[0] == 348:
             break
     else:
-        return  # not NIfTI-1: ITK decides what it is
+        return None  # not NIfTI-1: ITK decides what it is
     dims = struct.unpack_from(order + "8h", header, 40)
     pixdim = struct.unpack_from(order + "8f", header, 76)
     qform_code, sform_code = struct.unpack_from(order + "2h", header, 252)
@@ -178,13 +182,14 @@ def _check_nifti1(path: Path, header: bytes) -> None:
     if not all(math.isfinite(v) and SPACING_MIN_MM <= v <= SPACING_LIMIT_MM for v in sizes):
         raise InputError(f"The NIfTI file {path} has an invalid voxel size (pixdim {', '.join(f'{v:g}' for v in sizes)}).")
     if header[344:347] not in (b"n+1", b"ni1"):
-        return  # Analyze 7.5: no qform/sform fields at these offsets
+        return False  # Analyze 7.5: no qform/sform fields at these offsets, no orientation
     if qform_code > 0:
         b, c, d = quatern[:3]
         if not all(map(math.isfinite, quatern)) or b * b + c * c + d * d > 1.0 + 1e-5:
             raise InputError(f"The NIfTI file {path} has an invalid orientation (qform quaternion or offset).")
     if sform_code > 0 and not all(map(math.isfinite, srow)):
         raise InputError(f"The NIfTI file {path} has an invalid orientation (sform rows are not finite).")
+    return qform_code > 0 or sform_code > 0
 
 
 def _nifti_header(path: Path, compressed: bool) -> bytes:
@@ -214,19 +219,20 @@ def check_header(path: str | os.PathLike) -> Payload:
     if name.endswith((".mha", ".mhd")):
         return _meta_payload(path)
     if head[:2] == b"\x1f\x8b":
+        stated = None
         if name.endswith((".nii.gz", ".nii")):
-            _check_nifti1(path, _nifti_header(path, compressed=True))
-        return Payload((path,), 0, "compressed")
+            stated = _check_nifti1(path, _nifti_header(path, compressed=True))
+        return Payload((path,), 0, "compressed", stated)
     if name.endswith(".hdr"):
-        _check_nifti1(path, _nifti_header(path, compressed=False))
+        stated = _check_nifti1(path, _nifti_header(path, compressed=False))
         for image_name in (path.with_suffix(".img"), path.with_suffix(".img.gz")):
             if image_name.is_file():
                 kind = "compressed" if image_name.name.endswith(".gz") else "raw"
-                return Payload((image_name,), 0, kind)
+                return Payload((image_name,), 0, kind, stated)
         raise InputError(f"The image file {path.with_suffix('.img')} that belongs to {path} does not exist.")
     if head[344:347] in (b"n+1", b"ni1") or head[4:7] == b"n+2":
-        _check_nifti1(path, _nifti_header(path, compressed=False))
-        return Payload((path,), min(348, len(head)), "raw")
+        stated = _check_nifti1(path, _nifti_header(path, compressed=False))
+        return Payload((path,), min(348, len(head)), "raw", stated)
     return Payload((path,), 0, "unknown")
 
 

@@ -35,6 +35,7 @@ def _suffix(path: Path) -> str:
 
 
 GEOMETRY_NOTE_KEY = "coralbay:geometry_note"  # image metadata: how an irregular series was regularised
+ORIENTATION_NOTE_KEY = "coralbay:orientation_note"  # image metadata: the header states no orientation
 SPACING_RANGE_MM = (1e-4, 1e4)  # outside this, a header is wrong, not a scanner (header_checks too)
 ORIGIN_LIMIT_MM = 1e7
 log = logging.getLogger("coralbay.io")
@@ -214,7 +215,13 @@ def read_image_any(path: str | os.PathLike) -> sitk.Image:
     _run_itk(reader.ReadImageInformation, failure)
     check_declared_size(p, payload, reader.GetSize(), reader.GetNumberOfComponents(),
                         sitk.GetPixelIDValueAsString(reader.GetPixelID()))
-    return _run_itk(reader.Execute, failure)
+    image = _run_itk(reader.Execute, failure)
+    if payload.orientation_stated is False:
+        # ITK takes the axes as LPS-aligned (identity directions); say so instead of guessing silently.
+        note = (f"The header of {p.name} states no orientation; its axes were taken as LPS "
+                f"(identity direction), so left/right and front/back may be wrong.")
+        image.SetMetaData(ORIENTATION_NOTE_KEY, note)  # `read_volume` warns once the volume passed its checks
+    return image
 
 
 def check_volume(image: sitk.Image, source: str) -> sitk.Image:
@@ -250,8 +257,12 @@ def check_volume(image: sitk.Image, source: str) -> sitk.Image:
 
 
 def read_volume(path: str | os.PathLike) -> sitk.Image:
-    """Read and check a 3D scalar volume from a file or a DICOM series folder."""
-    return check_volume(read_image_any(path), f"The input {path}")
+    """Read and check a 3D scalar volume from a file or a DICOM series folder; warn when its
+    header states no orientation (its axes were then taken as LPS)."""
+    image = check_volume(read_image_any(path), f"The input {path}")
+    if image.HasMetaDataKey(ORIENTATION_NOTE_KEY):
+        log.warning(image.GetMetaData(ORIENTATION_NOTE_KEY))
+    return image
 
 
 def check_output_path(path: str | os.PathLike) -> Path:
@@ -383,4 +394,6 @@ def volume_info(image: sitk.Image) -> dict:
         "mean": float(array.mean(dtype=np.float64)),
         "warning": ct_intensity_warning(image),
         "note": image.GetMetaData(GEOMETRY_NOTE_KEY) if image.HasMetaDataKey(GEOMETRY_NOTE_KEY) else None,
+        "orientation_warning": (image.GetMetaData(ORIENTATION_NOTE_KEY)
+                                if image.HasMetaDataKey(ORIENTATION_NOTE_KEY) else None),
     }
