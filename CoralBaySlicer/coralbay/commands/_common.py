@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Callable
+from typing import Any, Callable
 
 from coralbay.device import DEVICE_CHOICES
 from coralbay.progress import Reporter
@@ -66,24 +66,42 @@ def float_list(count: int, what: str) -> Callable[[str], list[float]]:
     return parse
 
 
-def overlap_value(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("overlap must be a number from 0 to 0.95") from None
-    if not 0.0 <= value <= 0.95:
-        raise argparse.ArgumentTypeError("overlap must be from 0 to 0.95")
-    return value
+def bounded(convert: Callable[[str], Any], accept: Callable[[Any], bool], not_a_number: str,
+            out_of_range: str) -> Callable[[str], Any]:
+    """An argparse type: `convert` the text, refuse it with `not_a_number` when that fails and
+    with `out_of_range` when `accept` says no."""
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(not_a_number) from None
+        if not accept(value):
+            raise argparse.ArgumentTypeError(out_of_range)
+        return value
+    return parse
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("must be a positive integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be a positive integer")
-    return value
+def one_or_three(convert: Callable[[str], Any], accept: Callable[[Any], bool], not_numbers: str,
+                 out_of_range: str) -> Callable[[str], list]:
+    """An argparse type for one value (used for all three axes) or three comma-separated ones."""
+    def parse(text: str) -> list:
+        try:
+            values = [convert(v) for v in text.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(not_numbers) from None
+        if len(values) == 1:
+            values *= 3
+        if len(values) != 3 or not all(accept(v) for v in values):
+            raise argparse.ArgumentTypeError(out_of_range)
+        return values
+    return parse
+
+
+overlap_value = bounded(float, lambda v: 0.0 <= v <= 0.95, "overlap must be a number from 0 to 0.95",
+                        "overlap must be from 0 to 0.95")
+positive_int = bounded(int, lambda v: v >= 1, "must be a positive integer", "must be a positive integer")
+positive_float = bounded(float, lambda v: v > 0, "must be a positive number", "must be a positive number")
+probability = bounded(float, lambda v: 0.0 <= v <= 1.0, "must be a number from 0 to 1", "must be a number from 0 to 1")
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:

@@ -11,57 +11,19 @@ import argparse
 import shlex
 from pathlib import Path
 
-from coralbay.commands._common import (EPILOG, add_progress_option, float_list, make_reporter,
-                                       overlap_value, positive_int)
+from coralbay.commands._common import (EPILOG, add_progress_option, float_list, make_reporter, one_or_three,
+                                       overlap_value, positive_float, positive_int, probability)
 
 
 # Options that do not change the trained weights; they stay out of the manifest's `reproduce`.
 NOT_REPRODUCED = {"progress", "checkpoint_dir", "checkpoint_every", "keep_checkpoints", "resume", "device",
                   "threads", "help"}
 
-def window_size(text: str) -> list[int]:
-    """One or three window sizes in voxels, each a multiple of 32 and at least 64."""
-    try:
-        values = [int(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError("the window must be one or three whole numbers") from None
-    if len(values) == 1:
-        values *= 3
-    if len(values) != 3 or any(v < 64 or v % 32 for v in values):
-        raise argparse.ArgumentTypeError("window sizes must be multiples of 32 and at least 64 (e.g. 64 or 96)")
-    return values
 
-
-def spacing_mm(text: str) -> list[float]:
-    try:
-        values = [float(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError("the spacing must be one or three numbers (mm)") from None
-    if len(values) == 1:
-        values *= 3
-    if len(values) != 3 or not all(0.1 <= v <= 20 for v in values):
-        raise argparse.ArgumentTypeError("the spacing must be one or three numbers from 0.1 to 20 mm")
-    return values
-
-
-def probability(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("must be a number from 0 to 1") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError("must be a number from 0 to 1")
-    return value
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("must be a positive number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError("must be a positive number")
-    return value
+window_size = one_or_three(int, lambda v: v >= 64 and v % 32 == 0, "the window must be one or three whole numbers",
+                           "window sizes must be multiples of 32 and at least 64 (e.g. 64 or 96)")
+spacing_mm = one_or_three(float, lambda v: 0.1 <= v <= 20, "the spacing must be one or three numbers (mm)",
+                          "the spacing must be one or three numbers from 0.1 to 20 mm")
 
 
 def weight_decay_choice(text: str) -> float | str:

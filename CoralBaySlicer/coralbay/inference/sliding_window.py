@@ -16,7 +16,7 @@ import contextlib
 import itertools
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -244,27 +244,19 @@ def blend_slabs(
         yield from ready(plan.padded_shape[0])
 
 
-def sliding_window_logits(
-    volume: np.ndarray | torch.Tensor,
-    network: Callable[[torch.Tensor], torch.Tensor],
-    out_channels: int,
-    settings: WindowSettings,
-    device: torch.device | str = "cpu",
-    autocast: bool = True,
-    accumulate_dtype: torch.dtype = torch.float32,
-    progress: ProgressCallback | None = None,
-) -> tuple[torch.Tensor, dict]:
+def sliding_window_logits(volume: np.ndarray | torch.Tensor, network: Callable[[torch.Tensor], torch.Tensor],
+                          out_channels: int, settings: WindowSettings, **options: Any) -> tuple[torch.Tensor, dict]:
     """Blend per-window network outputs into a (C, X, Y, Z) tensor on the CPU.
 
-    The whole blended volume at once (see `blend_slabs` for the streaming form); with
-    `skip_empty=False` and float32 it equals `monai.inferers.sliding_window_inference`.
-    Returns the blended output and statistics (windows total/evaluated).
+    The whole blended volume at once (`blend_slabs` is the streaming form and takes the same
+    `options`: device, autocast, accumulate_dtype, progress); with `skip_empty=False` and
+    float32 it equals `monai.inferers.sliding_window_inference`. Returns the blended output and
+    statistics (windows total/evaluated).
     """
     stats: dict = {}
     shape = tuple(int(v) for v in np.shape(volume))
-    output = torch.empty((out_channels, *shape), dtype=accumulate_dtype)
-    for slab in blend_slabs(volume, network, out_channels, settings, device=device, autocast=autocast,
-                            accumulate_dtype=accumulate_dtype, progress=progress, stats=stats):
+    output = torch.empty((out_channels, *shape), dtype=options.get("accumulate_dtype", torch.float32))
+    for slab in blend_slabs(volume, network, out_channels, settings, stats=stats, **options):
         output[:, slab.start:slab.stop] = slab.logits.to("cpu")
         del slab  # let its accumulator go before the next windows run
     return output, stats
