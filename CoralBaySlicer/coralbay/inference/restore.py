@@ -108,7 +108,7 @@ class ProbabilityStore:
         Why the repeated planes: an input voxel centre may lie up to half a model voxel beyond the
         last model voxel centre, and exactly half-way ITK counts it as outside the image (its
         buffer ends half-open at size - 1/2) and would give it the default value. Repeating the
-        edge there is MONAI's border padding, the same convention as `preprocess.replicate_edges`;
+        edge there is MONAI's border padding, the same convention as `grid.resample.replicate_edges`;
         inside the box the extra planes are never read (boxes carry one voxel of context).
         """
         image = sitk.GetImageFromArray(np.pad(array_zyx, 1, mode="edge"))
