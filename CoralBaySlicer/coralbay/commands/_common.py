@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 from coralbay.device import DEVICE_CHOICES
 from coralbay.progress import Reporter
+from coralbay.vocabulary import Task
 
 
 EPILOG = """\
@@ -118,7 +119,7 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                    help="windows evaluated at once (default from the bundle; lower it to save memory)")
 
 
-def load_for_task(args: argparse.Namespace, task: str, reporter):
+def load_for_task(args: argparse.Namespace, task: Task, reporter):
     """Load the bundle named by --model (and --backbone) and check it does `task`."""
     from coralbay.bundle.loader import load_bundle
     from coralbay.errors import BundleError

@@ -7,6 +7,7 @@ import json
 
 from coralbay.commands._common import (EPILOG, add_model_options, add_progress_option, float_list,
                                        load_for_task, make_reporter, read_input)
+from coralbay.vocabulary import Task
 
 
 STAGES = {"load": 0.1, "preprocess": 0.1, "inference": 0.75, "write": 0.05}
@@ -45,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     device = select_device(args.device)
     reporter.progress("load", 0.0, "reading input")
     image = read_input(args.input, reporter)
-    bundle = load_for_task(args, "classification", reporter)
+    bundle = load_for_task(args, Task.CLASSIFICATION, reporter)
     reporter.progress("load", 1.0, f"model {bundle.manifest.name} on {describe(device)}")
     report = classify_image(image, bundle, device, point_lps=args.point,
                             window_batch_size=args.window_batch, progress=reporter.progress)

@@ -6,6 +6,7 @@ import argparse
 
 from coralbay.commands._common import (EPILOG, add_model_options, add_progress_option, float_list,
                                        load_for_task, make_reporter, overlap_value, read_input)
+from coralbay.vocabulary import Task
 
 STAGES = {"load": 0.05, "preprocess": 0.1, "inference": 0.7, "restore": 0.1, "write": 0.05}
 
@@ -47,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     device = select_device(args.device)
     reporter.progress("load", 0.0, "reading input")
     image = read_input(args.input, reporter)
-    bundle = load_for_task(args, "segmentation", reporter)
+    bundle = load_for_task(args, Task.SEGMENTATION, reporter)
     structures = [s for s in args.structures.split(",")] if args.structures else None
     if structures:
         bundle.manifest.labels.subset(structures)  # fail on unknown names before the long run
