@@ -39,7 +39,7 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 from CoralBaySlicerLib import commands, coordinates, dependencies, models, paths, results, sample_data, segments
-from coralbay.labels import LabelTable, label_table_path_for
+from coralbay.io.labels import LabelTable, label_table_path_for
 from CoralBaySlicerLib.files import deliver
 from CoralBaySlicerLib.jobs import Job, JobController
 from CoralBaySlicerLib.process import SUCCEEDED, EngineBusyError, EngineRunner

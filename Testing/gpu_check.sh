@@ -10,7 +10,7 @@
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 #     -d .whl monai==1.6.1 simpleitk==2.5.7 nibabel==5.4.2 pynrrd==1.1.3 importlib_resources==7.1.0
 # and this script installs them into /tmp/site first.
-# Usage: bash Testing/gpu_check.sh [OUT_DIR] [extra options of python -m coralbay.bench.gpu_check]
+# Usage: bash Testing/gpu_check.sh [OUT_DIR] [extra options of python -m coralbay_bench.gpu_check]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:-gpu-check-results}"; shift || true
@@ -19,7 +19,7 @@ if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
   export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
-export PYTHONPATH="$PWD/CoralBaySlicer${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH="$PWD/CoralBaySlicer:$PWD/benchmarks${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-timeout 300 "$PY" -m coralbay.bench.gpu_check --out "$OUT" "$@"
+timeout 300 "$PY" -m coralbay_bench.gpu_check --out "$OUT" "$@"

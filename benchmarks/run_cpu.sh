@@ -2,7 +2,7 @@
 # The CPU benchmark queue behind BENCHMARKS.md, one run at a time (about 35 minutes on 2 cores).
 # Usage: bash benchmarks/run_cpu.sh [NAME ...]   (no names: every run)
 cd "$(dirname "$0")/.."
-export PYTHONPATH="$PWD/CoralBaySlicer"
+export PYTHONPATH="$PWD/CoralBaySlicer:$PWD/benchmarks"
 PY="${PYTHON:-python3}"  # the environment coralbay is installed in, e.g. PYTHON=.venv/bin/python
 OUT=benchmarks/cpu
 LUNG=../shared/data/pyradiomics/lung1_image.nrrd

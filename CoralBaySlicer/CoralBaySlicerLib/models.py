@@ -1,6 +1,6 @@
 """The engine's model catalog as the module's model selector shows it.
 
-The catalog (`coralbay.catalog`) imports only the standard library, so the module lists models in
+The catalog (`coralbay.bundle.catalog`) imports only the standard library, so the module lists models in
 Slicer's own process, before PyTorch is installed. Entries are normalised here into `ModelEntry`
 so that the selector does not depend on how the catalog represents a model.
 """
@@ -60,7 +60,7 @@ def _label_name(label: Any) -> str:
 
 def list_models() -> list[ModelEntry]:
     """Every model the engine's catalog knows (bundled and user-added)."""
-    from coralbay import catalog
+    from coralbay.bundle import catalog
 
     return entries(catalog.list_models())
 
@@ -74,7 +74,7 @@ def add_model(bundle_folder: str) -> ModelEntry:
 
     (Encoder weights from the Hugging Face Hub are not a bundle: they are given per run, as the
     engine's --backbone, in the module's "Encoder weights" field.)"""
-    from coralbay import catalog
+    from coralbay.bundle import catalog
 
     text = (bundle_folder or "").strip()
     if not text:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Union
 
 from coralbay.atomic import write_text_atomic
-from coralbay.labels import LabelTable, find_label_table, label_table_path_for
+from coralbay.io.labels import LabelTable, find_label_table, label_table_path_for
 
 from CoralBaySlicerLib.coordinates import Point, lps_to_ras
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Iterable, Sequence
 
-from coralbay.labels import Code, Label, LabelTable, Terminology
+from coralbay.io.labels import Code, Label, LabelTable, Terminology
 
 
 def terminology_from_slicer_string(text: str | None) -> Terminology | None:

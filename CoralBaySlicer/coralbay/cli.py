@@ -8,26 +8,19 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import os
 import sys
 import traceback
 from typing import Sequence
 
 from coralbay import __version__
+from coralbay.commands._common import EPILOG
 from coralbay.errors import CoralBayError
+from coralbay.progress import encode_event
 
 # Each module defines `register(subparsers)`, which adds its parser and sets `run=callable(args)`.
 # Modules import their heavy dependencies (torch, MONAI) inside `run`, so `--help` stays fast.
 COMMAND_MODULES = ("info", "models", "segment", "classify", "compare", "export", "phantom", "train", "bench", "demo", "batch")
-
-EPILOG = """\
-Coordinates (--point, --roi) are physical positions in millimetres in the LPS convention of ITK
-and DICOM (x grows to the patient's left, y to the posterior, z to the head); Slicer shows RAS,
-so negate x and y of a point read in Slicer.
-Exit codes: 0 success, 1 failure (one sentence on stderr), 2 usage error, 130 interrupted.
-"""
-
 
 class _Parser(argparse.ArgumentParser):
     """argparse with exit code 2 and a one-line message for usage errors."""
@@ -53,40 +46,6 @@ def build_parser() -> argparse.ArgumentParser:
             raise
         module.register(subparsers)
     return parser
-
-
-def add_progress_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--progress", choices=("bar", "jsonl", "none"), default="bar",
-                        help="progress display: a bar on stderr (default), JSON lines on stdout "
-                             "(for programs such as the Slicer module), or none")
-
-
-def make_reporter(args: argparse.Namespace, stages: dict[str, float] | None = None):
-    """The command's Reporter; warnings the engine logs (logger "coralbay.*") reach it as log events."""
-    import logging
-
-    from coralbay.progress import Reporter
-
-    mode = getattr(args, "progress", "bar")
-    if mode == "bar" and not sys.stderr.isatty():
-        mode = "quiet"
-    reporter = Reporter("quiet" if mode == "none" else mode, stages=stages)
-    engine_logger = logging.getLogger("coralbay")
-    engine_logger.handlers = [h for h in engine_logger.handlers if not isinstance(h, _ReporterHandler)]
-    engine_logger.addHandler(_ReporterHandler(reporter))
-    engine_logger.propagate = False
-    return reporter
-
-
-class _ReporterHandler(logging.Handler):
-    """Forwards engine log records (warnings and above) to the command's Reporter."""
-
-    def __init__(self, reporter) -> None:
-        super().__init__(level=logging.WARNING)
-        self.reporter = reporter
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.reporter.log(record.getMessage(), level=record.levelname.lower())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -115,8 +74,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _fail(message: str, code: int, jsonl: bool) -> int:
     if jsonl:
-        from coralbay.progress import encode_event
-
         print(encode_event("error", message=message, exit_code=code), flush=True)
     print(f"coralbay: error: {message}", file=sys.stderr, flush=True)
     return code

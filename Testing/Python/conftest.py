@@ -11,6 +11,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 ENGINE_DIR = REPO / "CoralBaySlicer"
+BENCH_DIR = REPO / "benchmarks"  # the benchmark harness (coralbay_bench), not part of the installed engine
 SHARED_DATA = Path(os.environ.get("CORALBAY_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 # Tests share two CPU cores with each other and with CI; one thread per process keeps them fair.
@@ -27,7 +28,7 @@ def shared_data() -> Path:
 
 def cli_env() -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ENGINE_DIR), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["PYTHONPATH"] = os.pathsep.join([str(ENGINE_DIR), str(BENCH_DIR), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env.setdefault("OMP_NUM_THREADS", "1")
     return env
 
@@ -57,7 +58,7 @@ TINY_LABELS = [
 def make_tiny_bundle(folder: Path, task: str = "segmentation", separate_backbone: bool = False,
                      spacing: float = 4.0, seed: int = 0) -> Path:
     from coralbay.bundle.factory import create_random_bundle, manifest_fields
-    from coralbay.labels import LabelTable
+    from coralbay.io.labels import LabelTable
 
     fields = manifest_fields(f"tiny-{task[:3]}", task, feature_size=6,
                              labels=LabelTable.from_dict(TINY_LABELS) if task == "segmentation" else None,

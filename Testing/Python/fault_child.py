@@ -39,7 +39,7 @@ def version_image(k: int):
 def loop(folder: Path, first: int) -> None:
     from coralbay.atomic import atomic_dir, write_text_atomic
     from coralbay.errors import CoralBayError
-    from coralbay.volume_io import write_image
+    from coralbay.io.volumes import write_image
 
     k = first - 1
     while True:
@@ -61,12 +61,12 @@ def file_size_limit(folder: Path, limit: int) -> None:
     """Every write must be refused with one sentence; the parent checks the earlier files."""
     from coralbay.atomic import write_text_atomic
     from coralbay.errors import CoralBayError
-    from coralbay.volume_io import write_image
+    from coralbay.io.volumes import write_image
 
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel kills us instead of EFBIG
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-    from coralbay.labels import LabelTable
-    from coralbay.outputs import write_label_map
+    from coralbay.io.labels import LabelTable
+    from coralbay.io.label_maps import write_label_map
 
     targets = [(folder / f"out{suffix}", lambda p: write_image(version_image(2), p)) for suffix in FORMATS]
     targets.append((folder / "report.json", lambda p: write_text_atomic(p, "y" * (4 * limit))))

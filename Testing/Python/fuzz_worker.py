@@ -39,8 +39,9 @@ def describe_image(image) -> dict:
 
 
 def handle(request: dict) -> dict:
-    from coralbay import volume_io
     from coralbay.errors import CoralBayError
+    from coralbay.io import label_maps
+    from coralbay.io import volumes as volume_io
 
     path, reader = request["path"], request.get("reader", "volume")
     if reader == "selftest-abort":  # proves the parent sees a C++-style crash (SIGABRT)
@@ -50,7 +51,7 @@ def handle(request: dict) -> dict:
 
         time.sleep(3600)
     try:
-        function = {"volume": volume_io.read_volume, "label": volume_io.read_label_map,
+        function = {"volume": volume_io.read_volume, "label": label_maps.read_label_map,
                      "any": volume_io.read_image_any}[reader]
         return {"status": "ok", "image": describe_image(function(path))}
     except CoralBayError as exc:

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from coralbay.bench.agreement import DICE_BOUND
-from coralbay.bench.runner import STAGES, TARGETS
+from coralbay_bench.agreement import DICE_BOUND
+from coralbay_bench.runner import STAGES, TARGETS
 
 PATH_FIELDS = {"stages_s", "total_s", "peak_rss_added_mb", "base_rss_mb", "peak_gpu_added_mb", "peak_gpu_mb",
                "windows_total", "windows_evaluated", "window_batch_size", "model_grid_shape",

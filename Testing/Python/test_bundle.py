@@ -108,6 +108,24 @@ def test_crafted_pickle_is_refused_and_never_runs(tmp_path, monkeypatch):
     assert not (tmp_path / "PWNED_MARKER").exists()
 
 
+def test_refused_pickle_message_never_advises_switching_the_safety_off(tmp_path):
+    """The refusal says what the file holds and how to convert a trusted one, never torch's
+    advice to re-run torch.load with weights_only=False."""
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(pickle.dumps({"state_dict": {"swinViT.x": _RunsCode()}}))
+    with pytest.raises(BundleError) as info:
+        load_checkpoint(evil)
+    message = str(info.value)
+    assert "weights_only" not in message and "False" not in message
+    assert "more than tensors" in message or "besides tensors" in message
+    assert "safetensors" in message
+    damaged = tmp_path / "damaged.pt"
+    damaged.write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(BundleError) as info:
+        load_checkpoint(damaged)
+    assert "weights_only" not in str(info.value)
+
+
 def test_backbone_file_with_unexpected_keys_is_reported(tiny_seg_bundle, tmp_path):
     bundle = load_bundle(tiny_seg_bundle)
     state = {f"module.backbone.{k}": v for k, v in bundle.network.encoder.state_dict().items()}
@@ -183,7 +201,7 @@ def test_hub_id_parsing():
 
 def test_catalog_add_list_remove(tiny_seg_bundle, tmp_path, monkeypatch, cli):
     monkeypatch.setenv("CORALBAY_HOME", str(tmp_path / "home"))
-    from coralbay.catalog import add_model, list_models, remove_model, resolve_model
+    from coralbay.bundle.catalog import add_model, list_models, remove_model, resolve_model
 
     add_model(tiny_seg_bundle)
     assert resolve_model("tiny-seg") == read_manifest(tiny_seg_bundle).folder

@@ -18,15 +18,16 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from coralbay.bundle.catalog import list_models
 from coralbay.bundle.loader import load_bundle
-from coralbay.catalog import list_models
 from coralbay.commands.demo import DEMO_SEED
+from coralbay.grid.resample import same_grid
 from coralbay.inference.classify import classify_image
 from coralbay.inference.segment import segment_image
+from coralbay.io.label_maps import read_label_map
 from coralbay.phantom import generate_phantom
+from coralbay.review.metrics import dice_per_structure
 from coralbay.training.data import parse_seeds
-from coralbay.training.metrics import dice_per_structure
-from coralbay.volume_io import read_label_map, same_grid
 
 HELD_OUT = [10000, 10001, 10002, 10003, 10004]
 DEMOS = {"demo-phantom-seg": ("segmentation", "train-seg"), "demo-phantom-cls": ("classification", "train-cls")}
@@ -138,7 +139,7 @@ def test_linear_restore_is_closer_to_the_truth_than_nearest_labels():
     """The default restore (probabilities resampled linearly, argmax on the input grid) against the
     MONAI-style one (model-grid argmax copied from the nearest model voxel), on a held-out phantom
     at its own finer grid: the same model output, two ways back to the scan."""
-    from coralbay.training.metrics import mean_dice
+    from coralbay.review.metrics import mean_dice
 
     bundle = load_bundle("demo-phantom-seg")
     phantom = generate_phantom(HELD_OUT[2])

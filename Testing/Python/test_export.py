@@ -12,8 +12,8 @@ import slicerio
 
 from coralbay.errors import CoralBayError
 from coralbay.export import export_labels
-from coralbay.labels import LabelTable, find_label_table
-from coralbay.seg_nrrd import read_seg_nrrd
+from coralbay.io.labels import LabelTable, find_label_table
+from coralbay.io.seg_nrrd import read_seg_nrrd
 
 TABLE = {"labels": [
     {"value": 2, "name": "kidney_right", "color": [185, 102, 83],

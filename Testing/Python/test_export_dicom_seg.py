@@ -14,11 +14,11 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from coralbay.dicom_seg import read_dicom_seg
 from coralbay.errors import CoralBayError
 from coralbay.export import export_labels
+from coralbay.io.dicom_seg import read_dicom_seg
+from coralbay.io.volumes import dicom_series_files
 from coralbay.review import compare_label_maps
-from coralbay.volume_io import dicom_series_files
 
 TABLE = {"labels": [
     {"value": 1, "name": "liver", "color": [221, 130, 101],

@@ -7,12 +7,14 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from coralbay.grid.boxes import IndexBox
+from coralbay.grid.model_grid import model_grid
+from coralbay.grid.windows import WindowSettings
 from coralbay.inference.fast_swin import disable_fast_swin, enable_fast_swin, fast_swin_enabled, mask_plan
 from coralbay.inference.restore import ProbabilityStore, restore_labels
 from coralbay.inference.sliding_window import blend_slabs, sliding_window_logits
-from coralbay.labels import LabelTable
+from coralbay.io.labels import LabelTable
 from coralbay.model import ArchitectureSpec, build_network
-from coralbay.preprocess import IndexBox, model_grid
 
 
 @pytest.fixture(scope="module")
@@ -66,10 +68,10 @@ def test_slabs_cover_the_volume_once_and_match_the_whole():
     torch.manual_seed(2)
     net = torch.nn.Conv3d(1, 2, 3, padding=1)
     volume = torch.rand(70, 20, 18)
-    whole, _ = sliding_window_logits(volume, net, (16, 16, 16), 2, overlap=0.5, skip_empty=False)
+    whole, _ = sliding_window_logits(volume, net, 2, WindowSettings((16, 16, 16), overlap=0.5, skip_empty=False))
     seen = torch.zeros(70, dtype=torch.int32)
     stats: dict = {}
-    for slab in blend_slabs(volume, net, (16, 16, 16), 2, overlap=0.5, skip_empty=False, stats=stats):
+    for slab in blend_slabs(volume, net, 2, WindowSettings((16, 16, 16), overlap=0.5, skip_empty=False), stats=stats):
         seen[slab.start:slab.stop] += 1
         assert torch.equal(slab.logits, whole[:, slab.start:slab.stop])
     assert bool((seen == 1).all())

@@ -21,7 +21,7 @@ import pytest
 import SimpleITK as sitk
 
 from coralbay.errors import InputError
-from coralbay.volume_io import GEOMETRY_NOTE_KEY, read_volume, volume_info
+from coralbay.io.volumes import GEOMETRY_NOTE_KEY, read_volume, volume_info
 from fuzz_support import dicom_bytes, dicom_slice
 
 GRADIENT = np.array([3.0, 2.0, 7.0])
@@ -341,7 +341,7 @@ def test_dicom_series_files_follow_the_volume_and_refuse_resampled_series(tmp_pa
     series (no one-to-one pairing) must be refused rather than paired wrongly."""
     import pydicom
 
-    from coralbay.volume_io import dicom_series_files
+    from coralbay.io.volumes import dicom_series_files
 
     positions = axial_positions([2.0] * 4)
     write_series(tmp_path / "regular", positions)

@@ -26,9 +26,9 @@ import SimpleITK as sitk
 from conftest import cli_env
 from coralbay.atomic import TEMP_MARKER, atomic_dir, atomic_file, remove_stale_partials, write_text_atomic
 from coralbay.errors import CoralBayError
-from coralbay.labels import LabelTable
-from coralbay.outputs import write_label_map
-from coralbay.volume_io import _verify_written, write_image
+from coralbay.io.label_maps import write_label_map
+from coralbay.io.labels import LabelTable
+from coralbay.io.volumes import _verify_written, write_image
 from fault_child import FORMATS, SHAPE, version_array, version_image
 
 CHILD = Path(__file__).with_name("fault_child.py")

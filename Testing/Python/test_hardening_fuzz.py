@@ -146,7 +146,7 @@ def test_real_files_read_exactly_as_itk_reads_them(shared_data, name):
     import numpy as np
     import SimpleITK as sitk
 
-    from coralbay.volume_io import read_volume
+    from coralbay.io.volumes import read_volume
 
     ours, plain = read_volume(shared_data / name), sitk.ReadImage(str(shared_data / name))
     assert ours.GetSize() == plain.GetSize() and ours.GetPixelID() == plain.GetPixelID()

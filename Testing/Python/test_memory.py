@@ -8,10 +8,11 @@ import SimpleITK as sitk
 import torch
 
 from coralbay.errors import CoralBayError
+from coralbay.grid.windows import WindowSettings
+from coralbay.inference.memory_plan import (GIB, estimate_segmentation, fallback_attempts, plan_window_batch,
+                                run_with_memory_fallback)
 from coralbay.inference.sliding_window import blend_slabs, sliding_window_logits
 from coralbay.model import ArchitectureSpec, build_network
-from coralbay.resources import (GIB, estimate_segmentation, fallback_attempts, plan_window_batch,
-                                run_with_memory_fallback)
 
 
 def estimate_for(batch):
@@ -58,14 +59,15 @@ def test_out_of_memory_retries_with_a_smaller_batch_and_says_so():
     said = []
 
     def run(attempt):
-        slabs = blend_slabs(volume, OutOfMemoryAboveOneWindow(network), (64, 64, 64), 3, batch_size=attempt.window_batch,
-                            device=attempt.device, stitch_device=attempt.stitch_device, skip_empty=False)
+        slabs = blend_slabs(volume, OutOfMemoryAboveOneWindow(network), 3,
+                            WindowSettings((64, 64, 64), batch_size=attempt.window_batch, skip_empty=False),
+                            device=attempt.device, stitch_device=attempt.stitch_device)
         return torch.cat([s.logits for s in slabs], dim=1)
 
     result, attempt = run_with_memory_fallback(run, torch.device("cpu"), 2, said.append)
     assert attempt.window_batch == 1
     assert said == ["Out of memory with a window batch of 2 on cpu; retrying with a window batch of 1 on cpu."]
-    plain, _ = sliding_window_logits(volume, network, (64, 64, 64), 3, batch_size=1, skip_empty=False)
+    plain, _ = sliding_window_logits(volume, network, 3, WindowSettings((64, 64, 64), batch_size=1, skip_empty=False))
     assert float((result - plain).abs().max()) <= 1e-5
 
 

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from coralbay.preprocess import IndexBox, model_grid, prepare, reference_lattice, window_span
+from coralbay.grid.boxes import IndexBox
+from coralbay.grid.model_grid import model_grid, reference_lattice, window_span
+from coralbay.inference.preprocess import prepare
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 

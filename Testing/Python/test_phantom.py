@@ -12,8 +12,8 @@ import SimpleITK as sitk
 from conftest import REPO
 from coralbay import cli
 from coralbay import phantom as P
-from coralbay.labels import label_table_path_for, load_label_table
-from coralbay.volume_io import same_grid
+from coralbay.grid.resample import same_grid
+from coralbay.io.labels import label_table_path_for, load_label_table
 
 SMALL = (180.0, 150.0, 120.0)  # a small field of view keeps each phantom well under a second
 ORGANS = ("liver", "spleen", "kidney_left", "kidney_right")  # never cut by the field of view

@@ -29,7 +29,7 @@ def test_stage_weights_give_a_monotonic_overall_fraction():
 
 
 def test_engine_warnings_become_log_events(capsys):
-    from coralbay.cli import make_reporter
+    from coralbay.commands._common import make_reporter
 
     make_reporter(argparse.Namespace(progress="jsonl"))
     logging.getLogger("coralbay.io").warning("The DICOM slices were resampled onto a regular grid.")

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from coralbay.labels import load_label_table
+from coralbay.io.labels import load_label_table
+from coralbay.io.volumes import read_volume
 from coralbay.review import OUTPUT_FILES, compare_label_maps
-from coralbay.volume_io import read_volume
 
 STRUCTURE_KEYS = {"name", "prediction_value", "reference_value", "dice", "iou", "precision", "sensitivity",
                   "prediction_volume_ml", "reference_volume_ml", "volume_difference_percent", "hausdorff_mm",
@@ -238,9 +238,9 @@ def test_engine_label_maps_are_reviewed_and_exported_with_their_names(shared_dat
     from conftest import TINY_LABELS
 
     from coralbay.export import export_labels
-    from coralbay.labels import LabelTable
-    from coralbay.outputs import write_label_map
-    from coralbay.seg_nrrd import read_seg_nrrd
+    from coralbay.io.labels import LabelTable
+    from coralbay.io.label_maps import write_label_map
+    from coralbay.io.seg_nrrd import read_seg_nrrd
 
     seg = sitk.ReadImage(str(shared_data / "totalseg" / "example_seg.nii.gz"))
     reference = sitk.GetArrayFromImage(seg)

@@ -8,10 +8,13 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from coralbay.grid.model_grid import to_xyz
+from coralbay.grid.resample import resample_to_grid
+from coralbay.inference.preprocess import prepare
 from coralbay.inference.segment import restore_to_input
-from coralbay.labels import LabelTable
-from coralbay.preprocess import prepare, resample_to_grid, to_xyz
-from coralbay.volume_io import read_label_map, read_volume
+from coralbay.io.label_maps import read_label_map
+from coralbay.io.labels import LabelTable
+from coralbay.io.volumes import read_volume
 
 # (CT, reference labels): RAS-stored NIfTI, LPS NRRD with 5 mm slices, JPEG 2000 DICOM series
 # whose labels are stored LAS (flipped y) and must be matched through physical space.

@@ -23,7 +23,7 @@ import pytest
 import SimpleITK as sitk
 import vtk
 
-from coralbay.labels import Label, LabelTable, Terminology, load_label_table
+from coralbay.io.labels import Label, LabelTable, Terminology, load_label_table
 from CoralBaySlicerLib import coordinates, dependencies, results
 
 EMULATION = Path(__file__).resolve().parent / "slicer_emulation"
@@ -616,7 +616,7 @@ def test_seg_nrrd_written_by_slicer_read_by_the_engine(module, shared_data, tmp_
     """Slicer's segmentation storage node writes a .seg.nrrd; the engine's reader gets the names,
     colours, chosen terminology and voxels on the CT's grid."""
     import slicer
-    from coralbay.seg_nrrd import read_seg_nrrd
+    from coralbay.io.seg_nrrd import read_seg_nrrd
 
     labels = _totalseg_labels(tmp_path, shared_data)
     ct, _study = _load_ct(shared_data / "totalseg" / "example_ct_sm.nii.gz")

@@ -212,7 +212,7 @@ def test_installed_layout_finds_resources_and_imports_the_engine(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [str(lib / "Resources"), str(lib), str(lib / "coralbay"), str(lib / "CoralBaySlicerLib")]
     if (REPO / "Resources" / "Models").is_dir():  # the engine's catalog finds the bundled models there too
-        models = subprocess.run([sys.executable, "-c", "from coralbay import catalog; print(catalog.builtin_models_dir())"],
+        models = subprocess.run([sys.executable, "-c", "from coralbay.bundle import catalog; print(catalog.builtin_models_dir())"],
                                 cwd=tmp_path, capture_output=True, text=True,
                                 env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(lib)})
         assert models.stdout.strip() == str(lib / "Resources" / "Models"), models.stderr

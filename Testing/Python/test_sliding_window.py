@@ -6,6 +6,7 @@ import pytest
 import torch
 from monai.inferers import sliding_window_inference
 
+from coralbay.grid.windows import WindowSettings
 from coralbay.inference.sliding_window import plan_windows, sliding_window_logits
 from coralbay.model import ArchitectureSpec, build_network
 
@@ -21,8 +22,8 @@ def tiny_network():
 def test_equals_monai_sliding_window_inference(tiny_network, shape, overlap):
     torch.manual_seed(1)
     volume = torch.rand(shape)
-    ours, stats = sliding_window_logits(volume, tiny_network, (64, 64, 64), 3, overlap=overlap,
-                                        batch_size=2, skip_empty=False)
+    ours, stats = sliding_window_logits(volume, tiny_network, 3, WindowSettings((64, 64, 64), overlap=overlap,
+                                                                                  batch_size=2, skip_empty=False))
     with torch.inference_mode():
         reference = sliding_window_inference(volume[None, None], (64, 64, 64), 2, tiny_network,
                                              overlap=overlap, mode="gaussian", sigma_scale=0.125)[0]
@@ -49,7 +50,7 @@ def test_window_placement_equals_monais(window, overlap):
 def test_air_only_windows_are_skipped_and_become_background(tiny_network):
     volume = torch.zeros(64, 64, 128)
     volume[:, :, :20] = torch.rand(64, 64, 20)  # tissue only at one end: one window of three
-    logits, stats = sliding_window_logits(volume, tiny_network, (64, 64, 64), 3, overlap=0.5)
+    logits, stats = sliding_window_logits(volume, tiny_network, 3, WindowSettings((64, 64, 64), overlap=0.5))
     assert (stats["windows_evaluated"], stats["windows_total"]) == (1, 3)
     assert int(logits[:, :, :, -20:].argmax(0).max()) == 0  # far end: never evaluated, background
 
@@ -62,10 +63,10 @@ def test_blending_only_a_kept_box_gives_the_same_values_there(tiny_network, shap
 
     torch.manual_seed(1)
     volume = torch.rand(shape)
-    full, _ = sliding_window_logits(volume, tiny_network, (64, 64, 64), 3, overlap=0.5, skip_empty=False)
+    full, _ = sliding_window_logits(volume, tiny_network, 3, WindowSettings((64, 64, 64), overlap=0.5, skip_empty=False))
     (x0, y0, z0), (x1, y1, z1) = keep
     seen = torch.zeros(shape[0], dtype=torch.bool)
-    for slab in blend_slabs(volume, tiny_network, (64, 64, 64), 3, overlap=0.5, skip_empty=False, keep=keep):
+    for slab in blend_slabs(volume, tiny_network, 3, WindowSettings((64, 64, 64), overlap=0.5, skip_empty=False), keep=keep):
         assert x0 <= slab.start < slab.stop <= x1 and slab.offset_yz == (y0, z0)
         assert tuple(slab.logits.shape[2:]) == (y1 - y0, z1 - z0)
         torch.testing.assert_close(slab.logits, full[:, slab.start:slab.stop, y0:y1, z0:z1], rtol=0, atol=1e-5)

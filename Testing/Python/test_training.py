@@ -17,19 +17,20 @@ import torch
 from coralbay.bundle.factory import manifest_fields
 from coralbay.bundle.loader import load_bundle
 from coralbay.cli import main
+from coralbay.errors import UsageError
+from coralbay.grid.resample import same_grid
 from coralbay.inference.segment import segment_image
-from coralbay.labels import Label, LabelTable, label_table_path_for
+from coralbay.io.labels import Label, LabelTable, label_table_path_for
 from coralbay.model.build import ArchitectureSpec, build_network
 from coralbay.phantom import PHANTOM_LABELS, generate_phantom
+from coralbay.review.metrics import dice_per_structure
 from coralbay.training.augment import AugmentSettings, CropSampler, mirror_lookup, sample_batch
-from coralbay.errors import UsageError
 from coralbay.training.data import Case, find_pairs, parse_seeds, phantom_cases, plan_labels
 from coralbay.training.loss import segmentation_loss
-from coralbay.training.metrics import auroc, dice_per_structure
+from coralbay.training.metrics import auroc
 from coralbay.training.output import write_trained_bundle
 from coralbay.training.segmentation import (SegmentationSettings, build_crop_pool, forward_logits,
                                             load_checkpoint_state, train_segmentation)
-from coralbay.volume_io import same_grid
 
 CPU = torch.device("cpu")
 SPACING = 8.0

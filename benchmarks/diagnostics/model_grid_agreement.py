@@ -8,16 +8,16 @@ import numpy as np, torch
 from monai.transforms import Compose, EnsureChannelFirst, LoadImage, Orientation, Spacing, ScaleIntensityRange
 from monai.inferers import sliding_window_inference
 from coralbay.bundle.loader import load_bundle
-from coralbay.bench.inputs import resampled_copy
-from coralbay.preprocess import prepare
-from coralbay.volume_io import read_volume
-from coralbay.inference.sliding_window import sliding_window_logits
 from coralbay.inference.fast_swin import disable_fast_swin
+from coralbay.inference.preprocess import prepare
+from coralbay.inference.sliding_window import sliding_window_logits
+from coralbay.io.volumes import read_volume
+from coralbay_bench.inputs import resampled_copy
 torch.set_num_threads(1)
 b = load_bundle("demo-phantom-seg"); m = b.manifest; pre, inf = m.preprocessing, m.inference
 path = resampled_copy(sys.argv[1], 1.5, Path(tempfile.mkdtemp()))
 img = read_volume(path)
-p = prepare(img, pre, windows=(inf["window_size"], 0.5))
+p = prepare(img, pre, windows=inf.windows(overlap=0.5))
 lo, hi = pre["intensity_window_hu"]
 d = Compose([LoadImage(image_only=True), EnsureChannelFirst(), Orientation(axcodes="RAS"),
              Spacing(pixdim=pre["spacing_mm"], mode="bilinear"), ScaleIntensityRange(lo, hi, 0.0, 1.0, clip=True)])(str(path))
@@ -26,7 +26,7 @@ print("shapes", p.array.shape, mon.shape)
 net = b.network.eval(); disable_fast_swin(net)
 with torch.inference_mode():
     ml = sliding_window_inference(torch.from_numpy(mon)[None, None], inf["window_size"], 2, net, overlap=0.5, mode="gaussian", sigma_scale=inf["sigma_scale"])[0]
-    ol = sliding_window_logits(p.array, net, inf["window_size"], m.num_outputs, overlap=0.5, blend="gaussian", sigma_scale=inf["sigma_scale"], batch_size=2, skip_empty=True)
+    ol = sliding_window_logits(p.array, net, m.num_outputs, inf.windows(overlap=0.5, batch_size=2))
 ol = ol[0]
 print("logit shapes", tuple(ml.shape), tuple(ol.shape))
 # our crop's offset in MONAI's grid

@@ -6,10 +6,10 @@ import sys, tempfile
 from pathlib import Path
 import numpy as np, SimpleITK as sitk, torch
 from coralbay.bundle.loader import load_bundle
-from coralbay.bench.monai_path import run_monai_path
 from coralbay.inference.segment import segment_image
 from coralbay.phantom import generate_phantom
-from coralbay.training.metrics import dice_per_structure, mean_dice
+from coralbay.review.metrics import dice_per_structure, mean_dice
+from coralbay_bench.monai_path import run_monai_path
 torch.set_num_threads(1)
 b = load_bundle("demo-phantom-seg"); table = b.manifest.labels
 tmp = Path(tempfile.mkdtemp())

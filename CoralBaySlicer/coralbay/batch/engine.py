@@ -11,15 +11,15 @@ from coralbay import __version__ as engine_version
 from coralbay.atomic import TEMP_MARKER, atomic_dir, atomic_file, write_text_atomic
 from coralbay.bundle.loader import LoadedBundle, load_bundle
 from coralbay.bundle.manifest import MANIFEST_NAME
-from coralbay.catalog import resolve_model
+from coralbay.bundle.catalog import resolve_model
 from coralbay.device import select_device
 from coralbay.inference.classify import classify_image
 from coralbay.inference.segment import segment_image
-from coralbay.labels import label_table_path_for
-from coralbay.outputs import write_label_map
+from coralbay.io.labels import label_table_path_for
+from coralbay.io.label_maps import write_label_map
 from coralbay.review import DEFAULT_TOLERANCE_MM, compare_label_maps
 from coralbay.review.report import metrics_json_text
-from coralbay.volume_io import VOLUME_SUFFIXES, ct_intensity_warning, read_volume
+from coralbay.io.volumes import VOLUME_SUFFIXES, ct_intensity_warning, read_volume
 
 __all__ = ["DEFAULT_TOLERANCE_MM", "LoadedBundle", "MANIFEST_NAME", "TEMP_MARKER", "VOLUME_SUFFIXES",
            "atomic_dir", "atomic_file", "classify_image", "compare_label_maps", "ct_intensity_warning", "engine_version",

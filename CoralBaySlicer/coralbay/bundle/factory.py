@@ -13,7 +13,8 @@ from typing import Sequence
 
 import torch
 
-from coralbay.labels import LabelTable
+from coralbay.bundle.loader import save_bundle
+from coralbay.io.labels import LabelTable
 from coralbay.model.build import ArchitectureSpec, build_network
 
 DEMO_NOTICE = ("Demonstration model trained on synthetic phantoms: not for any clinical or research "
@@ -53,8 +54,6 @@ def manifest_fields(name: str, task: str, *, feature_size: int, labels: LabelTab
 def create_random_bundle(folder: str | os.PathLike, fields: dict, seed: int = 0,
                          separate_backbone: bool = False) -> Path:
     """A bundle with freshly initialised weights (deterministic for a seed)."""
-    from coralbay.bundle.loader import save_bundle
-
     outputs = len(fields["labels"]) + 1 if fields["task"] == "segmentation" else len(fields["classes"])
     spec = ArchitectureSpec.from_manifest(fields["task"], fields["architecture"], outputs)
     torch.manual_seed(seed)

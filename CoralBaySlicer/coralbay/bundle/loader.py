@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from coralbay.atomic import atomic_dir
+from coralbay.bundle.catalog import resolve_model
 from coralbay.bundle.manifest import MANIFEST_NAME, Manifest, read_manifest, validate_manifest
 from coralbay.bundle.weights import (apply_state_dict, download_from_hub, load_checkpoint,
                                      load_remote_code_model, load_safetensors, parse_hub_id, sha256_of,
@@ -46,8 +47,6 @@ def load_bundle(model: str | os.PathLike, backbone: str | None = None, trust_rem
 
     `backbone` is a local `.safetensors`/`.pt`/`.ckpt` file or a hub id (`org/name[@revision]`).
     """
-    from coralbay.catalog import resolve_model
-
     manifest = read_manifest(resolve_model(str(model)))
     spec = architecture_of(manifest)
     with parameters_on_meta():

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Optional, Sequence
 
 from coralbay.bundle.schema_check import first_error
 from coralbay.errors import BundleError, CoralBayError
+from coralbay.grid.windows import WindowSettings
+from coralbay.io.labels import LabelTable
 from coralbay.jsonio import read_json
-from coralbay.labels import LabelTable
+from coralbay.vocabulary import BlendMode, Task
 
 MANIFEST_NAME = "manifest.json"
 SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")
@@ -25,6 +27,80 @@ DEFAULT_PREPROCESSING = {"crop_foreground": True, "antialias": True, "foreground
                          "foreground_margin_mm": 10.0}
 DEFAULT_INFERENCE = {"overlap": 0.5, "blend": "gaussian", "sigma_scale": 0.125,
                      "window_batch_size": 2}
+
+
+class _Section:
+    """A typed manifest section. Read it by attribute; `section["key"]` and `.get` also work, for
+    code and tools written against the manifest's JSON form (the names are the JSON keys)."""
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in {f.name for f in fields(self)}:  # type: ignore[arg-type]
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self[key] if key in {f.name for f in fields(self)} else default  # type: ignore[arg-type]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, BlendMode) else v)
+                for k, v in asdict(self).items() if v is not None}  # type: ignore[call-overload]
+
+
+@dataclass(frozen=True)
+class PreprocessingSettings(_Section):
+    """The manifest's `preprocessing`: what the network's input looks like."""
+
+    spacing_mm: tuple[float, float, float]
+    intensity_window_hu: tuple[float, float]
+    crop_foreground: bool = True            # drop the air around the body (threshold box)
+    antialias: bool = True                  # Gaussian pre-filter when downsampling
+    foreground_threshold_hu: float = -500.0
+    foreground_margin_mm: float = 10.0
+
+    @classmethod
+    def parse(cls, value: PreprocessingSettings | Mapping[str, Any]) -> PreprocessingSettings:
+        """From a manifest section (a dict, defaults filled in) or as is."""
+        if isinstance(value, cls):
+            return value
+        data = {**DEFAULT_PREPROCESSING, **value}
+        return cls(spacing_mm=tuple(float(v) for v in data["spacing_mm"]),  # type: ignore[arg-type]
+                   intensity_window_hu=tuple(float(v) for v in data["intensity_window_hu"]),  # type: ignore[arg-type]
+                   crop_foreground=bool(data["crop_foreground"]), antialias=bool(data["antialias"]),
+                   foreground_threshold_hu=float(data["foreground_threshold_hu"]),
+                   foreground_margin_mm=float(data["foreground_margin_mm"]))
+
+
+@dataclass(frozen=True)
+class InferenceSettings(_Section):
+    """The manifest's `inference`: how the sliding windows run."""
+
+    window_size: tuple[int, int, int]
+    overlap: float = 0.5
+    blend: BlendMode = BlendMode.GAUSSIAN
+    sigma_scale: float = 0.125
+    window_batch_size: int = 2
+    point_region_mm: Optional[tuple[float, float, float]] = None  # classification around a point
+
+    @classmethod
+    def parse(cls, value: InferenceSettings | Mapping[str, Any],
+              spacing_mm: Sequence[float] | None = None) -> InferenceSettings:
+        """From a manifest section; `point_region_mm` defaults to one window at `spacing_mm`."""
+        if isinstance(value, cls):
+            return value
+        data = {**DEFAULT_INFERENCE, **value}
+        region = data.get("point_region_mm")
+        if region is None and spacing_mm is not None:
+            region = [w * s for w, s in zip(data["window_size"], spacing_mm)]
+        return cls(window_size=tuple(int(v) for v in data["window_size"]),  # type: ignore[arg-type]
+                   overlap=float(data["overlap"]), blend=BlendMode(data["blend"]),
+                   sigma_scale=float(data["sigma_scale"]), window_batch_size=int(data["window_batch_size"]),
+                   point_region_mm=tuple(float(v) for v in region) if region is not None else None)  # type: ignore[arg-type]
+
+    def windows(self, overlap: float | None = None, batch_size: int | None = None) -> WindowSettings:
+        """The sliding-window settings, with a command's overrides (None: the bundle's)."""
+        return WindowSettings(self.window_size, overlap=self.overlap if overlap is None else overlap,
+                              blend=self.blend, sigma_scale=self.sigma_scale,
+                              batch_size=self.window_batch_size if batch_size is None else batch_size)
 
 
 @lru_cache(maxsize=1)
@@ -48,8 +124,8 @@ class Manifest:
         return self.data.get("title", self.name)
 
     @property
-    def task(self) -> str:
-        return self.data["task"]
+    def task(self) -> Task:
+        return Task(self.data["task"])
 
     @property
     def labels(self) -> LabelTable:
@@ -62,17 +138,15 @@ class Manifest:
     @property
     def num_outputs(self) -> int:
         """Output channels: background + labels for segmentation, classes for classification."""
-        return len(self.labels) + 1 if self.task == "segmentation" else len(self.classes)
+        return len(self.labels) + 1 if self.task == Task.SEGMENTATION else len(self.classes)
 
     @property
-    def preprocessing(self) -> dict[str, Any]:
-        return {**DEFAULT_PREPROCESSING, **self.data["preprocessing"]}
+    def preprocessing(self) -> PreprocessingSettings:
+        return PreprocessingSettings.parse(self.data["preprocessing"])
 
     @property
-    def inference(self) -> dict[str, Any]:
-        defaults = {**DEFAULT_INFERENCE, "point_region_mm": [
-            w * s for w, s in zip(self.data["inference"]["window_size"], self.preprocessing["spacing_mm"])]}
-        return {**defaults, **self.data["inference"]}
+    def inference(self) -> InferenceSettings:
+        return InferenceSettings.parse(self.data["inference"], self.preprocessing.spacing_mm)
 
     def weight_path(self, entry: dict[str, Any]) -> Path:
         """The file of a weights entry, refused if it would leave the bundle folder."""
@@ -84,9 +158,9 @@ class Manifest:
     def summary(self) -> dict[str, Any]:
         """What `coralbay models --json` and the Slicer model list show."""
         out = {"name": self.name, "title": self.title, "version": self.data["version"],
-               "task": self.task, "path": str(self.folder),
+               "task": str(self.task), "path": str(self.folder),
                "description": self.data.get("description", "")}
-        if self.task == "segmentation":
+        if self.task == Task.SEGMENTATION:
             out["labels"] = [lab.name for lab in self.labels]
         else:
             out["classes"] = self.classes

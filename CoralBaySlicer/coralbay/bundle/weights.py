@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import re
 from pathlib import Path
 from typing import Mapping
@@ -60,10 +61,18 @@ def load_checkpoint(path: Path) -> dict[str, torch.Tensor]:
         return load_safetensors(path)
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - UnpicklingError, RuntimeError, EOFError...
+    except pickle.UnpicklingError:
+        # torch's own message advises turning weights_only off; we never advise switching a safety off.
+        raise BundleError(f"The checkpoint {path.name} cannot be loaded safely as plain tensors: it holds "
+                          "pickled Python objects besides tensors, which could run code when loaded. If you "
+                          "trust its source, convert it once to safetensors (save its state dict with "
+                          "safetensors.torch.save_file) and give the .safetensors file instead.") from None
+    except Exception as exc:  # noqa: BLE001 - RuntimeError, EOFError... on a damaged file
         reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        if "weights_only" in reason:
+            reason = type(exc).__name__
         raise BundleError(f"The checkpoint {path.name} cannot be loaded safely as plain tensors "
-                          f"(it may contain code or be corrupt: {reason}).") from None
+                          f"(it is damaged or not a PyTorch checkpoint: {reason}).") from None
     return flatten_state_dict(obj, path.name)
 
 

@@ -1,11 +1,57 @@
-"""Options and steps shared by the model-running commands (segment, classify, bench)."""
+"""What the commands share: the epilog, the --progress option and its Reporter, the model
+options and the input/bundle steps of the model-running commands.
+
+Why here and not in `cli`: `cli` imports the commands, so anything both need lives below them.
+"""
 
 from __future__ import annotations
 
 import argparse
-from typing import Callable
+import logging
+import sys
+from typing import Any, Callable
 
 from coralbay.device import DEVICE_CHOICES
+from coralbay.progress import Reporter
+from coralbay.vocabulary import Task
+
+
+EPILOG = """\
+Coordinates (--point, --roi) are physical positions in millimetres in the LPS convention of ITK
+and DICOM (x grows to the patient's left, y to the posterior, z to the head); Slicer shows RAS,
+so negate x and y of a point read in Slicer.
+Exit codes: 0 success, 1 failure (one sentence on stderr), 2 usage error, 130 interrupted.
+"""
+
+
+def add_progress_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--progress", choices=("bar", "jsonl", "none"), default="bar",
+                        help="progress display: a bar on stderr (default), JSON lines on stdout "
+                             "(for programs such as the Slicer module), or none")
+
+
+def make_reporter(args: argparse.Namespace, stages: dict[str, float] | None = None):
+    """The command's Reporter; warnings the engine logs (logger "coralbay.*") reach it as log events."""
+    mode = getattr(args, "progress", "bar")
+    if mode == "bar" and not sys.stderr.isatty():
+        mode = "quiet"
+    reporter = Reporter("quiet" if mode == "none" else mode, stages=stages)
+    engine_logger = logging.getLogger("coralbay")
+    engine_logger.handlers = [h for h in engine_logger.handlers if not isinstance(h, _ReporterHandler)]
+    engine_logger.addHandler(_ReporterHandler(reporter))
+    engine_logger.propagate = False
+    return reporter
+
+
+class _ReporterHandler(logging.Handler):
+    """Forwards engine log records (warnings and above) to the command's Reporter."""
+
+    def __init__(self, reporter) -> None:
+        super().__init__(level=logging.WARNING)
+        self.reporter = reporter
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.reporter.log(record.getMessage(), level=record.levelname.lower())
 
 
 def float_list(count: int, what: str) -> Callable[[str], list[float]]:
@@ -21,24 +67,42 @@ def float_list(count: int, what: str) -> Callable[[str], list[float]]:
     return parse
 
 
-def overlap_value(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("overlap must be a number from 0 to 0.95") from None
-    if not 0.0 <= value <= 0.95:
-        raise argparse.ArgumentTypeError("overlap must be from 0 to 0.95")
-    return value
+def bounded(convert: Callable[[str], Any], accept: Callable[[Any], bool], not_a_number: str,
+            out_of_range: str) -> Callable[[str], Any]:
+    """An argparse type: `convert` the text, refuse it with `not_a_number` when that fails and
+    with `out_of_range` when `accept` says no."""
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(not_a_number) from None
+        if not accept(value):
+            raise argparse.ArgumentTypeError(out_of_range)
+        return value
+    return parse
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("must be a positive integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be a positive integer")
-    return value
+def one_or_three(convert: Callable[[str], Any], accept: Callable[[Any], bool], not_numbers: str,
+                 out_of_range: str) -> Callable[[str], list]:
+    """An argparse type for one value (used for all three axes) or three comma-separated ones."""
+    def parse(text: str) -> list:
+        try:
+            values = [convert(v) for v in text.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(not_numbers) from None
+        if len(values) == 1:
+            values *= 3
+        if len(values) != 3 or not all(accept(v) for v in values):
+            raise argparse.ArgumentTypeError(out_of_range)
+        return values
+    return parse
+
+
+overlap_value = bounded(float, lambda v: 0.0 <= v <= 0.95, "overlap must be a number from 0 to 0.95",
+                        "overlap must be from 0 to 0.95")
+positive_int = bounded(int, lambda v: v >= 1, "must be a positive integer", "must be a positive integer")
+positive_float = bounded(float, lambda v: v > 0, "must be a positive number", "must be a positive number")
+probability = bounded(float, lambda v: 0.0 <= v <= 1.0, "must be a number from 0 to 1", "must be a number from 0 to 1")
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
@@ -55,7 +119,7 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                    help="windows evaluated at once (default from the bundle; lower it to save memory)")
 
 
-def load_for_task(args: argparse.Namespace, task: str, reporter):
+def load_for_task(args: argparse.Namespace, task: Task, reporter):
     """Load the bundle named by --model (and --backbone) and check it does `task`."""
     from coralbay.bundle.loader import load_bundle
     from coralbay.errors import BundleError
@@ -70,7 +134,7 @@ def load_for_task(args: argparse.Namespace, task: str, reporter):
 
 def read_input(path: str, reporter):
     """Read the input volume and warn (not fail) when it does not look like CT in HU."""
-    from coralbay.volume_io import ct_intensity_warning, read_volume
+    from coralbay.io.volumes import ct_intensity_warning, read_volume
 
     image = read_volume(path)
     warning = ct_intensity_warning(image)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from coralbay.commands._common import overlap_value, positive_int
+from coralbay.commands._common import add_progress_option, make_reporter, overlap_value, positive_int
 
 STAGES = {"check": 0.02, "cases": 0.98}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from coralbay.cli import add_progress_option
     from coralbay.device import DEVICE_CHOICES
 
     p = subparsers.add_parser(
@@ -54,7 +53,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from coralbay.batch.runner import BatchOptions, run_batch
-    from coralbay.cli import make_reporter
     from coralbay.errors import CoralBayError, UsageError
 
     if args.cluster and args.workers != 1:

@@ -5,14 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 
-from coralbay.commands._common import add_model_options, float_list
+from coralbay.commands._common import (EPILOG, add_model_options, add_progress_option, float_list,
+                                       load_for_task, make_reporter, read_input)
+from coralbay.vocabulary import Task
+
 
 STAGES = {"load": 0.1, "preprocess": 0.1, "inference": 0.75, "write": 0.05}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from coralbay.cli import EPILOG, add_progress_option
-
     p = subparsers.add_parser(
         "classify", help="classify a CT scan (or the region around a point)",
         description="Classify a CT volume with a classification bundle: encoder features are "
@@ -32,8 +33,6 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from coralbay.atomic import write_text_atomic
-    from coralbay.cli import make_reporter
-    from coralbay.commands._common import load_for_task, read_input
     from coralbay.device import describe, select_device
     from coralbay.errors import InputError
     from coralbay.inference.classify import classify_image
@@ -47,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     device = select_device(args.device)
     reporter.progress("load", 0.0, "reading input")
     image = read_input(args.input, reporter)
-    bundle = load_for_task(args, "classification", reporter)
+    bundle = load_for_task(args, Task.CLASSIFICATION, reporter)
     reporter.progress("load", 1.0, f"model {bundle.manifest.name} on {describe(device)}")
     report = classify_image(image, bundle, device, point_lps=args.point,
                             window_batch_size=args.window_batch, progress=reporter.progress)

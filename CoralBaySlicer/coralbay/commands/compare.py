@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from coralbay.cli import add_progress_option, make_reporter
+from coralbay.commands._common import add_progress_option, make_reporter
 
 
 def _tolerance(text: str) -> float:

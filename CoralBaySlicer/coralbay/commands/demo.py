@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 
+from coralbay.commands._common import add_progress_option, make_reporter, read_input
+
 # A held-out phantom: the demo bundles were trained on seeds 0-39 and validated on 5000-5002.
 DEMO_SEED = 20000
 SEG_MODEL = "demo-phantom-seg"
@@ -37,7 +39,6 @@ def healthy_liver_point(phantom, away_mm: float = HEALTHY_DISTANCE_MM) -> tuple[
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from coralbay.cli import add_progress_option
     from coralbay.device import DEVICE_CHOICES
 
     p = subparsers.add_parser(
@@ -64,16 +65,14 @@ def run(args: argparse.Namespace) -> int:
     from coralbay.atomic import write_text_atomic
     from coralbay.bundle.factory import DEMO_NOTICE
     from coralbay.bundle.loader import load_bundle
-    from coralbay.cli import make_reporter
-    from coralbay.commands._common import read_input
     from coralbay.device import describe, select_device
     from coralbay.errors import InputError
     from coralbay.inference.classify import classify_image
     from coralbay.inference.segment import segment_image
-    from coralbay.labels import label_table_path_for
-    from coralbay.outputs import write_label_map
+    from coralbay.io.labels import label_table_path_for
+    from coralbay.io.label_maps import write_label_map
     from coralbay.phantom import generate_phantom, write_phantom
-    from coralbay.training.metrics import dice_per_structure, mean_dice
+    from coralbay.review.metrics import dice_per_structure, mean_dice
 
     out = Path(args.output)
     if out.exists() and not out.is_dir():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from coralbay.cli import add_progress_option, make_reporter
+from coralbay.commands._common import add_progress_option, make_reporter
 from coralbay.export import FORMATS
 
 

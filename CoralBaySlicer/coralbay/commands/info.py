@@ -16,7 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from coralbay.volume_io import read_volume, volume_info
+    from coralbay.io.volumes import read_volume, volume_info
 
     info = volume_info(read_volume(args.input))
     if args.json:
@@ -31,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"intensity    min {info['min']:g}, max {info['max']:g}, mean {info['mean']:.1f}")
     if info["note"]:
         print(f"note: {info['note']}")
-    if info["warning"]:
-        print(f"warning: {info['warning']}")
+    for warning in (info["orientation_warning"], info["warning"]):
+        if warning:
+            print(f"warning: {warning}")
     return 0

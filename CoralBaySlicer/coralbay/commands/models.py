@@ -17,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from coralbay.catalog import add_model, list_models, remove_model
+    from coralbay.bundle.catalog import add_model, list_models, remove_model
 
     if args.add:
         manifest = add_model(args.add)

@@ -81,7 +81,7 @@ def _seed(text: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from coralbay.phantom import DEFAULT_NOISE_HU, generate_phantom, write_phantom
-    from coralbay.volume_io import check_output_path
+    from coralbay.io.volumes import check_output_path
 
     seed = _seed(args.seed)
     spacing = _numbers(args.spacing, "--spacing", (1, 3))
@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
                           lesions=lesions, noise_hu=noise, shape=shape)
     write_phantom(ph, args.output, args.labels)
 
-    from coralbay.labels import label_table_path_for
+    from coralbay.io.labels import label_table_path_for
 
     summary = {
         "seed": seed,

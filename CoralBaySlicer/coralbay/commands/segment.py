@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import argparse
-from coralbay.commands._common import add_model_options, float_list, overlap_value
+
+from coralbay.commands._common import (EPILOG, add_model_options, add_progress_option, float_list,
+                                       load_for_task, make_reporter, overlap_value, read_input)
+from coralbay.vocabulary import Task
 
 STAGES = {"load": 0.05, "preprocess": 0.1, "inference": 0.7, "restore": 0.1, "write": 0.05}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from coralbay.cli import EPILOG, add_progress_option
-
     p = subparsers.add_parser(
         "segment", help="segment a CT volume into a label map",
         description="Segment a CT volume (NIfTI/NRRD/MHA file or DICOM series folder) with a "
@@ -36,20 +37,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from coralbay.cli import make_reporter
-    from coralbay.commands._common import load_for_task, read_input
     from coralbay.device import describe, select_device
     from coralbay.inference.segment import segment_image
-    from coralbay.labels import label_table_path_for
-    from coralbay.outputs import write_label_map, write_probability_maps
-    from coralbay.volume_io import check_output_path
+    from coralbay.io.labels import label_table_path_for
+    from coralbay.io.label_maps import write_label_map, write_probability_maps
+    from coralbay.io.volumes import check_output_path
 
     output = check_output_path(args.output)
     reporter = make_reporter(args, STAGES)
     device = select_device(args.device)
     reporter.progress("load", 0.0, "reading input")
     image = read_input(args.input, reporter)
-    bundle = load_for_task(args, "segmentation", reporter)
+    bundle = load_for_task(args, Task.SEGMENTATION, reporter)
     structures = [s for s in args.structures.split(",")] if args.structures else None
     if structures:
         bundle.manifest.labels.subset(structures)  # fail on unknown names before the long run

@@ -17,17 +17,19 @@ from typing import Callable
 
 from coralbay.atomic import atomic_dir
 from coralbay.errors import InputError, UsageError
-from coralbay.labels import Label, LabelTable, distinct_color, load_label_table
+from coralbay.io.labels import Label, LabelTable, distinct_color, load_label_table
+from coralbay.vocabulary import ExportFormat
 
-FORMATS = ("nifti", "nrrd", "seg.nrrd", "dicom-seg", "stl", "obj")
-SUFFIXES = {"nifti": (".nii.gz", ".nii"), "nrrd": (".nrrd",), "seg.nrrd": (".seg.nrrd",), "dicom-seg": (".dcm",)}
+FORMATS = ExportFormat.values()
+SUFFIXES = {ExportFormat.NIFTI: (".nii.gz", ".nii"), ExportFormat.NRRD: (".nrrd",),
+            ExportFormat.SEG_NRRD: (".seg.nrrd",), ExportFormat.DICOM_SEG: (".dcm",)}
 
 
 def _check_output(fmt: str, output: Path) -> None:
     name = output.name.lower()
     if fmt in SUFFIXES:
         suffixes = SUFFIXES[fmt]
-        if not name.endswith(suffixes) or (fmt == "nrrd" and name.endswith(".seg.nrrd")):
+        if not name.endswith(suffixes) or (fmt == ExportFormat.NRRD and name.endswith(".seg.nrrd")):
             raise UsageError(f"The {fmt} output {output} must end in {' or '.join(suffixes)}.")
         if output.is_dir():
             raise UsageError(f"The output {output} is a folder; give a file name.")
@@ -58,14 +60,15 @@ def export_labels(labels_path: str | os.PathLike, fmt: str, output: str | os.Pat
 
     `label_table` (a LabelTable or a table file) overrides the input's own names and colours.
     """
-    from coralbay.label_io import read_labels
+    from coralbay.io.label_maps import read_labels
 
     warn = warn or (lambda message: None)
     if fmt not in FORMATS:
         raise UsageError(f"Unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}.")
+    fmt = ExportFormat(fmt)
     out = Path(output)
     _check_output(fmt, out)
-    if fmt == "dicom-seg" and dicom_series is None:
+    if fmt == ExportFormat.DICOM_SEG and dicom_series is None:
         raise UsageError("A DICOM SEG export needs the source series it refers to: give --dicom-series DIR.")
     if dicom_series is not None and not Path(dicom_series).is_dir():
         raise InputError(f"The DICOM series folder {dicom_series} does not exist.")
@@ -79,16 +82,16 @@ def export_labels(labels_path: str | os.PathLike, fmt: str, output: str | os.Pat
     table = complete_table(label_table or source.table, source.values, warn)
     image = source.image
 
-    if fmt in ("nifti", "nrrd"):
-        from coralbay.outputs import write_label_map
+    if fmt in (ExportFormat.NIFTI, ExportFormat.NRRD):
+        from coralbay.io.label_maps import write_label_map
 
         write_label_map(image, table, out)
-    elif fmt == "seg.nrrd":
-        from coralbay.seg_nrrd import write_seg_nrrd
+    elif fmt == ExportFormat.SEG_NRRD:
+        from coralbay.io.seg_nrrd import write_seg_nrrd
 
         write_seg_nrrd(image, table, out)
-    elif fmt == "dicom-seg":
-        from coralbay.dicom_seg import write_dicom_seg
+    elif fmt == ExportFormat.DICOM_SEG:
+        from coralbay.io.dicom_seg import write_dicom_seg
 
         _, messages = write_dicom_seg(image, table, dicom_series, out, algorithm_type=algorithm_type)
         for message in messages:
@@ -97,5 +100,5 @@ def export_labels(labels_path: str | os.PathLike, fmt: str, output: str | os.Pat
         from coralbay.export.meshes import write_structure_meshes
 
         with atomic_dir(out) as tmp_dir:
-            write_structure_meshes(image, table, tmp_dir, fmt)
+            write_structure_meshes(image, table, tmp_dir, str(fmt))
     return out

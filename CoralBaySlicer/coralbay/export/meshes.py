@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from coralbay.labels import LabelTable
+from coralbay.grid.lps import index_to_lps
+from coralbay.io.labels import LabelTable
 
 MESH_FORMATS = ("stl", "obj")
 SMOOTHING_PASSBAND = 0.01  # Slicer's default smoothing factor 0.5 -> pass band 10^(-4 x 0.5)
@@ -27,16 +28,6 @@ SMOOTHING_ITERATIONS = 20
 def safe_file_name(name: str) -> str:
     """A structure name usable as a file name on every platform."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "structure"
-
-
-def index_to_lps(image: sitk.Image, offset: tuple[int, int, int]) -> np.ndarray:
-    """4x4 matrix from indices of a crop starting at `offset` (i, j, k) to LPS millimetres."""
-    direction = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)
-    linear = direction @ np.diag(image.GetSpacing())
-    matrix = np.eye(4)
-    matrix[:3, :3] = linear
-    matrix[:3, 3] = np.asarray(image.GetOrigin()) + linear @ np.asarray(offset, dtype=float)
-    return matrix
 
 
 def structure_mesh(mask_kji: np.ndarray, matrix: np.ndarray, smooth: bool = True):

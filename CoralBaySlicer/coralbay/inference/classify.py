@@ -10,6 +10,7 @@ the nodule.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Callable, Sequence
 
 import numpy as np
@@ -20,8 +21,8 @@ from coralbay.bundle.loader import LoadedBundle
 from coralbay.bundle.manifest import Manifest
 from coralbay.errors import InputError
 from coralbay.inference.fast_swin import enable_fast_swin
+from coralbay.inference.preprocess import prepare
 from coralbay.inference.sliding_window import sliding_window_embeddings
-from coralbay.preprocess import prepare
 
 Progress = Callable[[str, float, str], None]
 
@@ -43,18 +44,16 @@ def scan_embedding(image: sitk.Image, manifest: Manifest, embed: Callable[[torch
     """The pooled feature vector (1, D) of a scan, or of the region around a point: what the
     head sees. Training a head (`coralbay train-cls`) uses this same function."""
     infer = manifest.inference
-    preprocessing = dict(manifest.preprocessing)
+    preprocessing = manifest.preprocessing
     roi = None
     if point_lps is not None:
-        roi = point_roi(image, point_lps, infer["point_region_mm"])
-        preprocessing["crop_foreground"] = False  # the region is the point's neighbourhood as is
+        roi = point_roi(image, point_lps, infer.point_region_mm)
+        preprocessing = replace(preprocessing, crop_foreground=False)  # the point's neighbourhood as is
     progress("preprocess", 0.0, "cropping and resampling")
     prepared = prepare(image, preprocessing, roi)
     progress("preprocess", 1.0, "")
     vectors, stats = sliding_window_embeddings(
-        prepared.array, embed, infer["window_size"],
-        overlap=infer["overlap"] if overlap is None else overlap,
-        batch_size=window_batch_size or infer["window_batch_size"], device=device,
+        prepared.array, embed, infer.windows(overlap=overlap, batch_size=window_batch_size), device=device,
         progress=lambda f, m: progress("inference", f, m))
     return vectors.mean(dim=0, keepdim=True), stats
 

@@ -24,8 +24,9 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from coralbay.labels import LabelTable
-from coralbay.preprocess import IndexBox, covering_box, input_subgrid
+from coralbay.grid.boxes import IndexBox, covering_box, input_subgrid
+from coralbay.io.labels import LabelTable
+from coralbay.vocabulary import RestoreMethod
 
 LEVELS = {np.dtype(np.uint8): 255, np.dtype(np.uint16): 65535}
 CHUNK_VOXELS = 4_000_000  # input-grid voxels restored at once (a few tens of MB of buffers)
@@ -107,7 +108,7 @@ class ProbabilityStore:
         Why the repeated planes: an input voxel centre may lie up to half a model voxel beyond the
         last model voxel centre, and exactly half-way ITK counts it as outside the image (its
         buffer ends half-open at size - 1/2) and would give it the default value. Repeating the
-        edge there is MONAI's border padding, the same convention as `preprocess.replicate_edges`;
+        edge there is MONAI's border padding, the same convention as `grid.resample.replicate_edges`;
         inside the box the extra planes are never read (boxes carry one voxel of context).
         """
         image = sitk.GetImageFromArray(np.pad(array_zyx, 1, mode="edge"))
@@ -123,12 +124,12 @@ def region_for(grid: sitk.Image, image: sitk.Image, box: IndexBox) -> tuple[tupl
     return region.lower, region.upper
 
 
-RESTORE_METHODS = ("linear", "nearest")
+RESTORE_METHODS = RestoreMethod.values()
 
 
 def restore_labels(store: ProbabilityStore, image: sitk.Image, box: IndexBox, table: LabelTable,
                      keep: LabelTable, want_probabilities: bool, chunk_voxels: int = CHUNK_VOXELS,
-                     method: str = "linear") -> tuple[sitk.Image, dict[str, sitk.Image] | None]:
+                     method: RestoreMethod = RestoreMethod.LINEAR) -> tuple[sitk.Image, dict[str, sitk.Image] | None]:
     """Labels on the input grid (see module docstring): with `method` "linear", the argmax of
     linearly resampled class probabilities; with "nearest", the model grid's argmax labels copied
     to each input voxel from the nearest model voxel (what MONAI's `Invertd` of an argmax does;
@@ -136,7 +137,7 @@ def restore_labels(store: ProbabilityStore, image: sitk.Image, box: IndexBox, ta
 
     Channel c of `store` is background for c = 0, else `table`'s c-th label. Input voxels up to
     half a model voxel beyond the model grid take its edge values (`ProbabilityStore.class_image`);
-    farther out (never, for a grid made by `preprocess.model_grid`), background has probability 1.
+    farther out (never, for a grid made by `grid.model_grid.model_grid`), background has probability 1.
     """
     if method not in RESTORE_METHODS:
         raise ValueError(f"unknown restore method {method!r}")

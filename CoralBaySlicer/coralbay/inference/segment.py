@@ -20,13 +20,15 @@ import SimpleITK as sitk
 import torch
 
 from coralbay.bundle.loader import LoadedBundle
+from coralbay.grid.boxes import IndexBox
 from coralbay.inference.fast_swin import disable_fast_swin, enable_fast_swin
+from coralbay.inference.memory_plan import (Attempt, available_device_memory, available_host_memory,
+                                estimate_segmentation, plan_window_batch, run_with_memory_fallback)
+from coralbay.inference.preprocess import prepare
 from coralbay.inference.restore import ProbabilityStore, region_for, restore_labels
 from coralbay.inference.sliding_window import blend_slabs
-from coralbay.labels import LabelTable
-from coralbay.preprocess import IndexBox, prepare
-from coralbay.resources import (Attempt, available_device_memory, available_host_memory,
-                                estimate_segmentation, plan_window_batch, run_with_memory_fallback)
+from coralbay.io.labels import LabelTable
+from coralbay.vocabulary import RestoreMethod
 
 Progress = Callable[[str, float, str], None]
 log = logging.getLogger("coralbay.inference")
@@ -34,12 +36,12 @@ log = logging.getLogger("coralbay.inference")
 
 def plan_memory(grid_shape: Sequence[int], input_box: IndexBox, bundle: LoadedBundle,
                 device: torch.device, window_batch: int) -> int:
-    """The window batch that fits the free memory (see `resources`); refuse when none does."""
+    """The window batch that fits the free memory (see `memory_plan`); refuse when none does."""
     manifest = bundle.manifest
     parameters = sum(p.numel() for p in bundle.network.parameters())
     fitted, _ = plan_window_batch(
         lambda b: estimate_segmentation(grid_shape, int(np.prod(input_box.size)), manifest.num_outputs,
-                                        manifest.inference["window_size"], bundle.spec.feature_size, b,
+                                        manifest.inference.window_size, bundle.spec.feature_size, b,
                                         parameters),
         window_batch, available_host_memory(), available_device_memory(device))
     if fitted < window_batch:
@@ -64,7 +66,7 @@ def segment_image(image: sitk.Image, bundle: LoadedBundle, device: torch.device,
                   structures: Sequence[str] | None = None, probabilities: bool = False,
                   window_batch_size: int | None = None, skip_empty: bool = True,
                   autocast: bool = True, fast_attention: bool = True, probability_bits: int = 16,
-                  restore: str = "linear", progress: Progress = _noop) -> SegmentationResult:
+                  restore: RestoreMethod = RestoreMethod.LINEAR, progress: Progress = _noop) -> SegmentationResult:
     """Segment `image` with a segmentation bundle; the label map lies on `image`'s grid.
 
     `autocast` runs the network in bf16 (fp16 without bf16 support) on CUDA; `fast_attention`
@@ -73,15 +75,14 @@ def segment_image(image: sitk.Image, bundle: LoadedBundle, device: torch.device,
     on whether probability maps are requested.
     """
     manifest = bundle.manifest
-    infer = manifest.inference
+    windows = manifest.inference.windows(overlap=overlap).with_(skip_empty=skip_empty)
     table = manifest.labels
     keep = table.subset(structures) if structures else table
     timings: dict[str, float] = {}
 
     start = time.perf_counter()
     progress("preprocess", 0.0, "cropping and resampling")
-    overlap = infer["overlap"] if overlap is None else overlap
-    prepared = prepare(image, manifest.preprocessing, roi_lps, windows=(infer["window_size"], overlap))
+    prepared = prepare(image, manifest.preprocessing, roi_lps, windows=windows)
     timings["preprocess_s"] = time.perf_counter() - start
     progress("preprocess", 1.0, f"model grid {prepared.array.shape}")
 
@@ -95,18 +96,16 @@ def segment_image(image: sitk.Image, bundle: LoadedBundle, device: torch.device,
     del prepared
     window_stats: dict = {}
     batch = plan_memory(volume.shape, input_box, bundle, device,
-                        window_batch_size or int(infer["window_batch_size"]))
+                        window_batch_size or windows.batch_size)
 
     region = region_for(grid, image, input_box)  # the model voxels the restore reads
 
     def run(attempt: Attempt) -> ProbabilityStore:
         store = ProbabilityStore(manifest.num_outputs, volume.shape, grid,
                                  np.uint8 if probability_bits == 8 else np.uint16, region=region)
-        slabs = blend_slabs(volume, network.to(attempt.device), infer["window_size"],
-                            manifest.num_outputs, overlap=overlap,
-                            blend=infer["blend"], sigma_scale=infer["sigma_scale"],
-                            batch_size=attempt.window_batch, device=attempt.device,
-                            stitch_device=attempt.stitch_device, autocast=autocast, skip_empty=skip_empty,
+        slabs = blend_slabs(volume, network.to(attempt.device), manifest.num_outputs,
+                            windows.with_(batch_size=attempt.window_batch), device=attempt.device,
+                            stitch_device=attempt.stitch_device, autocast=autocast,
                             progress=lambda f, m: progress("inference", f, m), stats=window_stats,
                             keep=region)
         for slab in slabs:

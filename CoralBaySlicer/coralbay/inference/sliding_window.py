@@ -1,6 +1,6 @@
 """Sliding-window evaluation of a network over a volume, with Gaussian blending.
 
-Window placement (`window_placement`) and the blending weights (`compute_importance_map`) are
+Window placement (`coralbay.grid.windows`) and the blending weights (`compute_importance_map`) are
 MONAI's, so with `skip_empty=False` and float32 accumulation the result equals
 `monai.inferers.sliding_window_inference` (tested). Ours differs in what it avoids: windows that
 hold only air (all inputs at the bottom of the HU window) are not evaluated, and the blended
@@ -16,13 +16,13 @@ import contextlib
 import itertools
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from monai.data.utils import compute_importance_map
 
-from coralbay.inference.window_placement import window_starts
+from coralbay.grid.windows import WindowSettings, window_starts
 
 ProgressCallback = Callable[[float, str], None]
 
@@ -62,6 +62,57 @@ def _batches(items: list, size: int) -> Iterator[list]:
 
 
 @dataclass
+class WindowRun:
+    """The windows of one volume: the padded volume, where the windows go, which are evaluated."""
+
+    plan: WindowPlan
+    volume: torch.Tensor  # float32, padded to at least one window
+    todo: list[tuple[slice, slice, slice]]  # the windows to evaluate, in MONAI's order
+
+    def stats(self) -> dict:
+        return {"windows_total": len(self.plan.slices), "windows_evaluated": len(self.todo)}
+
+
+def plan_run(volume: np.ndarray | torch.Tensor, settings: WindowSettings, all_when_empty: bool = False) -> WindowRun:
+    """Pad the volume, place the windows and drop those that hold only air (`skip_empty`).
+
+    With `all_when_empty`, a volume with nothing but air still gets every window (a scan-level
+    embedding needs at least one vector; a segmentation does not).
+    """
+    vol = torch.as_tensor(volume, dtype=torch.float32)
+    plan = plan_windows(vol.shape, settings.size, settings.overlap)
+    vol = _pad_volume(vol, plan)
+    todo = [s for s in plan.slices if not settings.skip_empty or float(vol[s].max()) > settings.empty_below]
+    return WindowRun(plan, vol, todo or (list(plan.slices) if all_when_empty else []))
+
+
+def evaluate_windows(run: WindowRun, network: Callable[[torch.Tensor], torch.Tensor], settings: WindowSettings,
+                     device: torch.device, progress: ProgressCallback | None = None
+                     ) -> Iterator[tuple[list[tuple[slice, slice, slice]], torch.Tensor]]:
+    """The one sliding-window loop: yield (windows, network outputs) batch by batch.
+
+    Callers (blended logits, per-window embeddings) run it inside `window_context`, which must
+    stay entered while they use the outputs. Progress is reported after the caller has taken
+    each batch.
+    """
+    done = 0
+    for batch in _batches(run.todo, max(1, settings.batch_size)):
+        inputs = torch.stack([run.volume[s] for s in batch])[:, None].to(device)
+        yield batch, network(inputs)
+        done += len(batch)
+        if progress:
+            progress(done / max(1, len(run.todo)), f"window {done}/{len(run.todo)}")
+
+
+def window_context(device: torch.device, autocast: bool) -> contextlib.ExitStack:
+    """Inference mode plus (on CUDA) autocast, for the whole of a sliding-window evaluation."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.inference_mode())
+    stack.enter_context(autocast_context(device, autocast))
+    return stack
+
+
+@dataclass
 class Slab:
     """Blended network output for voxels [start, stop) along the first axis, all of the others."""
 
@@ -90,16 +141,10 @@ def _segment_bounds(plan: WindowPlan, window: Sequence[int]) -> list[int]:
 def blend_slabs(
     volume: np.ndarray | torch.Tensor,
     network: Callable[[torch.Tensor], torch.Tensor],
-    window: Sequence[int],
     out_channels: int,
-    overlap: float = 0.5,
-    blend: str = "gaussian",
-    sigma_scale: float = 0.125,
-    batch_size: int = 2,
+    settings: WindowSettings,
     device: torch.device | str = "cpu",
     autocast: bool = True,
-    skip_empty: bool = True,
-    empty_below: float = 1e-6,
     accumulate_dtype: torch.dtype = torch.float32,
     progress: ProgressCallback | None = None,
     stats: dict | None = None,
@@ -123,19 +168,16 @@ def blend_slabs(
     """
     device = torch.device(device)
     stitch = torch.device(stitch_device) if stitch_device is not None else device
-    vol = torch.as_tensor(volume, dtype=torch.float32)
-    plan = plan_windows(vol.shape, window, overlap)
-    vol = _pad_volume(vol, plan)
-    todo = [s for s in plan.slices if not skip_empty or float(vol[s].max()) > empty_below]
+    run = plan_run(volume, settings)
+    plan, todo, window = run.plan, run.todo, settings.size
     if stats is not None:
-        stats.update(windows_total=len(plan.slices), windows_evaluated=len(todo),
-                     model_grid_shape=[int(v) for v in volume.shape])
-    vol = vol.to(stitch)
-    weights = compute_importance_map(tuple(window), mode=blend, sigma_scale=sigma_scale,
+        stats.update(run.stats(), model_grid_shape=[int(v) for v in np.shape(volume)])
+    run.volume = run.volume.to(stitch)
+    weights = compute_importance_map(tuple(window), mode=str(settings.blend), sigma_scale=settings.sigma_scale,
                                      device=stitch, dtype=torch.float32)
     cuts = _segment_bounds(plan, window)
     x_lo = plan.padding[0][0]
-    lower, upper = keep if keep is not None else ((0, 0, 0), tuple(int(v) for v in volume.shape))
+    lower, upper = keep if keep is not None else ((0, 0, 0), tuple(int(v) for v in np.shape(volume)))
     # The kept box in padded coordinates.
     (kx0, kx1), (ky0, ky1), (kz0, kz1) = [(int(lo) + pad[0], int(up) + pad[0])
                                           for lo, up, pad in zip(lower, upper, plan.padding)]
@@ -175,10 +217,9 @@ def blend_slabs(
                 yield slab
 
     done = 0
-    with torch.inference_mode(), autocast_context(device, autocast):
-        for batch in _batches(todo, max(1, batch_size)):
-            inputs = torch.stack([vol[s] for s in batch])[:, None].to(device)
-            logits = network(inputs).to(stitch)
+    with window_context(device, autocast):
+        for batch, outputs in evaluate_windows(run, network, settings, device, progress):
+            logits = outputs.to(stitch)
             for s, out in zip(batch, logits):
                 yield from ready(s[0].start)  # finish what lies before this window: one window's depth stays open
                 y0, y1 = max(s[1].start, ky0), min(s[1].stop, ky1)
@@ -200,40 +241,22 @@ def blend_slabs(
             done += len(batch)
             # everything before the next window's start is final (windows advance along axis 0)
             yield from ready(todo[done][0].start if done < len(todo) else plan.padded_shape[0])
-            if progress:
-                progress(done / max(1, len(todo)), f"window {done}/{len(todo)}")
         yield from ready(plan.padded_shape[0])
 
 
-def sliding_window_logits(
-    volume: np.ndarray | torch.Tensor,
-    network: Callable[[torch.Tensor], torch.Tensor],
-    window: Sequence[int],
-    out_channels: int,
-    overlap: float = 0.5,
-    blend: str = "gaussian",
-    sigma_scale: float = 0.125,
-    batch_size: int = 2,
-    device: torch.device | str = "cpu",
-    autocast: bool = True,
-    skip_empty: bool = True,
-    empty_below: float = 1e-6,
-    accumulate_dtype: torch.dtype = torch.float32,
-    progress: ProgressCallback | None = None,
-) -> tuple[torch.Tensor, dict]:
+def sliding_window_logits(volume: np.ndarray | torch.Tensor, network: Callable[[torch.Tensor], torch.Tensor],
+                          out_channels: int, settings: WindowSettings, **options: Any) -> tuple[torch.Tensor, dict]:
     """Blend per-window network outputs into a (C, X, Y, Z) tensor on the CPU.
 
-    The whole blended volume at once (see `blend_slabs` for the streaming form); with
-    `skip_empty=False` and float32 it equals `monai.inferers.sliding_window_inference`.
-    Returns the blended output and statistics (windows total/evaluated).
+    The whole blended volume at once (`blend_slabs` is the streaming form and takes the same
+    `options`: device, autocast, accumulate_dtype, progress); with `skip_empty=False` and
+    float32 it equals `monai.inferers.sliding_window_inference`. Returns the blended output and
+    statistics (windows total/evaluated).
     """
     stats: dict = {}
     shape = tuple(int(v) for v in np.shape(volume))
-    output = torch.empty((out_channels, *shape), dtype=accumulate_dtype)
-    for slab in blend_slabs(volume, network, window, out_channels, overlap=overlap, blend=blend,
-                            sigma_scale=sigma_scale, batch_size=batch_size, device=device,
-                            autocast=autocast, skip_empty=skip_empty, empty_below=empty_below,
-                            accumulate_dtype=accumulate_dtype, progress=progress, stats=stats):
+    output = torch.empty((out_channels, *shape), dtype=options.get("accumulate_dtype", torch.float32))
+    for slab in blend_slabs(volume, network, out_channels, settings, stats=stats, **options):
         output[:, slab.start:slab.stop] = slab.logits.to("cpu")
         del slab  # let its accumulator go before the next windows run
     return output, stats
@@ -242,31 +265,18 @@ def sliding_window_logits(
 def sliding_window_embeddings(
     volume: np.ndarray | torch.Tensor,
     embed: Callable[[torch.Tensor], torch.Tensor],
-    window: Sequence[int],
-    overlap: float = 0.5,
-    batch_size: int = 2,
+    settings: WindowSettings,
     device: torch.device | str = "cpu",
     autocast: bool = True,
-    skip_empty: bool = True,
-    empty_below: float = 1e-6,
     progress: ProgressCallback | None = None,
 ) -> tuple[torch.Tensor, dict]:
-    """Per-window feature vectors (N, D) for the windows that hold anything but air."""
+    """Per-window feature vectors (N, D) for the windows that hold anything but air (every
+    window when there is nothing but air), from the same loop as the logits."""
     device = torch.device(device)
-    vol = torch.as_tensor(volume, dtype=torch.float32)
-    plan = plan_windows(vol.shape, window, overlap)
-    if any(a or b for a, b in plan.padding):
-        pad = [p for pair in reversed(plan.padding) for p in pair]
-        vol = torch.nn.functional.pad(vol[None, None], pad, mode="constant", value=0.0)[0, 0]
-    todo = [s for s in plan.slices if not skip_empty or float(vol[s].max()) > empty_below] or plan.slices
-    vectors = []
-    with torch.inference_mode(), autocast_context(device, autocast):
-        for i, batch in enumerate(_batches(todo, max(1, batch_size))):
-            inputs = torch.stack([vol[s] for s in batch])[:, None].to(device)
-            vectors.append(embed(inputs).float().cpu())
-            if progress:
-                progress(min(1.0, (i + 1) * batch_size / len(todo)), f"window {min(len(todo), (i + 1) * batch_size)}/{len(todo)}")
-    return torch.cat(vectors), {"windows_total": len(plan.slices), "windows_evaluated": len(todo)}
+    run = plan_run(volume, settings, all_when_empty=True)
+    with window_context(device, autocast):
+        vectors = [outputs.float().cpu() for _, outputs in evaluate_windows(run, embed, settings, device, progress)]
+    return torch.cat(vectors), run.stats()
 
 
 def windows_needed(shape: Sequence[int], window: Sequence[int], overlap: float) -> int:

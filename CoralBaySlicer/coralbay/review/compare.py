@@ -19,14 +19,14 @@ import SimpleITK as sitk
 
 from coralbay.atomic import atomic_dir
 from coralbay.errors import InputError, UsageError
-from coralbay.label_io import LabelInput, read_labels
+from coralbay.grid.resample import bring_onto_grid
+from coralbay.io.label_maps import LabelInput, read_labels
+from coralbay.io.volumes import write_image_verified
 from coralbay.review import diffmaps
-from coralbay.review.grids import bring_onto_grid
 from coralbay.review.matching import Matching, load_mapping, match_labels
 from coralbay.review.metrics import overlap_metrics
 from coralbay.review.report import metrics_json_text, write_reports
 from coralbay.review.surface import surface_metrics
-from coralbay.volume_io import write_image_verified
 
 DEFAULT_TOLERANCE_MM = 3.0  # as TotalSegmentator's evaluation (normalized surface distance at 3 mm)
 OUTPUT_FILES = ("metrics.json", "metrics.csv", "difference.nii.gz", "difference.labels.json",
@@ -100,7 +100,7 @@ def compare_label_maps(pred_path: str | os.PathLike, ref_path: str | os.PathLike
     _refuse_empty(ref, "reference")
     ct = None
     if image_path is not None:
-        from coralbay.volume_io import read_volume
+        from coralbay.io.volumes import read_volume
 
         ct = read_volume(image_path)
     warnings = [*pred.warnings, *ref.warnings]

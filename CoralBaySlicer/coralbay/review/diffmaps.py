@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from coralbay.labels import Label, LabelTable
+from coralbay.io.labels import Label, LabelTable
 
 AGREEMENT, FALSE_POSITIVE, FALSE_NEGATIVE, MISMATCH = 1, 2, 3, 4
 

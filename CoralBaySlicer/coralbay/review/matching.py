@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Iterable
 
 from coralbay.errors import InputError
+from coralbay.io.labels import Label, LabelTable, distinct_color, load_label_table
 from coralbay.jsonio import read_json
-from coralbay.labels import Label, LabelTable, distinct_color, load_label_table
 
 MAPPING_KEYS = ("pairs", "prediction_labels", "reference_labels")
 

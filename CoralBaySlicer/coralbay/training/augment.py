@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from coralbay.labels import LabelTable
+from coralbay.io.labels import LabelTable
 from coralbay.training.data import Case
 
 

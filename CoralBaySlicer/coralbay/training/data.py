@@ -1,6 +1,6 @@
 """Training data: image/label pairs from a folder, rows of a CSV file, or generated phantoms.
 
-Every case goes through `coralbay.preprocess.prepare`, the function inference uses, so a head is
+Every case goes through `coralbay.inference.preprocess.prepare`, the function inference uses, so a head is
 trained on exactly what it will see. Label maps go onto the model grid by nearest neighbour
 through physical space (never by array index), so a label map stored in another orientation
 than its image is still placed correctly, while one on a different grid is refused: that is
@@ -21,9 +21,12 @@ import numpy as np
 import SimpleITK as sitk
 
 from coralbay.errors import InputError, UsageError
-from coralbay.labels import LabelTable, find_label_table
-from coralbay.preprocess import prepare, to_xyz
-from coralbay.volume_io import VOLUME_SUFFIXES, read_label_map, read_volume, same_grid
+from coralbay.grid.model_grid import to_xyz
+from coralbay.grid.resample import same_grid
+from coralbay.inference.preprocess import prepare
+from coralbay.io.label_maps import read_label_map
+from coralbay.io.labels import Label, LabelTable, distinct_color, find_label_table
+from coralbay.io.volumes import VOLUME_SUFFIXES, read_volume
 
 # A label map beside its image is called CASE<tag>.<ext>, e.g. ct01_labels.nii.gz for ct01.nii.gz.
 LABEL_TAGS = ("_labels", "_label", "_seg", "_mask", "-labels", "-label", "-seg")
@@ -119,7 +122,6 @@ def dataset_json_table(folder: Path) -> LabelTable | None:
         number, name = (key, value) if str(key).isdigit() else (value, key)
         if isinstance(number, (int, str)) and str(number).isdigit() and int(number) > 0:
             pairs.append((int(number), str(name)))
-    from coralbay.labels import Label, distinct_color
     return LabelTable([Label(v, n, distinct_color(i)) for i, (v, n) in enumerate(sorted(pairs))])
 
 

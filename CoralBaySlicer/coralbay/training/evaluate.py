@@ -17,7 +17,8 @@ from torch import nn
 
 from coralbay.bundle.loader import LoadedBundle
 from coralbay.bundle.manifest import Manifest
-from coralbay.training.metrics import auroc, dice_per_structure, mean_dice
+from coralbay.review.metrics import dice_per_structure, mean_dice
+from coralbay.training.metrics import auroc
 
 Progress = Callable[[float, str], None]
 

@@ -1,6 +1,6 @@
-"""Plain metrics for training and the demo: Dice per structure and the area under the ROC curve.
+"""The area under the ROC curve for classification probes (numpy only).
 
-Kept here (numpy only) so validation during training needs nothing beyond the engine.
+Dice lives in `coralbay.review.metrics`, the one home of overlap metrics.
 """
 
 from __future__ import annotations
@@ -8,33 +8,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-
-from coralbay.labels import LabelTable
-
-
-def dice_per_structure(prediction: np.ndarray, truth: np.ndarray, table: LabelTable,
-                       values: Sequence[int] | None = None) -> dict[str, float | None]:
-    """Dice of each label of `table` between two label maps (same shape, label values).
-
-    `values` maps the table's i-th label to the value used in the arrays (default the label
-    values themselves; training passes class indices 1..N). A structure absent from both maps
-    has no Dice (None) rather than a perfect or a zero score.
-    """
-    values = list(values) if values is not None else [lab.value for lab in table]
-    size = max(int(prediction.max(initial=0)), int(truth.max(initial=0)), max(values, default=0)) + 1
-    joint = np.bincount(truth.astype(np.int64).ravel() * size + prediction.astype(np.int64).ravel(),
-                        minlength=size * size).reshape(size, size)
-    out: dict[str, float | None] = {}
-    for lab, value in zip(table, values):
-        both = joint[value, value]
-        total = joint[value, :].sum() + joint[:, value].sum()
-        out[lab.name] = float(2.0 * both / total) if total else None
-    return out
-
-
-def mean_dice(scores: dict[str, float | None]) -> float | None:
-    present = [v for v in scores.values() if v is not None]
-    return float(np.mean(present)) if present else None
 
 
 def auroc(scores: Sequence[float], positives: Sequence[bool]) -> float | None:

@@ -31,13 +31,14 @@ from torch import nn
 
 from coralbay.atomic import atomic_file
 from coralbay.errors import InputError
+from coralbay.grid.windows import WindowSettings
 from coralbay.inference.fast_swin import enable_fast_swin
 from coralbay.inference.sliding_window import sliding_window_logits
-from coralbay.labels import LabelTable
+from coralbay.io.labels import LabelTable
+from coralbay.review.metrics import dice_per_structure, mean_dice
 from coralbay.training.augment import AugmentSettings, CropSampler, mirror_lookup, sample_batch
 from coralbay.training.data import Case
 from coralbay.training.loss import inverse_sqrt_weights, segmentation_loss
-from coralbay.training.metrics import dice_per_structure, mean_dice
 
 CHECKPOINT_FORMAT = "coralbay-train-seg-checkpoint-1"
 CHECKPOINT_NAME = "last.pt"
@@ -162,14 +163,13 @@ def build_crop_pool(network: nn.Module, samplers: list[CropSampler], settings: S
     return CropPool(torch.cat(inputs), torch.cat(targets), [torch.cat(level) for level in zip(*cached)])
 
 
-def validate(network: nn.Module, cases: list[Case], table: LabelTable, window: tuple[int, int, int],
-             overlap: float, device: torch.device) -> dict:
+def validate(network: nn.Module, cases: list[Case], table: LabelTable, windows: WindowSettings,
+             device: torch.device) -> dict:
     """Mean Dice per structure over the validation cases (structures absent from a case skipped)."""
     network.eval()
     per_case = []
     for case in cases:
-        logits, _ = sliding_window_logits(case.image, network, window, len(table) + 1, overlap=overlap,
-                                          device=device)
+        logits, _ = sliding_window_logits(case.image, network, len(table) + 1, windows, device=device)
         prediction = logits.argmax(dim=0).numpy()
         per_case.append(dice_per_structure(prediction, case.target, table, range(1, len(table) + 1)))
     dice = {}
@@ -288,7 +288,8 @@ def train_segmentation(network: nn.Module, cases: list[Case], val_cases: list[Ca
         step += 1
         record = {"step": step, "loss": round(float(loss.detach()), 5), "lr": optimizer.param_groups[0]["lr"]}
         if val_cases and (step % settings.val_every == 0 or step == settings.steps):
-            result = validate(network, val_cases, table, settings.augment.window, settings.val_overlap, device)
+            result = validate(network, val_cases, table,
+                              WindowSettings(settings.augment.window, overlap=settings.val_overlap), device)
             record["val_mean_dice"] = result["mean_dice"]
             score = result["mean_dice"] if result["mean_dice"] is not None else 0.0
             if score > best_score:

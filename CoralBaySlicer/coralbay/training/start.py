@@ -48,9 +48,8 @@ class StartingPoint:
         """Spacing, HU window, window size, overlap and anti-aliasing: the init bundle's, else the defaults."""
         if self.init:
             pre, infer = self.init.manifest.preprocessing, self.init.manifest.inference
-            return {"spacing_mm": tuple(pre["spacing_mm"]), "window_hu": tuple(pre["intensity_window_hu"]),
-                    "window_size": tuple(infer["window_size"]), "overlap": float(infer["overlap"]),
-                    "antialias": bool(pre.get("antialias", True))}
+            return {"spacing_mm": pre.spacing_mm, "window_hu": pre.intensity_window_hu,
+                    "window_size": infer.window_size, "overlap": infer.overlap, "antialias": pre.antialias}
         return {"spacing_mm": DEFAULT_SPACING_MM, "window_hu": DEFAULT_WINDOW_HU,
                 "window_size": DEFAULT_WINDOW, "overlap": DEFAULT_OVERLAP, "antialias": True}
 
