@@ -40,9 +40,10 @@ from slicer.util import VTKObservationMixin
 
 from CoralBaySlicerLib import commands, coordinates, dependencies, models, paths, results, sample_data, segments
 from coralbay.io.labels import LabelTable, label_table_path_for
+from coralbay.vocabulary import JobState
 from CoralBaySlicerLib.files import deliver
 from CoralBaySlicerLib.jobs import Job, JobController
-from CoralBaySlicerLib.process import SUCCEEDED, EngineBusyError, EngineRunner
+from CoralBaySlicerLib.process import EngineBusyError, EngineRunner
 
 MODULE_DIR = pathlib.Path(__file__).resolve().parent
 
@@ -89,7 +90,7 @@ def loadPhantomSample():
     _sampleLogic = _sampleLogic or CoralBaySlicerLogic()
 
     def done(job):
-        if job.state == "failed":
+        if job.state == JobState.FAILED:
             slicer.util.errorDisplay(_("The CoralBay phantom could not be generated: {error}").format(error=job.error),
                                      detailedText=job.full_log())
 
@@ -303,12 +304,12 @@ class CoralBaySlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = message
 
     def onJobFinished(self, job: Job) -> None:
-        self.ui.progressBar.value = 100 if job.state == SUCCEEDED else 0
-        if job.state == "failed":
+        self.ui.progressBar.value = 100 if job.state == JobState.SUCCEEDED else 0
+        if job.state == JobState.FAILED:
             self.ui.statusLabel.text = job.error or ""
             slicer.util.errorDisplay(_("CoralBay {purpose} failed: {error}").format(purpose=job.purpose, error=job.error),
                                      detailedText=job.full_log())
-        elif job.state == "cancelled":
+        elif job.state == JobState.CANCELLED:
             self.ui.statusLabel.text = _("Cancelled.")
         self.updateButtons()
 
@@ -348,7 +349,7 @@ class CoralBaySlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             backbone=p.backbone, outputSegmentation=p.segmentation, onDone=self.onSegmentDone))
 
     def onSegmentDone(self, job: Job) -> None:
-        if job.state == SUCCEEDED:
+        if job.state == JobState.SUCCEEDED:
             self._parameterNode.segmentation = job.value
 
     def onClassify(self) -> None:
@@ -359,7 +360,7 @@ class CoralBaySlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                                   backbone=p.backbone, onDone=self.onClassifyDone))
 
     def onClassifyDone(self, job: Job) -> None:
-        if job.state == SUCCEEDED:
+        if job.state == JobState.SUCCEEDED:
             tableNode, classification = job.value
             self._parameterNode.classificationTable = tableNode
             self.ui.classificationLabel.text = classification.summary()
@@ -372,7 +373,7 @@ class CoralBaySlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                                  onDone=self.onCompareDone))
 
     def onCompareDone(self, job: Job) -> None:
-        if job.state == SUCCEEDED:
+        if job.state == JobState.SUCCEEDED:
             review = job.value
             self._parameterNode.metricsTable = review.metricsTable
             worst = review.worstErrorRAS
@@ -392,7 +393,7 @@ class CoralBaySlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                                 referenceVolume=p.inputVolume, onDone=self.onExportDone))
 
     def onExportDone(self, job: Job) -> None:
-        if job.state == SUCCEEDED:
+        if job.state == JobState.SUCCEEDED:
             self.onLog("info", _("Exported to {path}").format(path=job.value))
 
     def onLoadPhantom(self) -> None:
@@ -403,7 +404,7 @@ class CoralBaySlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.startJob(start)
 
     def onPhantomLoaded(self, job: Job) -> None:
-        if job.state == SUCCEEDED:
+        if job.state == JobState.SUCCEEDED:
             self.usePhantom(*job.value)
 
     def usePhantom(self, ctNode, truthNode) -> None:
@@ -1035,7 +1036,7 @@ class CoralBaySlicerTest(ScriptedLoadableModuleTest):
         loaded = logic.loadPhantom()
         if isinstance(loaded, Job):
             job = logic.wait(self.TIMEOUT_S)
-            self.assertEqual(job.state, SUCCEEDED, job.error)
+            self.assertEqual(job.state, JobState.SUCCEEDED, job.error)
             loaded = job.value
         return loaded
 
@@ -1048,7 +1049,7 @@ class CoralBaySlicerTest(ScriptedLoadableModuleTest):
 
         logic.segment(ctNode, self.SEGMENTATION_MODEL)
         job = logic.wait(self.TIMEOUT_S)
-        self.assertEqual(job.state, SUCCEEDED, job.error)
+        self.assertEqual(job.state, JobState.SUCCEEDED, job.error)
         segmentationNode = job.value
         self.assertGreater(segmentationNode.GetSegmentation().GetNumberOfSegments(), 0)
         self.assertEqual(segmentationNode.GetNodeReference(segmentationNode.GetReferenceImageGeometryReferenceRole()), ctNode)
@@ -1056,7 +1057,7 @@ class CoralBaySlicerTest(ScriptedLoadableModuleTest):
 
         logic.compare(segmentationNode, truthNode, imageVolume=ctNode)
         job = logic.wait(self.TIMEOUT_S)
-        self.assertEqual(job.state, SUCCEEDED, job.error)
+        self.assertEqual(job.state, JobState.SUCCEEDED, job.error)
         table = job.value.metricsTable.GetTable()
         dice = table.GetColumnByName("dice")
         self.assertIsNotNone(dice)
@@ -1076,7 +1077,7 @@ class CoralBaySlicerTest(ScriptedLoadableModuleTest):
         if self.CLASSIFICATION_MODEL in names:
             logic.classify(ctNode, self.CLASSIFICATION_MODEL)
             job = logic.wait(self.TIMEOUT_S)
-            self.assertEqual(job.state, SUCCEEDED, job.error)
+            self.assertEqual(job.state, JobState.SUCCEEDED, job.error)
             tableNode, classification = job.value
             self.assertAlmostEqual(sum(p for _name, p in classification.rows), 1.0, places=3)
             self.delayDisplay("Classified")
@@ -1085,7 +1086,7 @@ class CoralBaySlicerTest(ScriptedLoadableModuleTest):
         try:
             logic.export(segmentationNode, "seg.nrrd", folder, referenceVolume=ctNode)
             job = logic.wait(self.TIMEOUT_S)
-            self.assertEqual(job.state, SUCCEEDED, job.error)
+            self.assertEqual(job.state, JobState.SUCCEEDED, job.error)
             exported = slicer.util.loadSegmentation(str(job.value))
             self.assertEqual(exported.GetSegmentation().GetNumberOfSegments(),
                              segmentationNode.GetSegmentation().GetNumberOfSegments())
@@ -1106,7 +1107,7 @@ class CoralBaySlicerTest(ScriptedLoadableModuleTest):
             logic.poll()
             slicer.app.processEvents()
         logic.cancel()
-        self.assertEqual(job.state, "cancelled")
+        self.assertEqual(job.state, JobState.CANCELLED)
         self.assertFalse(folder.exists())
         self.assertFalse(logic.busy)
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), nodesBefore)

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from CoralBaySlicerLib.process import CANCELLED, FAILED, SUCCEEDED, EngineRun, EngineRunner
+from coralbay.vocabulary import JobState
+from CoralBaySlicerLib.process import EngineRun, EngineRunner
 
 WriteInputs = Callable[[Path], list]
 ReadOutputs = Callable[[EngineRun], Any]
@@ -27,14 +28,14 @@ class Job:
     purpose: str
     run: EngineRun
     read_outputs: ReadOutputs
-    state: str = "running"
+    state: JobState = JobState.RUNNING
     value: Any = None       # what read_outputs returned (nodes, tables...)
     error: str | None = None
     log: list[str] = field(default_factory=list)
 
     @property
     def finished(self) -> bool:
-        return self.state in (SUCCEEDED, FAILED, CANCELLED)
+        return self.state in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
 
     def full_log(self) -> str:
         return "\n".join(self.log)
@@ -120,7 +121,7 @@ class JobController:
         if job is None or job.finished or self._polling:
             return
         job.run.cancel()
-        job.state = CANCELLED
+        job.state = JobState.CANCELLED
         job.log = list(job.run.lines)
         self._log("warning", f"The {job.purpose} was cancelled.")
         if self.on_finished:
@@ -129,21 +130,21 @@ class JobController:
     def _finish(self, job: Job) -> None:
         run = job.run
         try:
-            if run.state == SUCCEEDED:
+            if run.state == JobState.SUCCEEDED:
                 job.value = job.read_outputs(run)
-                job.state = SUCCEEDED
+                job.state = JobState.SUCCEEDED
             else:
                 job.state = run.state
                 job.error = run.error
         except Exception as exc:  # noqa: BLE001 - reading outputs failed: report it, leave no files
-            job.state = FAILED
+            job.state = JobState.FAILED
             job.error = str(exc) or type(exc).__name__
         finally:
             job.log = list(run.lines)
             run.close()
-        if job.state == FAILED:
+        if job.state == JobState.FAILED:
             self._log("error", job.error or f"The {job.purpose} failed.")
-        elif job.state == SUCCEEDED:
+        elif job.state == JobState.SUCCEEDED:
             self._log("info", f"Finished {job.purpose}.")
         if self.on_finished:
             self.on_finished(job)

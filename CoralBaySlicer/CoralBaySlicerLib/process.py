@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
 from coralbay.progress import decode_event
+from coralbay.vocabulary import JobState
 
 _END_OF_OUTPUT = object()  # queue marker: the process closed its output
 
-PREPARED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "prepared", "running", "succeeded", "failed", "cancelled"
-FINISHED_STATES = (SUCCEEDED, FAILED, CANCELLED)
+FINISHED_STATES = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
 
 
 class EngineBusyError(RuntimeError):
@@ -101,7 +101,7 @@ class EngineRun:
     def __init__(self, folder: Path, env: Mapping[str, str], on_close) -> None:
         self.folder = folder
         self.env = dict(env)
-        self.state = PREPARED
+        self.state = JobState.PREPARED
         self.fraction = 0.0
         self.message = ""
         self.stage = ""
@@ -123,7 +123,7 @@ class EngineRun:
 
     def start(self, argv: Sequence[str]) -> None:
         """Start the command; returns at once (the process runs in the background)."""
-        if self.state != PREPARED:
+        if self.state != JobState.PREPARED:
             raise RuntimeError(f"This run was already started (state {self.state}).")
         self.argv = [str(a) for a in argv]
         options: dict = {}
@@ -135,7 +135,7 @@ class EngineRun:
             self.argv, cwd=str(self.folder), env=self.env, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, encoding="utf-8",
             errors="replace", bufsize=1, **options)
-        self.state = RUNNING
+        self.state = JobState.RUNNING
         self._reader = threading.Thread(target=self._read_output, name="CoralBay engine output", daemon=True)
         self._reader.start()
 
@@ -167,7 +167,7 @@ class EngineRun:
         returned as {"event": "log", "level": "info", "message": line, "raw": True}.
         """
         events: list[dict] = []
-        if self.state != RUNNING:
+        if self.state != JobState.RUNNING:
             return events
         while True:
             try:
@@ -208,10 +208,10 @@ class EngineRun:
     def _finish(self, returncode: int) -> None:
         self.returncode = returncode
         if returncode == 0 and self._error_event is None:
-            self.state = SUCCEEDED
+            self.state = JobState.SUCCEEDED
             self.fraction = 1.0
             return
-        self.state = FAILED
+        self.state = JobState.FAILED
         self.error = self._failure_sentence(returncode)
 
     def _failure_sentence(self, returncode: int) -> str:
@@ -229,9 +229,9 @@ class EngineRun:
     def wait(self, timeout: float | None = None, interval: float = 0.05) -> str:
         """Poll until the run finishes (for scripts and tests; the GUI polls from a timer instead)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while self.state == RUNNING:
+        while self.state == JobState.RUNNING:
             self.poll()
-            if self.state != RUNNING:
+            if self.state != JobState.RUNNING:
                 break
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"The engine run did not finish within {timeout} s.")
@@ -245,21 +245,21 @@ class EngineRun:
 
     def cancel(self) -> None:
         """Stop the run now: kill the whole process tree, then remove the run's folder."""
-        if self.state == RUNNING and self._process is not None:
-            self.state = CANCELLED
+        if self.state == JobState.RUNNING and self._process is not None:
+            self.state = JobState.CANCELLED
             kill_process_tree(self._process.pid)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self._process.wait(timeout=10)
             self.returncode = self._process.returncode
-        elif self.state == PREPARED:
-            self.state = CANCELLED
+        elif self.state == JobState.PREPARED:
+            self.state = JobState.CANCELLED
         self.close()
 
     def close(self) -> None:
         """Release the run: remove its folder (and every file in it) and let the next run start."""
         if self._closed:
             return
-        if self.state == RUNNING:
+        if self.state == JobState.RUNNING:
             raise RuntimeError("Cancel the run before closing it.")
         if self._reader is not None:
             self._reader.join(timeout=10)
