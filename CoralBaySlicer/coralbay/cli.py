@@ -19,7 +19,8 @@ from coralbay.errors import CoralBayError
 
 # Each module defines `register(subparsers)`, which adds its parser and sets `run=callable(args)`.
 # Modules import their heavy dependencies (torch, MONAI) inside `run`, so `--help` stays fast.
-COMMAND_MODULES = ("info", "models", "segment", "classify", "compare", "export", "phantom", "train", "bench", "demo")
+COMMAND_MODULES = ("info", "models", "segment", "classify", "compare", "export", "phantom", "train", "bench", "demo",
+                   "interact", "eval_interactive")
 
 EPILOG = """\
 Coordinates (--point, --roi) are physical positions in millimetres in the LPS convention of ITK
