@@ -45,17 +45,21 @@ class Protocol:
         self.session = session
         self.output_dir = output_dir
         self.emit = emit
-        self.cancel_flag = threading.Event()
         self.counter = 0
+        self.running = 0          # sequence number of the request being answered
+        self.cancel_before = 0    # requests numbered below this are cancelled
 
     def event(self, kind: str, request: dict | None, **fields: Any) -> None:
         base = {"id": request.get("id"), "request": request.get("type")} if request else {}
         self.emit(encode_event(kind, **base, **fields))
 
-    def handle(self, request: dict) -> bool:
-        """Answer one request; False when the session should end."""
+    def cancelled(self) -> bool:
+        return self.running < self.cancel_before
+
+    def handle(self, request: dict, number: int = 0) -> bool:
+        """Answer one request (its arrival `number`); False when the session should end."""
         kind = request.get("type")
-        self.cancel_flag.clear()
+        self.running = number
         started = time.perf_counter()
         try:
             if kind not in REQUESTS:
@@ -64,8 +68,10 @@ class Protocol:
                 self.event("result", request, message="bye")
                 return False
             if kind == "cancel":
-                self.event("result", request, message="nothing to cancel")
+                self.event("result", request, message="cancelled what was running or waiting")
                 return True
+            if self.cancelled():
+                raise Cancelled("Cancelled.")
             fields = getattr(self, f"_{kind}")(request)
             self.event("result", request, seconds=round(time.perf_counter() - started, 3), **fields)
         except Cancelled:
@@ -84,11 +90,8 @@ class Protocol:
         def progress(fraction: float, message: str) -> None:
             self.event("progress", r, stage="features", fraction=round(fraction, 3), message=message)
 
-        def cancelled() -> bool:
-            return self.cancel_flag.is_set()
-
         try:
-            volume = self.session.open_scan(image, str(r["image"]), progress, cancelled)
+            volume = self.session.open_scan(image, str(r["image"]), progress, self.cancelled)
         except InterruptedError:
             raise Cancelled("Cancelled.") from None
         return {"feature_seconds": round(volume.seconds, 3), "from_cache": volume.from_cache,
@@ -186,6 +189,7 @@ def serve(session: Session, output_dir: Path, stdin: TextIO = sys.stdin, stdout:
     requests: queue.Queue = queue.Queue()
 
     def reader() -> None:
+        number = 0
         for line in stdin:
             line = line.strip()
             if not line:
@@ -197,14 +201,15 @@ def serve(session: Session, output_dir: Path, stdin: TextIO = sys.stdin, stdout:
             except ValueError:
                 emit(encode_event("error", message="A request must be one JSON object on one line.", exit_code=2))
                 continue
+            number += 1
             if request.get("type") == "cancel":
-                protocol.cancel_flag.set()
-            requests.put(request)
+                protocol.cancel_before = number  # every earlier request still running or waiting
+            requests.put((number, request))
         requests.put(None)
 
     threading.Thread(target=reader, daemon=True).start()
     protocol.event("result", {"type": "ready"}, message="ready", requests=list(REQUESTS))
     while True:
-        request = requests.get()
-        if request is None or not protocol.handle(request):
+        item = requests.get()
+        if item is None or not protocol.handle(item[1], item[0]):
             return 0
