@@ -25,7 +25,7 @@ from scipy import ndimage
 from coralbay.interactive.features import FeatureVolume
 
 BACKGROUND_SAMPLES = 6000
-BACKGROUND_WEIGHT = 0.15     # total weight of the weak negatives, relative to the positives
+BACKGROUND_WEIGHT = 0.5     # total weight of the weak negatives, relative to the positives
 PREVIOUS_SAMPLES = 3000
 PREVIOUS_WEIGHT = 0.0        # total weight of the weak positives, relative to the click positives (0: off, see docs)
 FINISHED_SAMPLES = 3000
