@@ -5,7 +5,8 @@ What is kept: per model-grid voxel, K principal components of the six encoder ma
 channels (192 for the demo encoder, 1536 for CoralBayU96B); K=24 float16 values per voxel keep a
 whole abdomen's features in tens of MB, and the online head trains on them in well under a second.
 Each scale block is scaled to equal total variance before the PCA, so the 16F-channel coarsest map
-does not drown the fine ones. The projection is linear, so projecting each window before blending
+does not drown the fine ones. The projection is fitted once per encoder on a fixed synthetic scan
+(`reference_projection`), so features of different scans share one space. The projection is linear, so projecting each window before blending
 equals projecting the blended features: the windows are blended with the sliding-window code of
 segmentation (`blend_slabs`, Gaussian weights) and never held at full width.
 
@@ -32,12 +33,12 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from coralbay.interactive.engine import (LoadedBundle, atomic_file, blend_slabs, enable_fast_swin, plan_windows,
-                                         prepare)
+from coralbay.interactive.engine import (LoadedBundle, atomic_file, blend_slabs, enable_fast_swin, generate_phantom,
+                                         plan_windows, prepare)
 
 log = logging.getLogger("coralbay.interactive")
 
-RECIPE = "pca-multiscale-v1"
+RECIPE = "pca-multiscale-reference-v2"
 COMPONENTS = 24
 PCA_WINDOWS = 4          # windows whose features fit the projection
 PCA_SAMPLES = 40_000     # voxels sampled from them
@@ -132,29 +133,64 @@ def up_channels(maps: list[torch.Tensor]) -> int:
     return int(sum(m.shape[1] for m in maps))
 
 
+def _fit_windows(padded: torch.Tensor, plan) -> list[tuple[slice, ...]]:
+    """Up to PCA_WINDOWS non-air windows spread over the (padded) volume."""
+    busy = [s for s in plan.slices if float(padded[s].max()) > 1e-6] or plan.slices
+    picks = sorted(set(np.linspace(0, len(busy) - 1, min(PCA_WINDOWS, len(busy))).round().astype(int)))
+    return [busy[i] for i in picks]
+
+
+def _padded(array: np.ndarray, plan) -> torch.Tensor:
+    volume = torch.as_tensor(array)
+    if any(a or b for a, b in plan.padding):
+        pad = [p for pair in reversed(plan.padding) for p in pair]
+        volume = F.pad(volume[None, None], pad)[0, 0]
+    return volume
+
+
+def reference_projection(bundle: LoadedBundle, device: torch.device | str = "cpu") -> Projection:
+    """The encoder's projection, fitted on a fixed synthetic scan (phantom seed 0 at the bundle's spacing).
+
+    Why not the scan itself: the head learns across scans (accepted structures of earlier scans
+    are examples for later ones), which needs every scan's features in the same space; a fixed
+    reference makes the projection a function of the encoder and preprocessing alone, so the cache
+    key stays (scan, encoder, preprocessing). Cost: one small phantom and 4 windows per process.
+    """
+    manifest = bundle.manifest
+    infer = manifest.inference
+    window = tuple(int(v) for v in infer["window_size"])
+    digest = encoder_digest(bundle.network) + json.dumps([manifest.preprocessing, window], sort_keys=True)
+    if digest in _PROJECTIONS:
+        return _PROJECTIONS[digest]
+    phantom = generate_phantom(0, spacing=float(max(manifest.preprocessing["spacing_mm"])), lesions=False,
+                               direction="LPS")
+    prepared = prepare(phantom.image, manifest.preprocessing, None, windows=(window, infer["overlap"]))
+    plan = plan_windows(prepared.array.shape, window, infer["overlap"])
+    padded = _padded(prepared.array, plan)
+    encoder = bundle.network.encoder.to(device).eval()
+    with torch.inference_mode():
+        maps = [[m.cpu() for m in encoder(padded[s][None, None].to(device))]
+                for s in _fit_windows(padded, plan)]
+    _PROJECTIONS[digest] = Projection.fit(maps, COMPONENTS, np.random.default_rng(0))
+    return _PROJECTIONS[digest]
+
+
+_PROJECTIONS: dict[str, Projection] = {}
+
+
 def compute_features(image: sitk.Image, bundle: LoadedBundle, key: str, device: torch.device | str = "cpu",
                      progress: Callable[[float, str], None] | None = None,
                      cancelled: Callable[[], bool] | None = None) -> FeatureVolume:
-    """Preprocess like segmentation, fit the projection on a few windows, blend projected windows."""
+    """Preprocess like segmentation, then blend the projected encoder maps window by window."""
     start = time.perf_counter()
     manifest = bundle.manifest
     infer = manifest.inference
     window = tuple(int(v) for v in infer["window_size"])
+    enable_fast_swin(bundle.network)
+    projection = reference_projection(bundle, device)
     prepared = prepare(image, manifest.preprocessing, None, windows=(window, infer["overlap"]))
     volume = torch.as_tensor(prepared.array)
     encoder = bundle.network.encoder.to(device).eval()
-    enable_fast_swin(bundle.network)
-    plan = plan_windows(volume.shape, window, infer["overlap"])
-    padded = volume
-    if any(a or b for a, b in plan.padding):
-        pad = [p for pair in reversed(plan.padding) for p in pair]
-        padded = F.pad(volume[None, None], pad)[0, 0]
-    busy = [s for s in plan.slices if float(padded[s].max()) > 1e-6] or plan.slices
-    chosen = [busy[i] for i in sorted(set(np.linspace(0, len(busy) - 1, min(PCA_WINDOWS, len(busy))).round().astype(int)))]
-    with torch.inference_mode():
-        fit_maps = [[m.cpu() for m in encoder(padded[s][None, None].to(device))] for s in chosen]
-    projection = Projection.fit(fit_maps, COMPONENTS, np.random.default_rng(0))
-    del fit_maps
 
     def embed(x: torch.Tensor) -> torch.Tensor:
         if cancelled is not None and cancelled():

@@ -174,6 +174,12 @@ def predict(table: torch.Tensor, head: OnlineHead, shape: tuple[int, int, int], 
     return out.reshape(shape)
 
 
+def far_from_prompts(rows: np.ndarray) -> np.ndarray:
+    """Rows of the plain table extended with the closeness columns of a voxel far from every prompt."""
+    far = np.full((len(rows), 2 * len(DISTANCE_SCALES_MM)), -1.0, np.float32)
+    return np.concatenate([rows, far], axis=1)
+
+
 def random_background(shape: tuple[int, int, int], rng: np.random.Generator, exclude: np.ndarray,
                       count: int = BACKGROUND_SAMPLES) -> np.ndarray:
     """Random flat indices of the grid not in `exclude` (the weak negatives)."""

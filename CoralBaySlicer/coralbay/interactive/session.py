@@ -282,10 +282,10 @@ class Session:
             structure.logits = np.full(self.volume.shape, -10.0, np.float32)
             return Answer(structure.mask, np.zeros(self.volume.shape, np.float32), None, None)
         stack = lambda parts: np.concatenate(parts) if parts else np.zeros((0, 3), int)  # noqa: E731
-        table = self.table.table
-        if extra is None:  # closeness to prompts means nothing for rows of other scans
-            table = self.table.with_distances(stack(self._positive_model), stack(self._negative_model),
-                                              tuple(self.volume.grid.GetSpacing()))
+        table = self.table.with_distances(stack(self._positive_model), stack(self._negative_model),
+                                          tuple(self.volume.grid.GetSpacing()))
+        if extra is not None:  # rows of other scans lie far from this scan's prompts
+            extra = tuple(heads.far_from_prompts(rows) for rows in extra)
         head = heads.fit_head(table, ev, hidden=self.hidden, extra=extra)
         logits = heads.predict(table, head, self.volume.shape)
         mask = full_resolution_mask(logits, self.volume.grid, self.image, self.hu, anchors,

@@ -16,7 +16,6 @@ background seeds all round; the whole scan would cost minutes per click); it run
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Callable
 
