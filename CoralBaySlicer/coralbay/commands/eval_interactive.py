@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from coralbay.interactive.session import Session
     from coralbay.label_io import read_labels
     from coralbay.labels import LabelTable
-    from coralbay.volume_io import read_volume
+    from coralbay.volume_io import read_volume, same_grid
 
     if len(args.pairs) % 2:
         raise UsageError("Give the scans as CT LABELS pairs (an even number of paths).")
@@ -63,10 +63,15 @@ def run(args: argparse.Namespace) -> int:
             session = Session(bundle, cache_dir=args.cache, device=str(select_device(args.device)))
         image = read_volume(ct_path)
         labels = read_labels(label_path)
-        if labels.image.GetSize() != image.GetSize():
-            raise InputError(f"The label map {label_path} is not on the grid of {ct_path}.")
+        reference_image = labels.image
+        if not same_grid(reference_image, image):  # e.g. stored in another orientation: go through physical space
+            reference_image = sitk.Resample(reference_image, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+            print(f"The label map {label_path} lies on another grid than {ct_path}; resampled it (nearest).",
+                  file=sys.stderr)
         table = labels.table or LabelTable.generic(labels.values)
-        reference = sitk.GetArrayFromImage(labels.image)
+        reference = sitk.GetArrayFromImage(reference_image)
+        if not reference.any():
+            raise InputError(f"The label map {label_path} holds no structure inside {ct_path}.")
         found, seconds = evaluate_case(session, image, reference, table, names, args.clicks, args.box,
                                        not args.no_baseline, window, str(ct_path),
                                        lambda m: print(m, file=sys.stderr, flush=True))

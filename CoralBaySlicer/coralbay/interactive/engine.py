@@ -15,9 +15,9 @@ from coralbay.labels import LabelTable, load_label_table
 from coralbay.phantom import generate_phantom
 from coralbay.preprocess import grid_image, prepare, to_xyz, to_zyx
 from coralbay.review.surface import surface_metrics
-from coralbay.volume_io import read_label_map, read_volume, write_image
+from coralbay.volume_io import read_label_map, read_volume, same_grid, write_image
 
 __all__ = ["atomic_file", "write_text_atomic", "LoadedBundle", "load_bundle", "CoralBayError",
            "InputError", "UsageError", "enable_fast_swin", "generate_phantom", "blend_slabs", "plan_windows", "LabelTable",
            "load_label_table", "grid_image", "prepare", "to_xyz", "to_zyx", "surface_metrics",
-           "read_label_map", "read_volume", "write_image"]
+           "read_label_map", "read_volume", "same_grid", "write_image"]

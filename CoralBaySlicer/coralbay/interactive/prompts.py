@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from coralbay.interactive.engine import InputError, UsageError, read_label_map
+from coralbay.interactive.engine import InputError, UsageError, read_label_map, same_grid
 
 
 @dataclass(frozen=True)
@@ -77,14 +77,8 @@ def point(image: sitk.Image, lps: Any, positive: bool) -> Point:
     return Point(where, bool(positive))
 
 
-def _same_grid(a: sitk.Image, b: sitk.Image) -> bool:
-    return (a.GetSize() == b.GetSize() and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=1e-4)
-            and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-3)
-            and np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-4))
-
-
 def _on_input_grid(image: sitk.Image, labels: sitk.Image, what: str) -> np.ndarray:
-    if not _same_grid(image, labels):
+    if not same_grid(image, labels):
         raise InputError(f"The {what} does not lie on the scan's grid (size, spacing, origin and direction must match).")
     return sitk.GetArrayViewFromImage(labels)
 
