@@ -132,6 +132,8 @@ def test_bad_prompts_get_one_sentence_and_the_session_goes_on(small_phantom, tmp
         sitk.WriteImage(blank, str(empty))
         scribble = engine.ask(type="scribble", path=str(empty))
         assert scribble["event"] == "error" and "scribble is empty" in scribble["message"]
+        sneaky = engine.ask(type="start", name="../escape")
+        assert sneaky["event"] == "error" and "may hold only" in sneaky["message"]
         unknown = engine.ask(type="paint")
         assert unknown["event"] == "error" and "Unknown request type" in unknown["message"]
         engine.proc.stdin.write("not json\n")
@@ -183,3 +185,10 @@ def test_corrupt_or_foreign_cache_is_recomputed(tmp_path):
     recomputed = feats.scan_features(image, bundle, cache)
     assert not recomputed.from_cache and np.array_equal(recomputed.features, first.features)
     assert feats.read_cache(cache, first.key) is not None  # rewritten
+
+
+def test_background_sampling_on_a_grid_smaller_than_the_sample():
+    from coralbay.interactive.head import random_background
+
+    picks = random_background((20, 20, 3), np.random.default_rng(0), exclude=np.arange(10), count=6000)
+    assert len(picks) == 1200 - 10 and picks.min() >= 10 and len(set(picks.tolist())) == len(picks)

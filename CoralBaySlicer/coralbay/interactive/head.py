@@ -183,5 +183,6 @@ def far_from_prompts(rows: np.ndarray) -> np.ndarray:
 def random_background(shape: tuple[int, int, int], rng: np.random.Generator, exclude: np.ndarray,
                       count: int = BACKGROUND_SAMPLES) -> np.ndarray:
     """Random flat indices of the grid not in `exclude` (the weak negatives)."""
-    picks = rng.choice(int(np.prod(shape)), size=count * 2, replace=False)
+    total = int(np.prod(shape))
+    picks = rng.choice(total, size=min(count * 2, total), replace=False)  # a 3-slice scan has few voxels
     return picks[~np.isin(picks, exclude)][:count]

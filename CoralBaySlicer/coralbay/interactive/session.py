@@ -14,6 +14,7 @@ given, as labelled examples: `<folder>/<scan id>/<structure>.nii.gz` beside `exa
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +28,9 @@ from coralbay.interactive import head as heads
 from coralbay.interactive import prompts as P
 from coralbay.interactive.engine import LoadedBundle, UsageError, to_xyz, write_image, write_text_atomic
 from coralbay.interactive.features import FeatureVolume, scan_features
-from coralbay.interactive.refine import Answer, full_resolution_mask, uncertainty_and_next_click
+from coralbay.interactive.refine import Answer, full_resolution_mask, local_edit, uncertainty_and_next_click
 
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _.()-]{0,63}")
 EXAMPLE_ROWS = 4000      # positive rows kept per accepted structure (and as many negatives)
 
 
@@ -37,7 +39,8 @@ class Structure:
     name: str
     value: int
     prompts: list[P.Prompt] = field(default_factory=list)
-    undone: list[P.Prompt] = field(default_factory=list)
+    history: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)   # (mask, logits) after each prompt
+    undone: list[tuple[P.Prompt, tuple[np.ndarray, np.ndarray]]] = field(default_factory=list)
     mask: np.ndarray | None = None          # bool, input grid (z, y, x)
     logits: np.ndarray | None = None        # model grid (X, Y, Z)
     accepted: bool = False
@@ -64,12 +67,13 @@ class Session:
 
     def __init__(self, bundle: LoadedBundle, cache_dir: str | Path | None = None,
                  examples_dir: str | Path | None = None, device: str = "cpu", hidden: int = 0,
-                 seed: int = 0) -> None:
+                 seed: int = 0, local_edits: bool = False) -> None:
         self.bundle = bundle
         self.cache_dir = cache_dir
         self.examples_dir = Path(examples_dir) if examples_dir else None
         self.device = device
         self.hidden = hidden
+        self.local_edits = local_edits
         self.rng = np.random.default_rng(seed)
         self.examples = Examples()
         self.image: sitk.Image | None = None
@@ -109,6 +113,9 @@ class Session:
         name = str(name).strip()
         if not name:
             raise UsageError("A structure needs a name.")
+        if not NAME_PATTERN.fullmatch(name):
+            raise UsageError(f"The structure name {name!r} may hold only letters, digits, spaces, '_', '-', '.' "
+                             "and parentheses (it names the mask files).")
         if name in self.structures:
             state = "accepted" if self.structures[name].accepted else "in progress"
             raise UsageError(f"A structure named {name} is already {state} on this scan; choose another name.")
@@ -139,18 +146,30 @@ class Session:
         return self.answer(structure)
 
     def undo(self, name: str | None = None) -> Answer:
+        """Back to the answer before the last prompt (kept, not recomputed: undo restores what was seen)."""
         structure = self.structure(name)
         if structure.accepted or not structure.prompts:
             raise UsageError("Nothing to undo.")
-        structure.undone.append(structure.prompts.pop())
-        return self.answer(structure)
+        structure.undone.append((structure.prompts.pop(), structure.history.pop()))
+        if structure.history:
+            structure.mask, structure.logits = structure.history[-1]
+        else:
+            structure.mask, structure.logits = np.zeros(self.hu.shape, bool), np.full(self.volume.shape, -10.0, np.float32)
+        return self._shown(structure)
 
     def redo(self, name: str | None = None) -> Answer:
         structure = self.structure(name)
         if structure.accepted or not structure.undone:
             raise UsageError("Nothing to redo.")
-        structure.prompts.append(structure.undone.pop())
-        return self.answer(structure)
+        prompt, state = structure.undone.pop()
+        structure.prompts.append(prompt)
+        structure.history.append(state)
+        structure.mask, structure.logits = state
+        return self._shown(structure)
+
+    def _shown(self, structure: Structure) -> Answer:
+        uncertainty, click, positive = uncertainty_and_next_click(structure.logits, self.volume.grid)
+        return Answer(structure.mask, uncertainty, click, positive)
 
     def propose(self, name: str | None = None) -> Answer | None:
         """An automatic proposal from the examples of earlier scans (None if the name is new)."""
@@ -291,7 +310,13 @@ class Session:
         mask = full_resolution_mask(logits, self.volume.grid, self.image, self.hu, anchors,
                                     self.accepted_input if self.accepted_input.any() else None,
                                     allowed_box=box)
+        last = structure.prompts[-1] if structure.prompts else None
+        previous = structure.history[len(structure.prompts) - 2][0] if len(structure.prompts) >= 2 else None
+        if self.local_edits and isinstance(last, P.Point) and previous is not None:
+            mask = local_edit(previous, mask, self.input_voxel(last.lps), last.positive)
         structure.mask, structure.logits = mask, logits
+        del structure.history[max(0, len(structure.prompts) - 1):]
+        structure.history.append((mask, logits))
         uncertainty, click, positive = uncertainty_and_next_click(logits, self.volume.grid)
         return Answer(mask, uncertainty, click, positive)
 
