@@ -98,6 +98,10 @@ class Session:
         self.current = None
         self.accepted_input = np.zeros(self.hu.shape, bool)
         self.accepted_model = np.zeros(volume.shape, bool)
+        # One draw of weak negatives per scan: redrawing them at every click moved the answer
+        # for no reason the user gave (see docs/interactive.md).
+        self.background = heads.random_background(volume.shape, self.rng, np.zeros(0, np.int64),
+                                                  2 * heads.BACKGROUND_SAMPLES)
         # index -> physical -> model index, one matrix each way (affine grids)
         self._input_to_model = _index_map(image, volume.grid)
         return volume
@@ -285,7 +289,8 @@ class Session:
                        heads.PREVIOUS_WEIGHT * max(1, n_positive_clicks))
         exclude = np.concatenate(ev.index) if ev.index else np.zeros(0, np.int64)
         total_positive = sum(float(w.sum()) for w, lab in zip(ev.weight, ev.label) if lab[0] == 1)
-        ev.add(heads.random_background(shape, self.rng, exclude), 0, heads.BACKGROUND_WEIGHT * max(total_positive, 1.0))
+        background = self.background[~np.isin(self.background, exclude)][:heads.BACKGROUND_SAMPLES]
+        ev.add(background, 0, heads.BACKGROUND_WEIGHT * max(total_positive, 1.0))
         return ev, anchors, box
 
     def answer(self, structure: Structure) -> Answer:
