@@ -1,0 +1,28 @@
+"""The engine APIs the interactive package uses, imported in this one place.
+
+Why: other engine modules are being moved between packages (volume_io -> io/, preprocess ->
+grid, ...); whoever moves them fixes the imports here and nowhere else in `interactive`.
+"""
+
+from __future__ import annotations
+
+from coralbay.atomic import atomic_file, write_text_atomic
+from coralbay.bundle.loader import LoadedBundle, load_bundle
+from coralbay.errors import CoralBayError, InputError, UsageError
+from coralbay.grid.model_grid import grid_image, to_xyz, to_zyx
+from coralbay.grid.resample import same_grid
+from coralbay.grid.windows import WindowSettings
+from coralbay.inference.fast_swin import enable_fast_swin
+from coralbay.inference.preprocess import prepare
+from coralbay.inference.sliding_window import blend_slabs, plan_windows
+from coralbay.io.label_maps import read_label_map
+from coralbay.io.labels import LabelTable, load_label_table
+from coralbay.io.volumes import read_volume, write_image
+from coralbay.phantom import generate_phantom
+from coralbay.review.metrics import dice_from_counts
+from coralbay.review.surface import surface_metrics
+
+__all__ = ["atomic_file", "write_text_atomic", "LoadedBundle", "load_bundle", "CoralBayError",
+           "InputError", "UsageError", "enable_fast_swin", "generate_phantom", "blend_slabs", "plan_windows", "WindowSettings", "LabelTable",
+           "load_label_table", "grid_image", "prepare", "to_xyz", "to_zyx", "surface_metrics", "dice_from_counts",
+           "read_label_map", "read_volume", "same_grid", "write_image"]

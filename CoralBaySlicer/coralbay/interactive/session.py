@@ -1,0 +1,362 @@
+"""The warm interactive session: one model, one scan at a time, several structures, learning across scans.
+
+State: the loaded bundle (once per process), the scan and its cached features, the structures of
+the scan (each with its prompt history, undo/redo stacks and current mask), and the examples kept
+from accepted structures (feature rows of the structure and of its surroundings, by structure
+name). Why rows and not masks: the head learns across scans from them without recomputing any
+scan's features, and a later scan's first answer for a known structure is an automatic proposal.
+Features are projected with one projection per encoder (see `features`), so rows of different
+scans live in the same space. Accepted structures are also written, if an examples folder is
+given, as labelled examples: `<folder>/<scan id>/<structure>.nii.gz` beside `example.json`
+(scan path, structure, value), atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+from coralbay.interactive import head as heads
+from coralbay.interactive import prompts as P
+from coralbay.interactive.engine import LoadedBundle, UsageError, to_xyz, write_image, write_text_atomic
+from coralbay.interactive.features import FeatureVolume, scan_features
+from coralbay.interactive.refine import Answer, full_resolution_mask, local_edit, uncertainty_and_next_click
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _.()-]{0,63}")
+EXAMPLE_ROWS = 4000      # positive rows kept per accepted structure (and as many negatives)
+
+
+@dataclass
+class Structure:
+    name: str
+    value: int
+    prompts: list[P.Prompt] = field(default_factory=list)
+    history: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)   # (mask, logits) after each prompt
+    undone: list[tuple[P.Prompt, tuple[np.ndarray, np.ndarray]]] = field(default_factory=list)
+    mask: np.ndarray | None = None          # bool, input grid (z, y, x)
+    logits: np.ndarray | None = None        # model grid (X, Y, Z)
+    accepted: bool = False
+    proposal: bool = False                  # the mask came from the examples alone
+
+
+@dataclass
+class Examples:
+    """Feature rows learned from accepted structures, by structure name."""
+
+    positive: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    negative: dict[str, list[np.ndarray]] = field(default_factory=dict)
+
+    def add(self, name: str, positive: np.ndarray, negative: np.ndarray) -> None:
+        self.positive.setdefault(name, []).append(positive)
+        self.negative.setdefault(name, []).append(negative)
+
+    def knows(self, name: str) -> bool:
+        return bool(self.positive.get(name))
+
+
+class Session:
+    """Answers prompts on one scan at a time; keeps the model and the learned examples."""
+
+    def __init__(self, bundle: LoadedBundle, cache_dir: str | Path | None = None,
+                 examples_dir: str | Path | None = None, device: str = "cpu", hidden: int = 0,
+                 seed: int = 0, local_edits: bool = False) -> None:
+        self.bundle = bundle
+        self.cache_dir = cache_dir
+        self.examples_dir = Path(examples_dir) if examples_dir else None
+        self.device = device
+        self.hidden = hidden
+        self.local_edits = local_edits
+        self.rng = np.random.default_rng(seed)
+        self.examples = Examples()
+        self.image: sitk.Image | None = None
+        self.scan_id = ""
+        self.scan_path = ""
+        self.structures: dict[str, Structure] = {}
+        self.current: str | None = None
+
+    # ---------------------------------------------------------------- scan
+    def open_scan(self, image: sitk.Image, scan_path: str = "",
+                  progress: Callable[[float, str], None] | None = None,
+                  cancelled: Callable[[], bool] | None = None) -> FeatureVolume:
+        """Make `image` the scan (features from the cache or computed); structures start afresh."""
+        volume = scan_features(image, self.bundle, self.cache_dir, self.device, progress, cancelled)
+        self.image = image
+        self.scan_path = scan_path
+        self.scan_id = volume.key[:16]
+        self.volume = volume
+        self.table = heads.FeatureTable(volume)
+        self.hu = sitk.GetArrayFromImage(image).astype(np.float32)
+        self.structures = {}
+        self.current = None
+        self.accepted_input = np.zeros(self.hu.shape, bool)
+        self.accepted_model = np.zeros(volume.shape, bool)
+        # One draw of weak negatives per scan: redrawing them at every click moved the answer
+        # for no reason the user gave (see docs/interactive.md).
+        self.background = heads.random_background(volume.shape, self.rng, np.zeros(0, np.int64),
+                                                  2 * heads.BACKGROUND_SAMPLES)
+        # index -> physical -> model index, one matrix each way (affine grids)
+        self._input_to_model = _index_map(image, volume.grid)
+        return volume
+
+    def _need_scan(self) -> None:
+        if self.image is None:
+            raise UsageError("Open a scan first.")
+
+    # ---------------------------------------------------------------- structures
+    def start(self, name: str, value: int | None = None) -> Structure:
+        """Begin a structure; a name already used on this scan is refused (never overwritten)."""
+        self._need_scan()
+        name = str(name).strip()
+        if not name:
+            raise UsageError("A structure needs a name.")
+        if not NAME_PATTERN.fullmatch(name):
+            raise UsageError(f"The structure name {name!r} may hold only letters, digits, spaces, '_', '-', '.' "
+                             "and parentheses (it names the mask files).")
+        if name in self.structures:
+            state = "accepted" if self.structures[name].accepted else "in progress"
+            raise UsageError(f"A structure named {name} is already {state} on this scan; choose another name.")
+        used = {s.value for s in self.structures.values()}
+        if value is None:
+            value = next(v for v in range(1, 65536) if v not in used)
+        elif value in used:
+            raise UsageError(f"The label value {value} is already used by another structure on this scan.")
+        structure = Structure(name, int(value))
+        self.structures[name] = structure
+        self.current = name
+        return structure
+
+    def structure(self, name: str | None = None) -> Structure:
+        self._need_scan()
+        name = name or self.current
+        if name is None or name not in self.structures:
+            raise UsageError(f"No structure named {name} on this scan; start it first." if name
+                             else "Start a structure first.")
+        return self.structures[name]
+
+    def prompt(self, prompt: P.Prompt, name: str | None = None) -> Answer:
+        structure = self.structure(name)
+        if structure.accepted:
+            raise UsageError(f"The structure {structure.name} is accepted; start a new one to change it.")
+        structure.prompts.append(prompt)
+        structure.undone.clear()
+        return self.answer(structure)
+
+    def undo(self, name: str | None = None) -> Answer:
+        """Back to the answer before the last prompt (kept, not recomputed: undo restores what was seen)."""
+        structure = self.structure(name)
+        if structure.accepted or not structure.prompts:
+            raise UsageError("Nothing to undo.")
+        structure.undone.append((structure.prompts.pop(), structure.history.pop()))
+        if structure.history:
+            structure.mask, structure.logits = structure.history[-1]
+        else:
+            structure.mask, structure.logits = np.zeros(self.hu.shape, bool), np.full(self.volume.shape, -10.0, np.float32)
+        return self._shown(structure)
+
+    def redo(self, name: str | None = None) -> Answer:
+        structure = self.structure(name)
+        if structure.accepted or not structure.undone:
+            raise UsageError("Nothing to redo.")
+        prompt, state = structure.undone.pop()
+        structure.prompts.append(prompt)
+        structure.history.append(state)
+        structure.mask, structure.logits = state
+        return self._shown(structure)
+
+    def _shown(self, structure: Structure) -> Answer:
+        uncertainty, click, positive = uncertainty_and_next_click(structure.logits, self.volume.grid)
+        return Answer(structure.mask, uncertainty, click, positive)
+
+    def propose(self, name: str | None = None) -> Answer | None:
+        """An automatic proposal from the examples of earlier scans (None if the name is new)."""
+        structure = self.structure(name)
+        if not self.examples.knows(structure.name):
+            return None
+        structure.proposal = True
+        return self.answer(structure)
+
+    def accept(self, name: str | None = None) -> Structure:
+        """Freeze the structure: it becomes negative evidence for the others and an example."""
+        structure = self.structure(name)
+        if structure.mask is None or not structure.mask.any():
+            raise UsageError(f"The structure {structure.name} has no mask to accept yet.")
+        structure.accepted = True
+        self.accepted_input |= structure.mask
+        model_mask = self.model_mask(structure.mask)
+        self.accepted_model |= model_mask
+        self._keep_example(structure, model_mask)
+        if self.current == structure.name:
+            self.current = None
+        return structure
+
+    def labels(self) -> sitk.Image:
+        """The accepted structures as one label map on the input grid."""
+        self._need_scan()
+        out = np.zeros(self.hu.shape, np.uint16)
+        for s in self.structures.values():
+            if s.accepted and s.mask is not None:
+                out[s.mask] = s.value
+        image = sitk.GetImageFromArray(out)
+        image.CopyInformation(self.image)
+        return image
+
+    # ---------------------------------------------------------------- the answer
+    def model_mask(self, mask_zyx: np.ndarray) -> np.ndarray:
+        """An input-grid mask on the model grid (a model voxel is in when most of it is)."""
+        src = sitk.GetImageFromArray(mask_zyx.astype(np.float32))
+        src.CopyInformation(self.image)
+        out = sitk.Resample(src, self.volume.grid, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+        return to_xyz(sitk.GetArrayFromImage(out)) > 0.5
+
+    def model_voxels(self, input_zyx: np.ndarray) -> np.ndarray:
+        """Model-grid voxels (X, Y, Z) nearest to input voxels (z, y, x)."""
+        xyz1 = np.c_[np.asarray(input_zyx)[:, ::-1], np.ones(len(input_zyx))]
+        idx = np.round(xyz1 @ self._input_to_model.T).astype(int)
+        return np.clip(idx, 0, np.asarray(self.volume.shape) - 1)
+
+    def input_voxel(self, lps) -> tuple[int, int, int]:
+        x, y, z = P.inside_index(self.image, lps)
+        return (z, y, x)
+
+    def evidence(self, structure: Structure) -> tuple[heads.Evidence, list[tuple[int, int, int]], tuple | None]:
+        shape = self.volume.shape
+        ev = heads.Evidence()
+        self._positive_model, self._negative_model = [], []
+        anchors: list[tuple[int, int, int]] = []
+        negative_model: list[np.ndarray] = []
+        box = None
+        n_positive_clicks = 0
+        for p in structure.prompts:
+            if isinstance(p, P.Point):
+                v = self.input_voxel(p.lps)
+                m = self.model_voxels(np.asarray([v]))
+                ev.add(heads.ball_indices(shape, m), int(p.positive), 1.0)
+                (self._positive_model if p.positive else self._negative_model).append(m)
+                if p.positive:
+                    anchors.append(v)
+                    n_positive_clicks += 1
+                else:
+                    negative_model.append(m)
+            elif isinstance(p, P.Scribble):
+                if len(p.positive):
+                    ev.add(np.ravel_multi_index(self.model_voxels(p.positive).T, shape), 1, 2.0)
+                    anchors += [tuple(int(c) for c in v) for v in p.positive[:: max(1, len(p.positive) // 20)]]
+                    self._positive_model.append(self.model_voxels(p.positive))
+                if len(p.negative):
+                    m = self.model_voxels(p.negative)
+                    self._negative_model.append(m)
+                    ev.add(np.ravel_multi_index(m.T, shape), 0, 2.0)
+                    negative_model.append(m)
+            elif isinstance(p, P.Segment):
+                m = np.unique(np.ravel_multi_index(self.model_voxels(p.voxels).T, shape))
+                ev.add(self.rng.choice(m, size=min(len(m), 3000), replace=False), 1, 2.0)
+                anchors += [tuple(int(c) for c in v) for v in p.voxels[:: max(1, len(p.voxels) // 20)]]
+            elif isinstance(p, P.Box):
+                box = (np.asarray(p.lower), np.asarray(p.upper))
+                inside = np.zeros(shape, bool)
+                corners = np.asarray([[x, y, z] for x in (box[0][0], box[1][0] - 1) for y in (box[0][1], box[1][1] - 1)
+                                      for z in (box[0][2], box[1][2] - 1)])
+                m = self.model_voxels(corners[:, ::-1])
+                lo, hi = m.min(0), m.max(0) + 1
+                inside[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = True
+                outside = np.flatnonzero(~inside.ravel())
+                if outside.size:
+                    ev.add(self.rng.choice(outside, size=min(outside.size, 4000), replace=False), 0, 1.0)
+                centre = (lo + hi) // 2
+                if not any(isinstance(q, P.Point) and q.positive for q in structure.prompts):
+                    ev.add(heads.ball_indices(shape, centre[None]), 1, 0.5)
+        if self.accepted_model.any():
+            finished = np.flatnonzero(self.accepted_model.ravel())
+            ev.add(self.rng.choice(finished, size=min(finished.size, heads.FINISHED_SAMPLES), replace=False), 0, 1.0)
+        previous = structure.logits
+        if previous is not None and structure.mask is not None and heads.PREVIOUS_WEIGHT > 0:
+            keep = previous > 0
+            for m in negative_model:
+                near = np.zeros(shape, bool)
+                near[tuple(m.T)] = True
+                keep &= ~ndimage.binary_dilation(near, iterations=3)
+            idx = np.flatnonzero(keep.ravel())
+            if idx.size:
+                ev.add(self.rng.choice(idx, size=min(idx.size, heads.PREVIOUS_SAMPLES), replace=False), 1,
+                       heads.PREVIOUS_WEIGHT * max(1, n_positive_clicks))
+        exclude = np.concatenate(ev.index) if ev.index else np.zeros(0, np.int64)
+        total_positive = sum(float(w.sum()) for w, lab in zip(ev.weight, ev.label) if lab[0] == 1)
+        background = self.background[~np.isin(self.background, exclude)][:heads.BACKGROUND_SAMPLES]
+        ev.add(background, 0, heads.BACKGROUND_WEIGHT * max(total_positive, 1.0))
+        return ev, anchors, box
+
+    def answer(self, structure: Structure) -> Answer:
+        """Train the head on the structure's evidence (and learned examples) and sharpen its answer."""
+        ev, anchors, box = self.evidence(structure)
+        extra = None
+        if self.examples.knows(structure.name):
+            pos = np.concatenate(self.examples.positive[structure.name])
+            neg = np.concatenate(self.examples.negative[structure.name])
+            extra = (pos, neg)
+        if not ev.has(1) and extra is None:
+            structure.mask = np.zeros(self.hu.shape, bool)
+            structure.logits = np.full(self.volume.shape, -10.0, np.float32)
+            return Answer(structure.mask, np.zeros(self.volume.shape, np.float32), None, None)
+        stack = lambda parts: np.concatenate(parts) if parts else np.zeros((0, 3), int)  # noqa: E731
+        table = self.table.with_distances(stack(self._positive_model), stack(self._negative_model),
+                                          tuple(self.volume.grid.GetSpacing()))
+        if extra is not None:  # rows of other scans lie far from this scan's prompts
+            extra = tuple(heads.far_from_prompts(rows) for rows in extra)
+        head = heads.fit_head(table, ev, hidden=self.hidden, extra=extra)
+        logits = heads.predict(table, head, self.volume.shape)
+        mask = full_resolution_mask(logits, self.volume.grid, self.image, self.hu, anchors,
+                                    self.accepted_input if self.accepted_input.any() else None,
+                                    allowed_box=box)
+        last = structure.prompts[-1] if structure.prompts else None
+        previous = structure.history[len(structure.prompts) - 2][0] if len(structure.prompts) >= 2 else None
+        if self.local_edits and isinstance(last, P.Point) and previous is not None:
+            mask = local_edit(previous, mask, self.input_voxel(last.lps), last.positive)
+        structure.mask, structure.logits = mask, logits
+        del structure.history[max(0, len(structure.prompts) - 1):]
+        structure.history.append((mask, logits))
+        uncertainty, click, positive = uncertainty_and_next_click(logits, self.volume.grid)
+        return Answer(mask, uncertainty, click, positive)
+
+    # ---------------------------------------------------------------- learning from the user
+    def _keep_example(self, structure: Structure, model_mask: np.ndarray) -> None:
+        inside = np.flatnonzero(model_mask.ravel())
+        ring = ndimage.binary_dilation(model_mask, iterations=3) & ~model_mask
+        around = np.flatnonzero(ring.ravel())
+        far = heads.random_background(self.volume.shape, self.rng, inside, EXAMPLE_ROWS)
+        if inside.size == 0:
+            return
+        pick = self.rng.choice(inside, size=min(inside.size, EXAMPLE_ROWS), replace=False)
+        near = self.rng.choice(around, size=min(around.size, EXAMPLE_ROWS // 2), replace=False) if around.size else around
+        rows = self.table.table.numpy()
+        self.examples.add(structure.name, rows[pick].copy(), rows[np.concatenate([near, far[:EXAMPLE_ROWS // 2]])].copy())
+        if self.examples_dir is not None:
+            folder = self.examples_dir / self.scan_id
+            folder.mkdir(parents=True, exist_ok=True)
+            mask = sitk.GetImageFromArray(structure.mask.astype(np.uint8))
+            mask.CopyInformation(self.image)
+            write_image(mask, folder / f"{structure.name}.nii.gz")
+            record = folder / "example.json"
+            data = json.loads(record.read_text()) if record.is_file() else {"scan": self.scan_path, "structures": {}}
+            data["structures"][structure.name] = {"value": structure.value, "mask": f"{structure.name}.nii.gz",
+                                                  "accepted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            write_text_atomic(record, json.dumps(data, indent=2) + "\n")
+
+
+def _index_map(image: sitk.Image, grid: sitk.Image) -> np.ndarray:
+    """3x4 matrix taking an input voxel index (x, y, z, 1) to a model-grid continuous index."""
+    def affine(img: sitk.Image) -> np.ndarray:
+        m = np.eye(4)
+        m[:3, :3] = np.asarray(img.GetDirection()).reshape(3, 3) @ np.diag(img.GetSpacing())
+        m[:3, 3] = img.GetOrigin()
+        return m
+    return (np.linalg.inv(affine(grid)) @ affine(image))[:3]
+
+
