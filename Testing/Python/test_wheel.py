@@ -57,7 +57,10 @@ def installed(tmp_path_factory) -> dict:
     ours = [p for p in {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"], *site.getsitepackages()}
             if Path(p).is_dir()]
     (venv_site / "test_dependencies.pth").write_text("".join(f"{p}\n" for p in sorted(ours)))
-    _run([sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "--no-index", "-q", wheel])
+    # --ignore-installed: through the .pth line pip also sees this environment's (editable) coralbay
+    # and would try to uninstall it first; the wheel must go into the new environment alone.
+    _run([sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "--no-index", "--ignore-installed",
+          "-q", wheel])
 
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "CORALBAY_BUILTIN_MODELS")}
     env.update(CORALBAY_HOME=str(work / "home"), OMP_NUM_THREADS="1")
