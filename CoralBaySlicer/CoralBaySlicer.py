@@ -13,6 +13,7 @@ import os
 import pathlib
 import shutil
 import tempfile
+import time
 from typing import Annotated, Optional, Union
 
 import numpy as np
@@ -40,8 +41,10 @@ from slicer.util import VTKObservationMixin
 
 from CoralBaySlicerLib import commands, coordinates, dependencies, models, paths, results, sample_data, segments
 from coralbay.io.labels import LabelTable, label_table_path_for
+from coralbay.phantom.tissues import PHANTOM_LABELS
 from coralbay.vocabulary import JobState
 from CoralBaySlicerLib.files import deliver
+from CoralBaySlicerLib.interactive_session import InteractiveSession, interact_argv
 from CoralBaySlicerLib.jobs import Job, JobController
 from CoralBaySlicerLib.process import EngineBusyError, EngineRunner
 
@@ -486,6 +489,25 @@ class Review:
         self.worstErrorRAS = worstErrorRAS
 
 
+class _InteractiveState:
+    """The interactive session of a logic: its engine process, folder, scan, output segmentation,
+    the structure in progress (name, colour, terminology), its preview segment, the control points
+    already sent (markups node ID -> control point IDs) and answers not yet collected by `waitInteractive`."""
+
+    def __init__(self, session, folder, volume, segmentation) -> None:
+        self.session = session
+        self.folder = folder
+        self.volume = volume
+        self.segmentation = segmentation
+        self.structure: Optional[str] = None
+        self.color = (1.0, 1.0, 0.0)
+        self.terminology: Optional[str] = None
+        self.previewId: Optional[str] = None
+        self.sentPoints: dict = {}
+        self.strokes = 0
+        self.answers: dict = {}
+
+
 class CoralBaySlicerLogic(ScriptedLoadableModuleLogic):
     """Runs the engine on scene nodes. Usable from scripts without the widget:
 
@@ -511,6 +533,11 @@ class CoralBaySlicerLogic(ScriptedLoadableModuleLogic):
         self.timer = qt.QTimer()
         self.timer.setInterval(self.POLL_INTERVAL_MS)
         self.timer.connect("timeout()", self.poll)
+        self.interactive: Optional[_InteractiveState] = None
+        self.interactiveCallback = None  # called with the events of each poll that had some
+        self.interactiveTimer = qt.QTimer()
+        self.interactiveTimer.setInterval(self.POLL_INTERVAL_MS)
+        self.interactiveTimer.connect("timeout()", self.pollInteractive)
 
     @classmethod
     def runner(cls) -> EngineRunner:
@@ -789,6 +816,201 @@ class CoralBaySlicerLogic(ScriptedLoadableModuleLogic):
         ctNode = slicer.util.loadVolume(str(ctFile), {"name": sample_data.CT_NODE_NAME})
         truthNode = self._importLabelMap(truthFile, sample_data.TRUTH_NODE_NAME, ctNode)
         return ctNode, truthNode
+
+    # -- interactive segmentation ---------------------------------------------------------------------
+    #
+    # One long-lived `coralbay interact` process (CoralBaySlicerLib.interactive_session) per logic:
+    # requests return at once, `pollInteractive` (the interactive timer) applies the answers. The
+    # answer of the structure in progress is one preview segment of the output segmentation, replaced
+    # in place after each interaction; Accept turns it into a named segment with colour and terminology.
+    # Accepted segments are never touched again.
+
+    PREVIEW_SUFFIX = " (preview)"
+    ACCEPTED_TAG = "CoralBay.Interactive"  # segment tag: "preview" or "accepted"
+
+    def startInteractive(self, inputVolume, model: str, outputSegmentation=None, device: str = "auto",
+                         examplesFolder=None):
+        """Start a session on `inputVolume` (written to the session's folder); returns the request id
+        of the scan's opening. The output segmentation is created when none is given."""
+        self._checkInputVolume(inputVolume)
+        if not model:
+            raise ValueError("Choose a model for interactive segmentation.")
+        self.closeInteractive()
+        runner = self.runner()
+        root = runner.temp_root or pathlib.Path(tempfile.gettempdir())
+        root.mkdir(parents=True, exist_ok=True)
+        folder = pathlib.Path(tempfile.mkdtemp(prefix="CoralBay-interactive-", dir=str(root)))
+        try:
+            self._writeVolume(inputVolume, folder / "input.nrrd")
+        except Exception:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        examples = pathlib.Path(examplesFolder or os.path.join(slicer.app.cachePath, "CoralBay", "interactive-examples"))
+        argv = interact_argv(runner.python, model, folder / "out", examples, device=device)
+        session = InteractiveSession(argv, env=runner.environment(), cwd=folder)
+        session.start()
+        if outputSegmentation is None:
+            outputSegmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode",
+                                                                    f"{inputVolume.GetName()} interactive")
+            outputSegmentation.CreateDefaultDisplayNodes()
+        outputSegmentation.SetReferenceImageGeometryParameterFromVolumeNode(inputVolume)
+        self.interactive = _InteractiveState(session, folder, inputVolume, outputSegmentation)
+        self.interactiveTimer.start()
+        return self._interactiveRequest("open", image=str(folder / "input.nrrd"))
+
+    def startStructure(self, name: str, terminologyEntry: Optional[str] = None, color=None):
+        """Begin a structure; colour and terminology default to those of a known structure of that name.
+        A name used by a segment of the output segmentation is refused (accepted work is never overwritten)."""
+        state = self._interactiveState()
+        name = (name or "").strip()
+        if not name:
+            raise ValueError("Name the structure to segment.")
+        existing = state.segmentation.GetSegmentation().GetSegmentIdBySegmentName(name)
+        if existing:
+            raise ValueError(f"The segmentation {state.segmentation.GetName()} already has a segment named {name}; "
+                             "choose another name.")
+        knownColor, knownEntry = segments.structure_appearance(name, PHANTOM_LABELS, state.segmentation.GetSegmentation().GetNumberOfSegments())
+        state.structure = name
+        state.color = tuple(color) if color is not None else knownColor
+        state.terminology = terminologyEntry or knownEntry
+        state.sentPoints = {}
+        return self._interactiveRequest("start", name=name, propose=False)
+
+    def addInteractivePoints(self, markupsNode, positive: bool = True) -> list:
+        """Send the control points of `markupsNode` not sent yet (positive or negative clicks)."""
+        state = self._interactiveState(needStructure=True)
+        if markupsNode is None:
+            raise ValueError("Choose a point list for the clicks.")
+        sent = state.sentPoints.setdefault(markupsNode.GetID(), set())
+        box = self._volumeBoxLPS(state.volume)
+        fresh = []
+        for index in range(markupsNode.GetNumberOfControlPoints()):
+            pointId = markupsNode.GetNthControlPointID(index)
+            if pointId in sent:
+                continue
+            ras = [0.0, 0.0, 0.0]
+            markupsNode.GetNthControlPointPositionWorld(index, ras)
+            lps = coordinates.ras_to_lps(ras)
+            if not all(box[i] <= lps[i] <= box[i + 3] for i in range(3)):
+                raise ValueError(f"The point {markupsNode.GetNthControlPointLabel(index)} lies outside the volume "
+                                 f"{state.volume.GetName()}.")
+            fresh.append((pointId, lps))
+        ids = []
+        for pointId, lps in fresh:
+            sent.add(pointId)
+            ids.append(self._interactiveRequest("point", lps=list(lps), positive=bool(positive)))
+        return ids
+
+    def addInteractiveStroke(self, segmentationNode, segmentId: str, positive: bool = True):
+        """Send a painted segment as a scribble (written as a label map on the input volume's grid)."""
+        state = self._interactiveState(needStructure=True)
+        if segmentationNode is None or not segmentationNode.GetSegmentation().GetSegment(segmentId):
+            raise ValueError("Choose the painted segment to send as a stroke.")
+        array = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, state.volume)
+        if array is None or not array.any():
+            raise ValueError(f"The segment {segmentationNode.GetSegmentation().GetSegment(segmentId).GetName()} is empty: "
+                             "paint a stroke first.")
+        state.strokes += 1
+        path = state.folder / f"stroke-{state.strokes}.nrrd"
+        with _sceneUnchanged():
+            labelMap = slicer.modules.volumes.logic().CreateAndAddLabelVolume(state.volume, "CoralBay stroke")
+            slicer.util.updateVolumeFromArray(labelMap, ((array > 0) * (1 if positive else 2)).astype(np.uint8))
+            self._writeVolume(labelMap, path)
+        return self._interactiveRequest("scribble", path=str(path), positive_value=1, negative_value=2)
+
+    def interactiveUndo(self):
+        return self._interactiveRequest("undo", name=self._interactiveState(needStructure=True).structure)
+
+    def interactiveRedo(self):
+        return self._interactiveRequest("redo", name=self._interactiveState(needStructure=True).structure)
+
+    def interactiveAccept(self):
+        return self._interactiveRequest("accept", name=self._interactiveState(needStructure=True).structure)
+
+    def cancelInteractive(self) -> list:
+        """Stop what the session is doing now (the engine is killed and restarted if it does not stop)."""
+        return self.interactive.session.cancel() if self.interactive else []
+
+    def closeInteractive(self) -> None:
+        """End the session; accepted segments stay, the preview segment goes."""
+        state, self.interactive = self.interactive, None
+        self.interactiveTimer.stop()
+        if state is None:
+            return
+        state.session.close()
+        if state.previewId and state.segmentation.GetSegmentation().GetSegment(state.previewId):
+            state.segmentation.GetSegmentation().RemoveSegment(state.previewId)
+        shutil.rmtree(state.folder, ignore_errors=True)
+
+    def pollInteractive(self) -> list:
+        """Apply the session's answers (timer); returns the events."""
+        state = self.interactive
+        if state is None:
+            return []
+        events = state.session.poll()
+        for event in events:
+            kind = event.get("event")
+            if kind == "result" and event.get("mask"):
+                self._showPreview(state, event)
+            elif kind == "result" and event.get("request") == "accept":
+                self._acceptPreview(state, event)
+            elif kind == "error":
+                self._log("error", str(event.get("message", "")))
+            elif kind == "log":
+                self._log(str(event.get("level", "info")), str(event.get("message", "")))
+            elif kind == "progress":
+                self._progress(float(event.get("fraction", 0.0) or 0.0), str(event.get("message", "")))
+            if kind in ("result", "error") and event.get("id") is not None:
+                state.answers[str(event["id"])] = event
+        if events and self.interactiveCallback:
+            self.interactiveCallback(events)
+        return events
+
+    def waitInteractive(self, requestId, timeout: float = 120.0) -> dict:
+        """Poll until the answer to `requestId` (scripts, tests; the GUI's timer polls instead)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.pollInteractive()
+            state = self._interactiveState()
+            if str(requestId) in state.answers:
+                return state.answers.pop(str(requestId))
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"The interactive session did not answer within {timeout} s.")
+            slicer.app.processEvents()
+            time.sleep(0.02)
+
+    def _interactiveState(self, needStructure: bool = False):
+        if self.interactive is None:
+            raise ValueError("Start an interactive session first.")
+        if needStructure and not self.interactive.structure:
+            raise ValueError("Name the structure to segment first.")
+        return self.interactive
+
+    def _interactiveRequest(self, kind: str, **fields) -> str:
+        return self._interactiveState().session.request(kind, **fields)
+
+    def _showPreview(self, state, event) -> None:
+        """The answer's mask as the preview segment, replaced in place (same segment ID)."""
+        with _sceneUnchanged():
+            labelMap = slicer.util.loadLabelVolume(str(event["mask"]), {"show": False})
+            array = slicer.util.arrayFromVolume(labelMap) > 0
+        segmentation = state.segmentation.GetSegmentation()
+        if not state.previewId or not segmentation.GetSegment(state.previewId):
+            state.previewId = segmentation.AddEmptySegment("", f"{state.structure}{self.PREVIEW_SUFFIX}", state.color)
+            segmentation.GetSegment(state.previewId).SetTag(self.ACCEPTED_TAG, "preview")
+        slicer.util.updateSegmentBinaryLabelmapFromArray(array.astype(np.uint8), state.segmentation, state.previewId,
+                                                         state.volume)
+
+    def _acceptPreview(self, state, event) -> None:
+        segment = state.segmentation.GetSegmentation().GetSegment(state.previewId) if state.previewId else None
+        if segment is not None:
+            segment.SetName(str(event["name"]))
+            segment.SetColor(*state.color)
+            segment.SetTag(self.ACCEPTED_TAG, "accepted")
+            segment.SetTag(segments.LABEL_VALUE_TAG, str(event["value"]))
+            if state.terminology:
+                segment.SetTag(segment.GetTerminologyEntryTagName(), state.terminology)
+        state.previewId, state.structure = None, None
 
     # -- checks of the inputs (before anything starts) -----------------------------------------------
 
