@@ -127,6 +127,9 @@ class CoralBaySlicerParameterNode:
     classificationTable: Optional[vtkMRMLTableNode]
     worstErrorRAS: str = ""  # "x,y,z" of the largest disagreement found by Compare
     exportFormat: Annotated[str, Choice(list(commands.EXPORT_FORMATS))] = "seg.nrrd"
+    interactivePositive: Optional[vtkMRMLMarkupsFiducialNode]  # include clicks of the Interactive section
+    interactiveNegative: Optional[vtkMRMLMarkupsFiducialNode]  # exclude clicks
+    interactiveStrokes: Optional[vtkMRMLSegmentationNode]  # painted strokes
     exportFolder: pathlib.Path = pathlib.Path.home()
 
 
@@ -170,6 +173,7 @@ class CoralBaySlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.exportButton.connect("clicked(bool)", self.onExport)
         self.ui.installDependenciesButton.connect("clicked(bool)", self.onInstallDependencies)
         self.ui.loadPhantomButton.connect("clicked(bool)", self.onLoadPhantom)
+        self.setupInteractive()
 
         self.refreshModels()
         self.updateDependencyStatus()
@@ -177,6 +181,8 @@ class CoralBaySlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cleanup(self) -> None:
         self.removeObservers()
+        if self.logic:
+            self.logic.closeInteractive()
 
     def enter(self) -> None:
         self.initializeParameterNode()
@@ -291,6 +297,13 @@ class CoralBaySlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.cancelButton.enabled = busy
         self.ui.installDependenciesButton.enabled = not busy
         self.ui.loadPhantomButton.enabled = not busy
+        session = self.logic.interactive if self.logic else None
+        self.ui.startInteractiveButton.enabled = haveInput and bool(entry and entry.segments)
+        self.ui.closeInteractiveButton.enabled = session is not None
+        for button in (self.ui.placePositiveButton, self.ui.placeNegativeButton, self.ui.updateInteractiveButton,
+                       self.ui.undoInteractiveButton, self.ui.redoInteractiveButton, self.ui.acceptInteractiveButton):
+            button.enabled = session is not None
+        self.ui.cancelInteractiveButton.enabled = bool(session and session.session.busy)
         if p and p.metricsTable:
             self.ui.metricsTableView.setMRMLTableNode(p.metricsTable)
 
@@ -416,6 +429,124 @@ class CoralBaySlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onCancel(self) -> None:
         self.logic.cancel()
+        self.updateButtons()
+
+    # -- interactive segmentation ---------------------------------------------------------------------
+
+    def setupInteractive(self) -> None:
+        self.ui.structureComboBox.addItems([label.name for label in PHANTOM_LABELS])
+        self.ui.structureComboBox.setCurrentIndex(-1)
+        self.logic.interactiveCallback = self.onInteractiveEvents
+        self.ui.startInteractiveButton.connect("clicked(bool)", self.onStartInteractive)
+        self.ui.closeInteractiveButton.connect("clicked(bool)", self.onCloseInteractive)
+        self.ui.placePositiveButton.connect("clicked(bool)", lambda checked=False: self.onPlacePoint(True))
+        self.ui.placeNegativeButton.connect("clicked(bool)", lambda checked=False: self.onPlacePoint(False))
+        self.ui.updateInteractiveButton.connect("clicked(bool)", self.onUpdateInteractive)
+        self.ui.undoInteractiveButton.connect("clicked(bool)", lambda checked=False: self.interactiveAction(self.logic.interactiveUndo))
+        self.ui.redoInteractiveButton.connect("clicked(bool)", lambda checked=False: self.interactiveAction(self.logic.interactiveRedo))
+        self.ui.acceptInteractiveButton.connect("clicked(bool)", lambda checked=False: self.interactiveAction(self.logic.interactiveAccept))
+        self.ui.cancelInteractiveButton.connect("clicked(bool)", self.onCancelInteractive)
+
+    def interactiveAction(self, action) -> None:
+        """Run a logic request, reporting a refusal (no session, no structure, bad input) in one sentence."""
+        try:
+            action()
+        except (ValueError, FileNotFoundError) as exc:
+            slicer.util.errorDisplay(str(exc))
+        self.updateButtons()
+
+    def onStartInteractive(self) -> None:
+        if not self.dependenciesReady():
+            return
+        p = self._parameterNode
+
+        def start():
+            self.logic.startInteractive(p.inputVolume, p.model, outputSegmentation=p.segmentation, device=p.device)
+            p.segmentation = self.logic.interactive.segmentation
+            for field, name in (("interactivePositive", "include"), ("interactiveNegative", "exclude")):
+                if getattr(p, field) is None:
+                    node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", name)
+                    setattr(p, field, node)
+            self.observeInteractivePoints()
+            self.ui.interactiveStatusLabel.text = _("Opening the scan...")
+        self.interactiveAction(start)
+
+    def observeInteractivePoints(self) -> None:
+        """Send each point as soon as it is placed: the answer updates after every click."""
+        p = self._parameterNode
+        for node in (p.interactivePositive, p.interactiveNegative):
+            if node is not None and not self.hasObserver(node, node.PointPositionDefinedEvent, self.onPointPlaced):
+                self.addObserver(node, node.PointPositionDefinedEvent, self.onPointPlaced)
+
+    def onPointPlaced(self, caller=None, event=None) -> None:
+        if self.logic.interactive and self.logic.interactive.structure:
+            self.interactiveAction(self.sendPoints)
+
+    def ensureStructure(self) -> None:
+        name = self.ui.structureComboBox.currentText.strip()
+        state = self.logic.interactive
+        if state is not None and state.structure != name:
+            self.logic.startStructure(name)
+
+    def sendPoints(self) -> None:
+        self.ensureStructure()
+        p = self._parameterNode
+        if p.interactivePositive is not None:
+            self.logic.addInteractivePoints(p.interactivePositive, True)
+        if p.interactiveNegative is not None:
+            self.logic.addInteractivePoints(p.interactiveNegative, False)
+
+    def onPlacePoint(self, positive: bool) -> None:
+        p = self._parameterNode
+        node = p.interactivePositive if positive else p.interactiveNegative
+        if node is None:
+            slicer.util.errorDisplay(_("Start an interactive session first."))
+            return
+        self.observeInteractivePoints()
+        markups = slicer.modules.markups.logic()
+        markups.SetActiveList(node)
+        markups.StartPlaceMode(False)  # one point per click of the button
+
+    def onUpdateInteractive(self) -> None:
+        def update():
+            self.sendPoints()
+            strokes = self._parameterNode.interactiveStrokes
+            if strokes is not None:
+                segmentation = strokes.GetSegmentation()
+                for index in range(segmentation.GetNumberOfSegments()):
+                    segment = segmentation.GetNthSegment(index)
+                    positive = not segment.GetName().lower().startswith(("exclude", "negative", "-"))
+                    self.logic.addInteractiveStroke(strokes, segmentation.GetNthSegmentID(index), positive)
+        self.interactiveAction(update)
+
+    def onCancelInteractive(self) -> None:
+        self.logic.cancelInteractive()
+        self.ui.interactiveStatusLabel.text = _("Cancelled.")
+        self.updateButtons()
+
+    def onCloseInteractive(self) -> None:
+        self.logic.closeInteractive()
+        self.ui.interactiveStatusLabel.text = _("No session.")
+        self.updateButtons()
+
+    def onInteractiveEvents(self, events) -> None:
+        for event in events:
+            kind, request = event.get("event"), event.get("request")
+            if kind == "result" and event.get("mask"):
+                self.ui.interactiveStatusLabel.text = _("{name}: {ml} ml (answer {n}).").format(
+                    name=event.get("name"), ml=event.get("volume_ml"), n=event.get("answer"))
+            elif kind == "result" and request == "accept":
+                self.ui.interactiveStatusLabel.text = _("Accepted {name}.").format(name=event.get("name"))
+                self.ui.structureComboBox.setCurrentIndex(-1)
+                for node in (self._parameterNode.interactivePositive, self._parameterNode.interactiveNegative):
+                    if node is not None:
+                        node.RemoveAllControlPoints()
+            elif kind == "result" and request == "open":
+                self.ui.interactiveStatusLabel.text = _("Ready: name a structure and place points.")
+            elif kind == "error":
+                self.ui.interactiveStatusLabel.text = str(event.get("message", ""))
+            elif kind == "progress":
+                self.ui.interactiveStatusLabel.text = str(event.get("message", ""))
         self.updateButtons()
 
     def onInstallDependencies(self) -> None:
