@@ -985,6 +985,7 @@ class CoralBaySlicerLogic(ScriptedLoadableModuleLogic):
                                                                     f"{inputVolume.GetName()} interactive")
             outputSegmentation.CreateDefaultDisplayNodes()
         outputSegmentation.SetReferenceImageGeometryParameterFromVolumeNode(inputVolume)
+        outputSegmentation.CreateClosedSurfaceRepresentation()  # the 3D view follows each answer
         self.interactive = _InteractiveState(session, folder, inputVolume, outputSegmentation)
         self.interactiveTimer.start()
         return self._interactiveRequest("open", image=str(folder / "input.nrrd"))
@@ -1087,6 +1088,8 @@ class CoralBaySlicerLogic(ScriptedLoadableModuleLogic):
                 self._acceptPreview(state, event)
             elif kind == "error":
                 self._log("error", str(event.get("message", "")))
+                if event.get("request") == "start":
+                    state.structure = None  # the engine refused the name: no structure in progress
             elif kind == "log":
                 self._log(str(event.get("level", "info")), str(event.get("message", "")))
             elif kind == "progress":
@@ -1376,6 +1379,8 @@ class CoralBaySlicerTest(ScriptedLoadableModuleTest):
         self.test_CoralBaySlicerEndToEnd()
         self.setUp()
         self.test_CoralBaySlicerCancel()
+        self.setUp()
+        self.test_CoralBaySlicerInteractive()
 
     def _logic(self):
         logic = CoralBaySlicerLogic()
@@ -1465,3 +1470,37 @@ class CoralBaySlicerTest(ScriptedLoadableModuleTest):
         self.assertFalse(logic.busy)
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), nodesBefore)
         self.delayDisplay("Cancel test passed")
+
+    def test_CoralBaySlicerInteractive(self):
+        """Clicks at the liver's centre as real control points, the engine process killed and restarted
+        by the session, Accept giving a named segment with its terminology."""
+        import signal
+
+        logic = self._logic()
+        ctNode, truthNode = self._phantom(logic)
+        truth = truthNode.GetSegmentation()
+        liverId = truth.GetSegmentIdBySegmentName("liver")
+        liver = slicer.util.arrayFromSegmentBinaryLabelmap(truthNode, liverId, ctNode) > 0
+        opened = logic.startInteractive(ctNode, self.SEGMENTATION_MODEL)
+        self.assertEqual(logic.waitInteractive(opened, self.TIMEOUT_S)["event"], "result")
+        self.assertEqual(logic.waitInteractive(logic.startStructure("liver"), self.TIMEOUT_S)["event"], "result")
+        k, j, i = (int(v) for v in np.argwhere(liver).mean(axis=0))
+        ijkToRas = vtk.vtkMatrix4x4()
+        ctNode.GetIJKToRASMatrix(ijkToRas)
+        ras = ijkToRas.MultiplyPoint([i, j, k, 1])[:3]
+        points = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "include")
+        points.AddControlPoint(list(ras))
+        answer = logic.waitInteractive(logic.addInteractivePoints(points, True)[0], self.TIMEOUT_S)
+        self.assertEqual(answer["event"], "result", answer.get("message"))
+        os.kill(logic.interactive.session.pid, signal.SIGKILL)
+        accepted = logic.waitInteractive(logic.interactiveAccept(), self.TIMEOUT_S)
+        self.assertEqual(accepted["event"], "result", accepted.get("message"))
+        self.assertEqual(logic.interactive.session.restarts, 1)
+        output = logic.interactive.segmentation
+        segmentId = output.GetSegmentation().GetSegmentIdBySegmentName("liver")
+        self.assertTrue(segmentId)
+        mask = slicer.util.arrayFromSegmentBinaryLabelmap(output, segmentId, ctNode) > 0
+        dice = 2.0 * (mask & liver).sum() / max(1, mask.sum() + liver.sum())
+        self.assertGreater(dice, 0.3)
+        logic.closeInteractive()
+        self.delayDisplay(f"Interactive test passed (Dice after one click {dice:.2f})")
