@@ -1002,6 +1002,10 @@ class CoralBaySlicerLogic(ScriptedLoadableModuleLogic):
             raise ValueError(f"The segmentation {state.segmentation.GetName()} already has a segment named {name}; "
                              "choose another name.")
         knownColor, knownEntry = segments.structure_appearance(name, PHANTOM_LABELS, state.segmentation.GetSegmentation().GetNumberOfSegments())
+        if state.previewId and state.segmentation.GetSegmentation().GetSegment(state.previewId):
+            # the structure named before was not accepted: its preview goes (never an accepted segment)
+            state.segmentation.GetSegmentation().RemoveSegment(state.previewId)
+        state.previewId = None
         state.structure = name
         state.color = tuple(color) if color is not None else knownColor
         state.terminology = terminologyEntry or knownEntry
@@ -1083,7 +1087,8 @@ class CoralBaySlicerLogic(ScriptedLoadableModuleLogic):
         for event in events:
             kind = event.get("event")
             if kind == "result" and event.get("mask"):
-                self._showPreview(state, event)
+                if event.get("name") == state.structure:  # late answers for a structure left behind are dropped
+                    self._showPreview(state, event)
             elif kind == "result" and event.get("request") == "accept":
                 self._acceptPreview(state, event)
             elif kind == "error":

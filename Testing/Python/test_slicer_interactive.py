@@ -82,6 +82,7 @@ def test_interactive_clicks_strokes_undo_accept_on_real_markups_and_segments(mod
         assert len(_segment_ids(output.GetSegmentation())) == 1  # updated in place
         previews.append(prediction)
         dice.append(S.dice(prediction, liver))
+    print("Dice after clicks 1-3:", [round(d, 3) for d in dice])
     assert max(dice[1:]) > dice[0] and max(dice) > 0.5, dice
     assert _segment_names(output) == ["liver (preview)"]
 
@@ -123,17 +124,33 @@ def test_interactive_clicks_strokes_undo_accept_on_real_markups_and_segments(mod
     with pytest.raises(ValueError, match="already has a segment named liver"):
         logic.startStructure("liver")
 
+    # the points belong to the accepted structure: cleared as the panel does on Accept
+    positive.RemoveAllControlPoints()
+    negative.RemoveAllControlPoints()
+
     # the engine process dies: the next structure still works, the accepted segment is untouched
     os.kill(logic.interactive.session.pid, signal.SIGKILL)
     _answer(logic, logic.startStructure("spleen"))
     spleen = sitk.GetArrayFromImage(sitk.ReadImage(str(labels_file))) == 2
     click = S.next_click(None, spleen, image)
     _click(positive, negative, click)
-    _answer(logic, logic.addInteractivePoints(positive, True)[0])
+    sent = logic.addInteractivePoints(positive, True)
+    assert len(sent) == 1
+    _answer(logic, sent[0])
     assert logic.interactive.session.restarts == 1
     assert _segment_names(output) == ["liver", "spleen (preview)"]
     assert np.array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(
         output, _segment_ids(output.GetSegmentation())[0], ct) > 0, final)
+
+    # naming another structure drops the unaccepted preview, never the accepted segment; a late
+    # answer for the structure left behind does not come back as the new structure's preview
+    click = S.next_click(None, spleen, image)
+    negative.AddControlPoint(list(coordinates.lps_to_ras(click.lps)))
+    late = logic.addInteractivePoints(negative, False)[0]
+    started = logic.startStructure("kidney_left")
+    assert logic.waitInteractive(late, TIMEOUT_S)["name"] == "spleen"
+    _answer(logic, started)
+    assert _segment_names(output) == ["liver"]
 
     logic.closeInteractive()
     assert _segment_names(output) == ["liver"] and logic.interactive is None and not logic.interactiveTimer.isActive()
