@@ -194,6 +194,7 @@ class CoralBaySlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
 
     def onSceneStartClose(self, caller, event) -> None:
+        self.logic.closeInteractive()  # its volume and segmentation are about to go
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:

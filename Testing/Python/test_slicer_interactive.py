@@ -12,6 +12,7 @@ import signal
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import vtk
 
 from coralbay.interactive import simulate as S
 from coralbay.phantom import generate_phantom, write_phantom
@@ -114,12 +115,12 @@ def test_interactive_clicks_strokes_undo_accept_on_real_markups_and_segments(mod
     accepted = _answer(logic, logic.interactiveAccept())
     assert accepted["voxels"] == int(final.sum())
     assert _segment_names(output) == ["liver"]
-    segment = output.GetSegmentation().GetSegment(_segment_ids(output.GetSegmentation())[0])
-    entry = __import__("vtk").reference("")
+    liver_id = _segment_ids(output.GetSegmentation())[0]
+    segment = output.GetSegmentation().GetSegment(liver_id)
+    entry = vtk.reference("")
     assert segment.GetTag(segment.GetTerminologyEntryTagName(), entry) and "10200004" in str(entry)
     assert segment.GetColor() == pytest.approx((221 / 255, 130 / 255, 101 / 255), abs=1e-3)
-    accepted_mask = slicer.util.arrayFromSegmentBinaryLabelmap(output, segment.GetName() and
-                                                               _segment_ids(output.GetSegmentation())[0], ct) > 0
+    accepted_mask = slicer.util.arrayFromSegmentBinaryLabelmap(output, liver_id, ct) > 0
     assert np.array_equal(accepted_mask, final)
     with pytest.raises(ValueError, match="already has a segment named liver"):
         logic.startStructure("liver")
@@ -139,8 +140,7 @@ def test_interactive_clicks_strokes_undo_accept_on_real_markups_and_segments(mod
     _answer(logic, sent[0])
     assert logic.interactive.session.restarts == 1
     assert _segment_names(output) == ["liver", "spleen (preview)"]
-    assert np.array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(
-        output, _segment_ids(output.GetSegmentation())[0], ct) > 0, final)
+    assert np.array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(output, liver_id, ct) > 0, final)
 
     # naming another structure drops the unaccepted preview, never the accepted segment; a late
     # answer for the structure left behind does not come back as the new structure's preview
