@@ -260,7 +260,7 @@ class InteractiveSession:
         self._cancelled_ids, self._cancel_deadline = [], None
         self._kill()
         return events + self._restart(reason="Cancel stopped the engine process; it was restarted with "
-                                             "the session's scan and prompts.")
+                                             "the session's scan and prompts.", died=False)
 
     def _kill(self) -> None:
         if self._process is not None and self._process.poll() is None:
@@ -277,11 +277,12 @@ class InteractiveSession:
                 if pipe is not None:
                     pipe.close()
 
-    def _restart(self, reason: str | None = None) -> list[dict]:
-        """A fresh process in the state of the dead one; waiting requests are sent again."""
+    def _restart(self, reason: str | None = None, died: bool = True) -> list[dict]:
+        """A fresh process in the state of the dead one; waiting requests are sent again.
+        `died`: the process ended by itself (counts towards giving up), not killed by Cancel."""
         code = self._process.returncode if self._process else None
         self._close_pipes()
-        self._failed_restarts += 1
+        self._failed_restarts += 1 if died else 0
         if self._failed_restarts > self.MAX_RESTARTS_WITHOUT_ANSWER:
             events = [{"event": "error", "id": i, "request": r["type"], "exit_code": 1,
                        "message": f"The engine process stopped {self._failed_restarts} times in a row (last exit code "
