@@ -284,9 +284,10 @@ class InteractiveSession:
         self._close_pipes()
         self._failed_restarts += 1 if died else 0
         if self._failed_restarts > self.MAX_RESTARTS_WITHOUT_ANSWER:
+            said = self._last_sentence()
             events = [{"event": "error", "id": i, "request": r["type"], "exit_code": 1,
-                       "message": f"The engine process stopped {self._failed_restarts} times in a row (last exit code "
-                                  f"{code}); the session was closed, its accepted work is kept."}
+                       "message": f"The engine process stopped {self._failed_restarts} times in a row "
+                                  f"({said or f'exit code {code}'}); the session was closed, its accepted work is kept."}
                       for i, r in self._pending.items()]
             self._pending, self._replaying = {}, {}
             self._closed = True
@@ -304,6 +305,14 @@ class InteractiveSession:
         return [{"event": "log", "level": "warning", "restarted": True,
                  "message": reason or f"The engine process stopped (exit code {code}); it was restarted with the "
                                       "session's scan and prompts, and the accepted work is kept."}]
+
+    def _last_sentence(self) -> str:
+        """The engine's last line that is not a protocol event (its one-sentence error on stderr)."""
+        for line in reversed(self.lines):
+            text = line.strip()
+            if text and decode_event(text) is None and not text.startswith(("Traceback", "File ")):
+                return text.removeprefix("coralbay: error: ").rstrip(".")
+        return ""
 
     # -- scripts and tests ------------------------------------------------------------------------
 

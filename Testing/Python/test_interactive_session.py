@@ -21,7 +21,7 @@ import SimpleITK as sitk
 
 from coralbay.interactive import simulate as S
 from coralbay.phantom import generate_phantom, write_phantom
-from CoralBaySlicerLib.interactive_session import InteractiveSession, example_masks, interact_argv
+from CoralBaySlicerLib.interactive_session import InteractiveSession, SessionError, example_masks, interact_argv
 
 REPO = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 180
@@ -122,3 +122,17 @@ def test_accepted_work_stays_on_disk_across_a_restart(session, scan):
     assert kept["liver"].read_bytes() == before  # the restart never rewrote the accepted structure
     bad = session.ask("point", lps=[1e4, 0, 0])
     assert bad["event"] == "error" and "outside" in bad["message"] and session.alive
+
+
+def test_an_engine_that_cannot_start_is_given_up_with_its_own_sentence(scan, tmp_path):
+    """Restarting must end: a model that does not exist makes every process exit at once."""
+    env = {**os.environ, "PYTHONPATH": str(REPO / "CoralBaySlicer"), "OMP_NUM_THREADS": "1"}
+    s = InteractiveSession(interact_argv(sys.executable, "no-such-model", tmp_path / "out", tmp_path / "examples"),
+                           env=env, cwd=tmp_path)
+    s.start()
+    answer = s.wait(s.request("open", image=str(scan["ct"])), TIMEOUT_S)
+    assert answer["event"] == "error" and s.restarts == InteractiveSession.MAX_RESTARTS_WITHOUT_ANSWER
+    assert "No model named 'no-such-model'" in answer["message"] and "stopped 3 times" in answer["message"]
+    with pytest.raises(SessionError):
+        s.request("status")
+    s.close()
