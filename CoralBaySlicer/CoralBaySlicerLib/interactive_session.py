@@ -14,7 +14,8 @@ Why cancel kills when needed: the protocol's "cancel" request stops the feature 
 once, but not a head being fitted; when the cancelled requests have not answered within
 `CANCEL_GRACE_S`, the process tree is killed and restarted (state replayed), so Cancel never waits.
 
-Standard library only (plus `coralbay.progress` and `process.kill_process_tree`, themselves stdlib).
+Standard library only (plus `coralbay.progress`, `commands.engine_device` and `process.kill_process_tree`,
+themselves stdlib; psutil when present).
 """
 
 from __future__ import annotations
