@@ -13,6 +13,7 @@ import os
 import pathlib
 import shutil
 import tempfile
+import time
 from typing import Annotated, Optional, Union
 
 import numpy as np
@@ -40,8 +41,10 @@ from slicer.util import VTKObservationMixin
 
 from CoralBaySlicerLib import commands, coordinates, dependencies, models, paths, results, sample_data, segments
 from coralbay.io.labels import LabelTable, label_table_path_for
+from coralbay.phantom.tissues import PHANTOM_LABELS
 from coralbay.vocabulary import JobState
 from CoralBaySlicerLib.files import deliver
+from CoralBaySlicerLib.interactive_session import InteractiveSession, interact_argv
 from CoralBaySlicerLib.jobs import Job, JobController
 from CoralBaySlicerLib.process import EngineBusyError, EngineRunner
 
@@ -124,6 +127,9 @@ class CoralBaySlicerParameterNode:
     classificationTable: Optional[vtkMRMLTableNode]
     worstErrorRAS: str = ""  # "x,y,z" of the largest disagreement found by Compare
     exportFormat: Annotated[str, Choice(list(commands.EXPORT_FORMATS))] = "seg.nrrd"
+    interactivePositive: Optional[vtkMRMLMarkupsFiducialNode]  # include clicks of the Interactive section
+    interactiveNegative: Optional[vtkMRMLMarkupsFiducialNode]  # exclude clicks
+    interactiveStrokes: Optional[vtkMRMLSegmentationNode]  # painted strokes
     exportFolder: pathlib.Path = pathlib.Path.home()
 
 
@@ -167,6 +173,7 @@ class CoralBaySlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.exportButton.connect("clicked(bool)", self.onExport)
         self.ui.installDependenciesButton.connect("clicked(bool)", self.onInstallDependencies)
         self.ui.loadPhantomButton.connect("clicked(bool)", self.onLoadPhantom)
+        self.setupInteractive()
 
         self.refreshModels()
         self.updateDependencyStatus()
@@ -174,6 +181,8 @@ class CoralBaySlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cleanup(self) -> None:
         self.removeObservers()
+        if self.logic:
+            self.logic.closeInteractive()
 
     def enter(self) -> None:
         self.initializeParameterNode()
@@ -185,6 +194,7 @@ class CoralBaySlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
 
     def onSceneStartClose(self, caller, event) -> None:
+        self.logic.closeInteractive()  # its volume and segmentation are about to go
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -288,6 +298,13 @@ class CoralBaySlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.cancelButton.enabled = busy
         self.ui.installDependenciesButton.enabled = not busy
         self.ui.loadPhantomButton.enabled = not busy
+        session = self.logic.interactive if self.logic else None
+        self.ui.startInteractiveButton.enabled = haveInput and bool(entry and entry.segments)
+        self.ui.closeInteractiveButton.enabled = session is not None
+        for button in (self.ui.placePositiveButton, self.ui.placeNegativeButton, self.ui.updateInteractiveButton,
+                       self.ui.undoInteractiveButton, self.ui.redoInteractiveButton, self.ui.acceptInteractiveButton):
+            button.enabled = session is not None
+        self.ui.cancelInteractiveButton.enabled = bool(session and session.session.busy)
         if p and p.metricsTable:
             self.ui.metricsTableView.setMRMLTableNode(p.metricsTable)
 
@@ -415,6 +432,124 @@ class CoralBaySlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic.cancel()
         self.updateButtons()
 
+    # -- interactive segmentation ---------------------------------------------------------------------
+
+    def setupInteractive(self) -> None:
+        self.ui.structureComboBox.addItems([label.name for label in PHANTOM_LABELS])
+        self.ui.structureComboBox.setCurrentIndex(-1)
+        self.logic.interactiveCallback = self.onInteractiveEvents
+        self.ui.startInteractiveButton.connect("clicked(bool)", self.onStartInteractive)
+        self.ui.closeInteractiveButton.connect("clicked(bool)", self.onCloseInteractive)
+        self.ui.placePositiveButton.connect("clicked(bool)", lambda checked=False: self.onPlacePoint(True))
+        self.ui.placeNegativeButton.connect("clicked(bool)", lambda checked=False: self.onPlacePoint(False))
+        self.ui.updateInteractiveButton.connect("clicked(bool)", self.onUpdateInteractive)
+        self.ui.undoInteractiveButton.connect("clicked(bool)", lambda checked=False: self.interactiveAction(self.logic.interactiveUndo))
+        self.ui.redoInteractiveButton.connect("clicked(bool)", lambda checked=False: self.interactiveAction(self.logic.interactiveRedo))
+        self.ui.acceptInteractiveButton.connect("clicked(bool)", lambda checked=False: self.interactiveAction(self.logic.interactiveAccept))
+        self.ui.cancelInteractiveButton.connect("clicked(bool)", self.onCancelInteractive)
+
+    def interactiveAction(self, action) -> None:
+        """Run a logic request, reporting a refusal (no session, no structure, bad input) in one sentence."""
+        try:
+            action()
+        except (ValueError, FileNotFoundError) as exc:
+            slicer.util.errorDisplay(str(exc))
+        self.updateButtons()
+
+    def onStartInteractive(self) -> None:
+        if not self.dependenciesReady():
+            return
+        p = self._parameterNode
+
+        def start():
+            self.logic.startInteractive(p.inputVolume, p.model, outputSegmentation=p.segmentation, device=p.device)
+            p.segmentation = self.logic.interactive.segmentation
+            for field, name in (("interactivePositive", "include"), ("interactiveNegative", "exclude")):
+                if getattr(p, field) is None:
+                    node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", name)
+                    setattr(p, field, node)
+            self.observeInteractivePoints()
+            self.ui.interactiveStatusLabel.text = _("Opening the scan...")
+        self.interactiveAction(start)
+
+    def observeInteractivePoints(self) -> None:
+        """Send each point as soon as it is placed: the answer updates after every click."""
+        p = self._parameterNode
+        for node in (p.interactivePositive, p.interactiveNegative):
+            if node is not None and not self.hasObserver(node, node.PointPositionDefinedEvent, self.onPointPlaced):
+                self.addObserver(node, node.PointPositionDefinedEvent, self.onPointPlaced)
+
+    def onPointPlaced(self, caller=None, event=None) -> None:
+        if self.logic.interactive and self.logic.interactive.structure:
+            self.interactiveAction(self.sendPoints)
+
+    def ensureStructure(self) -> None:
+        name = self.ui.structureComboBox.currentText.strip()
+        state = self.logic.interactive
+        if state is not None and state.structure != name:
+            self.logic.startStructure(name)
+
+    def sendPoints(self) -> None:
+        self.ensureStructure()
+        p = self._parameterNode
+        if p.interactivePositive is not None:
+            self.logic.addInteractivePoints(p.interactivePositive, True)
+        if p.interactiveNegative is not None:
+            self.logic.addInteractivePoints(p.interactiveNegative, False)
+
+    def onPlacePoint(self, positive: bool) -> None:
+        p = self._parameterNode
+        node = p.interactivePositive if positive else p.interactiveNegative
+        if node is None:
+            slicer.util.errorDisplay(_("Start an interactive session first."))
+            return
+        self.observeInteractivePoints()
+        markups = slicer.modules.markups.logic()
+        markups.SetActiveList(node)
+        markups.StartPlaceMode(False)  # one point per click of the button
+
+    def onUpdateInteractive(self) -> None:
+        def update():
+            self.sendPoints()
+            strokes = self._parameterNode.interactiveStrokes
+            if strokes is not None:
+                segmentation = strokes.GetSegmentation()
+                for index in range(segmentation.GetNumberOfSegments()):
+                    segment = segmentation.GetNthSegment(index)
+                    positive = not segment.GetName().lower().startswith(("exclude", "negative", "-"))
+                    self.logic.addInteractiveStroke(strokes, segmentation.GetNthSegmentID(index), positive)
+        self.interactiveAction(update)
+
+    def onCancelInteractive(self) -> None:
+        self.logic.cancelInteractive()
+        self.ui.interactiveStatusLabel.text = _("Cancelled.")
+        self.updateButtons()
+
+    def onCloseInteractive(self) -> None:
+        self.logic.closeInteractive()
+        self.ui.interactiveStatusLabel.text = _("No session.")
+        self.updateButtons()
+
+    def onInteractiveEvents(self, events) -> None:
+        for event in events:
+            kind, request = event.get("event"), event.get("request")
+            if kind == "result" and event.get("mask"):
+                self.ui.interactiveStatusLabel.text = _("{name}: {ml} ml (answer {n}).").format(
+                    name=event.get("name"), ml=event.get("volume_ml"), n=event.get("answer"))
+            elif kind == "result" and request == "accept":
+                self.ui.interactiveStatusLabel.text = _("Accepted {name}.").format(name=event.get("name"))
+                self.ui.structureComboBox.setCurrentIndex(-1)
+                for node in (self._parameterNode.interactivePositive, self._parameterNode.interactiveNegative):
+                    if node is not None:
+                        node.RemoveAllControlPoints()
+            elif kind == "result" and request == "open":
+                self.ui.interactiveStatusLabel.text = _("Ready: name a structure and place points.")
+            elif kind == "error":
+                self.ui.interactiveStatusLabel.text = str(event.get("message", ""))
+            elif kind == "progress":
+                self.ui.interactiveStatusLabel.text = str(event.get("message", ""))
+        self.updateButtons()
+
     def onInstallDependencies(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Installing CoralBay's dependencies failed."), waitCursor=True):
             summary = self.logic.installDependencies()
@@ -486,6 +621,25 @@ class Review:
         self.worstErrorRAS = worstErrorRAS
 
 
+class _InteractiveState:
+    """The interactive session of a logic: its engine process, folder, scan, output segmentation,
+    the structure in progress (name, colour, terminology), its preview segment, the control points
+    already sent (markups node ID -> control point IDs) and answers not yet collected by `waitInteractive`."""
+
+    def __init__(self, session, folder, volume, segmentation) -> None:
+        self.session = session
+        self.folder = folder
+        self.volume = volume
+        self.segmentation = segmentation
+        self.structure: Optional[str] = None
+        self.color = (1.0, 1.0, 0.0)
+        self.terminology: Optional[str] = None
+        self.previewId: Optional[str] = None
+        self.sentPoints: dict = {}
+        self.strokes = 0
+        self.answers: dict = {}
+
+
 class CoralBaySlicerLogic(ScriptedLoadableModuleLogic):
     """Runs the engine on scene nodes. Usable from scripts without the widget:
 
@@ -511,6 +665,11 @@ class CoralBaySlicerLogic(ScriptedLoadableModuleLogic):
         self.timer = qt.QTimer()
         self.timer.setInterval(self.POLL_INTERVAL_MS)
         self.timer.connect("timeout()", self.poll)
+        self.interactive: Optional[_InteractiveState] = None
+        self.interactiveCallback = None  # called with the events of each poll that had some
+        self.interactiveTimer = qt.QTimer()
+        self.interactiveTimer.setInterval(self.POLL_INTERVAL_MS)
+        self.interactiveTimer.connect("timeout()", self.pollInteractive)
 
     @classmethod
     def runner(cls) -> EngineRunner:
@@ -790,6 +949,209 @@ class CoralBaySlicerLogic(ScriptedLoadableModuleLogic):
         truthNode = self._importLabelMap(truthFile, sample_data.TRUTH_NODE_NAME, ctNode)
         return ctNode, truthNode
 
+    # -- interactive segmentation ---------------------------------------------------------------------
+    #
+    # One long-lived `coralbay interact` process (CoralBaySlicerLib.interactive_session) per logic:
+    # requests return at once, `pollInteractive` (the interactive timer) applies the answers. The
+    # answer of the structure in progress is one preview segment of the output segmentation, replaced
+    # in place after each interaction; Accept turns it into a named segment with colour and terminology.
+    # Accepted segments are never touched again.
+
+    PREVIEW_SUFFIX = " (preview)"
+    ACCEPTED_TAG = "CoralBay.Interactive"  # segment tag: "preview" or "accepted"
+
+    def startInteractive(self, inputVolume, model: str, outputSegmentation=None, device: str = "auto",
+                         examplesFolder=None):
+        """Start a session on `inputVolume` (written to the session's folder); returns the request id
+        of the scan's opening. The output segmentation is created when none is given."""
+        self._checkInputVolume(inputVolume)
+        if not model:
+            raise ValueError("Choose a model for interactive segmentation.")
+        self.closeInteractive()
+        runner = self.runner()
+        root = runner.temp_root or pathlib.Path(tempfile.gettempdir())
+        root.mkdir(parents=True, exist_ok=True)
+        folder = pathlib.Path(tempfile.mkdtemp(prefix="CoralBay-interactive-", dir=str(root)))
+        try:
+            self._writeVolume(inputVolume, folder / "input.nrrd")
+        except Exception:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        examples = pathlib.Path(examplesFolder or os.path.join(slicer.app.cachePath, "CoralBay", "interactive-examples"))
+        argv = interact_argv(runner.python, model, folder / "out", examples, device=device)
+        session = InteractiveSession(argv, env=runner.environment(), cwd=folder)
+        session.start()
+        if outputSegmentation is None:
+            outputSegmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode",
+                                                                    f"{inputVolume.GetName()} interactive")
+            outputSegmentation.CreateDefaultDisplayNodes()
+        outputSegmentation.SetReferenceImageGeometryParameterFromVolumeNode(inputVolume)
+        outputSegmentation.CreateClosedSurfaceRepresentation()  # the 3D view follows each answer
+        self.interactive = _InteractiveState(session, folder, inputVolume, outputSegmentation)
+        self.interactiveTimer.start()
+        return self._interactiveRequest("open", image=str(folder / "input.nrrd"))
+
+    def startStructure(self, name: str, terminologyEntry: Optional[str] = None, color=None):
+        """Begin a structure; colour and terminology default to those of a known structure of that name.
+        A name used by a segment of the output segmentation is refused (accepted work is never overwritten)."""
+        state = self._interactiveState()
+        name = (name or "").strip()
+        if not name:
+            raise ValueError("Name the structure to segment.")
+        existing = state.segmentation.GetSegmentation().GetSegmentIdBySegmentName(name)
+        if existing:
+            raise ValueError(f"The segmentation {state.segmentation.GetName()} already has a segment named {name}; "
+                             "choose another name.")
+        knownColor, knownEntry = segments.structure_appearance(name, PHANTOM_LABELS, state.segmentation.GetSegmentation().GetNumberOfSegments())
+        if state.previewId and state.segmentation.GetSegmentation().GetSegment(state.previewId):
+            # the structure named before was not accepted: its preview goes (never an accepted segment)
+            state.segmentation.GetSegmentation().RemoveSegment(state.previewId)
+        state.previewId = None
+        state.structure = name
+        state.color = tuple(color) if color is not None else knownColor
+        state.terminology = terminologyEntry or knownEntry
+        state.sentPoints = {}
+        return self._interactiveRequest("start", name=name, propose=False)
+
+    def addInteractivePoints(self, markupsNode, positive: bool = True) -> list:
+        """Send the control points of `markupsNode` not sent yet (positive or negative clicks)."""
+        state = self._interactiveState(needStructure=True)
+        if markupsNode is None:
+            raise ValueError("Choose a point list for the clicks.")
+        sent = state.sentPoints.setdefault(markupsNode.GetID(), set())
+        box = self._volumeBoxLPS(state.volume)
+        fresh = []
+        for index in range(markupsNode.GetNumberOfControlPoints()):
+            pointId = markupsNode.GetNthControlPointID(index)
+            if pointId in sent:
+                continue
+            ras = [0.0, 0.0, 0.0]
+            markupsNode.GetNthControlPointPositionWorld(index, ras)
+            lps = coordinates.ras_to_lps(ras)
+            if not all(box[i] <= lps[i] <= box[i + 3] for i in range(3)):
+                raise ValueError(f"The point {markupsNode.GetNthControlPointLabel(index)} lies outside the volume "
+                                 f"{state.volume.GetName()}.")
+            fresh.append((pointId, lps))
+        ids = []
+        for pointId, lps in fresh:
+            sent.add(pointId)
+            ids.append(self._interactiveRequest("point", lps=list(lps), positive=bool(positive)))
+        return ids
+
+    def addInteractiveStroke(self, segmentationNode, segmentId: str, positive: bool = True):
+        """Send a painted segment as a scribble (written as a label map on the input volume's grid)."""
+        state = self._interactiveState(needStructure=True)
+        if segmentationNode is None or not segmentationNode.GetSegmentation().GetSegment(segmentId):
+            raise ValueError("Choose the painted segment to send as a stroke.")
+        array = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, state.volume)
+        if array is None or not array.any():
+            raise ValueError(f"The segment {segmentationNode.GetSegmentation().GetSegment(segmentId).GetName()} is empty: "
+                             "paint a stroke first.")
+        state.strokes += 1
+        path = state.folder / f"stroke-{state.strokes}.nrrd"
+        with _sceneUnchanged():
+            labelMap = slicer.modules.volumes.logic().CreateAndAddLabelVolume(state.volume, "CoralBay stroke")
+            slicer.util.updateVolumeFromArray(labelMap, ((array > 0) * (1 if positive else 2)).astype(np.uint8))
+            self._writeVolume(labelMap, path)
+        return self._interactiveRequest("scribble", path=str(path), positive_value=1, negative_value=2)
+
+    def interactiveUndo(self):
+        return self._interactiveRequest("undo", name=self._interactiveState(needStructure=True).structure)
+
+    def interactiveRedo(self):
+        return self._interactiveRequest("redo", name=self._interactiveState(needStructure=True).structure)
+
+    def interactiveAccept(self):
+        return self._interactiveRequest("accept", name=self._interactiveState(needStructure=True).structure)
+
+    def cancelInteractive(self) -> list:
+        """Stop what the session is doing now (the engine is killed and restarted if it does not stop)."""
+        return self.interactive.session.cancel() if self.interactive else []
+
+    def closeInteractive(self) -> None:
+        """End the session; accepted segments stay, the preview segment goes."""
+        state, self.interactive = self.interactive, None
+        self.interactiveTimer.stop()
+        if state is None:
+            return
+        state.session.close()
+        if state.previewId and state.segmentation.GetSegmentation().GetSegment(state.previewId):
+            state.segmentation.GetSegmentation().RemoveSegment(state.previewId)
+        shutil.rmtree(state.folder, ignore_errors=True)
+
+    def pollInteractive(self) -> list:
+        """Apply the session's answers (timer); returns the events."""
+        state = self.interactive
+        if state is None:
+            return []
+        events = state.session.poll()
+        for event in events:
+            kind = event.get("event")
+            if kind == "result" and event.get("mask"):
+                if event.get("name") == state.structure:  # late answers for a structure left behind are dropped
+                    self._showPreview(state, event)
+            elif kind == "result" and event.get("request") == "accept":
+                self._acceptPreview(state, event)
+            elif kind == "error":
+                self._log("error", str(event.get("message", "")))
+                if event.get("request") == "start":
+                    state.structure = None  # the engine refused the name: no structure in progress
+            elif kind == "log":
+                self._log(str(event.get("level", "info")), str(event.get("message", "")))
+            elif kind == "progress":
+                self._progress(float(event.get("fraction", 0.0) or 0.0), str(event.get("message", "")))
+            if kind in ("result", "error") and event.get("id") is not None:
+                state.answers[str(event["id"])] = event
+        if events and self.interactiveCallback:
+            self.interactiveCallback(events)
+        return events
+
+    def waitInteractive(self, requestId, timeout: float = 120.0) -> dict:
+        """Poll until the answer to `requestId` (scripts, tests; the GUI's timer polls instead)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.pollInteractive()
+            state = self._interactiveState()
+            if str(requestId) in state.answers:
+                return state.answers.pop(str(requestId))
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"The interactive session did not answer within {timeout} s.")
+            slicer.app.processEvents()
+            time.sleep(0.02)
+
+    def _interactiveState(self, needStructure: bool = False):
+        if self.interactive is None:
+            raise ValueError("Start an interactive session first.")
+        if needStructure and not self.interactive.structure:
+            raise ValueError("Name the structure to segment first.")
+        return self.interactive
+
+    def _interactiveRequest(self, kind: str, **fields) -> str:
+        return self._interactiveState().session.request(kind, **fields)
+
+    def _showPreview(self, state, event) -> None:
+        """The answer's mask as the preview segment, replaced in place (same segment ID)."""
+        with _sceneUnchanged():
+            labelMap = slicer.util.loadLabelVolume(str(event["mask"]), {"show": False})
+            array = slicer.util.arrayFromVolume(labelMap) > 0
+        segmentation = state.segmentation.GetSegmentation()
+        if not state.previewId or not segmentation.GetSegment(state.previewId):
+            state.previewId = segmentation.AddEmptySegment("", f"{state.structure}{self.PREVIEW_SUFFIX}", state.color)
+            segmentation.GetSegment(state.previewId).SetTag(self.ACCEPTED_TAG, "preview")
+        slicer.util.updateSegmentBinaryLabelmapFromArray(array.astype(np.uint8), state.segmentation, state.previewId,
+                                                         state.volume)
+
+    def _acceptPreview(self, state, event) -> None:
+        segment = state.segmentation.GetSegmentation().GetSegment(state.previewId) if state.previewId else None
+        if segment is not None:
+            segment.SetName(str(event["name"]))
+            segment.SetColor(*state.color)
+            segment.SetTag(self.ACCEPTED_TAG, "accepted")
+            segment.SetTag(segments.LABEL_VALUE_TAG, str(event["value"]))
+            if state.terminology:
+                segment.SetTag(segment.GetTerminologyEntryTagName(), state.terminology)
+        state.previewId, state.structure = None, None
+
     # -- checks of the inputs (before anything starts) -----------------------------------------------
 
     @staticmethod
@@ -1023,6 +1385,8 @@ class CoralBaySlicerTest(ScriptedLoadableModuleTest):
         self.test_CoralBaySlicerEndToEnd()
         self.setUp()
         self.test_CoralBaySlicerCancel()
+        self.setUp()
+        self.test_CoralBaySlicerInteractive()
 
     def _logic(self):
         logic = CoralBaySlicerLogic()
@@ -1112,3 +1476,37 @@ class CoralBaySlicerTest(ScriptedLoadableModuleTest):
         self.assertFalse(logic.busy)
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), nodesBefore)
         self.delayDisplay("Cancel test passed")
+
+    def test_CoralBaySlicerInteractive(self):
+        """Clicks at the liver's centre as real control points, the engine process killed and restarted
+        by the session, Accept giving a named segment with its terminology."""
+        import signal
+
+        logic = self._logic()
+        ctNode, truthNode = self._phantom(logic)
+        truth = truthNode.GetSegmentation()
+        liverId = truth.GetSegmentIdBySegmentName("liver")
+        liver = slicer.util.arrayFromSegmentBinaryLabelmap(truthNode, liverId, ctNode) > 0
+        opened = logic.startInteractive(ctNode, self.SEGMENTATION_MODEL)
+        self.assertEqual(logic.waitInteractive(opened, self.TIMEOUT_S)["event"], "result")
+        self.assertEqual(logic.waitInteractive(logic.startStructure("liver"), self.TIMEOUT_S)["event"], "result")
+        k, j, i = (int(v) for v in np.argwhere(liver).mean(axis=0))
+        ijkToRas = vtk.vtkMatrix4x4()
+        ctNode.GetIJKToRASMatrix(ijkToRas)
+        ras = ijkToRas.MultiplyPoint([i, j, k, 1])[:3]
+        points = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "include")
+        points.AddControlPoint(list(ras))
+        answer = logic.waitInteractive(logic.addInteractivePoints(points, True)[0], self.TIMEOUT_S)
+        self.assertEqual(answer["event"], "result", answer.get("message"))
+        os.kill(logic.interactive.session.pid, signal.SIGKILL)
+        accepted = logic.waitInteractive(logic.interactiveAccept(), self.TIMEOUT_S)
+        self.assertEqual(accepted["event"], "result", accepted.get("message"))
+        self.assertEqual(logic.interactive.session.restarts, 1)
+        output = logic.interactive.segmentation
+        segmentId = output.GetSegmentation().GetSegmentIdBySegmentName("liver")
+        self.assertTrue(segmentId)
+        mask = slicer.util.arrayFromSegmentBinaryLabelmap(output, segmentId, ctNode) > 0
+        dice = 2.0 * (mask & liver).sum() / max(1, mask.sum() + liver.sum())
+        self.assertGreater(dice, 0.3)
+        logic.closeInteractive()
+        self.delayDisplay(f"Interactive test passed (Dice after one click {dice:.2f})")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Iterable, Sequence
 
-from coralbay.io.labels import Code, Label, LabelTable, Terminology
+from coralbay.io.labels import Code, Label, LabelTable, Terminology, distinct_color
 
 
 def terminology_from_slicer_string(text: str | None) -> Terminology | None:
@@ -118,3 +118,14 @@ def _unique(name: str, seen: set[str]) -> str:
         candidate = f"{name} ({n})"
     seen.add(candidate.lower())
     return candidate
+
+
+def structure_appearance(name: str, known: LabelTable | None, index: int) -> tuple[tuple[float, float, float], str | None]:
+    """Colour (0..1) and terminology entry string (or None) of a structure named in the Interactive
+    section: those of the label of that name (ignoring case) in `known`, else a distinct colour."""
+    label = None
+    if known is not None:
+        label = next((lab for lab in known if lab.name.lower() == name.strip().lower()), None)
+    color = label.color if label is not None else distinct_color(index)
+    entry = label.terminology.slicer_string() if label is not None and label.terminology is not None else None
+    return (color[0] / 255.0, color[1] / 255.0, color[2] / 255.0), entry

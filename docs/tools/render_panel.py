@@ -24,7 +24,8 @@ DEMO_STRUCTURES = [label["name"] for label in json.loads(
     (REPO / "Resources" / "Models" / "demo-phantom-seg" / "manifest.json").read_text(encoding="utf-8"))["labels"]]
 SAMPLE_NODES = {"inputVolumeSelector": "CoralBay phantom CT", "referenceSelector": "CoralBay phantom truth",
                 "outputSegmentationSelector": "(create new segmentation)", "roiSelector": "None",
-                "pointSelector": "None"}
+                "pointSelector": "None", "interactivePositiveSelector": "include", "interactiveNegativeSelector": "exclude",
+                "interactiveStrokesSelector": "None", "structureComboBox": "liver"}
 
 
 class _Permissive:

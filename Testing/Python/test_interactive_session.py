@@ -1,0 +1,138 @@
+"""CoralBaySlicerLib.interactive_session: the Slicer module's long-lived `coralbay interact` process,
+driven as a real subprocess (demo encoder, small phantom as in test_interactive.py): requests that
+return at once, answers polled, the process SIGKILLed mid-session and restarted with the scan and
+the prompts replayed, Cancel that kills a request the engine cannot stop.
+
+One session is shared by the tests of this file (they run in order) to keep them fast.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import SimpleITK as sitk
+
+from coralbay.interactive import simulate as S
+from coralbay.phantom import generate_phantom, write_phantom
+from CoralBaySlicerLib.interactive_session import InteractiveSession, SessionError, example_masks, interact_argv
+
+REPO = Path(__file__).resolve().parents[2]
+TIMEOUT_S = 180
+
+
+@pytest.fixture(scope="module")
+def scan(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("interactive-session")
+    ph = generate_phantom(10007, spacing=3.0, size_mm=(180, 150, 120), lesions=False, direction="LPS")
+    ct, labels = folder / "ct.nii.gz", folder / "labels.nii.gz"
+    write_phantom(ph, ct, labels)
+    image = sitk.ReadImage(str(ct))
+    return {"ct": ct, "image": image, "liver": sitk.GetArrayFromImage(sitk.ReadImage(str(labels))) == 1,
+            "folder": folder}
+
+
+@pytest.fixture(scope="module")
+def session(scan):
+    env = {**os.environ, "PYTHONPATH": str(REPO / "CoralBaySlicer"), "OMP_NUM_THREADS": "1"}
+    argv = interact_argv(sys.executable, "demo-phantom-seg", scan["folder"] / "out", scan["folder"] / "examples",
+                         device="CPU")
+    s = InteractiveSession(argv, env=env, cwd=scan["folder"])
+    s.start()
+    yield s
+    s.close()
+    assert not s.alive
+
+
+def _mask(event) -> np.ndarray:
+    assert event["event"] == "result", event
+    return sitk.GetArrayFromImage(sitk.ReadImage(event["mask"])) > 0
+
+
+def _click(scan, prediction):
+    return S.next_click(prediction, scan["liver"], scan["image"])
+
+
+def test_requests_return_at_once_and_answers_come_by_polling(session, scan):
+    started = time.monotonic()
+    opened = session.request("open", image=str(scan["ct"]))
+    assert time.monotonic() - started < 0.5 and session.busy
+    assert [e for e in session.poll() if e.get("event") == "result"] == []  # nothing answered yet, no wait
+    assert session.wait(opened, TIMEOUT_S)["event"] == "result"
+    assert session.ask("start", name="liver")["event"] == "result"
+    masks, dice = [], []
+    prediction = None
+    for _ in range(3):
+        click = _click(scan, prediction)
+        prediction = _mask(session.ask("point", lps=list(click.lps), positive=click.positive, timeout=TIMEOUT_S))
+        masks.append(prediction)
+        dice.append(S.dice(prediction, scan["liver"]))
+    assert max(dice[1:]) > dice[0] - 0.05 and max(dice) > 0.3, dice
+    assert [p["type"] for p in session.log.prompts] == ["point"] * 3 and session.log.structure == "liver"
+    scan["masks"] = masks
+
+
+def test_sigkill_mid_request_restarts_and_replays_the_prompts(session, scan):
+    """The process is SIGKILLed while an undo is on its way: a new process opens the scan from the
+    feature cache, replays the three points, and answers the undo with the two-point mask."""
+    first = session.pid
+    undo = session.request("undo")
+    os.kill(first, signal.SIGKILL)
+    answer = session.wait(undo, TIMEOUT_S)
+    assert session.restarts == 1 and session.pid != first and session.alive
+    assert np.array_equal(_mask(answer), scan["masks"][1])  # the replayed prompts give the same answer
+    assert np.array_equal(_mask(session.ask("redo", timeout=TIMEOUT_S)), scan["masks"][2])
+    status = session.ask("status")
+    assert [(s["name"], s["prompts"]) for s in status["structures"]] == [("liver", 3)]
+
+
+def test_cancel_kills_a_request_the_engine_does_not_stop_and_the_session_goes_on(session, scan):
+    session.CANCEL_GRACE_S = 0.0  # the engine only stops feature computation by itself: force the kill path
+    before = session.pid
+    tree = {before} | {p.pid for p in psutil.Process(before).children(recursive=True)}
+    click = _click(scan, scan["masks"][2])
+    point = session.request("point", lps=list(click.lps), positive=click.positive)
+    assert session.cancel() == [point]
+    started = time.monotonic()
+    answer = session.wait(point, 10)
+    assert answer["event"] == "error" and answer["message"] == "Cancelled." and time.monotonic() - started < 5
+    for pid in tree:
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert session.pid != before and len(session.log.prompts) == 3  # the cancelled point is not replayed
+    session.CANCEL_GRACE_S = InteractiveSession.CANCEL_GRACE_S
+    assert np.array_equal(_mask(session.ask("undo", timeout=TIMEOUT_S)), scan["masks"][1])
+
+
+def test_accepted_work_stays_on_disk_across_a_restart(session, scan):
+    accepted = session.ask("accept", timeout=TIMEOUT_S)
+    assert accepted["event"] == "result" and accepted["voxels"] == int(scan["masks"][1].sum())
+    kept = example_masks(scan["folder"] / "examples")
+    assert set(kept) == {"liver"}
+    before = kept["liver"].read_bytes()
+    os.kill(session.pid, signal.SIGKILL)
+    started = session.ask("start", name="spleen", timeout=TIMEOUT_S)
+    assert started["event"] == "result" and session.restarts == 3
+    assert session.log.accepted == {"liver": accepted["value"]} and session.log.structure == "spleen"
+    assert kept["liver"].read_bytes() == before  # the restart never rewrote the accepted structure
+    bad = session.ask("point", lps=[1e4, 0, 0])
+    assert bad["event"] == "error" and "outside" in bad["message"] and session.alive
+
+
+def test_an_engine_that_cannot_start_is_given_up_with_its_own_sentence(scan, tmp_path):
+    """Restarting must end: a model that does not exist makes every process exit at once."""
+    env = {**os.environ, "PYTHONPATH": str(REPO / "CoralBaySlicer"), "OMP_NUM_THREADS": "1"}
+    s = InteractiveSession(interact_argv(sys.executable, "no-such-model", tmp_path / "out", tmp_path / "examples"),
+                           env=env, cwd=tmp_path)
+    s.start()
+    answer = s.wait(s.request("open", image=str(scan["ct"])), TIMEOUT_S)
+    assert answer["event"] == "error" and s.restarts == InteractiveSession.MAX_RESTARTS_WITHOUT_ANSWER
+    assert "No model named 'no-such-model'" in answer["message"] and "stopped 3 times" in answer["message"]
+    with pytest.raises(SessionError):
+        s.request("status")
+    s.close()

@@ -1,0 +1,156 @@
+"""The module's Interactive section (Logic) on REAL Slicer code: slicer-core's scene, markups
+fiducial nodes, segmentation nodes and Segmentations logic; only the Qt application is emulated
+(Testing/Python/slicer_emulation). The engine is a real `coralbay interact` process (demo encoder,
+small phantom as in test_interactive.py); clicks come from the simulated user on the phantom truth.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import vtk
+
+from coralbay.interactive import simulate as S
+from coralbay.phantom import generate_phantom, write_phantom
+from CoralBaySlicerLib import coordinates
+from test_slicer_module import _added, _nodes, _segment_ids, _segment_names, module  # noqa: F401 (fixture)
+
+TIMEOUT_S = 180
+
+
+@pytest.fixture(scope="module")
+def small_phantom(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("slicer-interactive")
+    ph = generate_phantom(10007, spacing=3.0, size_mm=(180, 150, 120), lesions=False, direction="LPS")
+    ct, labels = folder / "ct.nii.gz", folder / "labels.nii.gz"
+    write_phantom(ph, ct, labels)
+    return ct, labels, folder
+
+
+def _answer(logic, request_id) -> dict:
+    event = logic.waitInteractive(request_id, TIMEOUT_S)
+    assert event["event"] == "result", event
+    return event
+
+
+def _preview(logic, ct) -> np.ndarray:
+    import slicer
+
+    state = logic.interactive
+    return slicer.util.arrayFromSegmentBinaryLabelmap(state.segmentation, state.previewId, ct) > 0
+
+
+def _click(points_pos, points_neg, click) -> None:
+    node = points_pos if click.positive else points_neg
+    node.AddControlPoint(list(coordinates.lps_to_ras(click.lps)))
+
+
+def test_interactive_clicks_strokes_undo_accept_on_real_markups_and_segments(module, small_phantom):
+    import slicer
+
+    ct_file, labels_file, folder = small_phantom
+    image = sitk.ReadImage(str(ct_file))
+    liver = sitk.GetArrayFromImage(sitk.ReadImage(str(labels_file))) == 1
+    ct = slicer.util.loadVolume(str(ct_file), {"name": "CT"})
+    positive = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "include")
+    negative = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "exclude")
+    logic = module.CoralBaySlicerLogic()
+    before = _nodes()
+    with pytest.raises(ValueError, match="Start an interactive session first"):
+        logic.startStructure("liver")
+    opened = logic.startInteractive(ct, "demo-phantom-seg", device="CPU", examplesFolder=folder / "examples")
+    assert logic.interactive.session.alive and logic.interactiveTimer.isActive()
+    assert _added(before) == {"vtkMRMLSegmentationNode": 1, "vtkMRMLSegmentationDisplayNode": 1}
+    output = logic.interactive.segmentation
+    _answer(logic, opened)
+    _answer(logic, logic.startStructure("liver"))
+
+    # clicks from the simulated user, as real control points; each answer replaces the preview
+    prediction, dice, previews = None, [], []
+    for _ in range(3):
+        click = S.next_click(prediction, liver, image)
+        _click(positive, negative, click)
+        sent = logic.addInteractivePoints(positive, True) + logic.addInteractivePoints(negative, False)
+        assert len(sent) == 1  # only the new control point goes
+        answer = _answer(logic, sent[0])
+        prediction = _preview(logic, ct)
+        engine_mask = sitk.GetArrayFromImage(sitk.ReadImage(answer["mask"])) > 0
+        assert prediction.shape == engine_mask.shape and np.array_equal(prediction, engine_mask)
+        assert len(_segment_ids(output.GetSegmentation())) == 1  # updated in place
+        previews.append(prediction)
+        dice.append(S.dice(prediction, liver))
+    print("Dice after clicks 1-3:", [round(d, 3) for d in dice])
+    assert max(dice[1:]) > dice[0] and max(dice) > 0.5, dice
+    assert _segment_names(output) == ["liver (preview)"]
+
+    # undo restores the previous preview, redo brings the last one back
+    _answer(logic, logic.interactiveUndo())
+    assert np.array_equal(_preview(logic, ct), previews[1])
+    _answer(logic, logic.interactiveRedo())
+    assert np.array_equal(_preview(logic, ct), previews[2])
+
+    # a point outside the volume: one sentence, nothing sent
+    positive.AddControlPoint([5000.0, 0.0, 0.0])
+    with pytest.raises(ValueError, match="lies outside the volume CT"):
+        logic.addInteractivePoints(positive, True)
+    positive.RemoveNthControlPoint(positive.GetNumberOfControlPoints() - 1)
+
+    # a painted stroke (a real segment of another segmentation) as a positive scribble
+    strokes = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "strokes")
+    strokes.SetReferenceImageGeometryParameterFromVolumeNode(ct)
+    stroke_id = strokes.GetSegmentation().AddEmptySegment("", "stroke")
+    painted = np.zeros(liver.shape, np.uint8)
+    inside = np.argwhere(liver & ~previews[2])
+    painted[tuple(inside[: max(1, len(inside) // 4)].T)] = 1
+    slicer.util.updateSegmentBinaryLabelmapFromArray(painted, strokes, stroke_id, ct)
+    stroked = _answer(logic, logic.addInteractiveStroke(strokes, stroke_id, True))
+    assert np.array_equal(_preview(logic, ct), sitk.GetArrayFromImage(sitk.ReadImage(stroked["mask"])) > 0)
+    final = _preview(logic, ct)
+
+    # accept: a named segment with the known structure's colour and terminology, value tag
+    accepted = _answer(logic, logic.interactiveAccept())
+    assert accepted["voxels"] == int(final.sum())
+    assert _segment_names(output) == ["liver"]
+    liver_id = _segment_ids(output.GetSegmentation())[0]
+    segment = output.GetSegmentation().GetSegment(liver_id)
+    entry = vtk.reference("")
+    assert segment.GetTag(segment.GetTerminologyEntryTagName(), entry) and "10200004" in str(entry)
+    assert segment.GetColor() == pytest.approx((221 / 255, 130 / 255, 101 / 255), abs=1e-3)
+    accepted_mask = slicer.util.arrayFromSegmentBinaryLabelmap(output, liver_id, ct) > 0
+    assert np.array_equal(accepted_mask, final)
+    with pytest.raises(ValueError, match="already has a segment named liver"):
+        logic.startStructure("liver")
+
+    # the points belong to the accepted structure: cleared as the panel does on Accept
+    positive.RemoveAllControlPoints()
+    negative.RemoveAllControlPoints()
+
+    # the engine process dies: the next structure still works, the accepted segment is untouched
+    os.kill(logic.interactive.session.pid, signal.SIGKILL)
+    _answer(logic, logic.startStructure("spleen"))
+    spleen = sitk.GetArrayFromImage(sitk.ReadImage(str(labels_file))) == 2
+    click = S.next_click(None, spleen, image)
+    _click(positive, negative, click)
+    sent = logic.addInteractivePoints(positive, True)
+    assert len(sent) == 1
+    _answer(logic, sent[0])
+    assert logic.interactive.session.restarts == 1
+    assert _segment_names(output) == ["liver", "spleen (preview)"]
+    assert np.array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(output, liver_id, ct) > 0, final)
+
+    # naming another structure drops the unaccepted preview, never the accepted segment; a late
+    # answer for the structure left behind does not come back as the new structure's preview
+    click = S.next_click(None, spleen, image)
+    negative.AddControlPoint(list(coordinates.lps_to_ras(click.lps)))
+    late = logic.addInteractivePoints(negative, False)[0]
+    started = logic.startStructure("kidney_left")
+    assert logic.waitInteractive(late, TIMEOUT_S)["name"] == "spleen"
+    _answer(logic, started)
+    assert _segment_names(output) == ["liver"]
+
+    logic.closeInteractive()
+    assert _segment_names(output) == ["liver"] and logic.interactive is None and not logic.interactiveTimer.isActive()
