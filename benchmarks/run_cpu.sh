@@ -1,5 +1,5 @@
 #!/bin/bash
-# The CPU benchmark queue behind BENCHMARKS.md, one run at a time (about 35 minutes on 2 cores).
+# The CPU benchmark queue behind docs/benchmarks.md, one run at a time (about 35 minutes on 2 cores).
 # Usage: bash benchmarks/run_cpu.sh [NAME ...]   (no names: every run)
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD/CoralBaySlicer:$PWD/benchmarks"
@@ -25,7 +25,7 @@ declare -A RUNS=(
   [scale-size300-ov0]="--synthetic 300 --model demo-phantom-seg --overlap 0"
   [scale-size300-ov025]="--synthetic 300 --model demo-phantom-seg --overlap 0.25"
   [scale-size300-ov075]="--synthetic 300 --model demo-phantom-seg --overlap 0.75"
-  # Diagnostic: the random 14-class head with our body crop switched off (see BENCHMARKS.md).
+  # Diagnostic: the random 14-class head with our body crop switched off (see docs/benchmarks.md).
   [diag-phantom300-demo-arch-14cls-nocrop]="--synthetic 300 --classes 14 --model demo-phantom-seg --overlap 0.5 --no-crop"
 )
 ORDER=(lung1-1.5mm-demo lung1-1.5mm-demo-labels phantom300-demo-arch-14cls phantom300-standin-14cls-ov0

@@ -9,7 +9,7 @@ from pathlib import Path
 import psutil
 
 # Dense (no sparsity) bf16 tensor-core peak in TFLOP/s from NVIDIA's data sheets, matched against
-# torch.cuda.get_device_name() in this order (first match wins). See BENCHMARKS.md.
+# torch.cuda.get_device_name() in this order (first match wins). See docs/benchmarks.md.
 PEAK_BF16_TFLOPS = (
     ("H200 NVL", 835.0),
     ("H200", 989.0),

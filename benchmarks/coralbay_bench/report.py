@@ -1,6 +1,6 @@
 """Markdown tables from `coralbay bench` JSON results: `python -m coralbay_bench.report [--scaling] FILE.json ...`.
 
-Why: BENCHMARKS.md quotes the figures of the JSON files kept beside it; generating its tables
+Why: docs/benchmarks.md quotes the figures of the JSON files kept beside it; generating its tables
 from them keeps the two from drifting apart.
 """
 
