@@ -21,6 +21,7 @@ import torch
 
 from coralbay.bundle.loader import LoadedBundle
 from coralbay.inference.fast_swin import disable_fast_swin, enable_fast_swin
+from coralbay.inference.lean_forward import LeanSegmentation
 from coralbay.inference.restore import ProbabilityStore, region_for, restore_labels
 from coralbay.inference.sliding_window import blend_slabs
 from coralbay.labels import LabelTable
@@ -68,7 +69,8 @@ def segment_image(image: sitk.Image, bundle: LoadedBundle, device: torch.device,
     """Segment `image` with a segmentation bundle; the label map lies on `image`'s grid.
 
     `autocast` runs the network in bf16 (fp16 without bf16 support) on CUDA; `fast_attention`
-    uses `fast_swin`'s forward (off only to compare with MONAI's own). Class probabilities are
+    uses `fast_swin`'s attention and `lean_forward`'s slab-wise blocks (off only to compare with
+    MONAI's own forward). Class probabilities are
     kept with `probability_bits` (16, or 8 to halve the largest buffer); the labels do not depend
     on whether probability maps are requested.
     """
@@ -102,7 +104,8 @@ def segment_image(image: sitk.Image, bundle: LoadedBundle, device: torch.device,
     def run(attempt: Attempt) -> ProbabilityStore:
         store = ProbabilityStore(manifest.num_outputs, volume.shape, grid,
                                  np.uint8 if probability_bits == 8 else np.uint16, region=region)
-        slabs = blend_slabs(volume, network.to(attempt.device), infer["window_size"],
+        model = network.to(attempt.device)
+        slabs = blend_slabs(volume, LeanSegmentation(model) if fast_attention else model, infer["window_size"],
                             manifest.num_outputs, overlap=overlap,
                             blend=infer["blend"], sigma_scale=infer["sigma_scale"],
                             batch_size=attempt.window_batch, device=attempt.device,
