@@ -20,7 +20,7 @@ from coralbay.bench.runner import STAGES, TARGETS
 PATH_FIELDS = {"stages_s", "total_s", "peak_rss_added_mb", "base_rss_mb", "peak_gpu_added_mb", "peak_gpu_mb",
                "windows_total", "windows_evaluated", "window_batch_size", "model_grid_shape",
                "flops_per_window", "torch_threads", "windows_per_s", "achieved_flops_per_s",
-               "fraction_of_peak_bf16"}
+               "fraction_of_peak_bf16", "peak_rss_added_mb_by_stage", "peak_gpu_added_mb_by_stage"}
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def bench_result(tissue_ct, tmp_path_factory):
 
 def test_every_field_is_reported(bench_result):
     result, stdout = bench_result
-    assert result["schema"] == "coralbay-bench/1"
+    assert result["schema"] == "coralbay-bench/2"
     for key in ("cpu", "logical_cores", "load_average_before", "load_average_after", "torch", "monai"):
         assert key in result["machine"]
     assert result["model"]["feature_size"] == 6 and result["model"]["structures"] == 3
@@ -64,7 +64,10 @@ def test_every_field_is_reported(bench_result):
         assert all(v >= 0 for v in median["stages_s"].values())
         assert median["total_s"] >= median["stages_s"]["inference"] > 0
         assert median["peak_rss_added_mb"] >= 0
-        assert median["peak_gpu_added_mb"] is None  # CPU run
+        assert median["peak_gpu_added_mb"] is None and median["peak_gpu_added_mb_by_stage"] is None  # CPU
+        by_stage = median["peak_rss_added_mb_by_stage"]
+        assert set(by_stage) == set(STAGES)
+        assert max(by_stage.values()) <= median["peak_rss_added_mb"] + 1.0  # each stage within the whole
         assert median["windows_evaluated"] == median["windows_total"] == 1
         assert median["model_grid_shape"] == [64, 64, 64]
         assert median["windows_per_s"] > 0 and median["achieved_flops_per_s"] > 0
@@ -76,6 +79,9 @@ def test_every_field_is_reported(bench_result):
     for key in ("time", "inference_time", "memory"):
         assert result["ratios"][key] > 0
     assert result["ratios"]["gpu_memory"] is None
+    assert set(result["ratios"]["memory_by_stage"]) == set(STAGES)
+    assert result["paths"]["ours"]["ratios"] == result["ratios"]
+    assert result["paths"]["monai"]["ratios"]["time"] == 1.0
     assert set(result["targets"]["met"]) == {"time", "memory", "dice"}
     assert result["targets"]["time_ratio_max"] == TARGETS["time_ratio_max"]
     assert "ours/monai" in stdout

@@ -207,11 +207,7 @@ class LeanSegmentation(nn.Module):
         slab = CPU_SLAB_ROWS if x.device.type == "cpu" else ACCELERATOR_SLAB_ROWS
         out: torch.Tensor | None = None
         for item in range(x.shape[0]):
-            logits = _forward_one(self.network, x[item:item + 1], slab)
-            if out is None:
-                out = torch.empty((x.shape[0], *logits.shape[1:]), dtype=logits.dtype, device=logits.device)
-            out[item:item + 1] = logits
-            del logits
+            out = _forward_one(self.network, x[item:item + 1], slab, out, item, x.shape[0])
         assert out is not None
         return out
 
@@ -251,8 +247,10 @@ def _swin_hidden(swin: nn.Module, x: torch.Tensor, conv_block: Callable[[nn.Modu
     return hidden
 
 
-def _forward_one(network: SegmentationNetwork, x: torch.Tensor, slab: int) -> torch.Tensor:
-    """One window (batch 1): skips computed just before use and freed after; logits by slab."""
+def _forward_one(network: SegmentationNetwork, x: torch.Tensor, slab: int, out: torch.Tensor | None,
+                 item: int, batch: int) -> torch.Tensor:
+    """Window `item` of a batch: skips computed just before use and freed after; its logits are
+    written slab by slab into `out[item]` (allocated here for the first window)."""
     enc, dec = network.encoder, network.decoder
     names = ("proj_enc0", "proj_enc1", "proj_enc2", "proj_enc3", "proj_hid3", "proj_dec4")
 
@@ -295,10 +293,12 @@ def _forward_one(network: SegmentationNetwork, x: torch.Tensor, slab: int) -> to
     else:
         enc0 = basic(enc.encoder1, x)
     head = _only_conv(dec.out.conv)
-    logits = torch.empty((1, head.out_channels, *x.shape[2:]), dtype=y.dtype, device=x.device)
+    if out is None:
+        out = torch.empty((batch, head.out_channels, *x.shape[2:]), dtype=y.dtype, device=x.device)
+    logits = out[item:item + 1]
 
     def to_logits(start: int, stop: int, rows: torch.Tensor) -> None:
         logits[:, :, start:stop] = F.conv3d(rows, head.weight, head.bias)
 
     up(dec.decoder1, y, enc0, to_logits)
-    return logits
+    return out
