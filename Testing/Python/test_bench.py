@@ -9,10 +9,14 @@ the paths (geometry, blending, restore), not a property of random weights. No ti
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 
 from coralbay.bench.agreement import DICE_BOUND
 from coralbay.bench.runner import STAGES, TARGETS
@@ -136,3 +140,15 @@ def test_bad_requests_fail_with_one_sentence(tissue_ct, tmp_path, cli):
                    "--device", "cpu", "--precision", "bf16")
     assert bf16_cpu.returncode == 2 and "CUDA" in bf16_cpu.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_gpu_check_without_cuda_says_so_in_one_sentence():
+    """The GPU check starts on a machine without CUDA and stops cleanly (no traceback)."""
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is present: the check would run for minutes")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "coralbay.bench.gpu_check", "--out", "unused"],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 1
+    lines = [line for line in done.stderr.splitlines() if line.strip() and "Warning" not in line]
+    assert lines == ["gpu_check: no CUDA GPU is visible to PyTorch, so there is nothing to measure here."]
