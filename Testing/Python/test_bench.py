@@ -24,7 +24,7 @@ from coralbay.bench.runner import STAGES, TARGETS
 PATH_FIELDS = {"stages_s", "total_s", "peak_rss_added_mb", "base_rss_mb", "peak_gpu_added_mb", "peak_gpu_mb",
                "windows_total", "windows_evaluated", "window_batch_size", "model_grid_shape",
                "flops_per_window", "torch_threads", "windows_per_s", "achieved_flops_per_s",
-               "fraction_of_peak_bf16", "peak_rss_added_mb_by_stage", "peak_gpu_added_mb_by_stage"}
+               "fraction_of_peak_bf16", "cpu_s", "peak_rss_added_mb_by_stage", "peak_gpu_added_mb_by_stage"}
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ def test_every_field_is_reported(bench_result):
     flops = {result["paths"][n]["median"]["flops_per_window"] for n in ("monai", "ours")}
     assert len(flops) == 1 and 3e9 < flops.pop() < 6e9
     assert result["settings"]["window_batch"] == {"monai": 2, "ours": 2}  # the bundle's
-    for key in ("time", "inference_time", "memory"):
+    for key in ("time", "cpu_time", "inference_time", "memory"):
         assert result["ratios"][key] > 0
     assert result["ratios"]["gpu_memory"] is None
     assert set(result["ratios"]["memory_by_stage"]) == set(STAGES)

@@ -108,6 +108,7 @@ def summarise(runs: list[dict], peak_flops: float | None) -> dict:
     summary = {
         "stages_s": {s: round(_median([r["stages_s"][s] for r in runs]), 4) for s in STAGES},
         "total_s": round(_median([r["total_s"] for r in runs]), 4),
+        "cpu_s": _median([r.get("cpu_s") for r in runs]),
         "peak_rss_added_mb": _median([r["peak_rss_added_mb"] for r in runs]),
         "peak_rss_added_mb_by_stage": _stage_medians(runs, "peak_rss_added_mb_by_stage"),
         "peak_gpu_added_mb_by_stage": _stage_medians(runs, "peak_gpu_added_mb_by_stage"),
@@ -162,6 +163,7 @@ def run_benchmark(settings: BenchSettings, info: dict, log: Callable[[str], None
     summaries = {p: summarise(runs[p], peak) for p in PATH_NAMES}
     base, ours = summaries["monai"], summaries["ours"]
     ratios = {"time": _ratio(ours["total_s"], base["total_s"]),
+              "cpu_time": _ratio(ours["cpu_s"], base["cpu_s"]),
               "inference_time": _ratio(ours["stages_s"]["inference"], base["stages_s"]["inference"]),
               "memory": _ratio(ours["peak_rss_added_mb"], base["peak_rss_added_mb"]),
               "gpu_memory": _ratio(ours["peak_gpu_added_mb"], base["peak_gpu_added_mb"]),

@@ -11,7 +11,7 @@ computes exactly what `SegmentationNetwork.forward` computes, but:
   the Swin v2 stages' conv blocks included)
   in slabs along the first axis, each slab with the one-row halo its 3x3x3 convolution needs.
   Instance norm needs whole-window statistics, so a block is three passes over its slabs:
-  conv1 (statistics of its output gathered in float64), then norm1 + LeakyReLU + conv2 written
+  conv1 (per-slab statistics merged in float64), then norm1 + LeakyReLU + conv2 written
   back over conv1's output in the same buffer (one saved halo row makes that safe), then
   norm2 + residual (+ norm3 of the 1x1 conv3) + LeakyReLU. One buffer of the block's output
   size is all that is held besides its input; the up-block's transposed convolution and the
@@ -19,7 +19,8 @@ computes exactly what `SegmentationNetwork.forward` computes, but:
 - computes each skip connection only just before the decoder block that reads it and frees it
   right after, and writes the output block's logits slab by slab;
 - slabs are also faster on the CPU: a 3x3x3 convolution over an 8-row slab keeps its working set
-  in cache (about 2x faster than one call over the whole 96^3 window, measured with oneDNN).
+  in cache (about 2x faster than one call over the whole 96^3 window on an idle 2-core CPU,
+  measured with oneDNN; on a CPU shared with other work the many smaller calls lose part of that).
 
 Nothing here changes the module tree or parameter names. Networks this module does not know
 (other block types, kernel sizes or strides) run their own forward. `LeanSegmentation(network)`
@@ -38,7 +39,7 @@ from torch import nn
 
 from coralbay.model.build import SegmentationNetwork
 
-CPU_SLAB_ROWS = 8        # rows per slab on the CPU (cache-sized working set; see module doc)
+CPU_SLAB_ROWS = 12       # rows per slab on the CPU (cache-sized working set, few kernel calls)
 ACCELERATOR_SLAB_ROWS = 32  # on a GPU fewer, larger kernels are cheaper
 
 Rows = Callable[[int, int], torch.Tensor]        # rows [lo, hi) of a (1, C, D, H, W) input
@@ -55,24 +56,36 @@ def _only_conv(module: nn.Module) -> nn.Module:
 
 
 class _Stats:
-    """Per-channel sum and sum of squares in float64, gathered slab by slab."""
+    """Per-channel mean and variance of a tensor seen slab by slab.
+
+    Each slab's (count, mean, variance) comes from one `var_mean` call in the slab's precision
+    (float32 accumulation for bf16 slabs); slabs are merged in float64 with Chan's pairwise
+    formula, so the whole-window statistics match instance norm's to float rounding.
+    """
 
     def __init__(self) -> None:
-        self.total = None
-        self.squares = None
         self.count = 0
+        self.mean: torch.Tensor | None = None
+        self.m2: torch.Tensor | None = None  # sum of squared deviations from the mean
 
     def add(self, x: torch.Tensor) -> None:
-        v = x.to(torch.float64)
-        s, q = v.sum(dim=(0, 2, 3, 4)), (v * v).sum(dim=(0, 2, 3, 4))
-        self.total = s if self.total is None else self.total + s
-        self.squares = q if self.squares is None else self.squares + q
-        self.count += x.shape[0] * x[0, 0].numel()
+        var, mean = torch.var_mean(x if x.dtype in (torch.float32, torch.float64) else x.float(),
+                                   dim=(0, 2, 3, 4), correction=0)
+        n = x.shape[0] * x[0, 0].numel()
+        mean, m2 = mean.double(), var.double() * n
+        if self.mean is None:
+            self.count, self.mean, self.m2 = n, mean, m2
+            return
+        total = self.count + n
+        delta = mean - self.mean
+        self.mean = self.mean + delta * (n / total)
+        self.m2 = self.m2 + m2 + delta * delta * (self.count * n / total)
+        self.count = total
 
     def shift_scale(self, norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         """(a, b) such that norm(x) == x * a + b, per channel, shaped to broadcast over slabs."""
-        mean = self.total / self.count
-        var = (self.squares / self.count - mean * mean).clamp_min(0.0)
+        mean = self.mean
+        var = self.m2 / self.count
         a = torch.rsqrt(var + norm.eps)
         b = -mean * a
         if norm.affine:

@@ -34,14 +34,14 @@ log = logging.getLogger("coralbay.inference")
 
 
 def plan_memory(grid_shape: Sequence[int], input_box: IndexBox, bundle: LoadedBundle,
-                device: torch.device, window_batch: int) -> int:
+                device: torch.device, window_batch: int, lean: bool = True) -> int:
     """The window batch that fits the free memory (see `resources`); refuse when none does."""
     manifest = bundle.manifest
     parameters = sum(p.numel() for p in bundle.network.parameters())
     fitted, _ = plan_window_batch(
         lambda b: estimate_segmentation(grid_shape, int(np.prod(input_box.size)), manifest.num_outputs,
                                         manifest.inference["window_size"], bundle.spec.feature_size, b,
-                                        parameters),
+                                        parameters, lean),
         window_batch, available_host_memory(), available_device_memory(device))
     if fitted < window_batch:
         log.warning(f"Lowered the window batch from {window_batch} to {fitted} to fit in the free memory.")
@@ -97,7 +97,7 @@ def segment_image(image: sitk.Image, bundle: LoadedBundle, device: torch.device,
     del prepared
     window_stats: dict = {}
     batch = plan_memory(volume.shape, input_box, bundle, device,
-                        window_batch_size or int(infer["window_batch_size"]))
+                        window_batch_size or int(infer["window_batch_size"]), lean=fast_attention)
 
     region = region_for(grid, image, input_box)  # the model voxels the restore reads
 
