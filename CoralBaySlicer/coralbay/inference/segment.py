@@ -88,6 +88,7 @@ def segment_image(image: sitk.Image, bundle: LoadedBundle, device: torch.device,
     progress("preprocess", 1.0, f"model grid {prepared.array.shape}")
 
     start = time.perf_counter()
+    progress("inference", 0.0, "sliding windows")
     network = bundle.network.to(device)
     if fast_attention:
         enable_fast_swin(network)
