@@ -9,6 +9,7 @@ import pytest
 import torch
 from monai.networks.blocks.unetr_block import UnetrBasicBlock, UnetrUpBlock
 
+from coralbay.inference import lean_forward
 from coralbay.inference.fast_swin import disable_fast_swin, enable_fast_swin
 from coralbay.inference.lean_forward import (LeanSegmentation, _ResBlockPlan, _res_block, _rows_of,
                                              _upsampled_rows, lean_supported)
@@ -33,7 +34,9 @@ def _randomise_norms(module: torch.nn.Module) -> None:
      (1, 1, 64, 32, 96)),
     (ArchitectureSpec("segmentation", feature_size=12, out_channels=2, use_v2=False), (1, 1, 64, 64, 32)),
 ])
-def test_lean_forward_equals_monai_forward(spec, shape):
+@pytest.mark.parametrize("slab_bytes", [4096, lean_forward.CPU_SLAB_BYTES])  # 1-2 rows per slab, and the default
+def test_lean_forward_equals_monai_forward(spec, shape, slab_bytes, monkeypatch):
+    monkeypatch.setattr(lean_forward, "CPU_SLAB_BYTES", slab_bytes)
     torch.manual_seed(0)
     network = build_network(spec).eval()
     x = torch.rand(shape)

@@ -39,8 +39,12 @@ from torch import nn
 
 from coralbay.model.build import SegmentationNetwork
 
-CPU_SLAB_ROWS = 8        # rows per slab on the CPU (cache-sized working set; 12 rows measured +100 MB at U96B)
-ACCELERATOR_SLAB_ROWS = 32  # on a GPU fewer, larger kernels are cheaper
+# Bytes of one slab of a block's widest tensor: about 7 rows of decoder1's 96-channel input at
+# U96B (96^2 x 96 x 4 bytes per row), a whole 24^3 map in one slab. Fewer, larger calls cost less
+# on a CPU shared with other work (each call waits for both threads); more rows held more memory
+# (12 rows at U96B: about 100 MB more peak than 8).
+CPU_SLAB_BYTES = 24 * 2 ** 20
+ACCELERATOR_SLAB_BYTES = 512 * 2 ** 20  # on a GPU fewer, larger kernels are cheaper
 
 Rows = Callable[[int, int], torch.Tensor]        # rows [lo, hi) of a (1, C, D, H, W) input
 Consumer = Callable[[int, int, torch.Tensor], None]  # takes output rows [start, stop)
@@ -217,7 +221,7 @@ class LeanSegmentation(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.supported or torch.is_grad_enabled():
             return self.network(x)
-        slab = CPU_SLAB_ROWS if x.device.type == "cpu" else ACCELERATOR_SLAB_ROWS
+        slab = CPU_SLAB_BYTES if x.device.type == "cpu" else ACCELERATOR_SLAB_BYTES
         out: torch.Tensor | None = None
         for item in range(x.shape[0]):
             out = _forward_one(self.network, x[item:item + 1], slab, out, item, x.shape[0])
@@ -260,7 +264,13 @@ def _swin_hidden(swin: nn.Module, x: torch.Tensor, conv_block: Callable[[nn.Modu
     return hidden
 
 
-def _forward_one(network: SegmentationNetwork, x: torch.Tensor, slab: int, out: torch.Tensor | None,
+def _slab_rows(plan: _ResBlockPlan, like: torch.Tensor, slab_bytes: int) -> int:
+    """Rows per slab so that one slab of the block's widest tensor takes about `slab_bytes`."""
+    row = like.shape[3] * like.shape[4] * max(plan.conv1.in_channels, plan.out_channels) * 4
+    return max(1, min(like.shape[2], slab_bytes // row))
+
+
+def _forward_one(network: SegmentationNetwork, x: torch.Tensor, slab_bytes: int, out: torch.Tensor | None,
                  item: int, batch: int) -> torch.Tensor:
     """Window `item` of a batch: skips computed just before use and freed after; its logits are
     written slab by slab into `out[item]` (allocated here for the first window)."""
@@ -271,12 +281,14 @@ def _forward_one(network: SegmentationNetwork, x: torch.Tensor, slab: int, out: 
         return getattr(dec, names[level])(t) if dec.project_dims else t
 
     def basic(block: nn.Module, t: torch.Tensor, consume: Consumer | None = None) -> torch.Tensor | None:
-        return _ResBlockPlan(_res_block(block)).run(_rows_of(t), t.shape[2], slab, consume)
+        plan = _ResBlockPlan(_res_block(block))
+        return plan.run(_rows_of(t), t.shape[2], _slab_rows(plan, t, slab_bytes), consume)
 
     def up(block: UnetrUpBlock, t: torch.Tensor, skip: torch.Tensor,
            consume: Consumer | None = None) -> torch.Tensor | None:
         rows = _upsampled_rows(_only_conv(block.transp_conv), t, skip)
-        return _ResBlockPlan(_res_block(block.conv_block)).run(rows, skip.shape[2], slab, consume)
+        plan = _ResBlockPlan(_res_block(block.conv_block))
+        return plan.run(rows, skip.shape[2], _slab_rows(plan, skip, slab_bytes), consume)
 
     hidden = _swin_hidden(enc.swinViT, x, lambda block, t: basic(block, t))
     dec4 = project(5, basic(enc.encoder10, hidden[4]))
