@@ -39,11 +39,11 @@ from torch import nn
 
 from coralbay.model.build import SegmentationNetwork
 
-# Bytes of one slab of a block's widest tensor: about 7 rows of decoder1's 96-channel input at
+# Bytes of one slab of a block's widest tensor: about 4 rows of decoder1's 96-channel input at
 # U96B (96^2 x 96 x 4 bytes per row), a whole 24^3 map in one slab. Fewer, larger calls cost less
 # on a CPU shared with other work (each call waits for both threads); more rows held more memory
-# (12 rows at U96B: about 100 MB more peak than 8).
-CPU_SLAB_BYTES = 24 * 2 ** 20
+# (measured at U96B, one window: 16 MB 545 MB peak, 24 MB 600 MB, 8 rows 559 MB).
+CPU_SLAB_BYTES = 16 * 2 ** 20
 ACCELERATOR_SLAB_BYTES = 512 * 2 ** 20  # on a GPU fewer, larger kernels are cheaper
 
 Rows = Callable[[int, int], torch.Tensor]        # rows [lo, hi) of a (1, C, D, H, W) input
