@@ -28,10 +28,10 @@ GIB = 1024 ** 3
 # 48,48,96,192,384,768). Other sizes use a least-squares fit of bytes per window voxel, linear in
 # the feature size, through these points.
 MEASURED_WINDOW_MIB: dict[tuple[int, int], tuple[float, float]] = {
-    (6, 64): (60.0, 150.0),
-    (12, 64): (90.0, 250.0),
-    (48, 96): (513.0, 1383.0),
-    (192, 96): (2000.0, 5000.0),
+    (6, 64): (49.0, 392.7),
+    (12, 64): (120.0, 392.7),
+    (48, 96): (559.8, 1445.3),
+    (192, 96): (2085.8, 2847.1),
 }
 FOREGROUND_MARGIN = 1.2  # 20 % headroom for allocator fragmentation and Python objects
 
@@ -50,16 +50,17 @@ _FITS = (_fit_per_voxel(0), _fit_per_voxel(1))
 
 
 def window_activation_bytes(feature_size: int, window: Sequence[int], lean: bool = True) -> int:
-    """Peak bytes one window's forward adds: measured where the table has the size, else the fit
-    (never below the nearest measured width's bytes per voxel, so the fit cannot go negative)."""
+    """Peak bytes one window's forward adds: measured where the table has the size, else the fit,
+    never below what a measured narrower network needs per voxel (so it grows with the width)."""
     edge_cubed = int(np.prod(window))
     column = 0 if lean else 1
     key = (int(feature_size), int(round(edge_cubed ** (1 / 3))))
     if key in MEASURED_WINDOW_MIB and key[1] ** 3 == edge_cubed:
         return int(MEASURED_WINDOW_MIB[key][column] * 2 ** 20)
     a, b = _FITS[column]
-    nearest = min(MEASURED_WINDOW_MIB, key=lambda k: abs(k[0] - feature_size))
-    floor = MEASURED_WINDOW_MIB[nearest][column] * 2 ** 20 / nearest[1] ** 3
+    per_voxel = {f: values[column] * 2 ** 20 / w ** 3 for (f, w), values in MEASURED_WINDOW_MIB.items()}
+    narrower = [v for f, v in per_voxel.items() if f <= feature_size]
+    floor = max(narrower) if narrower else min(per_voxel.values())
     return int(edge_cubed * max(a + b * feature_size, floor))
 
 
