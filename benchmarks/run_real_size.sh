@@ -24,9 +24,10 @@ declare -A RUNS=(
   [U96B-lung1-b1]="bench $LUNG --resample-to 1.5 $U96B --overlap 0.5 --window-batch 1 --no-crop"
   [U96B-phantom300-b2]="bench --synthetic 300 $U96B --overlap 0.5 --window-batch 2 --no-crop"
   [U96B-phantom300-b1]="bench --synthetic 300 $U96B --overlap 0.5 --window-batch 1 --no-crop"
-  # U96H on a whole chest CT and the 300^3 phantom: 1 real window per path (see above), batch 1.
-  [U96H-lung1-b1-limited]="bench $LUNG --resample-to 1.5 $U96H --overlap 0.5 --window-batch 1 --no-crop --max-windows 1"
+  # U96H on a whole chest CT (2 real windows per path, see above) and the 300^3 phantom (1), batch 1.
+  [U96H-lung1-b1-limited]="bench $LUNG --resample-to 1.5 $U96H --overlap 0.5 --window-batch 1 --no-crop --max-windows 2"
   [U96B-lung1-b2-limited]="bench $LUNG --resample-to 1.5 $U96B --overlap 0.5 --window-batch 2 --no-crop --max-windows 4"
+  [U96B-phantom300-b2-limited]="bench --synthetic 300 $U96B --overlap 0.5 --window-batch 2 --no-crop --max-windows 4"
   [U96H-phantom300-b1-limited]="bench --synthetic 300 $U96H --overlap 0.5 --window-batch 1 --no-crop --max-windows 1"
   # One window per path: calibration widths, U96B, U96H.
   [window-F6-w64-ours]="window --path ours --feature-size 6 --window 64"
@@ -43,8 +44,8 @@ declare -A RUNS=(
 ORDER=(window-U96B-ours-b1 window-U96B-monai-b1 window-U96B-ours-b2 window-U96B-monai-b2
        window-F6-w64-ours window-F6-w64-monai window-F12-w64-ours window-F12-w64-monai
        check-U96B-phantom144-b2 window-U96H-ours-b1 window-U96H-monai-b1 U96H-lung1-b1-limited
-       U96B-lung1-b2-limited U96B-lung1-b2 U96B-lung1-b1 U96H-phantom300-b1-limited
-       U96B-phantom300-b2 U96B-phantom300-b1)
+       U96B-lung1-b2-limited U96H-phantom300-b1-limited U96B-phantom300-b2-limited
+       U96B-lung1-b2 U96B-lung1-b1 U96B-phantom300-b2 U96B-phantom300-b1)
 [ $# -gt 0 ] && ORDER=("$@")
 for name in "${ORDER[@]}"; do
   echo "== $name $(date +%T) load $(cut -d' ' -f1-3 /proc/loadavg)"
