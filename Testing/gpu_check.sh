@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# GPU check for issue 6: full-width CoralBay U96B (F=48, 96^3 windows, 14 structures, random
-# weights) on a 256^3 phantom at 1.5 mm; ours against the plain MONAI path in fp32 and bf16,
-# with the achieved fraction of the GPU's peak bf16 rate. One run, at most 5 minutes.
+# GPU check for issues 6 and 13: CoralBay U96B (F=48) and U96H (F=192, lightweight decoder), 96^3 windows, 14 structures, random
+# weights, on a 192^3 phantom at 1.5 mm; ours against the plain MONAI path in fp32 and bf16,
+# with the achieved fraction of the GPU's peak bf16 rate and peak GPU memory. One run, under 10 minutes.
 #
 # On a machine whose python3 has CUDA PyTorch but not MONAI/SimpleITK (the lent GPU machines),
 # carry the missing wheels in .whl/ (prepared on a machine with pip, Python 3.12 wheels):
@@ -22,4 +22,4 @@ fi
 export PYTHONPATH="$PWD/CoralBaySlicer:$PWD/benchmarks${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-timeout 300 "$PY" -m coralbay_bench.gpu_check --out "$OUT" "$@"
+timeout 570 "$PY" -m coralbay_bench.gpu_check --out "$OUT" "$@"

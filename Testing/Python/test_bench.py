@@ -9,18 +9,23 @@ the paths (geometry, blending, restore), not a property of random weights. No ti
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 
+from conftest import cli_env
 from coralbay_bench.agreement import DICE_BOUND
 from coralbay_bench.runner import STAGES, TARGETS
 
 PATH_FIELDS = {"stages_s", "total_s", "peak_rss_added_mb", "base_rss_mb", "peak_gpu_added_mb", "peak_gpu_mb",
                "windows_total", "windows_evaluated", "window_batch_size", "model_grid_shape",
                "flops_per_window", "torch_threads", "windows_per_s", "achieved_flops_per_s",
-               "fraction_of_peak_bf16"}
+               "fraction_of_peak_bf16", "cpu_s", "peak_rss_added_mb_by_stage", "peak_gpu_added_mb_by_stage"}
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +56,7 @@ def bench_result(tissue_ct, tmp_path_factory):
 
 def test_every_field_is_reported(bench_result):
     result, stdout = bench_result
-    assert result["schema"] == "coralbay-bench/1"
+    assert result["schema"] == "coralbay-bench/2"
     for key in ("cpu", "logical_cores", "load_average_before", "load_average_after", "torch", "monai"):
         assert key in result["machine"]
     assert result["model"]["feature_size"] == 6 and result["model"]["structures"] == 3
@@ -64,7 +69,10 @@ def test_every_field_is_reported(bench_result):
         assert all(v >= 0 for v in median["stages_s"].values())
         assert median["total_s"] >= median["stages_s"]["inference"] > 0
         assert median["peak_rss_added_mb"] >= 0
-        assert median["peak_gpu_added_mb"] is None  # CPU run
+        assert median["peak_gpu_added_mb"] is None and median["peak_gpu_added_mb_by_stage"] is None  # CPU
+        by_stage = median["peak_rss_added_mb_by_stage"]
+        assert set(by_stage) == set(STAGES)
+        assert max(by_stage.values()) <= median["peak_rss_added_mb"] + 1.0  # each stage within the whole
         assert median["windows_evaluated"] == median["windows_total"] == 1
         assert median["model_grid_shape"] == [64, 64, 64]
         assert median["windows_per_s"] > 0 and median["achieved_flops_per_s"] > 0
@@ -73,9 +81,12 @@ def test_every_field_is_reported(bench_result):
     flops = {result["paths"][n]["median"]["flops_per_window"] for n in ("monai", "ours")}
     assert len(flops) == 1 and 3e9 < flops.pop() < 6e9
     assert result["settings"]["window_batch"] == {"monai": 2, "ours": 2}  # the bundle's
-    for key in ("time", "inference_time", "memory"):
+    for key in ("time", "cpu_time", "inference_time", "memory"):
         assert result["ratios"][key] > 0
     assert result["ratios"]["gpu_memory"] is None
+    assert set(result["ratios"]["memory_by_stage"]) == set(STAGES)
+    assert result["paths"]["ours"]["ratios"] == result["ratios"]
+    assert result["paths"]["monai"]["ratios"]["time"] == 1.0
     assert set(result["targets"]["met"]) == {"time", "memory", "dice"}
     assert result["targets"]["time_ratio_max"] == TARGETS["time_ratio_max"]
     assert "ours/monai" in stdout
@@ -130,3 +141,15 @@ def test_bad_requests_fail_with_one_sentence(tissue_ct, tmp_path, cli):
                    "--device", "cpu", "--precision", "bf16")
     assert bf16_cpu.returncode == 2 and "CUDA" in bf16_cpu.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_gpu_check_without_cuda_says_so_in_one_sentence():
+    """The GPU check starts on a machine without CUDA and stops cleanly (no traceback)."""
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is present: the check would run for minutes")
+    env = {**cli_env(), "OMP_NUM_THREADS": "1"}  # the harness lives in benchmarks/, beside the engine
+    done = subprocess.run([sys.executable, "-m", "coralbay_bench.gpu_check", "--out", "unused"],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 1
+    lines = [line for line in done.stderr.splitlines() if line.strip() and "Warning" not in line]
+    assert lines == ["gpu_check: no CUDA GPU is visible to PyTorch, so there is nothing to measure here."]

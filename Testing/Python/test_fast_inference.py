@@ -30,7 +30,7 @@ def test_fast_swin_equals_monai_forward(network, shape):
     disable_fast_swin(network)
     with torch.inference_mode():
         reference = network(x)
-    assert enable_fast_swin(network) == 12  # 4 stages: 4 layers + 8 attention modules
+    assert enable_fast_swin(network) == 20  # 4 stages: 4 layers, 8 attention modules, 8 MLPs
     try:
         assert fast_swin_enabled(network)
         with torch.inference_mode():

@@ -80,3 +80,39 @@ def test_segment_refuses_a_run_that_cannot_fit(tiny_seg_bundle, tmp_path, cli):
     assert result.returncode == 1
     assert "needs about" in result.stderr and "GiB of main memory" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ct.nii.gz"]
+
+
+def test_activation_plan_is_the_measured_table_and_lean_does_not_scale_with_the_batch():
+    from coralbay.inference.memory_plan import MEASURED_WINDOW_MIB, window_activation_bytes
+
+    for (feature_size, edge), (ours, monai) in MEASURED_WINDOW_MIB.items():
+        assert window_activation_bytes(feature_size, (edge,) * 3) == int(ours * 2 ** 20)
+        assert window_activation_bytes(feature_size, (edge,) * 3, lean=False) == int(monai * 2 ** 20)
+        assert ours < monai  # the lean forward holds less than MONAI's for every measured width
+    widths = [window_activation_bytes(f, (96, 96, 96)) for f in (8, 24, 32, 64, 128, 256)]
+    assert all(0 < a < b for a, b in zip(widths, widths[1:]))  # between and beyond the table: grows with F
+
+    def estimate(batch, lean):
+        return estimate_segmentation((200, 200, 150), 10 ** 6, 15, (96, 96, 96), 48, batch, 72_000_000, lean)
+
+    logits = 4 * 96 ** 3 * 16  # one window's input and 15 logits, float32
+    assert estimate(4, True).activations - estimate(1, True).activations == 3 * logits
+    assert estimate(4, False).activations - estimate(1, False).activations > 3 * window_activation_bytes(
+        48, (96, 96, 96), lean=False)
+
+
+def test_activation_table_matches_the_benchmark_files():
+    """The table is the window_peak measurements kept in benchmarks/real (batch 1), not a guess."""
+    import json
+    from pathlib import Path
+
+    from coralbay.inference.memory_plan import MEASURED_WINDOW_MIB
+
+    folder = Path(__file__).resolve().parents[2] / "benchmarks" / "real"
+    names = {(6, 64): "F6-w64", (12, 64): "F12-w64", (48, 96): "U96B", (192, 96): "U96H"}
+    for key, (ours, monai) in MEASURED_WINDOW_MIB.items():
+        for path, value in (("ours", ours), ("monai", monai)):
+            stem = f"window-{names[key]}-{path}" + ("-b1" if key[1] == 96 else "")
+            measured = json.loads((folder / f"{stem}.json").read_text())
+            assert measured["feature_size"] == key[0] and measured["window"] == key[1] and measured["batch"] == 1
+            assert value == measured["peak_rss_added_mb"], stem

@@ -64,6 +64,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="width of the random bundle without --model (default 6; CoralBay U96B is 48)")
     p.add_argument("--window", type=positive_int, default=64, metavar="N",
                    help="window edge of the random bundle without --model (default 64)")
+    p.add_argument("--project-dims", metavar="D0,...,D5",
+                   help="decoder projections of the random bundle without --model (CoralBay U96H's "
+                        "lightweight decoder: 48,48,96,192,384,768)")
+    p.add_argument("--max-windows", type=positive_int, metavar="K",
+                   help="diagnostic: each path runs the network on its first K windows only and gives "
+                        "the others zero logits, so the whole pipeline's memory (stitching, restore) is "
+                        "measured on a model too slow to run everywhere; times and labels then mean nothing")
     p.add_argument("--no-crop", action="store_true",
                    help="diagnostic: switch off our body crop, so both paths place windows alike")
     p.add_argument("--restore", choices=("linear", "nearest"), default="linear",
@@ -101,6 +108,18 @@ def _spacing(text: str | None) -> list[float] | None:
     return values
 
 
+def _project_dims(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise UsageError("--project-dims must be six whole numbers separated by commas.") from None
+    if len(values) != 6 or min(values) <= 0:
+        raise UsageError("--project-dims must be six positive whole numbers separated by commas.")
+    return values
+
+
 def _check(args: argparse.Namespace) -> None:
     if (args.input is None) == (args.synthetic is None):
         raise UsageError("Give either INPUT or --synthetic N (not both).")
@@ -110,6 +129,8 @@ def _check(args: argparse.Namespace) -> None:
         value = getattr(args, option)
         if value is not None and value <= 0:
             raise UsageError(f"--{option.replace('_', '-')} must be a positive number of mm.")
+    if args.project_dims is not None and args.model is not None:
+        raise UsageError("--project-dims describes a random bundle; with --model the bundle's own are used.")
     if args.input is not None and not Path(args.input).exists():
         raise UsageError(f"The input {args.input} does not exist.")
 
@@ -135,7 +156,8 @@ def run(args: argparse.Namespace) -> int:
         if args.classes:
             model = inputs.random_bundle(workdir, args.classes, template=args.model,
                                          feature_size=args.feature_size, window=(args.window,) * 3,
-                                         spacing_mm=spacing or (1.5, 1.5, 1.5))
+                                         spacing_mm=spacing or (1.5, 1.5, 1.5),
+                                         project_dims=_project_dims(args.project_dims))
         else:
             model = resolve_model(args.model)
         manifest = read_manifest(model)
@@ -157,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
                                  precision=args.precision, window_batch=args.window_batch,
                                  spacing=model_spacing, repeat=args.repeat, workdir=workdir,
                                  no_crop=args.no_crop, restore=args.restore,
-                                 baseline_invert=args.baseline_invert)
+                                 baseline_invert=args.baseline_invert, max_windows=args.max_windows)
         command = ("coralbay bench " + shlex.join(sys.argv[sys.argv.index("bench") + 1:])
                    if "bench" in sys.argv else None)
         info = {"command": command, "input": described, "random_weights": bool(args.classes)}

@@ -46,7 +46,8 @@ def synthetic_volume(size: int, spacing_mm: float, folder: Path, seed: int = 0) 
 
 
 def random_bundle(folder: Path, classes: int, *, template: str | None, feature_size: int,
-                  window: Sequence[int], spacing_mm: Sequence[float]) -> Path:
+                  window: Sequence[int], spacing_mm: Sequence[float],
+                  project_dims: Sequence[int] | None = None) -> Path:
     """A random-weight segmentation bundle with `classes` structures.
 
     With a `template` bundle, its architecture and preprocessing are kept and only the head's
@@ -74,5 +75,5 @@ def random_bundle(folder: Path, classes: int, *, template: str | None, feature_s
             raise UsageError("--window must be a multiple of 32 (the encoder's total stride).")
         fields = manifest_fields(f"random-f{feature_size}-{classes}", "segmentation",
                                  feature_size=feature_size, labels=labels, spacing_mm=spacing_mm,
-                                 window_size=window)
+                                 window_size=window, project_dims=list(project_dims) if project_dims else None)
     return create_random_bundle(folder / "random-bundle", fields, seed=0)

@@ -15,16 +15,17 @@ from __future__ import annotations
 import contextlib
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import SimpleITK as sitk
 import torch
 
+from coralbay_bench import BASELINE_INVERT_MODES
+from coralbay_bench.our_path import PathRun, no_mark, synchronize
 from coralbay.bundle.loader import LoadedBundle
 from coralbay.inference.fast_swin import disable_fast_swin
 from coralbay.inference.sliding_window import windows_needed
-from coralbay_bench import BASELINE_INVERT_MODES
-from coralbay_bench.our_path import PathRun, synchronize
 
 
 def _autocast(device: torch.device, precision: str):
@@ -47,8 +48,11 @@ def input_geometry(path: Path) -> tuple[tuple, tuple, tuple, tuple]:
 
 
 def run_monai_path(input_path: Path, bundle: LoadedBundle, device: torch.device, *, overlap: float,
-                   window_batch: int | None, precision: str, invert: str = "probabilities") -> PathRun:
-    """Run the MONAI pipeline and return its labels as an image on the input grid."""
+                   window_batch: int | None, precision: str, invert: str = "probabilities",
+                   mark: Callable[[str], None] = no_mark) -> PathRun:
+    """Run the MONAI pipeline and return its labels as an image on the input grid.
+
+    `mark(stage)` is called as each stage (load, preprocess, inference, restore) begins."""
     if invert not in BASELINE_INVERT_MODES:
         raise ValueError(f"invert must be one of {BASELINE_INVERT_MODES}, not {invert!r}")
     from monai.inferers import sliding_window_inference
@@ -64,12 +68,13 @@ def run_monai_path(input_path: Path, bundle: LoadedBundle, device: torch.device,
     disable_fast_swin(network)
     stages: dict[str, float] = {}
     begin = time.perf_counter()
-
+    mark("load")
     data = Compose([LoadImaged(keys="image"),
                     EnsureChannelFirstd(keys="image")])({"image": str(input_path)})
     stages["load"] = time.perf_counter() - begin
 
     start = time.perf_counter()
+    mark("preprocess")
     spatial = Compose([Orientationd(keys="image", axcodes="RAS"),
                        Spacingd(keys="image", pixdim=tuple(pre["spacing_mm"]), mode="bilinear"),
                        ScaleIntensityRanged(keys="image", a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True)])
@@ -77,6 +82,7 @@ def run_monai_path(input_path: Path, bundle: LoadedBundle, device: torch.device,
     stages["preprocess"] = time.perf_counter() - start
 
     start = time.perf_counter()
+    mark("inference")
     inputs = data["image"][None].to(device)
     with torch.inference_mode(), _autocast(device, precision):
         logits = sliding_window_inference(inputs, window, batch, network, overlap=overlap,
@@ -87,6 +93,7 @@ def run_monai_path(input_path: Path, bundle: LoadedBundle, device: torch.device,
     del inputs
 
     start = time.perf_counter()
+    mark("restore")
     if invert == "probabilities":
         data["pred"] = torch.softmax(logits[0], dim=0)  # (C, X, Y, Z), keeps the model grid's metadata
         del logits

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import SimpleITK as sitk
 import torch
@@ -27,16 +28,30 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def no_mark(stage: str) -> None:
+    return None
+
+
 def run_our_path(input_path: Path, bundle: LoadedBundle, device: torch.device, *, overlap: float,
-                 window_batch: int | None, precision: str, restore: str = "linear") -> PathRun:
+                 window_batch: int | None, precision: str, restore: str = "linear",
+                 mark: Callable[[str], None] = no_mark) -> PathRun:
+    """`mark(stage)` is called as each stage (load, preprocess, inference, restore) begins."""
     from coralbay.inference.segment import segment_image
     from coralbay.io.volumes import read_volume
 
     begin = time.perf_counter()
+    mark("load")
     image = read_volume(input_path)
     load_s = time.perf_counter() - begin
+    current = ["load"]
+
+    def progress(stage: str, fraction: float, message: str = "") -> None:
+        if stage != current[0]:
+            current[0] = stage
+            mark(stage)
+
     result = segment_image(image, bundle, device, overlap=overlap, window_batch_size=window_batch,
-                           autocast=precision == "bf16", restore=restore)
+                           autocast=precision == "bf16", restore=restore, progress=progress)
     synchronize(device)
     total = time.perf_counter() - begin
     stats = result.stats

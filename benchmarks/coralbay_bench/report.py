@@ -1,6 +1,9 @@
-"""Markdown tables from `coralbay bench` JSON results: `python -m coralbay_bench.report [--scaling] FILE.json ...`.
+"""Markdown tables from `coralbay bench` JSON results: `python -m coralbay_bench.report [--scaling|--real] FILE.json ...`.
 
-Why: docs/benchmarks.md quotes the figures of the JSON files kept beside it; generating its tables
+`--real` (issue 13): one table of bench results with CPU time and per-stage peaks, one of
+`window_peak` results (files whose JSON has a top-level "forward_s").
+
+Why: BENCHMARKS.md quotes the figures of the JSON files kept beside it; generating its tables
 from them keeps the two from drifting apart.
 """
 
@@ -61,11 +64,59 @@ HEADER = ("| input | head, overlap | path | total s | load / preprocess / infere
           "|---|---|---|---|---|---|---|---|---|")
 
 
+REAL_HEADER = ("| run | path | batch | windows run/placed | total s | CPU s | peak +MB | load / preprocess / "
+               "inference / restore peak +MB | load avg before→after |\n|---|---|---|---|---|---|---|---|---|")
+WINDOW_HEADER = ("| run | path | F | window | batch | parameters | weights MB | forward s | peak +MB |\n"
+                 "|---|---|---|---|---|---|---|---|---|")
+
+
+def real_rows(name: str, result: dict) -> list[str]:
+    rows = []
+    stages = ("load", "preprocess", "inference", "restore")
+    machine = result["machine"]
+    load = f"{(machine.get('load_average_before') or ['?'])[0]}→{(machine.get('load_average_after') or ['?'])[0]}"
+    for path in ("monai", "ours"):
+        m = result["paths"][path]["median"]
+        run = result["paths"][path]["runs"][0]
+        by = m.get("peak_rss_added_mb_by_stage") or {}
+        real = run.get("windows_run_by_network")
+        windows = f"{real if real is not None else m['windows_evaluated']}/{m['windows_total']}"
+        rows.append(f"| {name} | {path} | {m['window_batch_size']} | {windows} | {_f(m['total_s'])} | "
+                    f"{_f(m.get('cpu_s'))} | {_f(m['peak_rss_added_mb'], 0)} | "
+                    f"{' / '.join(_f(by.get(s), 0) for s in stages)} | {load} |")
+    r, a = result["ratios"], result["agreement"]
+    by = r.get("memory_by_stage") or {}
+    rows.append(f"| | **ours/monai** | | | **{_f(r['time'], 2)}** | **{_f(r.get('cpu_time'), 2)}** | "
+                f"**{_f(r['memory'], 3)}** | {' / '.join(_f(by.get(s), 2) for s in stages)} | "
+                f"min Dice {_f(a['min_dice'], 4)} |")
+    return rows
+
+
+def window_row(name: str, result: dict) -> str:
+    return (f"| {name} | {result['path']} | {result['feature_size']} | {result['window']}³ | {result['batch']} | "
+            f"{result['parameters'] / 1e6:.1f} M | {_f(result['weights_mb'], 0)} | {_f(result['forward_s'])} | "
+            f"{_f(result['peak_rss_added_mb'], 0)} |")
+
+
 def main(argv=None) -> int:
     args = list(argv if argv is not None else sys.argv[1:])
     scaling = "--scaling" in args
-    files = [Path(p) for p in args if p != "--scaling"]
+    real = "--real" in args
+    files = [Path(p) for p in args if p not in ("--scaling", "--real")]
     results = {f.stem: json.loads(f.read_text(encoding="utf-8")) for f in files}
+    if real:
+        windows = {k: v for k, v in results.items() if "forward_s" in v}
+        benches = {k: v for k, v in results.items() if "forward_s" not in v}
+        if benches:
+            print(REAL_HEADER)
+            for name, result in benches.items():
+                print("\n".join(real_rows(name, result)))
+            print()
+        if windows:
+            print(WINDOW_HEADER)
+            for name, result in windows.items():
+                print(window_row(name, result))
+        return 0
     if scaling:
         print(SCALING_HEADER)
         for result in results.values():

@@ -23,9 +23,9 @@ from coralbay.errors import CoralBayError
 from coralbay_bench.agreement import structure_agreement
 from coralbay_bench.machine import describe_machine, load_average, peak_bf16_flops
 
-SCHEMA = "coralbay-bench/1"
+SCHEMA = "coralbay-bench/2"  # 2: per-stage peaks, per-path ratios, U96B targets (issue 13)
 PATH_NAMES = ("monai", "ours")
-TARGETS = {"time_ratio_max": 0.6, "memory_ratio_max": 0.5, "dice_min": 0.99}
+TARGETS = {"time_ratio_max": 0.5, "memory_ratio_max": 0.35, "dice_min": 0.99}
 STAGES = ("load", "preprocess", "inference", "restore")
 
 
@@ -43,6 +43,7 @@ class BenchSettings:
     no_crop: bool = False
     restore: str = "linear"
     baseline_invert: str = "probabilities"
+    max_windows: int | None = None  # diagnostic: network on the first K windows only (memory of the rest)
 
 
 def _import_dirs() -> list[str]:
@@ -69,6 +70,8 @@ def run_worker(path: str, settings: BenchSettings, tag: str) -> dict:
         cmd += ["--restore", settings.restore]
     if settings.baseline_invert != "probabilities":
         cmd += ["--baseline-invert", settings.baseline_invert]
+    if settings.max_windows:
+        cmd += ["--max-windows", str(settings.max_windows)]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([*_import_dirs(), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -94,13 +97,22 @@ def _median(values: list) -> float | None:
     return statistics.median(values) if values else None
 
 
+def _stage_medians(runs: list[dict], key: str) -> dict[str, float] | None:
+    if any(r.get(key) is None for r in runs):
+        return None
+    return {s: _median([r[key].get(s) for r in runs]) for s in STAGES if any(s in r[key] for r in runs)}
+
+
 def summarise(runs: list[dict], peak_flops: float | None) -> dict:
     """Median over repeats of every timed or measured figure; counters from the first run."""
     first = runs[0]
     summary = {
         "stages_s": {s: round(_median([r["stages_s"][s] for r in runs]), 4) for s in STAGES},
         "total_s": round(_median([r["total_s"] for r in runs]), 4),
+        "cpu_s": _median([r.get("cpu_s") for r in runs]),
         "peak_rss_added_mb": _median([r["peak_rss_added_mb"] for r in runs]),
+        "peak_rss_added_mb_by_stage": _stage_medians(runs, "peak_rss_added_mb_by_stage"),
+        "peak_gpu_added_mb_by_stage": _stage_medians(runs, "peak_gpu_added_mb_by_stage"),
         "base_rss_mb": _median([r["base_rss_mb"] for r in runs]),
         "peak_gpu_added_mb": _median([r["peak_gpu_added_mb"] for r in runs]),
         "peak_gpu_mb": _median([r["peak_gpu_mb"] for r in runs]),
@@ -117,6 +129,11 @@ def summarise(runs: list[dict], peak_flops: float | None) -> dict:
 
 def _ratio(ours: float | None, base: float | None) -> float | None:
     return round(ours / base, 4) if ours is not None and base else None
+
+
+def _unit(ratios: dict) -> dict:
+    """The baseline's own ratios: 1 wherever ours has one."""
+    return {k: (_unit(v) if isinstance(v, dict) else (None if v is None else 1.0)) for k, v in ratios.items()}
 
 
 def run_benchmark(settings: BenchSettings, info: dict, log: Callable[[str], None] = lambda m: None) -> dict:
@@ -147,9 +164,12 @@ def run_benchmark(settings: BenchSettings, info: dict, log: Callable[[str], None
     summaries = {p: summarise(runs[p], peak) for p in PATH_NAMES}
     base, ours = summaries["monai"], summaries["ours"]
     ratios = {"time": _ratio(ours["total_s"], base["total_s"]),
+              "cpu_time": _ratio(ours["cpu_s"], base["cpu_s"]),
               "inference_time": _ratio(ours["stages_s"]["inference"], base["stages_s"]["inference"]),
               "memory": _ratio(ours["peak_rss_added_mb"], base["peak_rss_added_mb"]),
-              "gpu_memory": _ratio(ours["peak_gpu_added_mb"], base["peak_gpu_added_mb"])}
+              "gpu_memory": _ratio(ours["peak_gpu_added_mb"], base["peak_gpu_added_mb"]),
+              "memory_by_stage": {s: _ratio((ours["peak_rss_added_mb_by_stage"] or {}).get(s),
+                                            (base["peak_rss_added_mb_by_stage"] or {}).get(s)) for s in STAGES}}
     agreement = structure_agreement(sitk.ReadImage(runs["ours"][-1]["labels_file"]),
                                     sitk.ReadImage(runs["monai"][-1]["labels_file"]), manifest.labels)
     met = {"time": ratios["time"] is not None and ratios["time"] <= TARGETS["time_ratio_max"],
@@ -163,16 +183,18 @@ def run_benchmark(settings: BenchSettings, info: dict, log: Callable[[str], None
         "schema": SCHEMA, "command": info.get("command"), "machine": machine,
         "input": info.get("input", {}),
         "model": {"name": manifest.name, "path": str(settings.model), "feature_size": arch["feature_size"],
+                  "project_dims": arch.get("project_dims"), "parameters": runs["ours"][0].get("parameters"),
                   "structures": len(manifest.labels), "window_size": manifest.inference["window_size"],
                   "spacing_mm": list(settings.spacing or manifest.preprocessing["spacing_mm"]),
                   "intensity_window_hu": manifest.preprocessing["intensity_window_hu"],
                   "random_weights": bool(info.get("random_weights"))},
         "settings": {"overlap": settings.overlap, "device": settings.device, "precision": settings.precision,
                      "body_crop": not settings.no_crop, "restore": settings.restore,
-                     "baseline_invert": settings.baseline_invert,
+                     "baseline_invert": settings.baseline_invert, "max_windows": settings.max_windows,
                      "window_batch": {p: summaries[p]["window_batch_size"] for p in PATH_NAMES},
                      "repeat": settings.repeat, "wall_s": round(time.time() - started, 1)},
-        "paths": {p: {"median": summaries[p], "runs": runs[p]} for p in PATH_NAMES},
+        "paths": {p: {"median": summaries[p], "ratios": ratios if p == "ours" else _unit(ratios), "runs": runs[p]}
+                  for p in PATH_NAMES},
         "ratios": ratios, "agreement": agreement,
         "targets": {**TARGETS, "met": met},
     }

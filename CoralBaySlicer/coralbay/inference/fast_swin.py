@@ -6,9 +6,10 @@ every forward, (b) materialises the attention matrix and two copies of it (+bias
 softmax), and (c) in its optional scaled-dot-product path expands bias+mask to one full copy per
 window and head. Here the mask is described once per grid shape as a few distinct patterns (a
 shifted window's mask depends only on whether it lies in the last window row of each axis, so
-there are at most 2^3 of them), windows are attended in pattern groups through
-`scaled_dot_product_attention` with one small (heads, n, n) bias per group, and nothing of size
-windows x heads x n x n is ever built. The result equals MONAI's forward to float rounding
+there are at most 2^3 of them), windows are attended in pattern groups, `WINDOW_CHUNK` windows
+per `scaled_dot_product_attention` call, with one small (heads, n, n) bias per group, so nothing
+of size windows x heads x n x n, nor a whole-stage q/k/v, is ever built; the MLP runs over chunks
+of tokens. The result equals MONAI's forward to float rounding
 (tested), and the module tree and parameter names are untouched: the faster forwards are bound
 to the module instances by `enable_fast_swin` and removed by `disable_fast_swin`.
 
@@ -24,11 +25,13 @@ from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
-from monai.networks.nets.swin_unetr import (BasicLayer, WindowAttention, get_window_size,
-                                            window_partition)
+from monai.networks.nets.swin_unetr import (BasicLayer, SwinTransformerBlock, WindowAttention,
+                                            get_window_size, window_partition)
 from torch import nn
 
 MASKED = -100.0  # MONAI's value between tokens of different shifted regions
+WINDOW_CHUNK = 64   # windows attended per call: qkv of 64 x 343 tokens (50 MB at F=192, stage 1)
+TOKEN_CHUNK = 16384  # tokens per MLP call: a 4F-wide hidden layer of 50 MB at F=192
 
 
 @dataclass(frozen=True)
@@ -97,17 +100,29 @@ def _attention_forward(self: WindowAttention, x: torch.Tensor, mask=None) -> tor
         return WindowAttention.forward(self, x, mask)
     b, n, c = x.shape
     heads = self.num_heads
-    q, k, v = self.qkv(x).reshape(b, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4).unbind(0)
-    bias = _relative_bias(self, n).to(q.dtype)
-    if mask is None:
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias[None], scale=self.scale)
-    else:
-        out = torch.empty_like(q)
-        for pattern, index in mask.groups(b):
-            group_bias = (bias + pattern.to(q.dtype))[None]
-            out[index] = F.scaled_dot_product_attention(q[index], k[index], v[index],
-                                                        attn_mask=group_bias, scale=self.scale)
-    return self.proj(out.transpose(1, 2).reshape(b, n, c))
+    bias = _relative_bias(self, n)
+    groups = [(None, torch.arange(b, device=x.device))] if mask is None else list(mask.groups(b))
+    out = torch.empty_like(x)
+    for pattern, index in groups:
+        group_bias = (bias if pattern is None else bias + pattern.to(bias.dtype))[None]
+        for chunk in index.split(WINDOW_CHUNK):  # bounded q, k, v and attention buffers
+            q, k, v = self.qkv(x[chunk]).reshape(len(chunk), n, 3, heads, c // heads).permute(2, 0, 3, 1, 4).unbind(0)
+            attended = F.scaled_dot_product_attention(q, k, v, attn_mask=group_bias.to(q.dtype), scale=self.scale)
+            out[chunk] = self.proj(attended.transpose(1, 2).reshape(len(chunk), n, c))
+    return out
+
+
+def _mlp_forward(self: SwinTransformerBlock, x: torch.Tensor) -> torch.Tensor:
+    """MONAI's `forward_part2` (norm2, MLP) over chunks of tokens: the 4x-wide hidden layer of
+    the first stage (340 MB at F=192) is never held whole."""
+    if torch.is_grad_enabled():
+        return SwinTransformerBlock.forward_part2(self, x)
+    flat = x.reshape(-1, x.shape[-1])
+    out = torch.empty_like(flat)
+    for start in range(0, flat.shape[0], TOKEN_CHUNK):
+        stop = min(start + TOKEN_CHUNK, flat.shape[0])
+        out[start:stop] = self.drop_path(self.mlp(self.norm2(flat[start:stop])))
+    return out.reshape(x.shape)
 
 
 def _layer_forward(self: BasicLayer, x: torch.Tensor) -> torch.Tensor:
@@ -137,14 +152,18 @@ def enable_fast_swin(network: nn.Module) -> int:
         elif isinstance(module, BasicLayer) and not getattr(module, "use_hyena", False):
             module.forward = types.MethodType(_layer_forward, module)
             changed += 1
+        elif isinstance(module, SwinTransformerBlock):
+            module.forward_part2 = types.MethodType(_mlp_forward, module)
+            changed += 1
     return changed
 
 
 def disable_fast_swin(network: nn.Module) -> None:
     """Back to MONAI's own forwards."""
     for module in network.modules():
-        if isinstance(module, (WindowAttention, BasicLayer)) and "forward" in module.__dict__:
-            del module.__dict__["forward"]
+        for name in ("forward", "forward_part2"):
+            if isinstance(module, (WindowAttention, BasicLayer, SwinTransformerBlock)) and name in module.__dict__:
+                del module.__dict__[name]
 
 
 def fast_swin_enabled(network: nn.Module) -> bool:

@@ -2,9 +2,10 @@
 
 Why: a 500^3 scan with a 14-class head at 1.5 mm can need gigabytes; failing an hour into a batch,
 or being killed by the operating system without a word, is the worst outcome. The estimate is
-deliberately generous (peak activations of a window are counted several times over); when the
+generous (20 % headroom over measured figures); when the
 run does not fit, the window batch is lowered first, and only then is the run refused with a
-sentence that says what to change.
+sentence that says what to change. A window's activations come from a table measured per
+architecture (`MEASURED_WINDOW_MIB`), not from a guess.
 """
 
 from __future__ import annotations
@@ -19,14 +20,48 @@ from coralbay.errors import CoralBayError
 
 T = TypeVar("T")
 GIB = 1024 ** 3
-# Peak memory of one window's forward, per voxel of the window: CONV_COPIES full-resolution
-# tensors of F channels (encoder1/decoder1 with residual branches and norms) plus ATTENTION
-# bytes-per-voxel-worth for the first Swin stage's attention matrices (W^3/8 tokens x 343 x
-# 3 heads, a few copies). Fitted to the peak RSS measured on the CPU with 64^3 windows: about
-# 390 MiB per window at F=6 and 320-330 MiB at F=12 (the formula gives 404 and 488 MiB).
-CONV_COPIES = 14
-ATTENTION_PER_VOXEL = 320
+# Peak memory one window's forward adds, MEASURED on the CPU in float32 with
+# `python -m coralbay_bench.window_peak` (benchmarks/real/window-*.json; issue 13), in MiB, for
+# (feature size, window edge): (the lean forward of `inference.lean_forward`, which runs the
+# windows of a batch one after another, so this is its peak whatever the batch; MONAI's forward,
+# per window of the batch). U96H was measured with its lightweight decoder (projections
+# 48,48,96,192,384,768). Other sizes use a least-squares fit of bytes per window voxel, linear in
+# the feature size, through these points.
+MEASURED_WINDOW_MIB: dict[tuple[int, int], tuple[float, float]] = {
+    (6, 64): (49.0, 392.7),
+    (12, 64): (120.0, 392.7),
+    (48, 96): (559.8, 1445.3),
+    (192, 96): (2085.8, 2847.1),
+}
 FOREGROUND_MARGIN = 1.2  # 20 % headroom for allocator fragmentation and Python objects
+
+
+def _fit_per_voxel(column: int) -> tuple[float, float]:
+    """(a, b): bytes per window voxel = a + b * feature size, least squares over the table."""
+    rows = [(f, mib * 2 ** 20 / w ** 3) for (f, w), values in MEASURED_WINDOW_MIB.items()
+            for mib in (values[column],)]
+    design = np.array([[1.0, f] for f, _ in rows])
+    target = np.array([v for _, v in rows])
+    (a, b), *_ = np.linalg.lstsq(design, target, rcond=None)
+    return float(a), float(b)
+
+
+_FITS = (_fit_per_voxel(0), _fit_per_voxel(1))
+
+
+def window_activation_bytes(feature_size: int, window: Sequence[int], lean: bool = True) -> int:
+    """Peak bytes one window's forward adds: measured where the table has the size, else the fit,
+    never below what a measured narrower network needs per voxel (so it grows with the width)."""
+    edge_cubed = int(np.prod(window))
+    column = 0 if lean else 1
+    key = (int(feature_size), int(round(edge_cubed ** (1 / 3))))
+    if key in MEASURED_WINDOW_MIB and key[1] ** 3 == edge_cubed:
+        return int(MEASURED_WINDOW_MIB[key][column] * 2 ** 20)
+    a, b = _FITS[column]
+    per_voxel = {f: values[column] * 2 ** 20 / w ** 3 for (f, w), values in MEASURED_WINDOW_MIB.items()}
+    narrower = [v for f, v in per_voxel.items() if f <= feature_size]
+    floor = max(narrower) if narrower else min(per_voxel.values())
+    return int(edge_cubed * max(a + b * feature_size, floor))
 
 
 @dataclass(frozen=True)
@@ -52,8 +87,12 @@ class MemoryEstimate:
 
 def estimate_segmentation(grid_shape: Sequence[int], input_box_voxels: int, classes: int,
                           window: Sequence[int], feature_size: int, window_batch: int,
-                          parameters: int) -> MemoryEstimate:
-    """Estimate from the model grid, the cropped input region and the network's size."""
+                          parameters: int, lean: bool = True) -> MemoryEstimate:
+    """Estimate from the model grid, the cropped input region and the network's size.
+
+    `lean`: the network runs `lean_forward` (one window's activations, whatever the batch, plus
+    the batch's inputs and logits); otherwise MONAI's forward (every window of the batch at once).
+    """
     grid = int(np.prod(grid_shape))
     window_voxels = int(np.prod(window))
     slab = int(window[0]) * int(np.prod(grid_shape[1:]))
@@ -62,7 +101,8 @@ def estimate_segmentation(grid_shape: Sequence[int], input_box_voxels: int, clas
         volume=4 * grid,
         # 16-bit per-class probability store plus float32 accumulators of the open slabs
         stitching=2 * classes * grid + 2 * (4 * classes + 4) * slab,
-        activations=window_batch * 4 * window_voxels * (CONV_COPIES * feature_size + ATTENTION_PER_VOXEL),
+        activations=(window_activation_bytes(feature_size, window, lean) * (1 if lean else window_batch)
+                     + window_batch * 4 * window_voxels * (classes + 1)),
         # per class: one resampled float32 probability, the running best and the argmax
         restore=(4 + 4 + 2) * input_box_voxels,
     )

@@ -22,6 +22,7 @@ import torch
 from coralbay.bundle.loader import LoadedBundle
 from coralbay.grid.boxes import IndexBox
 from coralbay.inference.fast_swin import disable_fast_swin, enable_fast_swin
+from coralbay.inference.lean_forward import LeanSegmentation
 from coralbay.inference.memory_plan import (Attempt, available_device_memory, available_host_memory,
                                 estimate_segmentation, plan_window_batch, run_with_memory_fallback)
 from coralbay.inference.preprocess import prepare
@@ -35,14 +36,14 @@ log = logging.getLogger("coralbay.inference")
 
 
 def plan_memory(grid_shape: Sequence[int], input_box: IndexBox, bundle: LoadedBundle,
-                device: torch.device, window_batch: int) -> int:
+                device: torch.device, window_batch: int, lean: bool = True) -> int:
     """The window batch that fits the free memory (see `memory_plan`); refuse when none does."""
     manifest = bundle.manifest
     parameters = sum(p.numel() for p in bundle.network.parameters())
     fitted, _ = plan_window_batch(
         lambda b: estimate_segmentation(grid_shape, int(np.prod(input_box.size)), manifest.num_outputs,
                                         manifest.inference.window_size, bundle.spec.feature_size, b,
-                                        parameters),
+                                        parameters, lean),
         window_batch, available_host_memory(), available_device_memory(device))
     if fitted < window_batch:
         log.warning(f"Lowered the window batch from {window_batch} to {fitted} to fit in the free memory.")
@@ -70,7 +71,8 @@ def segment_image(image: sitk.Image, bundle: LoadedBundle, device: torch.device,
     """Segment `image` with a segmentation bundle; the label map lies on `image`'s grid.
 
     `autocast` runs the network in bf16 (fp16 without bf16 support) on CUDA; `fast_attention`
-    uses `fast_swin`'s forward (off only to compare with MONAI's own). Class probabilities are
+    uses `fast_swin`'s attention and `lean_forward`'s slab-wise blocks (off only to compare with
+    MONAI's own forward). Class probabilities are
     kept with `probability_bits` (16, or 8 to halve the largest buffer); the labels do not depend
     on whether probability maps are requested.
     """
@@ -87,6 +89,7 @@ def segment_image(image: sitk.Image, bundle: LoadedBundle, device: torch.device,
     progress("preprocess", 1.0, f"model grid {prepared.array.shape}")
 
     start = time.perf_counter()
+    progress("inference", 0.0, "sliding windows")
     network = bundle.network.to(device)
     if fast_attention:
         enable_fast_swin(network)
@@ -96,14 +99,15 @@ def segment_image(image: sitk.Image, bundle: LoadedBundle, device: torch.device,
     del prepared
     window_stats: dict = {}
     batch = plan_memory(volume.shape, input_box, bundle, device,
-                        window_batch_size or windows.batch_size)
+                        window_batch_size or windows.batch_size, lean=fast_attention)
 
     region = region_for(grid, image, input_box)  # the model voxels the restore reads
 
     def run(attempt: Attempt) -> ProbabilityStore:
         store = ProbabilityStore(manifest.num_outputs, volume.shape, grid,
                                  np.uint8 if probability_bits == 8 else np.uint16, region=region)
-        slabs = blend_slabs(volume, network.to(attempt.device), manifest.num_outputs,
+        model = network.to(attempt.device)
+        slabs = blend_slabs(volume, LeanSegmentation(model) if fast_attention else model, manifest.num_outputs,
                             windows.with_(batch_size=attempt.window_batch), device=attempt.device,
                             stitch_device=attempt.stitch_device, autocast=autocast,
                             progress=lambda f, m: progress("inference", f, m), stats=window_stats,

@@ -1,0 +1,329 @@
+"""A memory-lean inference forward of the segmentation network, with the same weights and math.
+
+Why: at CoralBay's real widths (U96B: F=48, U96H: F=192, 96^3 windows) a window's activations
+are the memory: every full-resolution tensor of F channels is 170 MB at F=48 (680 MB at F=192),
+and MONAI's forward holds several of them at once (encoder1's and decoder1's residual blocks,
+the concatenated skip, the norms), for every window of the batch at the same time. This forward
+computes exactly what `SegmentationNetwork.forward` computes, but:
+
+- runs the windows of a batch one after the other (instance norm makes windows independent);
+- runs every residual conv block (`UnetResBlock`, inside `UnetrBasicBlock` and `UnetrUpBlock`,
+  the Swin v2 stages' conv blocks included)
+  in slabs along the first axis, each slab with the one-row halo its 3x3x3 convolution needs.
+  Instance norm needs whole-window statistics, so a block is three passes over its slabs:
+  conv1 (per-slab statistics merged in float64), then norm1 + LeakyReLU + conv2 written
+  back over conv1's output in the same buffer (one saved halo row makes that safe), then
+  norm2 + residual (+ norm3 of the 1x1 conv3) + LeakyReLU. One buffer of the block's output
+  size is all that is held besides its input; the up-block's transposed convolution and the
+  concatenation with the skip are recomputed per slab instead of being stored;
+- computes each skip connection only just before the decoder block that reads it and frees it
+  right after, and writes the output block's logits slab by slab;
+- slabs are also faster on the CPU: a 3x3x3 convolution over an 8-row slab keeps its working set
+  in cache (about 2x faster than one call over the whole 96^3 window on an idle 2-core CPU,
+  measured with oneDNN; on a CPU shared with other work the many smaller calls lose part of that).
+
+Nothing here changes the module tree or parameter names. Networks this module does not know
+(other block types, kernel sizes or strides) run their own forward. `LeanSegmentation(network)`
+is a module with the network's interface; the tests compare it with MONAI's forward.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from monai.networks.blocks.dynunet_block import UnetOutBlock, UnetResBlock
+from monai.networks.blocks.unetr_block import UnetrBasicBlock, UnetrUpBlock
+from torch import nn
+
+from coralbay.model.build import SegmentationNetwork
+
+# Bytes of one slab of a block's widest tensor: about 4 rows of decoder1's 96-channel input at
+# U96B (96^2 x 96 x 4 bytes per row), a whole 24^3 map in one slab. Fewer, larger calls cost less
+# on a CPU shared with other work (each call waits for both threads); more rows held more memory
+# (measured at U96B, one window: 16 MB 545 MB peak, 24 MB 600 MB, 8 rows 559 MB).
+CPU_SLAB_BYTES = 16 * 2 ** 20
+ACCELERATOR_SLAB_BYTES = 512 * 2 ** 20  # on a GPU fewer, larger kernels are cheaper
+
+Rows = Callable[[int, int], torch.Tensor]        # rows [lo, hi) of a (1, C, D, H, W) input
+Consumer = Callable[[int, int, torch.Tensor], None]  # takes output rows [start, stop)
+
+
+def _only_conv(module: nn.Module) -> nn.Module:
+    """The single Conv3d/ConvTranspose3d inside MONAI's `Convolution` wrapper."""
+    convs = [m for m in module.modules() if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d))]
+    others = [m for m in module.modules() if m is not module and not isinstance(m, (nn.Conv3d, nn.ConvTranspose3d))]
+    if len(convs) != 1 or others:
+        raise NotImplementedError("not a plain convolution")
+    return convs[0]
+
+
+class _Stats:
+    """Per-channel mean and variance of a tensor seen slab by slab.
+
+    Each slab's (count, mean, variance) comes from one `var_mean` call in the slab's precision
+    (float32 accumulation for bf16 slabs); slabs are merged in float64 with Chan's pairwise
+    formula, so the whole-window statistics match instance norm's to float rounding.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.mean: torch.Tensor | None = None
+        self.m2: torch.Tensor | None = None  # sum of squared deviations from the mean
+
+    def add(self, x: torch.Tensor) -> None:
+        var, mean = torch.var_mean(x if x.dtype in (torch.float32, torch.float64) else x.float(),
+                                   dim=(0, 2, 3, 4), correction=0)
+        n = x.shape[0] * x[0, 0].numel()
+        mean, m2 = mean.double(), var.double() * n
+        if self.mean is None:
+            self.count, self.mean, self.m2 = n, mean, m2
+            return
+        total = self.count + n
+        delta = mean - self.mean
+        self.mean = self.mean + delta * (n / total)
+        self.m2 = self.m2 + m2 + delta * delta * (self.count * n / total)
+        self.count = total
+
+    def shift_scale(self, norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        """(a, b) such that norm(x) == x * a + b, per channel, shaped to broadcast over slabs."""
+        mean = self.mean
+        var = self.m2 / self.count
+        a = torch.rsqrt(var + norm.eps)
+        b = -mean * a
+        if norm.affine:
+            a, b = a * norm.weight.double(), b * norm.weight.double() + norm.bias.double()
+        shape = (1, -1, 1, 1, 1)
+        return a.float().reshape(shape), b.float().reshape(shape)
+
+
+def _check_norm(norm: nn.Module) -> None:
+    if not isinstance(norm, nn.InstanceNorm3d) or norm.track_running_stats:
+        raise NotImplementedError("not a plain instance norm")
+
+
+class _ResBlockPlan:
+    """The pieces of one `UnetResBlock` (3x3x3 stride-1 convs, instance norms, LeakyReLU)."""
+
+    def __init__(self, block: UnetResBlock) -> None:
+        self.conv1, self.conv2 = _only_conv(block.conv1), _only_conv(block.conv2)
+        for conv in (self.conv1, self.conv2):
+            if tuple(conv.kernel_size) != (3, 3, 3) or tuple(conv.stride) != (1, 1, 1) \
+                    or tuple(conv.padding) != (1, 1, 1) or tuple(conv.dilation) != (1, 1, 1) or conv.groups != 1:
+                raise NotImplementedError("only 3x3x3 stride-1 convolutions are streamed")
+        self.conv3 = _only_conv(block.conv3) if hasattr(block, "conv3") else None
+        if self.conv3 is not None and (tuple(self.conv3.kernel_size) != (1, 1, 1) or tuple(self.conv3.stride) != (1, 1, 1)):
+            raise NotImplementedError("only a 1x1x1 stride-1 residual convolution is streamed")
+        self.norm1, self.norm2 = block.norm1, block.norm2
+        self.norm3 = getattr(block, "norm3", None)
+        for norm in (self.norm1, self.norm2) + ((self.norm3,) if self.norm3 is not None else ()):
+            _check_norm(norm)
+        if not isinstance(block.lrelu, nn.LeakyReLU):
+            raise NotImplementedError("only LeakyReLU is streamed")
+        self.slope = float(block.lrelu.negative_slope)
+        self.out_channels = self.conv1.out_channels
+
+    def _conv3x3(self, conv: nn.Module, rows: torch.Tensor, pad_before: int, pad_after: int) -> torch.Tensor:
+        """conv over `rows`, which hold the output rows plus their halo except at the volume edges."""
+        if pad_before or pad_after:
+            rows = F.pad(rows, (0, 0, 0, 0, pad_before, pad_after))
+        return F.conv3d(rows, conv.weight, conv.bias, padding=(0, 1, 1))
+
+    def run(self, source: Rows, depth: int, slab: int, consume: Consumer | None = None) -> torch.Tensor | None:
+        """The block's output for an input given by `source`; to `consume` slab by slab, or whole."""
+        spans = [(s, min(s + slab, depth)) for s in range(0, depth, slab)]
+        buffer: torch.Tensor | None = None
+        first, residual = _Stats(), _Stats()
+        for start, stop in spans:  # pass 1: conv1 (and conv3's statistics)
+            lo, hi = max(start - 1, 0), min(stop + 1, depth)
+            rows = source(lo, hi)
+            out = self._conv3x3(self.conv1, rows, 1 - (start - lo), 1 - (hi - stop))
+            if buffer is None:
+                buffer = torch.empty((1, out.shape[1], depth, *out.shape[3:]), dtype=out.dtype, device=out.device)
+            buffer[:, :, start:stop] = out
+            first.add(out)
+            if self.conv3 is not None:
+                residual.add(F.conv3d(rows[:, :, start - lo:stop - lo], self.conv3.weight, self.conv3.bias))
+            del rows, out
+        assert buffer is not None
+        a1, b1 = first.shift_scale(self.norm1)
+        second = _Stats()
+        previous: torch.Tensor | None = None  # activated conv1 row start-1, saved before it is overwritten
+        for start, stop in spans:  # pass 2: norm1, LeakyReLU, conv2, over conv1's output in place
+            hi = min(stop + 1, depth)
+            act = F.leaky_relu_(torch.addcmul(b1.to(buffer.dtype), buffer[:, :, start:hi], a1.to(buffer.dtype)), self.slope)
+            halo_before = previous if previous is not None else None
+            rows = act if halo_before is None else torch.cat((halo_before, act), dim=2)
+            previous = act[:, :, stop - 1 - start:stop - start].clone()
+            out = self._conv3x3(self.conv2, rows, int(halo_before is None), int(hi == stop))
+            del act, rows
+            second.add(out)
+            buffer[:, :, start:stop] = out
+            del out
+        a2, b2 = second.shift_scale(self.norm2)
+        a3 = b3 = None
+        if self.conv3 is not None:
+            a3, b3 = residual.shift_scale(self.norm3)
+        for start, stop in spans:  # pass 3: norm2 + residual, LeakyReLU
+            out = buffer[:, :, start:stop]
+            out.mul_(a2.to(out.dtype)).add_(b2.to(out.dtype))
+            rows = source(start, stop)
+            if self.conv3 is not None:
+                res = F.conv3d(rows, self.conv3.weight, self.conv3.bias)
+                out.addcmul_(res, a3.to(res.dtype)).add_(b3.to(res.dtype))
+                del res
+            else:
+                out.add_(rows)
+            del rows
+            F.leaky_relu_(out, self.slope)
+            if consume is not None:
+                consume(start, stop, out)
+        if consume is not None:
+            return None
+        return buffer
+
+
+def _res_block(block: nn.Module) -> UnetResBlock:
+    if isinstance(block, UnetrBasicBlock):
+        block = block.layer
+    if not isinstance(block, UnetResBlock):
+        raise NotImplementedError(f"{type(block).__name__} is not streamed")
+    return block
+
+
+def _rows_of(x: torch.Tensor) -> Rows:
+    return lambda lo, hi: x[:, :, lo:hi]
+
+
+def _upsampled_rows(transp: nn.Module, inp: torch.Tensor, skip: torch.Tensor) -> Rows:
+    """Rows of cat(transp_conv(inp), skip) for a kernel-2 stride-2 transposed convolution."""
+    if tuple(transp.kernel_size) != (2, 2, 2) or tuple(transp.stride) != (2, 2, 2) \
+            or tuple(transp.padding) != (0, 0, 0) or tuple(transp.output_padding) != (0, 0, 0):
+        raise NotImplementedError("only a kernel-2 stride-2 transposed convolution is streamed")
+
+    def rows(lo: int, hi: int) -> torch.Tensor:
+        a, b = lo // 2, (hi + 1) // 2
+        up = F.conv_transpose3d(inp[:, :, a:b], transp.weight, transp.bias, stride=2)
+        return torch.cat((up[:, :, lo - 2 * a:hi - 2 * a], skip[:, :, lo:hi]), dim=1)
+
+    return rows
+
+
+class LeanSegmentation(nn.Module):
+    """`network`'s forward with far less activation memory (see the module doc); same results."""
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+        self.supported = lean_supported(network)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.supported or torch.is_grad_enabled():
+            return self.network(x)
+        slab = CPU_SLAB_BYTES if x.device.type == "cpu" else ACCELERATOR_SLAB_BYTES
+        out: torch.Tensor | None = None
+        for item in range(x.shape[0]):
+            out = _forward_one(self.network, x[item:item + 1], slab, out, item, x.shape[0])
+        assert out is not None
+        return out
+
+
+def lean_supported(network: nn.Module) -> bool:
+    """Whether `network` is built from the blocks this forward streams."""
+    if not isinstance(network, SegmentationNetwork):
+        return False
+    enc, dec = network.encoder, network.decoder
+    try:
+        swin = enc.swinViT
+        v2 = [getattr(swin, f"layers{i}c")[0] for i in range(1, 5)] if swin.use_v2 else []
+        for block in (enc.encoder1, enc.encoder2, enc.encoder3, enc.encoder4, enc.encoder10, *v2):
+            _ResBlockPlan(_res_block(block))
+        for up in (dec.decoder1, dec.decoder2, dec.decoder3, dec.decoder4, dec.decoder5):
+            if not isinstance(up, UnetrUpBlock):
+                return False
+            _ResBlockPlan(_res_block(up.conv_block))
+            _only_conv(up.transp_conv)
+        if not isinstance(dec.out, UnetOutBlock) or _only_conv(dec.out.conv).kernel_size != (1, 1, 1):
+            return False
+    except NotImplementedError:
+        return False
+    return True
+
+
+def _swin_hidden(swin: nn.Module, x: torch.Tensor, conv_block: Callable[[nn.Module, torch.Tensor], torch.Tensor]
+                 ) -> list[torch.Tensor]:
+    """MONAI's `SwinTransformer.forward(x, normalize=True)`, with the v2 conv blocks streamed."""
+    x0 = swin.pos_drop(swin.patch_embed(x))
+    hidden = [swin.proj_out(x0, True)]
+    for stage in range(1, 5):
+        if swin.use_v2:
+            x0 = conv_block(getattr(swin, f"layers{stage}c")[0], x0.contiguous())
+        x0 = getattr(swin, f"layers{stage}")[0](x0.contiguous())
+        hidden.append(swin.proj_out(x0, True))
+    return hidden
+
+
+def _slab_rows(plan: _ResBlockPlan, like: torch.Tensor, slab_bytes: int) -> int:
+    """Rows per slab so that one slab of the block's widest tensor takes about `slab_bytes`."""
+    row = like.shape[3] * like.shape[4] * max(plan.conv1.in_channels, plan.out_channels) * 4
+    return max(1, min(like.shape[2], slab_bytes // row))
+
+
+def _forward_one(network: SegmentationNetwork, x: torch.Tensor, slab_bytes: int, out: torch.Tensor | None,
+                 item: int, batch: int) -> torch.Tensor:
+    """Window `item` of a batch: skips computed just before use and freed after; its logits are
+    written slab by slab into `out[item]` (allocated here for the first window)."""
+    enc, dec = network.encoder, network.decoder
+    names = ("proj_enc0", "proj_enc1", "proj_enc2", "proj_enc3", "proj_hid3", "proj_dec4")
+
+    def project(level: int, t: torch.Tensor) -> torch.Tensor:
+        return getattr(dec, names[level])(t) if dec.project_dims else t
+
+    def basic(block: nn.Module, t: torch.Tensor, consume: Consumer | None = None) -> torch.Tensor | None:
+        plan = _ResBlockPlan(_res_block(block))
+        return plan.run(_rows_of(t), t.shape[2], _slab_rows(plan, t, slab_bytes), consume)
+
+    def up(block: UnetrUpBlock, t: torch.Tensor, skip: torch.Tensor,
+           consume: Consumer | None = None) -> torch.Tensor | None:
+        rows = _upsampled_rows(_only_conv(block.transp_conv), t, skip)
+        plan = _ResBlockPlan(_res_block(block.conv_block))
+        return plan.run(rows, skip.shape[2], _slab_rows(plan, skip, slab_bytes), consume)
+
+    hidden = _swin_hidden(enc.swinViT, x, lambda block, t: basic(block, t))
+    dec4 = project(5, basic(enc.encoder10, hidden[4]))
+    hidden[4] = None
+    hid3 = project(4, hidden[3])
+    hidden[3] = None
+    y = up(dec.decoder5, dec4, hid3)
+    del dec4, hid3
+    skip = project(3, basic(enc.encoder4, hidden[2]))
+    hidden[2] = None
+    y = up(dec.decoder4, y, skip)
+    skip = project(2, basic(enc.encoder3, hidden[1]))
+    hidden[1] = None
+    y = up(dec.decoder3, y, skip)
+    skip = project(1, basic(enc.encoder2, hidden[0]))
+    hidden[0] = None
+    y = up(dec.decoder2, y, skip)
+    del skip
+    if dec.project_dims:  # project enc0 slab by slab as encoder1 produces it
+        proj = dec.proj_enc0
+        enc0 = torch.empty((1, proj.out_channels, *x.shape[2:]), dtype=y.dtype, device=x.device)
+
+        def keep_projected(start: int, stop: int, rows: torch.Tensor) -> None:
+            enc0[:, :, start:stop] = proj(rows)
+
+        basic(enc.encoder1, x, keep_projected)
+    else:
+        enc0 = basic(enc.encoder1, x)
+    head = _only_conv(dec.out.conv)
+    if out is None:
+        out = torch.empty((batch, head.out_channels, *x.shape[2:]), dtype=y.dtype, device=x.device)
+    logits = out[item:item + 1]
+
+    def to_logits(start: int, stop: int, rows: torch.Tensor) -> None:
+        logits[:, :, start:stop] = F.conv3d(rows, head.weight, head.bias)
+
+    up(dec.decoder1, y, enc0, to_logits)
+    return out
