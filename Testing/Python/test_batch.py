@@ -63,9 +63,11 @@ def cohort(tmp_path_factory) -> Path:
 
 
 def _run_batch(cohort: Path, bundle: Path, classifier: Path, output: Path, *extra: str, kill_marker: Path):
+    # With the local pool's look-ahead on (off by default), so a worker that dies holds a case given in advance.
     return run_cli("batch", cohort / "cohort.csv", "-m", bundle, "-o", output, "--compare",
                    "--classify-model", classifier, "--progress", "none", *extra,
-                   env={"CORALBAY_BATCH_KILL_ONCE": f"{KILLED}:{kill_marker}"}, timeout=300)
+                   env={"CORALBAY_BATCH_KILL_ONCE": f"{KILLED}:{kill_marker}", "CORALBAY_BATCH_LOOKAHEAD": "1"},
+                   timeout=300)
 
 
 @pytest.fixture(scope="module")

@@ -66,8 +66,8 @@ class PreparedCase:
     """The CPU step's outcome: the scan prepared for the models (or the one-sentence reason it
     failed), its hashes, and how long reading and preparing took. Travels between workers."""
 
-    scan: Any = None                   # engine.PreparedScan for the segmentation model
-    classify_input: Any = None         # engine.Prepared for --classify-model, else None
+    scan: engine.PreparedScan | None = None     # for the segmentation model
+    classify_input: engine.Prepared | None = None  # for --classify-model
     hashes: dict | None = None         # the ledger's fingerprints of the image and reference
     read_s: float = 0.0
     seconds: float = 0.0               # wall seconds of the whole step (reading included)

@@ -7,11 +7,14 @@ pipe and the parent watches its process sentinel: a dead worker's case goes back
 Workers keep their models loaded between cases (see case.py) and exit when the parent's pipe
 closes, so a killed parent leaves no worker behind once its current case is written.
 
-Look-ahead: while there are more cases than workers, the parent gives each busy worker its next
-case in advance, and the worker prepares it (`prepare_case`: read, hash, resample; CPU) on a
-thread while the network runs on the current one, the local counterpart of the Dask path's CPU
-and GPU tasks. A case given in advance counts as tried only when it starts; if its worker dies it
-goes back to the queue untouched. `CORALBAY_BATCH_LOOKAHEAD=0` turns this off (for measuring it).
+Look-ahead (off unless `CORALBAY_BATCH_LOOKAHEAD=1`): while there are more cases than workers,
+the parent gives each busy worker its next case in advance, and the worker prepares it
+(`prepare_case`: read, hash, resample; CPU) on a thread while the network runs on the current
+one, the local counterpart of the Dask path's CPU and GPU tasks. A case given in advance counts
+as tried only when it starts; if its worker dies it goes back to the queue untouched. Why off by
+default: on the 2-core development machine (phantoms, whose preparation is 0.2 s of a 4-14 s
+case, and other jobs holding the cores) it measured 0.76-1.02x of the throughput without it
+(docs/batch.md); it can pay where preparing takes seconds (large DICOM series) and cores are free.
 
 Threads: each worker runs torch on cores / workers threads (at least 1), so N workers do not
 oversubscribe the cores; an explicit OMP_NUM_THREADS in the environment wins.
@@ -41,7 +44,7 @@ LOOKAHEAD_ENV = "CORALBAY_BATCH_LOOKAHEAD"
 
 
 def lookahead_enabled() -> bool:
-    return os.environ.get(LOOKAHEAD_ENV, "1") != "0"
+    return os.environ.get(LOOKAHEAD_ENV, "0") == "1"
 
 
 def threads_per_worker(workers: int) -> int:
