@@ -25,13 +25,58 @@ import subprocess
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
+from typing import IO, Iterator, Mapping, Sequence
 
 from coralbay.progress import decode_event
 from coralbay.vocabulary import JobState
 
-_END_OF_OUTPUT = object()  # queue marker: the process closed its output
+END_OF_OUTPUT = object()  # queue marker: the process closed its output
+
+
+def pump_output(stream: IO[str], out: queue.Queue) -> None:
+    """A reader thread's body: put each line of `stream` on `out` as (text, decoded event or None),
+    decoded here, off the GUI thread; `END_OF_OUTPUT` when the stream ends or is closed."""
+    try:
+        for line in stream:
+            text = line.rstrip("\r\n")
+            out.put((text, decode_event(text)))
+    except (OSError, ValueError):
+        pass  # the pipe was closed because the run is being cancelled
+    finally:
+        out.put(END_OF_OUTPUT)
+
+
+@dataclass
+class DrainedOutput:
+    """What `drain_output` took off the queue."""
+
+    events: list[dict]  # protocol events, and other non-empty lines as {"event": "log", ..., "raw": True}
+    ended: bool         # the process closed its output
+
+
+def drain_output(out: queue.Queue, lines: list[str]) -> DrainedOutput:
+    """Everything `pump_output` has queued so far (never blocks), each line also appended to
+    `lines`. Lines that are not protocol events (library warnings, the engine's stderr sentence)
+    become {"event": "log", "level": "info", "message": line, "raw": True}; blank ones are dropped.
+    The one drain of engine output: one-shot runs (`EngineRun`) and the interactive session."""
+    drained = DrainedOutput([], False)
+    while True:
+        try:
+            item = out.get_nowait()
+        except queue.Empty:
+            return drained
+        if item is END_OF_OUTPUT:
+            drained.ended = True
+            continue
+        text, event = item
+        lines.append(text)
+        if event is None:
+            if not text.strip():
+                continue
+            event = {"event": "log", "level": "info", "message": text, "raw": True}
+        drained.events.append(event)
 
 FINISHED_STATES = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
 
@@ -141,14 +186,7 @@ class EngineRun:
 
     def _read_output(self) -> None:
         assert self._process is not None and self._process.stdout is not None
-        try:
-            for line in self._process.stdout:
-                text = line.rstrip("\r\n")
-                self._queue.put((text, decode_event(text)))  # decoded here, off the GUI thread
-        except (OSError, ValueError):
-            pass  # the pipe was closed because the run is being cancelled
-        finally:
-            self._queue.put(_END_OF_OUTPUT)
+        pump_output(self._process.stdout, self._queue)
 
     @property
     def pid(self) -> int | None:
@@ -166,25 +204,13 @@ class EngineRun:
         Lines that are not protocol events (library warnings, the engine's stderr sentence) are
         returned as {"event": "log", "level": "info", "message": line, "raw": True}.
         """
-        events: list[dict] = []
         if self.state != JobState.RUNNING:
-            return events
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is _END_OF_OUTPUT:
-                self._output_ended = True
-                continue
-            text, event = item
-            self.lines.append(text)
-            if event is None:
-                if not text.strip():
-                    continue
-                event = {"event": "log", "level": "info", "message": text, "raw": True}
+            return []
+        drained = drain_output(self._queue, self.lines)
+        self._output_ended = self._output_ended or drained.ended
+        events = drained.events
+        for event in events:
             self._apply(event)
-            events.append(event)
         if self._process is not None and self._process.poll() is not None:
             # A grandchild that outlives the engine could keep the pipe open: stop waiting for the
             # end of the output a few seconds after the engine itself has exited.

@@ -63,9 +63,11 @@ def cohort(tmp_path_factory) -> Path:
 
 
 def _run_batch(cohort: Path, bundle: Path, classifier: Path, output: Path, *extra: str, kill_marker: Path):
+    # With the local pool's look-ahead on (off by default), so a worker that dies holds a case given in advance.
     return run_cli("batch", cohort / "cohort.csv", "-m", bundle, "-o", output, "--compare",
                    "--classify-model", classifier, "--progress", "none", *extra,
-                   env={"CORALBAY_BATCH_KILL_ONCE": f"{KILLED}:{kill_marker}"}, timeout=300)
+                   env={"CORALBAY_BATCH_KILL_ONCE": f"{KILLED}:{kill_marker}", "CORALBAY_BATCH_LOOKAHEAD": "1"},
+                   timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +102,12 @@ def test_corrupt_scan_fails_alone_and_killed_worker_is_retried(which, request):
     record = json.loads((output / "cases" / KILLED / "case.json").read_text())
     assert record["worker"]["pid"] != killed_pid
     if which == "local_run":
-        assert rows[KILLED]["attempts"] == "2" and rows["c0"]["attempts"] == "1"
+        assert rows[KILLED]["attempts"] == "2"
+        # A case given to the dead worker in advance went back untried.
+        assert [rows[c]["attempts"] for c in GOOD if c != KILLED] == ["1"] * 3
+        # Workers prepared cases ahead (on a thread while the network ran the one before).
+        ahead = [json.loads((output / "cases" / c / "case.json").read_text())["worker"]["prepared_ahead"] for c in GOOD]
+        assert any(ahead) and not all(ahead)
     # Only whole case folders, no temporaries left behind.
     assert sorted(p.name for p in (output / "cases").iterdir()) == sorted(GOOD)
     summary = json.loads((output / "summary.json").read_text())
@@ -140,8 +147,10 @@ def test_same_labels_and_classes_as_segment_and_classify_case_by_case(local_run,
     for case_id in GOOD:
         single = tmp_path / f"{case_id}.nii.gz"
         batch_labels = output / "cases" / case_id / "labels.nii.gz"
-        assert np.array_equal(_labels(batch_labels), _labels(single))
-        assert sitk.ReadImage(str(batch_labels)).GetOrigin() == sitk.ReadImage(str(single)).GetOrigin()
+        a, b = sitk.ReadImage(str(batch_labels)), sitk.ReadImage(str(single))
+        assert sitk.GetArrayViewFromImage(a).tobytes() == sitk.GetArrayViewFromImage(b).tobytes()  # byte for byte
+        assert (a.GetPixelID(), a.GetSize(), a.GetOrigin(), a.GetSpacing(), a.GetDirection()) == \
+            (b.GetPixelID(), b.GetSize(), b.GetOrigin(), b.GetSpacing(), b.GetDirection())
         assert json.loads((output / "cases" / case_id / "labels.labels.json").read_text()) == \
             json.loads((tmp_path / f"{case_id}.labels.json").read_text())
     rows = _rows(output)
@@ -152,6 +161,39 @@ def test_same_labels_and_classes_as_segment_and_classify_case_by_case(local_run,
         assert in_batch["point_lps"] == single["point_lps"]
         assert rows[case_id]["classification"] == single["prediction"]
     assert json.loads((tmp_path / "c3.json").read_text())["point_lps"] is not None
+
+
+def test_prepared_scan_travels_without_the_input_and_segments_as_segment_image(cohort, tiny_seg_bundle):
+    """The CPU step's output (what goes from a CPU worker to a GPU worker) holds the model-grid
+    volume and the input's geometry, not the input's voxels, and the network step on it, away from
+    the input, gives `segment_image`'s labels byte for byte."""
+    import pickle
+
+    import torch
+    from coralbay.bundle.loader import load_bundle
+    from coralbay.errors import BundleError
+    from coralbay.inference.segment import prepare_segmentation, segment_image, segment_prepared
+    from coralbay.io.volumes import read_volume
+
+    image = read_volume(str(cohort / "c1.nii.gz"))
+    bundle = load_bundle(tiny_seg_bundle)
+    cpu = torch.device("cpu")
+    expected = segment_image(image, bundle, cpu).labels
+    travelled = pickle.dumps(prepare_segmentation(image, bundle.manifest))
+    scan = pickle.loads(travelled)
+    input_bytes = image.GetNumberOfPixels() * image.GetSizeOfPixelComponent()
+    # The model-grid volume and the model grid's (UInt8) carrier travel, the input's voxels do not.
+    assert len(travelled) < scan.volume.nbytes + scan.grid.GetNumberOfPixels() + 4096 < scan.volume.nbytes + input_bytes
+    labels = segment_prepared(scan, bundle, cpu).labels
+    assert scan.volume is None  # handed to the network, freed after its last window
+    assert sitk.GetArrayViewFromImage(labels).tobytes() == sitk.GetArrayViewFromImage(expected).tobytes()
+    assert (labels.GetPixelID(), labels.GetSize(), labels.GetOrigin(), labels.GetSpacing(), labels.GetDirection()) == \
+        (expected.GetPixelID(), expected.GetSize(), expected.GetOrigin(), expected.GetSpacing(), expected.GetDirection())
+    # A scan prepared for another model's grid is refused, not segmented on the wrong grid.
+    other = prepare_segmentation(image, bundle.manifest, overlap=0.25)
+    object.__setattr__(other, "windows", other.windows.with_(size=(32, 32, 32)))
+    with pytest.raises(BundleError, match="prepared for another model's grid"):
+        segment_prepared(other, bundle, cpu)
 
 
 def test_results_metrics_equal_compare(local_run, cohort, tmp_path):

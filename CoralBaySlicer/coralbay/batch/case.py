@@ -6,8 +6,13 @@ with `case.json` (the record and the hashes of what made it) inside, so a case i
 or absent whenever the run is killed. A case's failure is returned as a record with one
 sentence; it never stops the other cases.
 
-Reading is its own function (`read_case_image`) so that a cluster can run it as a CPU task apart
-from the network's GPU task.
+A case is two steps: `prepare_case` (CPU: read the scan, hash it, crop and resample it onto the
+model grid) and `process_case` (the network, the restore, the writing), with a `PreparedCase`
+between them that holds the model-grid volume and the input's geometry, never the input's voxels.
+So a cluster runs the first as a CPU task and the second as a GPU task, and the local pool's
+workers prepare their next case on a thread while the network runs (local_pool.py). Both steps
+call the engine's own `prepare_segmentation`/`segment_prepared`, the two halves of what
+`coralbay segment` runs, so the labels are the same byte for byte.
 """
 
 from __future__ import annotations
@@ -57,17 +62,23 @@ class CaseJob:
 
 
 @dataclass
-class ImageRead:
-    """The outcome of reading one scan: the image, or the one-sentence reason it failed."""
+class PreparedCase:
+    """The CPU step's outcome: the scan prepared for the models (or the one-sentence reason it
+    failed), its hashes, and how long reading and preparing took. Travels between workers."""
 
-    image: sitk.Image | None
-    seconds: float
+    scan: engine.PreparedScan | None = None     # for the segmentation model
+    classify_input: engine.Prepared | None = None  # for --classify-model
+    hashes: dict | None = None         # the ledger's fingerprints of the image and reference
+    read_s: float = 0.0
+    seconds: float = 0.0               # wall seconds of the whole step (reading included)
     cpu_seconds: float = 0.0
     error: str | None = None
     warning: str | None = None
+    prepared_ahead: bool = False       # by the local pool's look-ahead, while the previous case ran
 
 
 _BUNDLES: dict[tuple, Any] = {}  # this worker's loaded models, by (model, backbone)
+_MANIFESTS: dict[str, Any] = {}  # this worker's model manifests (the CPU step needs no weights)
 
 
 def _bundle(model: str, backbone: str | None, trust_remote_code: bool) -> tuple[Any, float | None]:
@@ -90,15 +101,42 @@ def sentence(exc: BaseException) -> str:
     return f"Unexpected error ({type(exc).__name__}: {detail[:300]})."
 
 
-def read_case_image(case: Case) -> ImageRead:
-    """Read a case's scan (the CPU/I-O part); failures come back as a sentence, not an exception."""
+def _manifest(model: str, task: str, option: str) -> Any:
+    """A bundle's manifest (cached), checked to be a `task` model."""
+    if model not in _MANIFESTS:
+        _MANIFESTS[model] = engine.read_manifest(model)
+    manifest = _MANIFESTS[model]
+    if manifest.task != task:
+        raise CoralBayError(f"The model {manifest.name} given to {option} is a {manifest.task} model, "
+                            f"not a {task} model.")
+    return manifest
+
+
+def prepare_case(case: Case, job: CaseJob) -> PreparedCase:
+    """Read, hash and prepare one case's scan (the CPU step); failures come back as a sentence."""
     start, cpu = time.perf_counter(), time.process_time()
+    prepared = PreparedCase()
     try:
         image = engine.read_volume(case.image)
-        return ImageRead(image, time.perf_counter() - start, time.process_time() - cpu,
-                         warning=engine.ct_intensity_warning(image))
+        prepared.read_s = time.perf_counter() - start
+        prepared.warning = engine.ct_intensity_warning(image)
+        prepared.scan = engine.prepare_segmentation(image, _manifest(job.model, "segmentation", "--model"),
+                                                    overlap=job.overlap)
+        if job.classify_model:
+            prepared.classify_input = engine.prepare_classification(
+                image, _manifest(job.classify_model, "classification", "--classify-model"), case.point_lps)
+        del image
+        prepared.hashes = {"model": job.model_hash, "settings": job.settings_hash,
+                           "image": fingerprint(case.image),
+                           "reference": fingerprint(case.reference) if job.compare and case.reference else None}
     except Exception as exc:  # noqa: BLE001 - a bad scan fails alone, with its sentence
-        return ImageRead(None, time.perf_counter() - start, time.process_time() - cpu, error=sentence(exc))
+        prepared.scan = prepared.classify_input = None
+        prepared.error = sentence(exc)
+    prepared.seconds = time.perf_counter() - start
+    prepared.cpu_seconds = time.process_time() - cpu
+    if prepared.error and not prepared.read_s:
+        prepared.read_s = prepared.seconds
+    return prepared
 
 
 def _maybe_kill_self(case_id: str) -> None:
@@ -123,30 +161,32 @@ def _base_record(case: Case, job: CaseJob) -> dict:
 
 
 class _CaseClock:
-    """A case's wall and CPU seconds (this process), reading included; CPU time shows contention."""
+    """A case's wall and CPU seconds, the CPU step's included; CPU time shows contention. (With the
+    local pool's look-ahead the CPU step overlaps the previous case's network in the same process,
+    so the two cases' CPU seconds share that stretch.)"""
 
-    def __init__(self, read: ImageRead) -> None:
-        self.wall = time.perf_counter() - read.seconds
-        self.cpu = time.process_time() - read.cpu_seconds
+    def __init__(self, prepared: PreparedCase) -> None:
+        self.wall = time.perf_counter() - prepared.seconds
+        self.cpu = time.process_time() - prepared.cpu_seconds
 
     def stop(self, timings: dict) -> None:
         timings["total_s"] = round(time.perf_counter() - self.wall, 3)
         timings["cpu_s"] = round(time.process_time() - self.cpu, 3)
 
 
-def process_case(case: Case, job: CaseJob, read: ImageRead) -> dict:
-    """Segment (classify, compare) one read scan and write its folder; returns the case's record."""
+def process_case(case: Case, job: CaseJob, prepared: PreparedCase) -> dict:
+    """Segment (classify, compare) one prepared case and write its folder; returns its record."""
     record = _base_record(case, job)
-    record["timings"]["read_s"] = round(read.seconds, 3)
-    if read.error is not None:
-        record["error"] = read.error
-        record["timings"]["total_s"] = round(read.seconds, 3)
+    record["timings"]["read_s"] = round(prepared.read_s, 3)
+    if prepared.error is not None:
+        record["error"] = prepared.error
+        record["timings"]["total_s"] = round(prepared.seconds, 3)
         return record
-    if read.warning:
-        record["warnings"].append(read.warning)
-    clock = _CaseClock(read)
+    if prepared.warning:
+        record["warnings"].append(prepared.warning)
+    clock = _CaseClock(prepared)
     try:
-        _write_case(case, job, read.image, record, clock)
+        _write_case(case, job, prepared, record, clock)
         record["status"] = "done"
     except Exception as exc:  # noqa: BLE001 - the case fails alone
         record["error"] = sentence(exc)
@@ -156,37 +196,33 @@ def process_case(case: Case, job: CaseJob, read: ImageRead) -> dict:
 
 
 def run_case(case: Case, job: CaseJob) -> dict:
-    """Read and process one case in this process (the local pool's unit of work)."""
-    return process_case(case, job, read_case_image(case))
+    """Both steps of one case in this process, one after the other."""
+    return process_case(case, job, prepare_case(case, job))
 
 
-def _write_case(case: Case, job: CaseJob, image: sitk.Image, record: dict, clock: _CaseClock) -> None:
+def _write_case(case: Case, job: CaseJob, prepared: PreparedCase, record: dict, clock: _CaseClock) -> None:
     bundle, load_s = _bundle(job.model, job.backbone, job.trust_remote_code)
     record["worker"]["model_cached"] = load_s is None
+    record["worker"]["prepared_ahead"] = prepared.prepared_ahead
     timings = record["timings"]
     if load_s is not None:
         timings["model_load_s"] = round(load_s, 3)
-    if bundle.manifest.task != "segmentation":
-        raise CoralBayError(f"The model {bundle.manifest.name} is a {bundle.manifest.task} model; "
-                            "batch needs a segmentation model.")
     device = engine.select_device(job.device)
     _maybe_kill_self(case.id)
     start = time.perf_counter()
-    result = engine.segment_image(image, bundle, device, overlap=job.overlap, window_batch_size=job.window_batch)
-    timings["segment_s"] = round(time.perf_counter() - start, 3)
+    result = engine.segment_prepared(prepared.scan, bundle, device, window_batch_size=job.window_batch)
+    timings["segment_s"] = round(time.perf_counter() - start + prepared.scan.seconds, 3)
     timings.update({k: round(float(result.stats[k]), 3) for k in SEGMENT_STAGES if k in result.stats})
     record["volumes_ml"] = _volumes_ml(result.labels, result.label_table)
     case_dir = Path(job.output_dir) / "cases" / case.id
-    record["hashes"] = {"model": job.model_hash, "settings": job.settings_hash,
-                        "image": fingerprint(case.image),
-                        "reference": fingerprint(case.reference) if job.compare and case.reference else None}
+    record["hashes"] = prepared.hashes
     with engine.atomic_dir(case_dir) as tmp:
         start = time.perf_counter()
         engine.write_label_map(result.labels, result.label_table, tmp / LABELS_NAME)
         timings["write_s"] = round(time.perf_counter() - start, 3)
         if job.classify_model:
             start = time.perf_counter()
-            record["classification"] = _classify(case, job, image, device, tmp / CLASSIFICATION_NAME)
+            record["classification"] = _classify(case, job, prepared, device, tmp / CLASSIFICATION_NAME)
             timings["classify_s"] = round(time.perf_counter() - start, 3)
         if job.compare and case.reference:
             start = time.perf_counter()
@@ -197,14 +233,11 @@ def _write_case(case: Case, job: CaseJob, image: sitk.Image, record: dict, clock
         (tmp / CASE_RECORD).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
 
 
-def _classify(case: Case, job: CaseJob, image: sitk.Image, device, report_path: Path) -> dict:
-    """The same report `coralbay classify` writes."""
+def _classify(case: Case, job: CaseJob, prepared: PreparedCase, device, report_path: Path) -> dict:
+    """The same report `coralbay classify` writes (`seconds`: the network and head only)."""
     bundle, _ = _bundle(job.classify_model, None, False)
-    if bundle.manifest.task != "classification":
-        raise CoralBayError(f"The model {bundle.manifest.name} given to --classify-model is a "
-                            f"{bundle.manifest.task} model, not a classification model.")
-    report = engine.classify_image(image, bundle, device, point_lps=case.point_lps,
-                                   window_batch_size=job.window_batch)
+    report = engine.classify_prepared(prepared.classify_input, bundle, device, point_lps=case.point_lps,
+                                      window_batch_size=job.window_batch)
     report["input"] = case.image
     report_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return {"prediction": report["prediction"], "confidence": report["confidence"],

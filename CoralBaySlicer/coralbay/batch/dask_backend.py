@@ -6,10 +6,13 @@
 - `--cluster local:N` starts a LocalCluster of N worker processes that listens on 127.0.0.1
   only, with no dashboard, so nothing on this machine is reachable from the network.
 
-Each case is two tasks: reading the scan (a CPU task, no resources) and the network with the
-writing of its folder, which asks for one `GPU` when the cluster's workers declare that resource
-(`dask worker --resources GPU=1`), so GPU workers never wait on disk. Tasks get paths, never
-image data, from the client: workers read from shared storage. Only a bounded number of cases
+Each case is two tasks: preparing it (`prepare_case`: reading the scan, hashing it, cropping and
+resampling it onto the model grid; a CPU task, no resources) and the network with the restore and
+the writing of its folder (`process_case`), which asks for one `GPU` when the cluster's workers
+declare that resource (`dask worker --resources GPU=1`), so GPU workers never wait on disk or on
+resampling. Tasks get paths, never image data, from the client: workers read from shared storage,
+and the prepared model-grid volume (not the scan) goes from the CPU task's worker to the GPU
+task's worker directly, as Dask moves task results, never through the scheduler. Only a bounded number of cases
 is in flight at once, so the scheduler's memory stays flat however long the cohort is. A task
 whose worker dies is rescheduled by Dask up to `allowed-failures` times on other workers, then
 raises KilledWorker, which becomes that case's failure.
@@ -23,7 +26,7 @@ import re
 import uuid
 from typing import Callable, Iterator
 
-from coralbay.batch.case import CaseJob, process_case, read_case_image
+from coralbay.batch.case import CaseJob, prepare_case, process_case
 from coralbay.batch.cohort import Case
 from coralbay.errors import InputError, UsageError
 
@@ -126,17 +129,17 @@ def run_dask(client, cases: list[Case], job: CaseJob, on_record: OnRecord, in_fl
 
     def submit_next(stream) -> None:
         case = pending.pop()
-        read = client.submit(read_case_image, case, key=f"coralbay-read-{case.id}-{token}", pure=False)
-        future = client.submit(process_case, case, job, read, key=f"coralbay-case-{case.id}-{token}",
+        prepared = client.submit(prepare_case, case, job, key=f"coralbay-prepare-{case.id}-{token}", pure=False)
+        future = client.submit(process_case, case, job, prepared, key=f"coralbay-case-{case.id}-{token}",
                                resources=gpu, pure=False)
-        by_future[future] = (case, read)
+        by_future[future] = (case, prepared)
         stream.add(future)
 
     stream = as_completed()
     for _ in range(min(in_flight, len(pending))):
         submit_next(stream)
     for future in stream:
-        case, read = by_future.pop(future)
+        case, prepared = by_future.pop(future)
         try:
             record = future.result()
         except KilledWorker:
@@ -148,7 +151,7 @@ def run_dask(client, cases: list[Case], job: CaseJob, on_record: OnRecord, in_fl
             record = {"id": case.id, "status": "failed", "error": f"The cluster could not run this case "
                                                                   f"({type(exc).__name__}: {detail[:200]})."}
         future.release()
-        read.release()
+        prepared.release()
         on_record(record)
         if pending:
             submit_next(stream)

@@ -21,7 +21,7 @@ from coralbay.bundle.loader import LoadedBundle
 from coralbay.bundle.manifest import Manifest
 from coralbay.errors import InputError
 from coralbay.inference.fast_swin import enable_fast_swin
-from coralbay.inference.preprocess import prepare
+from coralbay.inference.preprocess import Prepared, prepare
 from coralbay.inference.sliding_window import sliding_window_embeddings
 
 Progress = Callable[[str, float, str], None]
@@ -37,25 +37,40 @@ def point_roi(image: sitk.Image, point_lps: Sequence[float], region_mm: Sequence
     return [*(p - half), *(p + half)]
 
 
+def prepare_classification(image: sitk.Image, manifest: Manifest,
+                           point_lps: Sequence[float] | None = None) -> Prepared:
+    """The CPU part of classification: the scan (or the region around a point) on the model grid,
+    intensities windowed; what `prepared_embedding` and `classify_prepared` take."""
+    preprocessing = manifest.preprocessing
+    roi = None
+    if point_lps is not None:
+        roi = point_roi(image, point_lps, manifest.inference.point_region_mm)
+        preprocessing = replace(preprocessing, crop_foreground=False)  # the point's neighbourhood as is
+    return prepare(image, preprocessing, roi)
+
+
+def prepared_embedding(prepared: Prepared, manifest: Manifest, embed: Callable[[torch.Tensor], torch.Tensor],
+                       device: torch.device, *, overlap: float | None = None,
+                       window_batch_size: int | None = None,
+                       progress: Progress = lambda s, f, m="": None) -> tuple[torch.Tensor, dict]:
+    """The pooled feature vector (1, D) of a prepared scan (`prepare_classification`)."""
+    vectors, stats = sliding_window_embeddings(
+        prepared.array, embed, manifest.inference.windows(overlap=overlap, batch_size=window_batch_size),
+        device=device, progress=lambda f, m: progress("inference", f, m))
+    return vectors.mean(dim=0, keepdim=True), stats
+
+
 def scan_embedding(image: sitk.Image, manifest: Manifest, embed: Callable[[torch.Tensor], torch.Tensor],
                    device: torch.device, *, point_lps: Sequence[float] | None = None,
                    overlap: float | None = None, window_batch_size: int | None = None,
                    progress: Progress = lambda s, f, m="": None) -> tuple[torch.Tensor, dict]:
     """The pooled feature vector (1, D) of a scan, or of the region around a point: what the
     head sees. Training a head (`coralbay train-cls`) uses this same function."""
-    infer = manifest.inference
-    preprocessing = manifest.preprocessing
-    roi = None
-    if point_lps is not None:
-        roi = point_roi(image, point_lps, infer.point_region_mm)
-        preprocessing = replace(preprocessing, crop_foreground=False)  # the point's neighbourhood as is
     progress("preprocess", 0.0, "cropping and resampling")
-    prepared = prepare(image, preprocessing, roi)
+    prepared = prepare_classification(image, manifest, point_lps)
     progress("preprocess", 1.0, "")
-    vectors, stats = sliding_window_embeddings(
-        prepared.array, embed, infer.windows(overlap=overlap, batch_size=window_batch_size), device=device,
-        progress=lambda f, m: progress("inference", f, m))
-    return vectors.mean(dim=0, keepdim=True), stats
+    return prepared_embedding(prepared, manifest, embed, device, overlap=overlap,
+                              window_batch_size=window_batch_size, progress=progress)
 
 
 def classify_image(image: sitk.Image, bundle: LoadedBundle, device: torch.device, *,
@@ -63,13 +78,28 @@ def classify_image(image: sitk.Image, bundle: LoadedBundle, device: torch.device
                    window_batch_size: int | None = None,
                    progress: Progress = lambda s, f, m="": None) -> dict:
     """Class probabilities for a scan (or the region around a point) with a classification bundle."""
+    start = time.perf_counter()
+    progress("preprocess", 0.0, "cropping and resampling")
+    prepared = prepare_classification(image, bundle.manifest, point_lps)
+    progress("preprocess", 1.0, "")
+    report = classify_prepared(prepared, bundle, device, point_lps=point_lps, overlap=overlap,
+                               window_batch_size=window_batch_size, progress=progress)
+    report["seconds"] = round(time.perf_counter() - start, 3)
+    return report
+
+
+def classify_prepared(prepared: Prepared, bundle: LoadedBundle, device: torch.device, *,
+                      point_lps: Sequence[float] | None = None, overlap: float | None = None,
+                      window_batch_size: int | None = None,
+                      progress: Progress = lambda s, f, m="": None) -> dict:
+    """`classify_image`'s report for a scan `prepare_classification` made (with the same point);
+    its `seconds` count the network and head only."""
     manifest = bundle.manifest
     start = time.perf_counter()
     network = bundle.network.to(device)
     enable_fast_swin(network)
-    scan_vector, stats = scan_embedding(image, manifest, network.embed, device, point_lps=point_lps,
-                                        overlap=overlap, window_batch_size=window_batch_size,
-                                        progress=progress)
+    scan_vector, stats = prepared_embedding(prepared, manifest, network.embed, device, overlap=overlap,
+                                            window_batch_size=window_batch_size, progress=progress)
     with torch.inference_mode():
         probs = torch.softmax(network.head(scan_vector.to(device)).float(), dim=1)[0].cpu().numpy()
     classes = manifest.classes
