@@ -8,6 +8,9 @@ with `--threads 1` the process CPU time (also printed) is far less disturbed by 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import os
+import resource
 import statistics
 import time
 
@@ -30,6 +33,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if os.environ.get("PROFILE_MALLOPT"):
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 32 * 2 ** 20)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 1024 * 2 ** 20)  # M_TRIM_THRESHOLD
     torch.manual_seed(0)
     network = build_network(ArchitectureSpec("segmentation", feature_size=args.feature_size, out_channels=14)).eval()
     lean = LeanSegmentation(network)
@@ -52,10 +59,13 @@ def main() -> None:
         for _ in range(args.repeats):
             for name, run in (("monai", monai), ("ours", ours)):
                 start, start_cpu = time.perf_counter(), time.process_time()
+                start_sys = resource.getrusage(resource.RUSAGE_SELF).ru_stime
                 run()
                 times[name].append(time.perf_counter() - start)
                 cpu[name].append(time.process_time() - start_cpu)
-                print(f"{name} {times[name][-1]:.2f} s wall, {cpu[name][-1]:.2f} s CPU", flush=True)
+                system = resource.getrusage(resource.RUSAGE_SELF).ru_stime - start_sys
+                print(f"{name} {times[name][-1]:.2f} s wall, {cpu[name][-1]:.2f} s CPU ({system:.2f} s system)",
+                      flush=True)
         if args.repeats:
             m, o = statistics.median(times["monai"]), statistics.median(times["ours"])
             print(f"median wall: monai {m:.2f} s, ours {o:.2f} s, ratio {o / m:.3f}")
