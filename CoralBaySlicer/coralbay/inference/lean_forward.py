@@ -29,11 +29,8 @@ is a module with the network's interface; the tests compare it with MONAI's forw
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import itertools
-import sys
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -304,45 +301,6 @@ def _upsampled_rows(transp: nn.Module, inp: torch.Tensor, skip: torch.Tensor, ch
     return rows
 
 
-# glibc mallopt parameters and their defaults
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_DEFAULT_TRIM, _DEFAULT_MMAP = 128 * 1024, 128 * 1024
-_SLAB_ALLOCATIONS = 32 * 2 ** 20  # glibc's largest mmap threshold; slabs stay below it
-
-
-def _glibc() -> ctypes.CDLL | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
-    except OSError:
-        return None
-
-
-@contextlib.contextmanager
-def reuse_freed_memory() -> Iterator[None]:
-    """Within a forward, let the C allocator reuse freed slab memory instead of unmapping it.
-
-    Why: every slab tensor (up to ~30 MB) is otherwise a fresh mmap whose pages fault in on first
-    touch; MONAI's forward spends ~40% of its CPU time in the kernel for that (measured at U96B,
-    one thread). Afterwards the default thresholds are restored and the heap is trimmed, so
-    nothing stays resident. A no-op where the C library is not glibc.
-    """
-    libc = _glibc()
-    if libc is None:
-        yield
-        return
-    libc.mallopt(_M_MMAP_THRESHOLD, _SLAB_ALLOCATIONS)
-    libc.mallopt(_M_TRIM_THRESHOLD, 2 ** 30)
-    try:
-        yield
-    finally:
-        libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM)
-        libc.mallopt(_M_MMAP_THRESHOLD, _DEFAULT_MMAP)
-        libc.malloc_trim(0)
-
-
 class LeanSegmentation(nn.Module):
     """`network`'s forward with far less activation memory (see the module doc); same results."""
 
@@ -356,9 +314,8 @@ class LeanSegmentation(nn.Module):
             return self.network(x)
         slab = CPU_SLAB_BYTES if x.device.type == "cpu" else ACCELERATOR_SLAB_BYTES
         out: torch.Tensor | None = None
-        with reuse_freed_memory() if x.device.type == "cpu" else contextlib.nullcontext():
-            for item in range(x.shape[0]):
-                out = _forward_one(self.network, x[item:item + 1], slab, out, item, x.shape[0])
+        for item in range(x.shape[0]):
+            out = _forward_one(self.network, x[item:item + 1], slab, out, item, x.shape[0])
         assert out is not None
         return out
 
