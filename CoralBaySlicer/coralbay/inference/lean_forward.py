@@ -21,6 +21,10 @@ computes exactly what `SegmentationNetwork.forward` computes, but:
 - slabs are also faster on the CPU: a 3x3x3 convolution over an 8-row slab keeps its working set
   in cache (about 2x faster than one call over the whole 96^3 window on an idle 2-core CPU,
   measured with oneDNN; on a CPU shared with other work the many smaller calls lose part of that).
+  For speed the large-plane blocks run channels-last, statistics are plain per-channel sums,
+  halo rows go through one reused workspace, norm3 is folded into conv3, and the up-blocks'
+  transposed convolution is a matrix product written with the skip straight into the
+  concatenated rows (measurements: docs/benchmarks.md, "Speed of the lean forward").
 
 Nothing here changes the module tree or parameter names. Networks this module does not know
 (other block types, kernel sizes or strides) run their own forward. `LeanSegmentation(network)`
