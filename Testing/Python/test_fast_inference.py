@@ -41,6 +41,28 @@ def test_fast_swin_equals_monai_forward(network, shape):
     assert float((fast - reference).abs().max()) <= 1e-4 * float(reference.abs().max())
 
 
+def test_cached_position_bias_follows_in_place_updates():
+    """The relative position bias kept between forwards is rebuilt when training changes the table."""
+    torch.manual_seed(2)
+    net = build_network(ArchitectureSpec("segmentation", feature_size=6, out_channels=2)).eval()
+    x = torch.rand(1, 1, 64, 64, 64)
+    enable_fast_swin(net)
+    try:
+        with torch.inference_mode():
+            net(x)  # fills the cache
+        with torch.no_grad():
+            for module in net.modules():
+                if hasattr(module, "relative_position_bias_table"):
+                    module.relative_position_bias_table.add_(torch.randn_like(module.relative_position_bias_table))
+        with torch.inference_mode():
+            fast = net(x)
+    finally:
+        disable_fast_swin(net)
+    with torch.inference_mode():
+        reference = net(x)
+    assert float((fast - reference).abs().max()) <= 1e-4 * float(reference.abs().max())
+
+
 def test_shifted_window_mask_has_few_patterns():
     plan = mask_plan((35, 35, 35), (7, 7, 7), (3, 3, 3))
     assert plan.per_item == 125 and len(plan.patterns) == 8

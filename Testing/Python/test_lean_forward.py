@@ -55,8 +55,9 @@ def test_lean_forward_equals_monai_forward(spec, shape, slab_bytes, monkeypatch)
     assert _close(out, reference)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("depth, slab", [(13, 4), (5, 8), (9, 1), (12, 3)])
-def test_streamed_residual_block_equals_the_block(depth, slab):
+def test_streamed_residual_block_equals_the_block(depth, slab, channels_last):
     """Slab edges, the halo row saved across the in-place conv2, and volume edges at any slab size."""
     torch.manual_seed(depth)
     block = UnetrBasicBlock(3, 3, 5, kernel_size=3, stride=1, norm_name=("instance", {"affine": True}),
@@ -65,15 +66,16 @@ def test_streamed_residual_block_equals_the_block(depth, slab):
     x = torch.randn(1, 3, depth, 7, 6)
     with torch.inference_mode():
         reference = block(x)
-        out = _ResBlockPlan(_res_block(block)).run(_rows_of(x), depth, slab)
+        out = _ResBlockPlan(_res_block(block)).run(_rows_of(x), depth, slab, channels_last=channels_last)
         pieces = torch.zeros_like(reference)
         _ResBlockPlan(_res_block(block)).run(_rows_of(x), depth, slab,
-                                             lambda a, b, rows: pieces[:, :, a:b].copy_(rows))
+                                             lambda a, b, rows: pieces[:, :, a:b].copy_(rows), channels_last)
     assert _close(out, reference) and _close(pieces, reference)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("depth, slab", [(10, 3), (6, 8)])
-def test_streamed_up_block_equals_the_block(depth, slab):
+def test_streamed_up_block_equals_the_block(depth, slab, channels_last):
     """The transposed convolution recomputed per slab, odd slab starts included."""
     torch.manual_seed(1)
     block = UnetrUpBlock(3, 6, 4, kernel_size=3, upsample_kernel_size=2, norm_name="instance",
@@ -81,8 +83,8 @@ def test_streamed_up_block_equals_the_block(depth, slab):
     inp, skip = torch.randn(1, 6, depth // 2, 4, 5), torch.randn(1, 4, depth, 8, 10)
     with torch.inference_mode():
         reference = block(inp, skip)
-        rows = _upsampled_rows(block.transp_conv.conv, inp, skip)
-        out = _ResBlockPlan(_res_block(block.conv_block)).run(rows, depth, slab)
+        rows = _upsampled_rows(block.transp_conv.conv, inp, skip, channels_last)
+        out = _ResBlockPlan(_res_block(block.conv_block)).run(rows, depth, slab, channels_last=channels_last)
     assert _close(out, reference)
 
 

@@ -60,6 +60,7 @@ def describe_machine(device_name: str | None = None) -> dict:
         "memory_gb": round(psutil.virtual_memory().total / 1024 ** 3, 1),
         "torch_threads": torch.get_num_threads(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "load_average": load_average(),
         "platform": platform.platform(),
         "python": platform.python_version(),

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from monai.networks.nets.swin_unetr import (BasicLayer, SwinTransformerBlock, WindowAttention,
                                             get_window_size, window_partition)
+from monai.networks.blocks.mlp import MLPBlock
 from torch import nn
 
 MASKED = -100.0  # MONAI's value between tokens of different shifted regions
@@ -88,9 +89,20 @@ def mask_plan(dims: tuple[int, int, int], window: tuple[int, int, int],
 
 
 def _relative_bias(attn: WindowAttention, n: int) -> torch.Tensor:
-    """The (heads, n, n) relative position bias of the first n tokens, as MONAI indexes it."""
+    """The (heads, n, n) relative position bias of the first n tokens, as MONAI indexes it.
+
+    Kept on the module between forwards (a gather of heads x n x n per block is otherwise
+    redone for every window batch); rebuilt when the table changes (training updates it in place,
+    which bumps its version)."""
+    table = attn.relative_position_bias_table
+    key = (n, table._version, table.data_ptr(), table.dtype)
+    cached = attn.__dict__.get("_fast_swin_bias")
+    if cached is not None and cached[0] == key:
+        return cached[1]
     index = attn.relative_position_index[:n, :n].reshape(-1)
-    return attn.relative_position_bias_table[index].reshape(n, n, -1).permute(2, 0, 1)
+    bias = table[index].reshape(n, n, -1).permute(2, 0, 1).contiguous()
+    attn.__dict__["_fast_swin_bias"] = (key, bias)
+    return bias
 
 
 def _attention_forward(self: WindowAttention, x: torch.Tensor, mask=None) -> torch.Tensor:
@@ -119,9 +131,16 @@ def _mlp_forward(self: SwinTransformerBlock, x: torch.Tensor) -> torch.Tensor:
         return SwinTransformerBlock.forward_part2(self, x)
     flat = x.reshape(-1, x.shape[-1])
     out = torch.empty_like(flat)
+    mlp = self.mlp
+    direct = (not self.training and isinstance(mlp, MLPBlock) and isinstance(mlp.linear2, nn.Linear)
+              and mlp.linear2.bias is not None)  # in eval the dropouts and drop-path are identities
     for start in range(0, flat.shape[0], TOKEN_CHUNK):
         stop = min(start + TOKEN_CHUNK, flat.shape[0])
-        out[start:stop] = self.drop_path(self.mlp(self.norm2(flat[start:stop])))
+        if direct:  # MLPBlock's forward with its last product written straight into `out`
+            hidden = mlp.drop1(mlp.fn(mlp.linear1(self.norm2(flat[start:stop]))))
+            torch.addmm(mlp.linear2.bias, hidden, mlp.linear2.weight.t(), out=out[start:stop])
+        else:
+            out[start:stop] = self.drop_path(self.mlp(self.norm2(flat[start:stop])))
     return out.reshape(x.shape)
 
 

@@ -21,6 +21,10 @@ computes exactly what `SegmentationNetwork.forward` computes, but:
 - slabs are also faster on the CPU: a 3x3x3 convolution over an 8-row slab keeps its working set
   in cache (about 2x faster than one call over the whole 96^3 window on an idle 2-core CPU,
   measured with oneDNN; on a CPU shared with other work the many smaller calls lose part of that).
+  For speed the large-plane blocks run channels-last, statistics are plain per-channel sums,
+  halo rows go through one reused workspace, norm3 is folded into conv3, and the up-blocks'
+  transposed convolution is a matrix product written with the skip straight into the
+  concatenated rows (measurements: docs/benchmarks.md, "Speed of the lean forward").
 
 Nothing here changes the module tree or parameter names. Networks this module does not know
 (other block types, kernel sizes or strides) run their own forward. `LeanSegmentation(network)`
@@ -29,6 +33,7 @@ is a module with the network's interface; the tests compare it with MONAI's forw
 
 from __future__ import annotations
 
+import itertools
 from typing import Callable
 
 import torch
@@ -59,12 +64,39 @@ def _only_conv(module: nn.Module) -> nn.Module:
     return convs[0]
 
 
+CHANNELS_LAST = torch.channels_last_3d
+# Blocks whose rows have at least this many voxels (H x W) run channels-last: oneDNN's 3x3x3
+# convolution is about 1.3x faster that way at 96^2 and 48^2 planes, but slower on the small
+# maps of the deep stages (measured on the 2-core AVX-512 CPU, see docs/benchmarks.md).
+CHANNELS_LAST_MIN_PLANE = 48 * 48
+
+
+def _channel_sums(x: torch.Tensor) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """(count, per-channel sum, per-channel sum of squares) of a (1, C, d, h, w) slab.
+
+    Why not `var_mean`: its Welford reduction is about 4x slower than a plain sum and norm on
+    this CPU. The sums are pairwise float32 per row plane, combined in float64.
+    """
+    channels = x.shape[1]
+    if x.dtype not in (torch.float32, torch.float64):
+        x = x.float()
+    if x.is_contiguous(memory_format=CHANNELS_LAST) and not x.is_contiguous():
+        flat = x.permute(0, 2, 3, 4, 1).reshape(-1, x.shape[3] * x.shape[4], channels)
+        dim = 1
+    else:
+        flat = x.transpose(0, 1).reshape(channels, -1, x.shape[3] * x.shape[4]).transpose(0, 1)
+        dim = 2
+    sums = flat.sum(dim).double().sum(0)
+    squares = torch.linalg.vector_norm(flat, dim=dim).double().square().sum(0)
+    return x.shape[0] * x[0, 0].numel(), sums, squares
+
+
 class _Stats:
     """Per-channel mean and variance of a tensor seen slab by slab.
 
-    Each slab's (count, mean, variance) comes from one `var_mean` call in the slab's precision
-    (float32 accumulation for bf16 slabs); slabs are merged in float64 with Chan's pairwise
-    formula, so the whole-window statistics match instance norm's to float rounding.
+    Each slab gives (count, sum, sum of squares) (`_channel_sums`); slabs are merged in float64
+    with Chan's pairwise formula, so the whole-window statistics match instance norm's to float
+    rounding.
     """
 
     def __init__(self) -> None:
@@ -73,10 +105,9 @@ class _Stats:
         self.m2: torch.Tensor | None = None  # sum of squared deviations from the mean
 
     def add(self, x: torch.Tensor) -> None:
-        var, mean = torch.var_mean(x if x.dtype in (torch.float32, torch.float64) else x.float(),
-                                   dim=(0, 2, 3, 4), correction=0)
-        n = x.shape[0] * x[0, 0].numel()
-        mean, m2 = mean.double(), var.double() * n
+        n, sums, squares = _channel_sums(x)
+        mean = sums / n
+        m2 = (squares - sums * mean).clamp_min(0)
         if self.mean is None:
             self.count, self.mean, self.m2 = n, mean, m2
             return
@@ -87,15 +118,23 @@ class _Stats:
         self.count = total
 
     def shift_scale(self, norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-        """(a, b) such that norm(x) == x * a + b, per channel, shaped to broadcast over slabs."""
+        """(a, b) such that norm(x) == x * a + b, per channel, in float64."""
         mean = self.mean
         var = self.m2 / self.count
         a = torch.rsqrt(var + norm.eps)
         b = -mean * a
         if norm.affine:
             a, b = a * norm.weight.double(), b * norm.weight.double() + norm.bias.double()
-        shape = (1, -1, 1, 1, 1)
-        return a.float().reshape(shape), b.float().reshape(shape)
+        return a, b
+
+
+def _per_channel(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return v.to(like.dtype).reshape(1, -1, 1, 1, 1)
+
+
+def _pixels(x: torch.Tensor) -> torch.Tensor:
+    """A channels-last (1, C, d, h, w) tensor as its (voxels, C) matrix (a view)."""
+    return x.permute(0, 2, 3, 4, 1).reshape(-1, x.shape[1])
 
 
 def _check_norm(norm: nn.Module) -> None:
@@ -124,55 +163,81 @@ class _ResBlockPlan:
         self.slope = float(block.lrelu.negative_slope)
         self.out_channels = self.conv1.out_channels
 
-    def _conv3x3(self, conv: nn.Module, rows: torch.Tensor, pad_before: int, pad_after: int) -> torch.Tensor:
-        """conv over `rows`, which hold the output rows plus their halo except at the volume edges."""
-        if pad_before or pad_after:
-            rows = F.pad(rows, (0, 0, 0, 0, pad_before, pad_after))
-        return F.conv3d(rows, conv.weight, conv.bias, padding=(0, 1, 1))
+    def _conv3x3(self, weight: torch.Tensor, bias: torch.Tensor | None, rows: torch.Tensor, lo: int, hi: int,
+                 start: int, stop: int, depth: int) -> torch.Tensor:
+        """Output rows [start, stop) of a 3x3x3 conv, from input rows [lo, hi) (the output rows
+        plus their one-row halo, cut at the volume edges). At an edge the convolution pads the
+        depth axis itself and one surplus output row is dropped, instead of copying the slab."""
+        if lo == start - 1 and hi == stop + 1:
+            return F.conv3d(rows, weight, bias, padding=(0, 1, 1))
+        out = F.conv3d(rows, weight, bias, padding=1)  # output k is centred on input row lo + k
+        return out[:, :, start - lo:stop - lo]
 
-    def run(self, source: Rows, depth: int, slab: int, consume: Consumer | None = None) -> torch.Tensor | None:
-        """The block's output for an input given by `source`; to `consume` slab by slab, or whole."""
+    def run(self, source: Rows, depth: int, slab: int, consume: Consumer | None = None,
+            channels_last: bool = False) -> torch.Tensor | None:
+        """The block's output for an input given by `source`; to `consume` slab by slab, or whole.
+
+        `channels_last`: run in channels-last layout (the output too); the input may be in either."""
+        layout = CHANNELS_LAST if channels_last else torch.contiguous_format
+        w1, w2 = (c.weight.contiguous(memory_format=layout) for c in (self.conv1, self.conv2))
         spans = [(s, min(s + slab, depth)) for s in range(0, depth, slab)]
         buffer: torch.Tensor | None = None
         first, residual = _Stats(), _Stats()
+
+        def rows_of(lo: int, hi: int) -> torch.Tensor:
+            return source(lo, hi).contiguous(memory_format=layout)
+
         for start, stop in spans:  # pass 1: conv1 (and conv3's statistics)
             lo, hi = max(start - 1, 0), min(stop + 1, depth)
-            rows = source(lo, hi)
-            out = self._conv3x3(self.conv1, rows, 1 - (start - lo), 1 - (hi - stop))
+            rows = rows_of(lo, hi)
+            out = self._conv3x3(w1, self.conv1.bias, rows, lo, hi, start, stop, depth)
             if buffer is None:
-                buffer = torch.empty((1, out.shape[1], depth, *out.shape[3:]), dtype=out.dtype, device=out.device)
+                buffer = torch.empty((1, out.shape[1], depth, *out.shape[3:]), dtype=out.dtype,
+                                     device=out.device, memory_format=layout)
             buffer[:, :, start:stop] = out
             first.add(out)
             if self.conv3 is not None:
-                residual.add(F.conv3d(rows[:, :, start - lo:stop - lo], self.conv3.weight, self.conv3.bias))
+                residual.add(self._conv1x1(rows[:, :, start - lo:stop - lo], self.conv3.weight, self.conv3.bias,
+                                           channels_last))
             del rows, out
         assert buffer is not None
-        a1, b1 = first.shift_scale(self.norm1)
+        a1, b1 = (_per_channel(v, buffer) for v in first.shift_scale(self.norm1))
         second = _Stats()
-        previous: torch.Tensor | None = None  # activated conv1 row start-1, saved before it is overwritten
-        for start, stop in spans:  # pass 2: norm1, LeakyReLU, conv2, over conv1's output in place
+        # pass 2: norm1, LeakyReLU, conv2, over conv1's output in place; `work` holds the
+        # activated rows [start - 1, stop + 1) of a slab (zero rows at the volume edges)
+        work = torch.empty((1, buffer.shape[1], min(slab, depth) + 2, *buffer.shape[3:]), dtype=buffer.dtype,
+                           device=buffer.device, memory_format=layout)
+        work[:, :, 0].zero_()
+        for start, stop in spans:
             hi = min(stop + 1, depth)
-            act = F.leaky_relu_(torch.addcmul(b1.to(buffer.dtype), buffer[:, :, start:hi], a1.to(buffer.dtype)), self.slope)
-            halo_before = previous if previous is not None else None
-            rows = act if halo_before is None else torch.cat((halo_before, act), dim=2)
-            previous = act[:, :, stop - 1 - start:stop - start].clone()
-            out = self._conv3x3(self.conv2, rows, int(halo_before is None), int(hi == stop))
-            del act, rows
+            count = hi - start
+            act = work[:, :, 1:1 + count]
+            torch.addcmul(b1, buffer[:, :, start:hi], a1, out=act)
+            F.leaky_relu_(act, self.slope)
+            if hi == stop:
+                work[:, :, 1 + count].zero_()
+            out = F.conv3d(work[:, :, :stop - start + 2], w2, self.conv2.bias, padding=(0, 1, 1))
             second.add(out)
             buffer[:, :, start:stop] = out
             del out
+            work[:, :, 0] = work[:, :, stop - start]  # activated row stop - 1: the next slab's halo
+        del work
         a2, b2 = second.shift_scale(self.norm2)
-        a3 = b3 = None
-        if self.conv3 is not None:
-            a3, b3 = residual.shift_scale(self.norm3)
+        w3 = b3 = None
+        if self.conv3 is not None:  # norm3 folded into conv3: its weights scaled, its shift into b2's
+            a3, shift3 = residual.shift_scale(self.norm3)
+            w3 = (self.conv3.weight.double() * a3.reshape(-1, 1, 1, 1, 1)).to(buffer.dtype)
+            b2 = b2 + shift3 + (0 if self.conv3.bias is None else self.conv3.bias.double() * a3)
+        a2, b2 = _per_channel(a2, buffer), _per_channel(b2, buffer)
         for start, stop in spans:  # pass 3: norm2 + residual, LeakyReLU
             out = buffer[:, :, start:stop]
-            out.mul_(a2.to(out.dtype)).add_(b2.to(out.dtype))
-            rows = source(start, stop)
-            if self.conv3 is not None:
-                res = F.conv3d(rows, self.conv3.weight, self.conv3.bias)
-                out.addcmul_(res, a3.to(res.dtype)).add_(b3.to(res.dtype))
-                del res
+            torch.addcmul(b2, out, a2, out=out)
+            rows = rows_of(start, stop)
+            if w3 is not None:
+                if channels_last:
+                    _pixels(out).addmm_(_pixels(rows), w3.reshape(w3.shape[0], -1).t())
+                else:
+                    out.add_(F.conv3d(rows, w3))
             else:
                 out.add_(rows)
             del rows
@@ -182,6 +247,16 @@ class _ResBlockPlan:
         if consume is not None:
             return None
         return buffer
+
+    @staticmethod
+    def _conv1x1(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                 channels_last: bool) -> torch.Tensor:
+        if not channels_last:
+            return F.conv3d(rows, weight, bias)
+        matrix = weight.reshape(weight.shape[0], -1).t()
+        flat = _pixels(rows)
+        out = flat @ matrix if bias is None else torch.addmm(bias, flat, matrix)
+        return out.reshape(1, *rows.shape[2:], -1).permute(0, 4, 1, 2, 3)
 
 
 def _res_block(block: nn.Module) -> UnetResBlock:
@@ -196,16 +271,36 @@ def _rows_of(x: torch.Tensor) -> Rows:
     return lambda lo, hi: x[:, :, lo:hi]
 
 
-def _upsampled_rows(transp: nn.Module, inp: torch.Tensor, skip: torch.Tensor) -> Rows:
-    """Rows of cat(transp_conv(inp), skip) for a kernel-2 stride-2 transposed convolution."""
+def _upsampled_rows(transp: nn.Module, inp: torch.Tensor, skip: torch.Tensor, channels_last: bool = False) -> Rows:
+    """Rows of cat(transp_conv(inp), skip) for a kernel-2 stride-2 transposed convolution.
+
+    The transposed convolution is one matrix product per slab (each coarse voxel gives a 2x2x2
+    block of fine voxels), written with the skip straight into one channels-last tensor: no
+    separate upsampled tensor and no concatenation copy (PyTorch's own kernel for it is not
+    oneDNN's and was 1.7x slower)."""
     if tuple(transp.kernel_size) != (2, 2, 2) or tuple(transp.stride) != (2, 2, 2) \
-            or tuple(transp.padding) != (0, 0, 0) or tuple(transp.output_padding) != (0, 0, 0):
+            or tuple(transp.padding) != (0, 0, 0) or tuple(transp.output_padding) != (0, 0, 0) \
+            or transp.groups != 1 or tuple(transp.dilation) != (1, 1, 1):
         raise NotImplementedError("only a kernel-2 stride-2 transposed convolution is streamed")
+    if tuple(skip.shape[2:]) != tuple(2 * s for s in inp.shape[2:]):
+        raise NotImplementedError("the skip is not twice the upsampled input's size")
+    cin, cup = transp.in_channels, transp.out_channels
+    matrix = transp.weight.permute(0, 2, 3, 4, 1).reshape(cin, -1)  # (in, 2 x 2 x 2 x out)
+    bias = None if transp.bias is None else transp.bias.repeat(8)
 
     def rows(lo: int, hi: int) -> torch.Tensor:
         a, b = lo // 2, (hi + 1) // 2
-        up = F.conv_transpose3d(inp[:, :, a:b], transp.weight, transp.bias, stride=2)
-        return torch.cat((up[:, :, lo - 2 * a:hi - 2 * a], skip[:, :, lo:hi]), dim=1)
+        low = inp[:, :, a:b]
+        d, h, w = low.shape[2:]
+        flat = low.permute(0, 2, 3, 4, 1).reshape(-1, cin)
+        up = flat @ matrix if bias is None else torch.addmm(bias, flat, matrix)
+        both = torch.empty((1, 2 * d, 2 * h, 2 * w, cup + skip.shape[1]), dtype=up.dtype, device=up.device)
+        fine, coarse = both[0, ..., :cup].view(d, 2, h, 2, w, 2, cup), up.view(d, h, w, 2, 2, 2, cup)
+        for i, j, k in itertools.product(range(2), repeat=3):  # 2.5x faster than one 7-d copy
+            fine[:, i, :, j, :, k].copy_(coarse[:, :, :, i, j, k])
+        both[..., cup:] = skip[:, :, 2 * a:2 * b].permute(0, 2, 3, 4, 1)
+        out = both.permute(0, 4, 1, 2, 3)[:, :, lo - 2 * a:hi - 2 * a]
+        return out if channels_last else out.contiguous()
 
     return rows
 
@@ -264,6 +359,10 @@ def _swin_hidden(swin: nn.Module, x: torch.Tensor, conv_block: Callable[[nn.Modu
     return hidden
 
 
+def _channels_last(like: torch.Tensor) -> bool:
+    return like.device.type == "cpu" and like.shape[3] * like.shape[4] >= CHANNELS_LAST_MIN_PLANE
+
+
 def _slab_rows(plan: _ResBlockPlan, like: torch.Tensor, slab_bytes: int) -> int:
     """Rows per slab so that one slab of the block's widest tensor takes about `slab_bytes`."""
     row = like.shape[3] * like.shape[4] * max(plan.conv1.in_channels, plan.out_channels) * 4
@@ -282,13 +381,14 @@ def _forward_one(network: SegmentationNetwork, x: torch.Tensor, slab_bytes: int,
 
     def basic(block: nn.Module, t: torch.Tensor, consume: Consumer | None = None) -> torch.Tensor | None:
         plan = _ResBlockPlan(_res_block(block))
-        return plan.run(_rows_of(t), t.shape[2], _slab_rows(plan, t, slab_bytes), consume)
+        return plan.run(_rows_of(t), t.shape[2], _slab_rows(plan, t, slab_bytes), consume, _channels_last(t))
 
     def up(block: UnetrUpBlock, t: torch.Tensor, skip: torch.Tensor,
            consume: Consumer | None = None) -> torch.Tensor | None:
-        rows = _upsampled_rows(_only_conv(block.transp_conv), t, skip)
+        layout = _channels_last(skip)
+        rows = _upsampled_rows(_only_conv(block.transp_conv), t, skip, layout)
         plan = _ResBlockPlan(_res_block(block.conv_block))
-        return plan.run(rows, skip.shape[2], _slab_rows(plan, skip, slab_bytes), consume)
+        return plan.run(rows, skip.shape[2], _slab_rows(plan, skip, slab_bytes), consume, layout)
 
     hidden = _swin_hidden(enc.swinViT, x, lambda block, t: basic(block, t))
     dec4 = project(5, basic(enc.encoder10, hidden[4]))
@@ -323,7 +423,7 @@ def _forward_one(network: SegmentationNetwork, x: torch.Tensor, slab_bytes: int,
     logits = out[item:item + 1]
 
     def to_logits(start: int, stop: int, rows: torch.Tensor) -> None:
-        logits[:, :, start:stop] = F.conv3d(rows, head.weight, head.bias)
+        logits[:, :, start:stop] = _ResBlockPlan._conv1x1(rows, head.weight, head.bias, _channels_last(rows))
 
     up(dec.decoder1, y, enc0, to_logits)
     return out
