@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -159,3 +160,15 @@ def test_input_voxels_half_a_model_voxel_beyond_the_grid_take_its_edge_values():
         array = sitk.GetArrayFromImage(labels)
         assert bool((array == 1).all()), (method, np.argwhere(array != 1)[:3])
         assert float(sitk.GetArrayFromImage(maps["label 1"]).min()) == pytest.approx(1.0)
+
+
+def test_cli_lets_idle_openmp_threads_sleep_unless_the_user_chose(monkeypatch):
+    """`coralbay` sets OMP_WAIT_POLICY=PASSIVE before any command imports torch; a user's value wins."""
+    from coralbay import cli
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    assert cli.main(["models"]) == 0
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert cli.main(["models"]) == 0
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
