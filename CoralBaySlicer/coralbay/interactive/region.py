@@ -28,6 +28,8 @@ GEODESIC_GRADIENT_WEIGHT = 4.0  # cost per mm = 1 + weight * |grad HU| / band SD
 GEODESIC_MARGIN_MM = 6.0
 NECK_MM = 6.0              # geodesic cost grows by NECK_MM / depth: paths through narrow necks cost more
 EDGE_VOXELS = 2            # the boundary step looks this far outside a click's region
+HEAD_BAND_WIDEN = 2.0      # the head's answer is kept within this many half-bands of a positive click
+EDGE_CONTRAST_HU = 500.0   # the outside HU of the boundary step is taken at most this far from the structure's
 
 
 def smoothed_hu(hu_zyx: np.ndarray, spacing_zyx: tuple[float, float, float]) -> np.ndarray:
@@ -52,9 +54,9 @@ def click_band(smooth_zyx: np.ndarray, voxel: tuple[int, int, int],
 
 
 def click_region(smooth_zyx: np.ndarray, voxel: tuple[int, int, int], spacing_zyx: tuple[float, float, float],
-                 forbidden: np.ndarray | None) -> np.ndarray:
+                 forbidden: np.ndarray | None, band: tuple[float, float] | None = None) -> np.ndarray:
     """The voxels connected to the click within its band (bool, input grid); empty if the click is off-band."""
-    centre, half = click_band(smooth_zyx, voxel, spacing_zyx)
+    centre, half = band or click_band(smooth_zyx, voxel, spacing_zyx)
     band = np.abs(smooth_zyx - centre) <= half
     if forbidden is not None:
         band &= ~forbidden
@@ -77,7 +79,8 @@ def _with_edge(region: np.ndarray, smooth_zyx: np.ndarray, centre: float, forbid
 
     Why: the scanner's blur puts the border voxels between the structure's HU and its neighbours';
     a label is the tissue at the voxel centre, so the border is where the blurred HU crosses the
-    midpoint between the structure and what lies just outside (local mean of a shell).
+    midpoint between the structure and what lies just outside (local mean of a shell), the outside
+    taken at most EDGE_CONTRAST_HU away (a liver beside fat beside lung would take in the fat).
     """
     where = np.argwhere(region)
     lo = np.maximum(where.min(0) - 3 * EDGE_VOXELS, 0)
@@ -85,9 +88,10 @@ def _with_edge(region: np.ndarray, smooth_zyx: np.ndarray, centre: float, forbid
     box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
     r, hu = region[box], smooth_zyx[box]
     near = ndimage.binary_dilation(r, iterations=EDGE_VOXELS)
-    shell = ndimage.binary_dilation(near, iterations=EDGE_VOXELS) & ~near
-    weight = ndimage.uniform_filter(shell.astype(np.float32), 2 * EDGE_VOXELS + 3)
-    outside = ndimage.uniform_filter(np.where(shell, hu, 0).astype(np.float32), 2 * EDGE_VOXELS + 3) / np.maximum(weight, 1e-6)
+    shell = ndimage.binary_dilation(near) & ~near
+    weight = ndimage.uniform_filter(shell.astype(np.float32), 2 * EDGE_VOXELS + 1)
+    outside = ndimage.uniform_filter(np.where(shell, hu, 0).astype(np.float32), 2 * EDGE_VOXELS + 1) / np.maximum(weight, 1e-6)
+    outside = np.clip(outside, centre - EDGE_CONTRAST_HU, centre + EDGE_CONTRAST_HU)
     add = near & ~r & (weight > 0) & (np.abs(hu - centre) < np.abs(hu - outside))
     if forbidden is not None:
         add &= ~forbidden[box]
@@ -100,8 +104,15 @@ def _with_edge(region: np.ndarray, smooth_zyx: np.ndarray, centre: float, forbid
 
 def geodesic_split(region: np.ndarray, smooth_zyx: np.ndarray, spacing_zyx: tuple[float, float, float],
                    positives: list[tuple[int, int, int]], negatives: list[tuple[int, int, int]],
-                   band_sd: float) -> np.ndarray:
-    """The part of `region` geodesically closer to the positive clicks than to the negative ones."""
+                   band_sd: float, previous: np.ndarray | None = None) -> np.ndarray:
+    """The part of `region` geodesically closer to the positive seeds than to the negative clicks.
+
+    Positive seeds: the positive clicks, and the previous answer away from every negative click
+    (farther than twice the click's depth in the region, plus a margin) and deeper in the region
+    than the click (a leak along a vessel is as thin as the click's depth in it). Why: a negative click
+    says "wrong here", not "wrong everywhere"; seeded by one deep click only, a big organ's far
+    border was geodesically closer to a negative click in a leak beside it and was cut away.
+    """
     inside_neg = [v for v in negatives if region[v]]
     inside_pos = [v for v in positives if region[v]]
     if not inside_neg or not inside_pos:
@@ -117,27 +128,75 @@ def geodesic_split(region: np.ndarray, smooth_zyx: np.ndarray, spacing_zyx: tupl
     depth = ndimage.distance_transform_edt(region[box], sampling=spacing_zyx)
     cost = cost + NECK_MM / np.maximum(depth, min(spacing_zyx))
     cost[~region[box]] = np.inf
+    positive_seeds = [tuple(int(c) for c in np.asarray(v) - lo) for v in inside_pos]
+    if previous is not None:
+        seeds = previous[box] & region[box]
+        reach = np.ones(seeds.shape, bool)
+        for v in inside_neg:
+            reach[tuple(int(c) for c in np.asarray(v) - lo)] = False
+        away = ndimage.distance_transform_edt(reach, sampling=spacing_zyx)
+        click_depth = max(float(depth[tuple(int(c) for c in np.asarray(v) - lo)]) for v in inside_neg)
+        seeds &= away > 2.0 * click_depth + 2.0 * max(spacing_zyx)
+        seeds &= depth > 1.25 * click_depth      # a leak is as thin as the click's depth in it: no seeds there
+        seeds &= ~ndimage.binary_erosion(seeds)          # the seeds' border is enough for the distances
+        positive_seeds += [tuple(int(c) for c in v) for v in np.argwhere(seeds)]
     distances = []
-    for seeds in (inside_pos, inside_neg):
+    for seeds in (positive_seeds, [tuple(int(c) for c in np.asarray(v) - lo) for v in inside_neg]):
         mcp = MCP_Geometric(cost, sampling=spacing_zyx, fully_connected=False)
-        d, _ = mcp.find_costs([tuple(int(c) for c in np.asarray(v) - lo) for v in seeds])
+        d, _ = mcp.find_costs(seeds)
         distances.append(d)
     keep = region.copy()
     keep[box] &= distances[0] <= distances[1]
     return keep
 
 
+def in_bands(smooth_zyx: np.ndarray, spacing_zyx: tuple[float, float, float], positives: list[tuple[int, int, int]],
+             widen: float) -> np.ndarray:
+    """Voxels within `widen` half-bands of any positive click's band."""
+    out = np.zeros(smooth_zyx.shape, bool)
+    for v in positives:
+        centre, half = click_band(smooth_zyx, v, spacing_zyx)
+        out |= np.abs(smooth_zyx - centre) <= widen * half
+    return out
+
+
 def grown_answer(smooth_zyx: np.ndarray, spacing_zyx: tuple[float, float, float], cache: dict,
                  positives: list[tuple[int, int, int]], negatives: list[tuple[int, int, int]],
-                 forbidden: np.ndarray | None) -> np.ndarray:
+                 forbidden: np.ndarray | None, previous: np.ndarray | None = None) -> np.ndarray:
     """Union of the positive clicks' regions (cached by click in `cache`), split by the negative clicks."""
     out = np.zeros(smooth_zyx.shape, bool)
-    halves = []
+    bands: list[tuple[float, float]] = []
     for v in positives:
-        if v not in cache:
-            cache[v] = click_region(smooth_zyx, v, spacing_zyx, forbidden)
-        out |= cache[v]
-        halves.append(click_band(smooth_zyx, v, spacing_zyx)[1])
+        # A later click in the same tissue as an earlier one takes the earlier band: a correction
+        # click lies near the border, where its own ball mixes the structure with its neighbour.
+        own = click_band(smooth_zyx, v, spacing_zyx)
+        band = next((b for b in bands if abs(smooth_zyx[v] - b[0]) <= b[1]), own)
+        bands.append(band)
+        key = (v, band)
+        if key not in cache:
+            cache[key] = click_region(smooth_zyx, v, spacing_zyx, forbidden, band)
+        out |= cache[key]
+    halves = [b[1] for b in bands]
     if out.any() and negatives:
-        out = geodesic_split(out, smooth_zyx, spacing_zyx, positives, negatives, float(np.mean(halves)) / BAND_SDS)
+        out = geodesic_split(out, smooth_zyx, spacing_zyx, positives, negatives, float(np.mean(halves)) / BAND_SDS,
+                             previous)
     return out
+
+
+def combined(head_mask: np.ndarray, grown: np.ndarray, smooth_zyx: np.ndarray, spacing_zyx: tuple[float, float, float],
+             positives: list[tuple[int, int, int]], negatives: list[tuple[int, int, int]]) -> np.ndarray:
+    """The head's answer, cut to the clicks' widened bands and off its components holding a negative
+    click, united with the grown regions.
+
+    Why: the head's coarse answer carried neighbours of another HU into the structure (a liver
+    took a third of the kidney beside it, which mutual exclusion then kept from the kidney); the
+    grown regions follow the structure at full resolution; the head still adds what clicks in one
+    band cannot reach (other vertebrae, their cortical shells).
+    """
+    if positives:
+        head_mask = head_mask & in_bands(smooth_zyx, spacing_zyx, positives, HEAD_BAND_WIDEN)
+    if negatives and head_mask.any():
+        components, _ = ndimage.label(head_mask)
+        wrong = {int(components[v]) for v in negatives if components[v]}
+        head_mask = head_mask & ~np.isin(components, list(wrong))
+    return head_mask | grown

@@ -96,7 +96,7 @@ class Session:
         self.table = heads.FeatureTable(volume)
         self.hu = sitk.GetArrayFromImage(image).astype(np.float32)
         self.hu_smooth = region.smoothed_hu(self.hu, tuple(image.GetSpacing()[::-1]))
-        self.click_regions: dict[tuple[str, tuple[int, int, int]], np.ndarray] = {}
+        self.click_regions: dict[str, dict] = {}   # per structure: click -> its grown region
         self.structures = {}
         self.current = None
         self.accepted_input = np.zeros(self.hu.shape, bool)
@@ -318,7 +318,7 @@ class Session:
         mask = full_resolution_mask(logits, self.volume.grid, self.image, self.hu, anchors,
                                     self.accepted_input if self.accepted_input.any() else None,
                                     allowed_box=box)
-        mask |= self.grown(structure, box)
+        mask = self._combined(structure, mask, box)
         last = structure.prompts[-1] if structure.prompts else None
         previous = structure.history[len(structure.prompts) - 2][0] if len(structure.prompts) >= 2 else None
         if self.local_edits and isinstance(last, P.Point) and previous is not None:
@@ -329,20 +329,22 @@ class Session:
         uncertainty, click, positive = uncertainty_and_next_click(logits, self.volume.grid)
         return Answer(mask, uncertainty, click, positive)
 
-    def grown(self, structure: Structure, box: tuple | None) -> np.ndarray:
-        """The clicks' intensity-connected regions (see `region`), cached per structure and click."""
+    def _combined(self, structure: Structure, head_mask: np.ndarray, box: tuple | None) -> np.ndarray:
+        """The head's answer united with the clicks' grown regions (`region.combined`)."""
         points = [p for p in structure.prompts if isinstance(p, P.Point)]
         positives = [self.input_voxel(p.lps) for p in points if p.positive]
         negatives = [self.input_voxel(p.lps) for p in points if not p.positive]
         cache = self.click_regions.setdefault(structure.name, {})
         forbidden = self.accepted_input if self.accepted_input.any() else None
-        out = region.grown_answer(self.hu_smooth, tuple(self.image.GetSpacing()[::-1]), cache, positives, negatives,
-                                  forbidden)
+        previous = structure.history[len(structure.prompts) - 2][0] if len(structure.prompts) >= 2 else None
+        grown = region.grown_answer(self.hu_smooth, tuple(self.image.GetSpacing()[::-1]), cache, positives, negatives,
+                                    forbidden, previous)
         if box is not None:
-            inside = np.zeros_like(out)
+            inside = np.zeros_like(grown)
             inside[tuple(slice(int(a), int(b)) for a, b in zip(box[0][::-1], box[1][::-1]))] = True
-            out &= inside
-        return out
+            grown &= inside
+        return region.combined(head_mask, grown, self.hu_smooth, tuple(self.image.GetSpacing()[::-1]),
+                               positives, negatives)
 
     # ---------------------------------------------------------------- learning from the user
     def _keep_example(self, structure: Structure, model_mask: np.ndarray) -> None:
