@@ -25,7 +25,8 @@ MIN_SD_HU = 8.0            # floor of the band's SD (a ball of identical voxels)
 MAX_SD_HU = 30.0           # a click on an edge sees two tissues: its band stays narrow
 SMOOTH_MM = 1.0            # Gaussian smoothing of the HU before banding (noise)
 GEODESIC_GRADIENT_WEIGHT = 4.0  # cost per mm = 1 + weight * |grad HU| / band SD
-GEODESIC_MARGIN_MM = 6.0
+GEODESIC_REACH_MM = 50.0   # a negative click changes the answer this far from it at most
+GEODESIC_STEP_MM = 1.4     # the split works on a grid at least this coarse (0.7 mm in-plane: every 2nd voxel)
 NECK_MM = 6.0              # geodesic cost grows by NECK_MM / depth: paths through narrow necks cost more
 EDGE_VOXELS = 2            # the boundary step looks this far outside a click's region
 HEAD_BAND_WIDEN = 2.0      # the head's answer is kept within this many half-bands of a positive click
@@ -63,15 +64,19 @@ def click_region(smooth_zyx: np.ndarray, voxel: tuple[int, int, int], spacing_zy
     out = np.zeros(band.shape, bool)
     if not band[voxel]:
         return out
-    core = ndimage.binary_opening(band)               # break one-voxel bridges to look-alike neighbours
+    labels, _ = ndimage.label(band)
+    connected = labels == labels[voxel]
+    box = bounding_slices(connected, 1)              # all further work inside the click's connected band
+    sub = connected[box]
+    local_voxel = tuple(int(v) - int(b.start) for v, b in zip(voxel, box))
+    core = ndimage.binary_opening(sub)                # break one-voxel bridges to look-alike neighbours
     labels, _ = ndimage.label(core)
-    local = labels[tuple(slice(max(0, v - 1), v + 2) for v in voxel)]
+    local = labels[tuple(slice(max(0, v - 1), v + 2) for v in local_voxel)]
     keep = np.unique(local[local > 0])
     if keep.size == 0:                                # the click sits in a structure thinner than the opening
-        labels, _ = ndimage.label(band)
-        return labels == labels[voxel]
-    region = ndimage.binary_dilation(np.isin(labels, keep)) & band  # give back what the opening took
-    return _with_edge(region, smooth_zyx, centre, forbidden)
+        return connected
+    out[box] = ndimage.binary_dilation(np.isin(labels, keep)) & sub  # give back what the opening took
+    return _with_edge(out, smooth_zyx, centre, forbidden)
 
 
 def _with_edge(region: np.ndarray, smooth_zyx: np.ndarray, centre: float, forbidden: np.ndarray | None) -> np.ndarray:
@@ -82,10 +87,7 @@ def _with_edge(region: np.ndarray, smooth_zyx: np.ndarray, centre: float, forbid
     midpoint between the structure and what lies just outside (local mean of a shell), the outside
     taken at most EDGE_CONTRAST_HU away (a liver beside fat beside lung would take in the fat).
     """
-    where = np.argwhere(region)
-    lo = np.maximum(where.min(0) - 3 * EDGE_VOXELS, 0)
-    hi = np.minimum(where.max(0) + 1 + 3 * EDGE_VOXELS, region.shape)
-    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+    box = bounding_slices(region, 3 * EDGE_VOXELS)
     r, hu = region[box], smooth_zyx[box]
     near = ndimage.binary_dilation(r, iterations=EDGE_VOXELS)
     shell = ndimage.binary_dilation(near) & ~near
@@ -105,59 +107,85 @@ def _with_edge(region: np.ndarray, smooth_zyx: np.ndarray, centre: float, forbid
 def geodesic_split(region: np.ndarray, smooth_zyx: np.ndarray, spacing_zyx: tuple[float, float, float],
                    positives: list[tuple[int, int, int]], negatives: list[tuple[int, int, int]],
                    band_sd: float, previous: np.ndarray | None = None) -> np.ndarray:
-    """The part of `region` geodesically closer to the positive seeds than to the negative clicks.
+    """`region` without the part near the negative clicks that is geodesically closer to them than to
+    the positive seeds.
 
+    Local: only the box of GEODESIC_REACH_MM around the negative clicks changes (a click edits
+    where it is; this also bounds the time on a large organ), worked at >= GEODESIC_STEP_MM.
     Positive seeds: the positive clicks, and the previous answer away from every negative click
     (farther than twice the click's depth in the region, plus a margin) and deeper in the region
-    than the click (a leak along a vessel is as thin as the click's depth in it). Why: a negative click
-    says "wrong here", not "wrong everywhere"; seeded by one deep click only, a big organ's far
-    border was geodesically closer to a negative click in a leak beside it and was cut away.
+    than the click (a leak along a vessel is as thin as the click's depth in it). Why: a negative
+    click says "wrong here", not "wrong everywhere"; seeded by one deep click only, a big organ's
+    far border was geodesically closer to a negative click in a leak beside it and was cut away.
     """
-    inside_neg = [v for v in negatives if region[v]]
-    inside_pos = [v for v in positives if region[v]]
-    if not inside_neg or not inside_pos:
+    inside_neg = [np.asarray(v) for v in negatives if region[v]]
+    if not inside_neg:
         return region
-    where = np.argwhere(region)
-    margin = np.ceil(GEODESIC_MARGIN_MM / np.asarray(spacing_zyx)).astype(int)
-    lo = np.maximum(where.min(0) - margin, 0)
-    hi = np.minimum(where.max(0) + 1 + margin, region.shape)
-    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
-    hu = smooth_zyx[box]
-    gradient = np.sqrt(sum(g ** 2 for g in np.gradient(hu, *spacing_zyx)))
-    cost = 1.0 + GEODESIC_GRADIENT_WEIGHT * gradient * min(spacing_zyx) / max(band_sd, 1.0)
-    depth = ndimage.distance_transform_edt(region[box], sampling=spacing_zyx)
-    cost = cost + NECK_MM / np.maximum(depth, min(spacing_zyx))
-    cost[~region[box]] = np.inf
-    positive_seeds = [tuple(int(c) for c in np.asarray(v) - lo) for v in inside_pos]
+    reach = np.ceil(GEODESIC_REACH_MM / np.asarray(spacing_zyx)).astype(int)
+    lo = np.maximum(np.min(inside_neg, axis=0) - reach, 0)
+    hi = np.minimum(np.max(inside_neg, axis=0) + 1 + reach, region.shape)
+    step = np.maximum(1, np.round(GEODESIC_STEP_MM / np.asarray(spacing_zyx))).astype(int)
+    box = tuple(slice(int(a), int(b), int(k)) for a, b, k in zip(lo, hi, step))
+    spacing = tuple(float(s * k) for s, k in zip(spacing_zyx, step))
+    local = region[box]
+
+    def to_local(v: np.ndarray) -> tuple[int, ...]:
+        return tuple(int(c) for c in np.minimum((v - lo) // step, np.asarray(local.shape) - 1))
+
+    gradient = np.sqrt(sum(g ** 2 for g in np.gradient(smooth_zyx[box], *spacing)))
+    cost = 1.0 + GEODESIC_GRADIENT_WEIGHT * gradient * min(spacing) / max(band_sd, 1.0)
+    depth = ndimage.distance_transform_edt(local, sampling=spacing)
+    cost = cost + NECK_MM / np.maximum(depth, min(spacing))
+    cost[~local] = np.inf
+    negative_seeds = [to_local(v) for v in inside_neg]
+    negative_seeds = [v for v in negative_seeds if local[v]]
+    if not negative_seeds:
+        return region
+    positive_seeds = [to_local(np.asarray(v)) for v in positives
+                      if all(a <= c < b for c, a, b in zip(v, lo, hi)) and region[v]]
     if previous is not None:
-        seeds = previous[box] & region[box]
-        reach = np.ones(seeds.shape, bool)
-        for v in inside_neg:
-            reach[tuple(int(c) for c in np.asarray(v) - lo)] = False
-        away = ndimage.distance_transform_edt(reach, sampling=spacing_zyx)
-        click_depth = max(float(depth[tuple(int(c) for c in np.asarray(v) - lo)]) for v in inside_neg)
-        seeds &= away > 2.0 * click_depth + 2.0 * max(spacing_zyx)
+        seeds = previous[box] & local
+        far = np.ones(seeds.shape, bool)
+        for v in negative_seeds:
+            far[v] = False
+        away = ndimage.distance_transform_edt(far, sampling=spacing)
+        click_depth = max(float(depth[v]) for v in negative_seeds)
+        seeds &= away > 2.0 * click_depth + 2.0 * max(spacing)
         seeds &= depth > 1.25 * click_depth      # a leak is as thin as the click's depth in it: no seeds there
-        seeds &= ~ndimage.binary_erosion(seeds)          # the seeds' border is enough for the distances
+        seeds &= ~ndimage.binary_erosion(seeds)   # the seeds' border is enough for the distances
         positive_seeds += [tuple(int(c) for c in v) for v in np.argwhere(seeds)]
-    distances = []
-    for seeds in (positive_seeds, [tuple(int(c) for c in np.asarray(v) - lo) for v in inside_neg]):
-        mcp = MCP_Geometric(cost, sampling=spacing_zyx, fully_connected=False)
-        d, _ = mcp.find_costs(seeds)
-        distances.append(d)
+    if positive_seeds:
+        d_pos, _ = MCP_Geometric(cost, sampling=spacing, fully_connected=False).find_costs(positive_seeds)
+    else:
+        d_pos = np.full(local.shape, np.inf)
+    d_neg, _ = MCP_Geometric(cost, sampling=spacing, fully_connected=False).find_costs(negative_seeds)
+    lost = local & (d_neg < d_pos)
+    full_box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+    index = np.ix_(*[np.minimum(np.arange(int(b - a)) // k, n - 1) for a, b, k, n in zip(lo, hi, step, lost.shape)])
     keep = region.copy()
-    keep[box] &= distances[0] <= distances[1]
+    keep[full_box] &= ~lost[index]
     return keep
 
 
-def in_bands(smooth_zyx: np.ndarray, spacing_zyx: tuple[float, float, float], positives: list[tuple[int, int, int]],
-             widen: float) -> np.ndarray:
-    """Voxels within `widen` half-bands of any positive click's band."""
-    out = np.zeros(smooth_zyx.shape, bool)
+def in_bands(values: np.ndarray, spacing_zyx: tuple[float, float, float], positives: list[tuple[int, int, int]],
+             widen: float, smooth_zyx: np.ndarray) -> np.ndarray:
+    """Which of `values` (smoothed HU, any crop) lie within `widen` half-bands of a positive click's band."""
+    out = np.zeros(values.shape, bool)
     for v in positives:
         centre, half = click_band(smooth_zyx, v, spacing_zyx)
-        out |= np.abs(smooth_zyx - centre) <= widen * half
+        out |= np.abs(values - centre) <= widen * half
     return out
+
+
+def bounding_slices(mask: np.ndarray, margin: int = 1) -> tuple[slice, ...] | None:
+    """The box of a mask's voxels grown by `margin` (None when empty)."""
+    out = []
+    for axis in range(mask.ndim):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if hit.size == 0:
+            return None
+        out.append(slice(max(0, int(hit[0]) - margin), min(mask.shape[axis], int(hit[-1]) + 1 + margin)))
+    return tuple(out)
 
 
 def grown_answer(smooth_zyx: np.ndarray, spacing_zyx: tuple[float, float, float], cache: dict,
@@ -193,10 +221,19 @@ def combined(head_mask: np.ndarray, grown: np.ndarray, smooth_zyx: np.ndarray, s
     grown regions follow the structure at full resolution; the head still adds what clicks in one
     band cannot reach (other vertebrae, their cortical shells).
     """
+    box = bounding_slices(head_mask, 0)
+    if box is None:
+        return grown
+    part = head_mask[box]
     if positives:
-        head_mask = head_mask & in_bands(smooth_zyx, spacing_zyx, positives, HEAD_BAND_WIDEN)
-    if negatives and head_mask.any():
-        components, _ = ndimage.label(head_mask)
-        wrong = {int(components[v]) for v in negatives if components[v]}
-        head_mask = head_mask & ~np.isin(components, list(wrong))
-    return head_mask | grown
+        part = part & in_bands(smooth_zyx[box], spacing_zyx, positives, HEAD_BAND_WIDEN,
+                               smooth_zyx)
+    inside = [tuple(int(c) - int(b.start) for c, b in zip(v, box)) for v in negatives]
+    inside = [v for v in inside if all(0 <= c < n for c, n in zip(v, part.shape))]
+    if inside and part.any():
+        components, _ = ndimage.label(part)
+        wrong = {int(components[v]) for v in inside if components[v]}
+        part = part & ~np.isin(components, list(wrong))
+    out = grown.copy()
+    out[box] |= part
+    return out
