@@ -8,9 +8,14 @@ click is the connected set of voxels whose smoothed HU lies in the click's own i
 (median +- 3 robust SDs of a small ball around the click), after an opening that breaks one-voxel
 bridges to neighbours of similar HU. Each click's region depends on that click alone, so it is
 computed once and cached: a new click adds, it never moves what earlier clicks gave.
-A negative click inside the grown region (a leak into a neighbour of similar HU) splits it: a
-voxel stays when its intensity-weighted geodesic distance (GeoS, Criminisi 2008; DeepIGeoS, Wang
-2019) to the positive clicks is below that to the negative clicks, paths kept inside the region.
+A later click in the tissue of an earlier one reuses (and widens) that band; clicks in clearly
+different tissues (a vertebra's cancellous body and cortical shell) also grow the HU span between
+them. A boundary step adds the partial-volume voxels closer in HU to the structure than to what
+lies outside. A negative click inside the grown region (a leak into a neighbour of similar HU)
+splits it locally: a voxel stays when its intensity- and neck-weighted geodesic distance (GeoS,
+Criminisi 2008; DeepIGeoS, Wang 2019) to the positive seeds is below that to the negative clicks,
+paths kept inside the region. The head's coarse answer (`combined`) is kept where it agrees in HU
+with the clicks and adds what one band cannot reach (other vertebrae).
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ GEODESIC_REACH_MM = 50.0   # a negative click changes the answer this far from i
 GEODESIC_STEP_MM = 1.4     # the split works on a grid at least this coarse (0.7 mm in-plane: every 2nd voxel)
 NECK_MM = 6.0              # geodesic cost grows by NECK_MM / depth: paths through narrow necks cost more
 EDGE_VOXELS = 2            # the boundary step looks this far outside a click's region
+BAND_REUSE = 2.0           # a later click within this many half-bands of an earlier band takes that band
+SPAN_APART = 3.0           # clicks whose band centres lie this many half-bands apart span the range between
 HEAD_BAND_WIDEN = 2.0      # the head's answer is kept within this many half-bands of a positive click
 EDGE_CONTRAST_HU = 500.0   # the outside HU of the boundary step is taken at most this far from the structure's
 
@@ -51,6 +58,8 @@ def click_band(smooth_zyx: np.ndarray, voxel: tuple[int, int, int],
     values = smooth_zyx[tuple(pts.T)]
     centre = float(np.median(values))
     sd = float(np.clip(1.4826 * np.median(np.abs(values - centre)), MIN_SD_HU, MAX_SD_HU))
+    if abs(float(smooth_zyx[tuple(voxel)]) - centre) > BAND_SDS * sd:   # a thin shell: the ball is mostly other tissue
+        centre = float(smooth_zyx[tuple(voxel)])
     return centre, BAND_SDS * sd
 
 
@@ -77,6 +86,23 @@ def click_region(smooth_zyx: np.ndarray, voxel: tuple[int, int, int], spacing_zy
         return connected
     out[box] = ndimage.binary_dilation(np.isin(labels, keep)) & sub  # give back what the opening took
     return _with_edge(out, smooth_zyx, centre, forbidden)
+
+
+def span_region(smooth_zyx: np.ndarray, positives: list[tuple[int, int, int]], span: tuple[float, float],
+                forbidden: np.ndarray | None) -> np.ndarray:
+    """The voxels in the HU span connected (after an opening) to a positive click."""
+    band = (smooth_zyx >= span[0]) & (smooth_zyx <= span[1])
+    if forbidden is not None:
+        band &= ~forbidden
+    core = ndimage.binary_opening(band)
+    labels, _ = ndimage.label(core)
+    keep = set()
+    for v in positives:
+        local = labels[tuple(slice(max(0, c - 1), c + 2) for c in v)]
+        keep |= set(int(k) for k in np.unique(local[local > 0]))
+    if not keep:
+        return np.zeros(band.shape, bool)
+    return ndimage.binary_dilation(np.isin(labels, list(keep))) & band
 
 
 def _with_edge(region: np.ndarray, smooth_zyx: np.ndarray, centre: float, forbidden: np.ndarray | None) -> np.ndarray:
@@ -198,11 +224,23 @@ def grown_answer(smooth_zyx: np.ndarray, spacing_zyx: tuple[float, float, float]
         # A later click in the same tissue as an earlier one takes the earlier band: a correction
         # click lies near the border, where its own ball mixes the structure with its neighbour.
         own = click_band(smooth_zyx, v, spacing_zyx)
-        band = next((b for b in bands if abs(smooth_zyx[v] - b[0]) <= b[1]), own)
+        value = float(smooth_zyx[v])
+        band = next(((b[0], max(b[1], 1.1 * abs(value - b[0]))) for b in bands
+                     if abs(value - b[0]) <= BAND_REUSE * b[1]), own)   # widened to hold the click
         bands.append(band)
         key = (v, band)
         if key not in cache:
             cache[key] = click_region(smooth_zyx, v, spacing_zyx, forbidden, band)
+        out |= cache[key]
+    distinct = sorted(set(bands))
+    apart = len(distinct) >= 2 and (distinct[-1][0] - distinct[0][0]) > SPAN_APART * max(h for _, h in distinct)
+    if apart and out.any():
+        # Clicks in tissues of different HU (a vertebra's cancellous body and cortical shell): the
+        # structure spans the range between them, partial-volume voxels included.
+        span = (min(c - h for c, h in distinct), max(c + h for c, h in distinct))
+        key = ("span", span, tuple(positives))
+        if key not in cache:
+            cache[key] = span_region(smooth_zyx, positives, span, forbidden)
         out |= cache[key]
     halves = [b[1] for b in bands]
     if out.any() and negatives:
@@ -213,8 +251,8 @@ def grown_answer(smooth_zyx: np.ndarray, spacing_zyx: tuple[float, float, float]
 
 def combined(head_mask: np.ndarray, grown: np.ndarray, smooth_zyx: np.ndarray, spacing_zyx: tuple[float, float, float],
              positives: list[tuple[int, int, int]], negatives: list[tuple[int, int, int]]) -> np.ndarray:
-    """The head's answer, cut to the clicks' widened bands and off its components holding a negative
-    click, united with the grown regions.
+    """The head's answer, cut to the clicks' widened bands and off the tissue each negative click is
+    in (connected to it in its own band, within GEODESIC_REACH_MM), united with the grown regions.
 
     Why: the head's coarse answer carried neighbours of another HU into the structure (a liver
     took a third of the kidney beside it, which mutual exclusion then kept from the kidney); the
@@ -228,12 +266,20 @@ def combined(head_mask: np.ndarray, grown: np.ndarray, smooth_zyx: np.ndarray, s
     if positives:
         part = part & in_bands(smooth_zyx[box], spacing_zyx, positives, HEAD_BAND_WIDEN,
                                smooth_zyx)
-    inside = [tuple(int(c) - int(b.start) for c, b in zip(v, box)) for v in negatives]
-    inside = [v for v in inside if all(0 <= c < n for c, n in zip(v, part.shape))]
-    if inside and part.any():
-        components, _ = ndimage.label(part)
-        wrong = {int(components[v]) for v in inside if components[v]}
-        part = part & ~np.isin(components, list(wrong))
+    for v in negatives:
+        if not head_mask[v]:
+            continue
+        # what the negative click is in: its own tissue, connected to it, near it
+        reach = np.ceil(GEODESIC_REACH_MM / np.asarray(spacing_zyx)).astype(int)
+        near = tuple(slice(max(int(c) - int(r), b.start), min(int(c) + int(r) + 1, b.stop))
+                     for c, r, b in zip(v, reach, box))
+        centre, half = click_band(smooth_zyx, v, spacing_zyx)
+        tissue = np.abs(smooth_zyx[near] - centre) <= half
+        labels, _ = ndimage.label(tissue)
+        at = tuple(int(c) - int(n.start) for c, n in zip(v, near))
+        if labels[at]:
+            local = tuple(slice(n.start - b.start, n.stop - b.start) for n, b in zip(near, box))
+            part[local] &= labels != labels[at]
     out = grown.copy()
     out[box] |= part
     return out

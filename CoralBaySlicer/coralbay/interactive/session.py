@@ -343,8 +343,9 @@ class Session:
             inside = np.zeros_like(grown)
             inside[tuple(slice(int(a), int(b)) for a, b in zip(box[0][::-1], box[1][::-1]))] = True
             grown &= inside
-        return region.combined(head_mask, grown, self.hu_smooth, tuple(self.image.GetSpacing()[::-1]),
-                               positives, negatives)
+        out = region.combined(head_mask, grown, self.hu_smooth, tuple(self.image.GetSpacing()[::-1]),
+                              positives, negatives)
+        return out & ~forbidden if forbidden is not None else out   # accepted work is never overwritten
 
     # ---------------------------------------------------------------- learning from the user
     def _keep_example(self, structure: Structure, model_mask: np.ndarray) -> None:
