@@ -126,3 +126,16 @@ def test_a_click_in_the_second_lung_adds_it(phantom_session):
     assert (two & second).sum() >= 0.8 * second.sum()
     assert (two & first).sum() >= 0.95 * (one & first).sum()  # the first lung is kept
     assert S.dice(two, lung) >= S.dice(one, lung) + 0.2
+
+
+def test_a_grown_region_far_larger_than_the_heads_answer_is_cut_near_it(blobs):
+    # the click's band joins A, the neck and C; the head saw only a small part of A: a leak
+    grown = region.grown_answer(blobs["hu"], SPACING, {}, [_centre(blobs["a"])], [], None)
+    head = np.zeros_like(grown)
+    head[tuple(slice(c - 1, c + 2) for c in _centre(blobs["a"]))] = True
+    assert grown.sum() > region.LEAK_FACTOR * head.sum()
+    out = region.combined(head, grown, blobs["hu"], SPACING, [_centre(blobs["a"])], [])
+    far = ndimage.distance_transform_edt(~head, sampling=SPACING) > region.LEAK_MARGIN_MM
+    assert out.any() and not (out & far).any()
+    # a head answer of the structure's size keeps the whole grown region
+    assert (region.combined(blobs["a"], grown, blobs["hu"], SPACING, [_centre(blobs["a"])], []) >= grown).all()
