@@ -334,6 +334,8 @@ class Session:
         points = [p for p in structure.prompts if isinstance(p, P.Point)]
         positives = [self.input_voxel(p.lps) for p in points if p.positive]
         negatives = [self.input_voxel(p.lps) for p in points if not p.positive]
+        for name in [n for n, s in self.structures.items() if s.accepted and n in self.click_regions]:
+            del self.click_regions[name]   # a full-grid mask per click: keep them only while in use
         cache = self.click_regions.setdefault(structure.name, {})
         forbidden = self.accepted_input if self.accepted_input.any() else None
         previous = structure.history[len(structure.prompts) - 2][0] if len(structure.prompts) >= 2 else None
