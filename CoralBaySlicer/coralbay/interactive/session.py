@@ -26,6 +26,7 @@ from scipy import ndimage
 
 from coralbay.interactive import head as heads
 from coralbay.interactive import prompts as P
+from coralbay.interactive import region
 from coralbay.interactive.engine import LoadedBundle, UsageError, to_xyz, write_image, write_text_atomic
 from coralbay.interactive.features import FeatureVolume, scan_features
 from coralbay.interactive.refine import Answer, full_resolution_mask, local_edit, uncertainty_and_next_click
@@ -94,6 +95,8 @@ class Session:
         self.volume = volume
         self.table = heads.FeatureTable(volume)
         self.hu = sitk.GetArrayFromImage(image).astype(np.float32)
+        self.hu_smooth = region.smoothed_hu(self.hu, tuple(image.GetSpacing()[::-1]))
+        self.click_regions: dict[str, dict] = {}   # per structure: click -> its grown region
         self.structures = {}
         self.current = None
         self.accepted_input = np.zeros(self.hu.shape, bool)
@@ -315,6 +318,7 @@ class Session:
         mask = full_resolution_mask(logits, self.volume.grid, self.image, self.hu, anchors,
                                     self.accepted_input if self.accepted_input.any() else None,
                                     allowed_box=box)
+        mask = self._combined(structure, mask, box)
         last = structure.prompts[-1] if structure.prompts else None
         previous = structure.history[len(structure.prompts) - 2][0] if len(structure.prompts) >= 2 else None
         if self.local_edits and isinstance(last, P.Point) and previous is not None:
@@ -324,6 +328,26 @@ class Session:
         structure.history.append((mask, logits))
         uncertainty, click, positive = uncertainty_and_next_click(logits, self.volume.grid)
         return Answer(mask, uncertainty, click, positive)
+
+    def _combined(self, structure: Structure, head_mask: np.ndarray, box: tuple | None) -> np.ndarray:
+        """The head's answer united with the clicks' grown regions (`region.combined`)."""
+        points = [p for p in structure.prompts if isinstance(p, P.Point)]
+        positives = [self.input_voxel(p.lps) for p in points if p.positive]
+        negatives = [self.input_voxel(p.lps) for p in points if not p.positive]
+        for name in [n for n, s in self.structures.items() if s.accepted and n in self.click_regions]:
+            del self.click_regions[name]   # a full-grid mask per click: keep them only while in use
+        cache = self.click_regions.setdefault(structure.name, {})
+        forbidden = self.accepted_input if self.accepted_input.any() else None
+        previous = structure.history[len(structure.prompts) - 2][0] if len(structure.prompts) >= 2 else None
+        grown = region.grown_answer(self.hu_smooth, tuple(self.image.GetSpacing()[::-1]), cache, positives, negatives,
+                                    forbidden, previous)
+        if box is not None:
+            inside = np.zeros_like(grown)
+            inside[tuple(slice(int(a), int(b)) for a, b in zip(box[0][::-1], box[1][::-1]))] = True
+            grown &= inside
+        out = region.combined(head_mask, grown, self.hu_smooth, tuple(self.image.GetSpacing()[::-1]),
+                              positives, negatives)
+        return out & ~forbidden if forbidden is not None else out   # accepted work is never overwritten
 
     # ---------------------------------------------------------------- learning from the user
     def _keep_example(self, structure: Structure, model_mask: np.ndarray) -> None:
