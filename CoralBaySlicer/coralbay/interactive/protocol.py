@@ -90,12 +90,18 @@ class Protocol:
         def progress(fraction: float, message: str) -> None:
             self.event("progress", r, stage="features", fraction=round(fraction, 3), message=message)
 
+        def examples_progress(fraction: float, message: str) -> None:
+            self.event("progress", r, stage="examples", fraction=round(fraction, 3), message=message)
+
         try:
+            restored = self.session.restore_examples(examples_progress, self.cancelled)
             volume = self.session.open_scan(image, str(r["image"]), progress, self.cancelled)
         except InterruptedError:
             raise Cancelled("Cancelled.") from None
+        accepted = {s.name: s.value for s in self.session.structures.values() if s.accepted}
         return {"feature_seconds": round(volume.seconds, 3), "from_cache": volume.from_cache,
-                "model_grid": list(volume.shape), "scan_id": self.session.scan_id}
+                "model_grid": list(volume.shape), "scan_id": self.session.scan_id,
+                "accepted": accepted, "examples_restored": restored}
 
     def _start(self, r: dict) -> dict:
         s = self.session.start(r["name"], r.get("value"))

@@ -25,12 +25,14 @@ DEFAULT_SPACING_MM = (1.5, 1.5, 1.5)
 DEFAULT_WINDOW_HU = (-175.0, 250.0)
 DEFAULT_WINDOW = (96, 96, 96)
 DEFAULT_OVERLAP = 0.5
+ENCODER_PREFIX = "encoder."   # the encoder's tensors in a network's state dict
 
 
 @dataclass
 class StartingPoint:
     init: LoadedBundle | None = None
     backbone: tuple[dict[str, torch.Tensor], str] | None = None
+    encoder_only: bool = False    # copy only the init bundle's encoder (teaching new structures)
 
     def feature_size(self, requested: int | None) -> int:
         """The encoder width: as requested, which must agree with the weights we start from."""
@@ -59,7 +61,8 @@ class StartingPoint:
         if self.init:
             own = network.state_dict()
             theirs = self.init.network.state_dict()
-            matched = {k: v for k, v in theirs.items() if k in own and own[k].shape == v.shape}
+            matched = {k: v for k, v in theirs.items() if k in own and own[k].shape == v.shape
+                       and (not self.encoder_only or k.startswith(ENCODER_PREFIX))}
             network.load_state_dict(matched, strict=False)
             skipped = sorted(k for k in own if k not in matched)
             notes.append(f"Started from {len(matched)} tensors of the bundle {self.init.manifest.name}"
@@ -70,7 +73,9 @@ class StartingPoint:
 
 
 def starting_point(init_from: str | None, backbone: str | None, trust_remote_code: bool = False,
-                   log: Callable[[str], None] | None = None) -> StartingPoint:
+                   log: Callable[[str], None] | None = None, encoder_only: bool = False) -> StartingPoint:
+    if encoder_only and not init_from:
+        raise UsageError("Copying only the encoder needs a bundle to start from (--init-from).")
     init = load_bundle(init_from, log=log) if init_from else None
     state = backbone_state(backbone, trust_remote_code) if backbone else None
-    return StartingPoint(init, state)
+    return StartingPoint(init, state, encoder_only)
