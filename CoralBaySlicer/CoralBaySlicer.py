@@ -305,6 +305,7 @@ class CoralBaySlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                        self.ui.undoInteractiveButton, self.ui.redoInteractiveButton, self.ui.acceptInteractiveButton):
             button.enabled = session is not None
         self.ui.cancelInteractiveButton.enabled = bool(session and session.session.busy)
+        self.ui.teachModelButton.enabled = not busy and bool(entry and entry.segments)
         if p and p.metricsTable:
             self.ui.metricsTableView.setMRMLTableNode(p.metricsTable)
 
@@ -447,6 +448,7 @@ class CoralBaySlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.redoInteractiveButton.connect("clicked(bool)", lambda checked=False: self.interactiveAction(self.logic.interactiveRedo))
         self.ui.acceptInteractiveButton.connect("clicked(bool)", lambda checked=False: self.interactiveAction(self.logic.interactiveAccept))
         self.ui.cancelInteractiveButton.connect("clicked(bool)", self.onCancelInteractive)
+        self.ui.teachModelButton.connect("clicked(bool)", self.onTeachModel)
 
     def interactiveAction(self, action) -> None:
         """Run a logic request, reporting a refusal (no session, no structure, bad input) in one sentence."""
@@ -519,6 +521,18 @@ class CoralBaySlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     positive = not segment.GetName().lower().startswith(("exclude", "negative", "-"))
                     self.logic.addInteractiveStroke(strokes, segmentation.GetNthSegmentID(index), positive)
         self.interactiveAction(update)
+
+    def onTeachModel(self) -> None:
+        if not self.dependenciesReady():
+            return
+        p = self._parameterNode
+        name = self.ui.teachNameLineEdit.text.strip()
+        self.startJob(lambda: self.logic.teachModel(name, p.model, device=p.device, onDone=self.onTeachDone))
+
+    def onTeachDone(self, job: Job) -> None:
+        if job.state == JobState.SUCCEEDED:
+            self.refreshModels()
+            self.onLog("info", _("Taught the model {name}; it is in the model list.").format(name=job.value))
 
     def onCancelInteractive(self) -> None:
         self.logic.cancelInteractive()
@@ -960,6 +974,31 @@ class CoralBaySlicerLogic(ScriptedLoadableModuleLogic):
     PREVIEW_SUFFIX = " (preview)"
     ACCEPTED_TAG = "CoralBay.Interactive"  # segment tag: "preview" or "accepted"
 
+    @staticmethod
+    def examplesFolder() -> pathlib.Path:
+        """Where accepted structures are kept as examples (for restarts and Teach model)."""
+        return pathlib.Path(slicer.app.cachePath) / "CoralBay" / "interactive-examples"
+
+    def teachModel(self, name: str, model: str, device: str = "auto", examplesFolder=None, steps=None,
+                   onDone=None) -> Job:
+        """Teach a segmentation model from the accepted structures (`coralbay teach`) as a background
+        job; the engine adds it to the catalog, so it is in `availableModels()` when the job succeeds.
+        The job's value is the new model's name."""
+        examples = pathlib.Path(examplesFolder or self.examplesFolder())
+        if not any(examples.glob("*/example.json")):
+            raise ValueError("There are no accepted structures to teach from yet; accept structures in the "
+                             "Interactive section first.")
+        if any(entry.name == (name or "").strip() for entry in self.availableModels()):
+            raise ValueError(f"A model named {name.strip()} is already in the catalog; choose another name.")
+
+        def writeInputs(folder):
+            return commands.teach_args(examples, model, name, device=device, steps=steps)
+
+        def readOutputs(run):
+            return name.strip()
+
+        return self._start("teaching", writeInputs, readOutputs, onDone)
+
     def startInteractive(self, inputVolume, model: str, outputSegmentation=None, device: str = "auto",
                          examplesFolder=None):
         """Start a session on `inputVolume` (written to the session's folder); returns the request id
@@ -977,7 +1016,7 @@ class CoralBaySlicerLogic(ScriptedLoadableModuleLogic):
         except Exception:
             shutil.rmtree(folder, ignore_errors=True)
             raise
-        examples = pathlib.Path(examplesFolder or os.path.join(slicer.app.cachePath, "CoralBay", "interactive-examples"))
+        examples = pathlib.Path(examplesFolder or self.examplesFolder())
         argv = interact_argv(runner.python, model, folder / "out", examples, device=device)
         session = InteractiveSession(argv, env=runner.environment(), cwd=folder)
         session.start()

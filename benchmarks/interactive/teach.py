@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -40,11 +41,13 @@ TEST_SEEDS = (10000, 10001, 10002)
 STRUCTURES = ("liver", "spleen", "kidney_left", "kidney_right", "aorta", "vertebrae", "lung")
 
 
-def coralbay(*args: str) -> float:
-    started = time.perf_counter()
+def coralbay(*args: str) -> tuple[float, float]:
+    """Run a command; its wall-clock and CPU seconds (the CPU is shared, so wall time alone misleads)."""
+    started, cpu = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     subprocess.run([sys.executable, "-m", "coralbay", *args, "--progress", "none"], check=True,
                    stdout=subprocess.DEVNULL)
-    return time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.perf_counter() - started, (after.ru_utime + after.ru_stime) - (cpu.ru_utime + cpu.ru_stime)
 
 
 def phantom(seed: int, folder: Path) -> tuple[Path, Path]:
@@ -93,7 +96,7 @@ def main() -> None:
     for seed in TRAIN_SEEDS:
         accept_reference(*phantom(seed, work), examples, bundle)
     taught = work / "taught"
-    teach_s = coralbay("teach", str(examples), "--model", BASE, "--name", "taught-phantoms",
+    teach_s, teach_cpu_s = coralbay("teach", str(examples), "--model", BASE, "--name", "taught-phantoms",
                        "--output", str(taught))
     manifest = json.loads((taught / "manifest.json").read_text())
     taught_dice = dice_of(str(taught), TEST_SEEDS, work)
@@ -104,6 +107,7 @@ def main() -> None:
         "phantom_options": "--spacing 2 --size-mm 240,200,140 --lesions no",
         "examples": "the reference labels of the train phantoms, written as accepted structures",
         "teach_seconds": round(teach_s, 1), "teach_minutes": round(teach_s / 60, 2),
+        "teach_cpu_seconds": round(teach_cpu_s, 1), "load_average_1min_at_end": os.getloadavg()[0],
         "teach_training": manifest["metrics"]["training"],
         "threads": os.environ.get("OMP_NUM_THREADS"),
         "structures": [{"name": n, "taught_dice": mean(taught_dice[n]), "taught_dice_per_scan": taught_dice[n],
