@@ -14,6 +14,7 @@ from coralbay.grid.resample import same_grid
 from coralbay.grid.windows import WindowSettings
 from coralbay.inference.fast_swin import enable_fast_swin
 from coralbay.inference.preprocess import prepare
+from coralbay.inference.segment import segment_image
 from coralbay.inference.sliding_window import blend_slabs, plan_windows
 from coralbay.io.examples import write_accepted
 from coralbay.io.label_maps import read_label_map
@@ -28,4 +29,4 @@ __all__ = ["atomic_file", "write_text_atomic", "LoadedBundle", "load_bundle", "C
            "InputError", "UsageError", "enable_fast_swin", "generate_phantom", "blend_slabs", "plan_windows", "WindowSettings", "LabelTable",
            "load_label_table", "grid_image", "prepare", "to_xyz", "to_zyx", "surface_metrics", "dice_from_counts",
            "read_label_map", "read_volume", "same_grid", "write_image", "write_accepted",
-           "encoder_digest"]
+           "encoder_digest", "segment_image"]
