@@ -17,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser(
         "teach", help="teach a segmentation model from accepted interactive structures",
-        description="Train a Swin-UNETR decoder on the frozen encoder of --model from the structures "
+        description="Train the Swin-UNETR decoder on the frozen encoder of --model from the structures "
                     "accepted in interactive sessions (the --examples folder of 'coralbay interact' or "
                     "of the Slicer module), write it as a bundle and add it to the catalog as NAME.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -29,7 +29,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--output", "-o", metavar="BUNDLE", help="bundle folder to write (default: "
                    "$CORALBAY_HOME/models/NAME); never replaces an existing one")
     p.add_argument("--steps", type=positive_int, default=None, metavar="N",
-                   help="decoder training steps of 2 crops (default 300)")
+                   help="decoder training steps of 2 crops (default 150)")
+    p.add_argument("--fresh-decoder", action="store_true",
+                   help="train every decoder block from random weights (default: start them from --model's "
+                        "decoder; the output layer, one channel per structure, always starts afresh)")
     p.add_argument("--seed", type=int, default=0, help="seed for initialisation and crops (default 0)")
     p.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="compute device (default auto)")
     p.add_argument("--threads", type=positive_int, metavar="N", help="CPU threads for PyTorch")
@@ -44,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
 
     request = TeachRequest(examples=Path(args.examples), base=args.model, name=args.name,
                            output=Path(args.output) if args.output else None, steps=args.steps or TEACH_STEPS,
-                           seed=args.seed, device=args.device, threads=args.threads,
+                           fresh_decoder=args.fresh_decoder, seed=args.seed, device=args.device, threads=args.threads,
                            add_to_catalog=not args.no_catalog)
     reporter = make_reporter(args, SEG_STAGES)
     result = teach_bundle(request, reporter)

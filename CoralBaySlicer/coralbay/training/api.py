@@ -64,7 +64,7 @@ def _start_run(config: BundleTraining, reporter: Reporter | None, stages: dict) 
         torch.set_num_threads(config.threads)
     device = select_device(config.device)
     start = starting_point(config.init_from, config.backbone, config.trust_remote_code, log=reporter.log,
-                           encoder_only=config.encoder_only)
+                           parts=config.init_parts)
     defaults = start.preprocessing()
     settings = ModelSettings(
         name=bundle_name(config.name or output.name),

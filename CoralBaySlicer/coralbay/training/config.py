@@ -47,7 +47,7 @@ class BundleTraining:
     backbone: Optional[str] = None            # encoder weights: file or hub id
     trust_remote_code: bool = False
     init_from: Optional[str] = None           # an existing bundle: its weights and preprocessing
-    encoder_only: bool = False                # copy only the encoder of init_from (a fresh decoder)
+    init_parts: str = "all"                   # what init_from gives: all | encoder | all-but-output
     feature_size: Optional[int] = None
     spacing_mm: Optional[Sequence[float]] = None
     window_hu: Optional[Sequence[float]] = None

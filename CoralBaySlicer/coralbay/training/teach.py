@@ -1,11 +1,14 @@
 """Teach a model from the structures a user accepted: `teach_bundle(TeachRequest)`.
 
-What it trains: a fresh Swin-UNETR decoder on the starting bundle's encoder, which stays frozen and
+What it trains: the Swin-UNETR decoder on the starting bundle's encoder, which stays frozen and
 unchanged (the examples' features came from it, and the taught bundle's features stay the same as
 the interactive session's, so its feature cache still applies). The frozen encoder's outputs are
 computed once for a pool of augmented crops per scan (`feature_cache`), the cheapest way to train
-on a CPU. Why a fresh decoder and not the starting bundle's: the user's structures need not be the
-ones its decoder knows; a decoder trained from its examples alone is what "taught" means.
+on a CPU. The decoder's blocks start from the starting bundle's decoder when it has one (they turn
+encoder features into boundaries whatever the structures) and its output layer, one channel per
+structure, starts afresh: the user's structures need not be the ones the bundle knew. That
+converges in a few hundred steps; `fresh_decoder` starts every decoder block afresh instead (for a
+bundle without a decoder, or to measure what the examples alone teach), which needs more steps.
 
 The bundle is written atomically by the training API and then added to the user's catalog, so the
 Slicer module's model selector and `coralbay segment --model NAME` find it. Everything that can be
@@ -29,8 +32,8 @@ from coralbay.training.api import SEG_STAGES, train_segmentation_bundle
 from coralbay.training.config import SegmentationTraining, TrainingResult
 from coralbay.training.output import bundle_name
 
-TEACH_STEPS = 300          # decoder steps (batch 2): see docs/interactive.md for the measured time and Dice
-CROPS_PER_SCAN = 12        # augmented crops per scan whose frozen encoder outputs are computed once
+TEACH_STEPS = 150          # decoder steps (batch 2): see docs/interactive.md for the measured time and Dice
+CROPS_PER_SCAN = 8         # augmented crops per scan whose frozen encoder outputs are computed once
 
 
 @dataclass
@@ -41,6 +44,7 @@ class TeachRequest:
     output: Path | None = None     # default: $CORALBAY_HOME/models/<name>
     steps: int = TEACH_STEPS
     crops_per_scan: int = CROPS_PER_SCAN
+    fresh_decoder: bool = False    # every decoder block from random weights (not only the output layer)
     seed: int = 0
     device: str = "auto"
     threads: int | None = None
@@ -89,16 +93,20 @@ def teach_bundle(request: TeachRequest, reporter: Reporter | None = None) -> Tra
     reporter.log(f"Teaching {request.name} from the structures accepted on {scans} scan(s), on the encoder "
                  f"of {request.base}.")
     config = SegmentationTraining(
-        output=output, examples=str(request.examples), init_from=request.base, encoder_only=True,
+        output=output, examples=str(request.examples), init_from=request.base,
+        init_parts="encoder" if request.fresh_decoder else "all-but-output",
         encoder="frozen", feature_cache=request.crops_per_scan, steps=request.steps, batch_size=2,
         warmup=min(20, request.steps), val_fraction=0.0, val_every=request.steps + 1,
         checkpoint_every=max(50, request.steps // 4), name=request.name,
         title=f"{request.name} (taught from accepted structures)",
         description=(f"Taught with coralbay teach from the structures a user accepted on {scans} scan(s): a "
-                     f"Swin-UNETR decoder on the frozen encoder of {request.base}"),
+                     f"Swin-UNETR decoder on the frozen encoder of {request.base}, "
+                     + ("trained from random weights" if request.fresh_decoder else
+                        "its blocks started from that bundle's decoder, its output layer afresh")),
         seed=request.seed, device=request.device, threads=request.threads,
         reproduce=lambda _: (f"coralbay teach {request.examples} --model {request.base} --name {request.name} "
-                             f"--steps {request.steps} --seed {request.seed}"))
+                             f"--steps {request.steps} --seed {request.seed}"
+                             + (" --fresh-decoder" if request.fresh_decoder else "")))
     result = train_segmentation_bundle(config, reporter)
     if request.add_to_catalog and (result.bundle / MANIFEST_NAME).is_file():
         add_model(result.bundle)
