@@ -652,6 +652,7 @@ class _InteractiveState:
         self.sentPoints: dict = {}
         self.strokes = 0
         self.answers: dict = {}
+        self.restoring: dict = {}  # "labels" request id -> {name: value} of restored structures to import
 
 
 class CoralBaySlicerLogic(ScriptedLoadableModuleLogic):
@@ -1131,6 +1132,10 @@ class CoralBaySlicerLogic(ScriptedLoadableModuleLogic):
                     self._showPreview(state, event)
             elif kind == "result" and event.get("request") == "accept":
                 self._acceptPreview(state, event)
+            elif kind == "result" and event.get("request") == "open" and event.get("accepted"):
+                self._requestRestored(state, event["accepted"])
+            elif kind == "result" and str(event.get("id")) in state.restoring:
+                self._importRestored(state, event, state.restoring.pop(str(event.get("id"))))
             elif kind == "error":
                 self._log("error", str(event.get("message", "")))
                 if event.get("request") == "start":
@@ -1190,6 +1195,35 @@ class CoralBaySlicerLogic(ScriptedLoadableModuleLogic):
             if state.terminology:
                 segment.SetTag(segment.GetTerminologyEntryTagName(), state.terminology)
         state.previewId, state.structure = None, None
+
+    def _requestRestored(self, state, accepted: dict) -> None:
+        """Structures accepted on this scan in an earlier session (restored by the engine from the
+        examples folder) that the output segmentation lacks: fetch the engine's label map of them."""
+        segmentation = state.segmentation.GetSegmentation()
+        missing = {str(n): int(v) for n, v in accepted.items() if not segmentation.GetSegmentIdBySegmentName(str(n))}
+        if missing:
+            requestId = self._interactiveRequest("labels", path=str(state.folder / "restored.nii.gz"))
+            state.restoring[requestId] = missing
+
+    def _importRestored(self, state, event, missing: dict) -> None:
+        """The restored structures as accepted segments (known colour and terminology, label value tag)."""
+        with _sceneUnchanged():
+            labelMap = slicer.util.loadLabelVolume(str(event["path"]), {"show": False})
+            array = slicer.util.arrayFromVolume(labelMap).copy()  # the node goes on leaving
+        segmentation = state.segmentation.GetSegmentation()
+        for name, value in sorted(missing.items(), key=lambda item: item[1]):
+            if segmentation.GetSegmentIdBySegmentName(name):
+                continue
+            color, entry = segments.structure_appearance(name, PHANTOM_LABELS, segmentation.GetNumberOfSegments())
+            segmentId = segmentation.AddEmptySegment("", name, color)
+            segment = segmentation.GetSegment(segmentId)
+            segment.SetTag(self.ACCEPTED_TAG, "accepted")
+            segment.SetTag(segments.LABEL_VALUE_TAG, str(value))
+            if entry:
+                segment.SetTag(segment.GetTerminologyEntryTagName(), entry)
+            slicer.util.updateSegmentBinaryLabelmapFromArray((array == value).astype(np.uint8), state.segmentation,
+                                                             segmentId, state.volume)
+        self._log("info", f"Restored the structures accepted earlier on this scan: {', '.join(sorted(missing))}.")
 
     # -- checks of the inputs (before anything starts) -----------------------------------------------
 

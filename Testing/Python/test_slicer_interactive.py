@@ -162,6 +162,21 @@ def test_interactive_clicks_strokes_undo_accept_on_real_markups_and_segments(mod
     logic.closeInteractive()
     assert _segment_names(output) == ["liver"] and logic.interactive is None and not logic.interactiveTimer.isActive()
 
+    # a new session on the same scan, into a new segmentation: the engine restores the accepted liver
+    # from the examples folder and the logic imports it as an accepted segment (nothing lost)
+    reopened = logic.startInteractive(ct, "demo-phantom-seg", device="CPU", examplesFolder=folder / "examples")
+    assert _answer(logic, reopened)["accepted"] == {"liver": accepted["value"]}
+    restoring = list(logic.interactive.restoring)
+    assert len(restoring) == 1
+    _answer(logic, restoring[0])
+    fresh = logic.interactive.segmentation
+    assert fresh is not output and _segment_names(fresh) == ["liver"]
+    restored_id = _segment_ids(fresh.GetSegmentation())[0]
+    assert np.array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(fresh, restored_id, ct) > 0, final)
+    assert fresh.GetSegmentation().GetSegment(restored_id).GetColor() == pytest.approx(
+        (221 / 255, 130 / 255, 101 / 255), abs=1e-3)
+    logic.closeInteractive()
+
 
 def test_teach_model_runs_in_the_background_and_the_model_joins_the_list(module, small_phantom, tmp_path, monkeypatch):
     """Teach model on real slicer-core: refused without examples, then a background job (the GUI
