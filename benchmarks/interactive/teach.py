@@ -96,14 +96,16 @@ def main() -> None:
     for seed in TRAIN_SEEDS:
         accept_reference(*phantom(seed, work), examples, bundle)
     taught = work / "taught"
+    extra = os.environ.get("TEACH_ARGS", "").split()  # e.g. "--lr 0.01" to compare settings
     teach_s, teach_cpu_s = coralbay("teach", str(examples), "--model", BASE, "--name", "taught-phantoms",
-                       "--output", str(taught))
+                                    "--output", str(taught), *extra)
     manifest = json.loads((taught / "manifest.json").read_text())
     taught_dice = dice_of(str(taught), TEST_SEEDS, work)
     base_dice = dice_of(BASE, TEST_SEEDS, work)
     mean = lambda v: round(float(np.mean(v)), 4)  # noqa: E731
     print(json.dumps({
         "base": BASE, "train_phantoms": list(TRAIN_SEEDS), "test_phantoms": list(TEST_SEEDS),
+        "teach_options": " ".join(extra) or "defaults", "teach_reproduce": manifest.get("reproduce"),
         "phantom_options": "--spacing 2 --size-mm 240,200,140 --lesions no",
         "examples": "the reference labels of the train phantoms, written as accepted structures",
         "teach_seconds": round(teach_s, 1), "teach_minutes": round(teach_s / 60, 2),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from coralbay.commands._common import EPILOG, add_progress_option, make_reporter, positive_int
+from coralbay.commands._common import EPILOG, add_progress_option, make_reporter, positive_float, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -30,6 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "$CORALBAY_HOME/models/NAME); never replaces an existing one")
     p.add_argument("--steps", type=positive_int, default=None, metavar="N",
                    help="decoder training steps of 2 crops (default 150)")
+    p.add_argument("--lr", type=positive_float, default=None, help="peak learning rate (default 0.001)")
     p.add_argument("--fresh-decoder", action="store_true",
                    help="train every decoder block from random weights (default: start them from --model's "
                         "decoder; the output layer, one channel per structure, always starts afresh)")
@@ -43,11 +44,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from coralbay.training.api import SEG_STAGES
-    from coralbay.training.teach import TEACH_STEPS, TeachRequest, teach_bundle
+    from coralbay.training.teach import TEACH_LR, TEACH_STEPS, TeachRequest, teach_bundle
 
     request = TeachRequest(examples=Path(args.examples), base=args.model, name=args.name,
                            output=Path(args.output) if args.output else None, steps=args.steps or TEACH_STEPS,
-                           fresh_decoder=args.fresh_decoder, seed=args.seed, device=args.device, threads=args.threads,
+                           lr=args.lr or TEACH_LR, fresh_decoder=args.fresh_decoder, seed=args.seed, device=args.device, threads=args.threads,
                            add_to_catalog=not args.no_catalog)
     reporter = make_reporter(args, SEG_STAGES)
     result = teach_bundle(request, reporter)

@@ -34,6 +34,7 @@ from coralbay.training.output import bundle_name
 
 TEACH_STEPS = 150          # decoder steps (batch 2): see docs/interactive.md for the measured time and Dice
 CROPS_PER_SCAN = 8         # augmented crops per scan whose frozen encoder outputs are computed once
+TEACH_LR = 1e-3            # peak learning rate (AdamW, warm-up then cosine)
 
 
 @dataclass
@@ -45,6 +46,7 @@ class TeachRequest:
     steps: int = TEACH_STEPS
     crops_per_scan: int = CROPS_PER_SCAN
     fresh_decoder: bool = False    # every decoder block from random weights (not only the output layer)
+    lr: float = TEACH_LR
     seed: int = 0
     device: str = "auto"
     threads: int | None = None
@@ -95,7 +97,8 @@ def teach_bundle(request: TeachRequest, reporter: Reporter | None = None) -> Tra
     config = SegmentationTraining(
         output=output, examples=str(request.examples), init_from=request.base,
         init_parts="encoder" if request.fresh_decoder else "all-but-output",
-        encoder="frozen", feature_cache=request.crops_per_scan, steps=request.steps, batch_size=2,
+        encoder="frozen", feature_cache=request.crops_per_scan, steps=request.steps, batch_size=2, lr=request.lr,
+        class_weights="inverse-sqrt",
         warmup=min(20, request.steps), val_fraction=0.0, val_every=request.steps + 1,
         checkpoint_every=max(50, request.steps // 4), name=request.name,
         title=f"{request.name} (taught from accepted structures)",
@@ -105,7 +108,7 @@ def teach_bundle(request: TeachRequest, reporter: Reporter | None = None) -> Tra
                         "its blocks started from that bundle's decoder, its output layer afresh")),
         seed=request.seed, device=request.device, threads=request.threads,
         reproduce=lambda _: (f"coralbay teach {request.examples} --model {request.base} --name {request.name} "
-                             f"--steps {request.steps} --seed {request.seed}"
+                             f"--steps {request.steps} --lr {request.lr:g} --seed {request.seed}"
                              + (" --fresh-decoder" if request.fresh_decoder else "")))
     result = train_segmentation_bundle(config, reporter)
     if request.add_to_catalog and (result.bundle / MANIFEST_NAME).is_file():
