@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "$CORALBAY_HOME/models/NAME); never replaces an existing one")
     p.add_argument("--steps", type=positive_int, default=None, metavar="N",
                    help="decoder training steps of 2 crops (default 150)")
-    p.add_argument("--lr", type=positive_float, default=None, help="peak learning rate (default 0.001)")
+    p.add_argument("--lr", type=positive_float, default=None, help="peak learning rate (default 0.01)")
     p.add_argument("--fresh-decoder", action="store_true",
                    help="train every decoder block from random weights (default: start them from --model's "
                         "decoder; the output layer, one channel per structure, always starts afresh)")
