@@ -305,6 +305,7 @@ class CoralBaySlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                        self.ui.undoInteractiveButton, self.ui.redoInteractiveButton, self.ui.acceptInteractiveButton):
             button.enabled = session is not None
         self.ui.cancelInteractiveButton.enabled = bool(session and session.session.busy)
+        self.ui.teachModelButton.enabled = not busy and bool(entry and entry.segments)
         if p and p.metricsTable:
             self.ui.metricsTableView.setMRMLTableNode(p.metricsTable)
 
@@ -447,6 +448,7 @@ class CoralBaySlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.redoInteractiveButton.connect("clicked(bool)", lambda checked=False: self.interactiveAction(self.logic.interactiveRedo))
         self.ui.acceptInteractiveButton.connect("clicked(bool)", lambda checked=False: self.interactiveAction(self.logic.interactiveAccept))
         self.ui.cancelInteractiveButton.connect("clicked(bool)", self.onCancelInteractive)
+        self.ui.teachModelButton.connect("clicked(bool)", self.onTeachModel)
 
     def interactiveAction(self, action) -> None:
         """Run a logic request, reporting a refusal (no session, no structure, bad input) in one sentence."""
@@ -519,6 +521,18 @@ class CoralBaySlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     positive = not segment.GetName().lower().startswith(("exclude", "negative", "-"))
                     self.logic.addInteractiveStroke(strokes, segmentation.GetNthSegmentID(index), positive)
         self.interactiveAction(update)
+
+    def onTeachModel(self) -> None:
+        if not self.dependenciesReady():
+            return
+        p = self._parameterNode
+        name = self.ui.teachNameLineEdit.text.strip()
+        self.startJob(lambda: self.logic.teachModel(name, p.model, device=p.device, onDone=self.onTeachDone))
+
+    def onTeachDone(self, job: Job) -> None:
+        if job.state == JobState.SUCCEEDED:
+            self.refreshModels()
+            self.onLog("info", _("Taught the model {name}; it is in the model list.").format(name=job.value))
 
     def onCancelInteractive(self) -> None:
         self.logic.cancelInteractive()
@@ -638,6 +652,7 @@ class _InteractiveState:
         self.sentPoints: dict = {}
         self.strokes = 0
         self.answers: dict = {}
+        self.restoring: dict = {}  # "labels" request id -> {name: value} of restored structures to import
 
 
 class CoralBaySlicerLogic(ScriptedLoadableModuleLogic):
@@ -960,6 +975,31 @@ class CoralBaySlicerLogic(ScriptedLoadableModuleLogic):
     PREVIEW_SUFFIX = " (preview)"
     ACCEPTED_TAG = "CoralBay.Interactive"  # segment tag: "preview" or "accepted"
 
+    @staticmethod
+    def examplesFolder() -> pathlib.Path:
+        """Where accepted structures are kept as examples (for restarts and Teach model)."""
+        return pathlib.Path(slicer.app.cachePath) / "CoralBay" / "interactive-examples"
+
+    def teachModel(self, name: str, model: str, device: str = "auto", examplesFolder=None, steps=None,
+                   onDone=None) -> Job:
+        """Teach a segmentation model from the accepted structures (`coralbay teach`) as a background
+        job; the engine adds it to the catalog, so it is in `availableModels()` when the job succeeds.
+        The job's value is the new model's name."""
+        examples = pathlib.Path(examplesFolder or self.examplesFolder())
+        if not any(examples.glob("*/example.json")):
+            raise ValueError("There are no accepted structures to teach from yet; accept structures in the "
+                             "Interactive section first.")
+        if any(entry.name == (name or "").strip() for entry in self.availableModels()):
+            raise ValueError(f"A model named {name.strip()} is already in the catalog; choose another name.")
+
+        def writeInputs(folder):
+            return commands.teach_args(examples, model, name, device=device, steps=steps)
+
+        def readOutputs(run):
+            return name.strip()
+
+        return self._start("teaching", writeInputs, readOutputs, onDone)
+
     def startInteractive(self, inputVolume, model: str, outputSegmentation=None, device: str = "auto",
                          examplesFolder=None):
         """Start a session on `inputVolume` (written to the session's folder); returns the request id
@@ -977,7 +1017,7 @@ class CoralBaySlicerLogic(ScriptedLoadableModuleLogic):
         except Exception:
             shutil.rmtree(folder, ignore_errors=True)
             raise
-        examples = pathlib.Path(examplesFolder or os.path.join(slicer.app.cachePath, "CoralBay", "interactive-examples"))
+        examples = pathlib.Path(examplesFolder or self.examplesFolder())
         argv = interact_argv(runner.python, model, folder / "out", examples, device=device)
         session = InteractiveSession(argv, env=runner.environment(), cwd=folder)
         session.start()
@@ -1092,6 +1132,10 @@ class CoralBaySlicerLogic(ScriptedLoadableModuleLogic):
                     self._showPreview(state, event)
             elif kind == "result" and event.get("request") == "accept":
                 self._acceptPreview(state, event)
+            elif kind == "result" and event.get("request") == "open" and event.get("accepted"):
+                self._requestRestored(state, event["accepted"])
+            elif kind == "result" and str(event.get("id")) in state.restoring:
+                self._importRestored(state, event, state.restoring.pop(str(event.get("id"))))
             elif kind == "error":
                 self._log("error", str(event.get("message", "")))
                 if event.get("request") == "start":
@@ -1151,6 +1195,35 @@ class CoralBaySlicerLogic(ScriptedLoadableModuleLogic):
             if state.terminology:
                 segment.SetTag(segment.GetTerminologyEntryTagName(), state.terminology)
         state.previewId, state.structure = None, None
+
+    def _requestRestored(self, state, accepted: dict) -> None:
+        """Structures accepted on this scan in an earlier session (restored by the engine from the
+        examples folder) that the output segmentation lacks: fetch the engine's label map of them."""
+        segmentation = state.segmentation.GetSegmentation()
+        missing = {str(n): int(v) for n, v in accepted.items() if not segmentation.GetSegmentIdBySegmentName(str(n))}
+        if missing:
+            requestId = self._interactiveRequest("labels", path=str(state.folder / "restored.nii.gz"))
+            state.restoring[requestId] = missing
+
+    def _importRestored(self, state, event, missing: dict) -> None:
+        """The restored structures as accepted segments (known colour and terminology, label value tag)."""
+        with _sceneUnchanged():
+            labelMap = slicer.util.loadLabelVolume(str(event["path"]), {"show": False})
+            array = slicer.util.arrayFromVolume(labelMap).copy()  # the node goes on leaving
+        segmentation = state.segmentation.GetSegmentation()
+        for name, value in sorted(missing.items(), key=lambda item: item[1]):
+            if segmentation.GetSegmentIdBySegmentName(name):
+                continue
+            color, entry = segments.structure_appearance(name, PHANTOM_LABELS, segmentation.GetNumberOfSegments())
+            segmentId = segmentation.AddEmptySegment("", name, color)
+            segment = segmentation.GetSegment(segmentId)
+            segment.SetTag(self.ACCEPTED_TAG, "accepted")
+            segment.SetTag(segments.LABEL_VALUE_TAG, str(value))
+            if entry:
+                segment.SetTag(segment.GetTerminologyEntryTagName(), entry)
+            slicer.util.updateSegmentBinaryLabelmapFromArray((array == value).astype(np.uint8), state.segmentation,
+                                                             segmentId, state.volume)
+        self._log("info", f"Restored the structures accepted earlier on this scan: {', '.join(sorted(missing))}.")
 
     # -- checks of the inputs (before anything starts) -----------------------------------------------
 

@@ -9,6 +9,7 @@ any process starts.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from typing import Iterable, Sequence, Union
 
@@ -108,6 +109,21 @@ def phantom_args(seed: int, ct: PathLike, labels: PathLike, *, spacing_mm: float
     if direction is not None:
         args += ["--direction", direction]
     return args
+
+
+TEACH_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")  # the engine's catalog names
+
+
+def teach_args(examples: PathLike, model: str, name: str, *, device: str = "auto",
+               steps: int | None = None) -> list[str]:
+    """`teach EXAMPLES --model M --name NAME`: a model taught from the accepted structures, added to the catalog."""
+    name = (name or "").strip()
+    if not TEACH_NAME.fullmatch(name):
+        raise ValueError("Name the model to teach with lower-case letters, digits, '.', '_' or '-' (e.g. my-organs).")
+    args = ["teach", str(examples), *_model_args(model, device, None), "--name", name]
+    if steps is not None:
+        args += ["--steps", str(int(steps))]
+    return args + ["--progress", "jsonl"]
 
 
 def export_file_name(base_name: str, fmt: str) -> str:

@@ -120,6 +120,10 @@ def test_accepted_work_stays_on_disk_across_a_restart(session, scan):
     assert started["event"] == "result" and session.restarts == 3
     assert session.log.accepted == {"liver": accepted["value"]} and session.log.structure == "spleen"
     assert kept["liver"].read_bytes() == before  # the restart never rewrote the accepted structure
+    # the new engine process restored the liver as accepted (values and names), from the examples folder
+    status = session.ask("status")
+    assert [(s["name"], s["value"], s["accepted"]) for s in status["structures"]] == [
+        ("liver", accepted["value"], True), ("spleen", started["value"], False)]
     bad = session.ask("point", lps=[1e4, 0, 0])
     assert bad["event"] == "error" and "outside" in bad["message"] and session.alive
 

@@ -141,6 +141,13 @@ def test_interactive_clicks_strokes_undo_accept_on_real_markups_and_segments(mod
     assert logic.interactive.session.restarts == 1
     assert _segment_names(output) == ["liver", "spleen (preview)"]
     assert np.array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(output, liver_id, ct) > 0, final)
+    # ... and the new engine process has the liver accepted again (restored from the examples folder):
+    # it is negative evidence for the spleen and is in the engine's label map of accepted structures.
+    status = logic.interactive.session.ask("status", timeout=TIMEOUT_S)
+    assert [(s["name"], s["accepted"]) for s in status["structures"]] == [("liver", True), ("spleen", False)]
+    restored = logic.interactive.session.ask("labels", path=str(folder / "accepted.nii.gz"), timeout=TIMEOUT_S)
+    assert restored["structures"] == {"liver": accepted["value"]}
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(restored["path"])) == accepted["value"], final)
 
     # naming another structure drops the unaccepted preview, never the accepted segment; a late
     # answer for the structure left behind does not come back as the new structure's preview
@@ -154,3 +161,55 @@ def test_interactive_clicks_strokes_undo_accept_on_real_markups_and_segments(mod
 
     logic.closeInteractive()
     assert _segment_names(output) == ["liver"] and logic.interactive is None and not logic.interactiveTimer.isActive()
+
+    # a new session on the same scan, into a new segmentation: the engine restores the accepted liver
+    # from the examples folder and the logic imports it as an accepted segment (nothing lost)
+    reopened = logic.startInteractive(ct, "demo-phantom-seg", device="CPU", examplesFolder=folder / "examples")
+    assert _answer(logic, reopened)["accepted"] == {"liver": accepted["value"]}
+    restoring = list(logic.interactive.restoring)
+    assert len(restoring) == 1
+    _answer(logic, restoring[0])
+    fresh = logic.interactive.segmentation
+    assert fresh is not output and _segment_names(fresh) == ["liver"]
+    restored_id = _segment_ids(fresh.GetSegmentation())[0]
+    assert np.array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(fresh, restored_id, ct) > 0, final)
+    assert fresh.GetSegmentation().GetSegment(restored_id).GetColor() == pytest.approx(
+        (221 / 255, 130 / 255, 101 / 255), abs=1e-3)
+    logic.closeInteractive()
+
+
+def test_teach_model_runs_in_the_background_and_the_model_joins_the_list(module, small_phantom, tmp_path, monkeypatch):
+    """Teach model on real slicer-core: refused without examples, then a background job (the GUI
+    polls; the job's progress reaches the callback) whose model is in the catalog when it ends;
+    a second model of the same name is refused before anything runs."""
+    from coralbay.bundle.loader import load_bundle
+    from coralbay.interactive.features import cache_key, encoder_digest, scan_digest
+    from coralbay.io.examples import write_accepted
+    from coralbay.vocabulary import JobState
+
+    monkeypatch.setenv("CORALBAY_HOME", str(tmp_path / "home"))
+    ct_file, labels_file, _ = small_phantom
+    logic = module.CoralBaySlicerLogic()
+    examples = tmp_path / "examples"
+    with pytest.raises(ValueError, match="no accepted structures to teach from"):
+        logic.teachModel("my-organs", "demo-phantom-seg", examplesFolder=examples)
+    # two structures accepted on the phantom, kept as the interactive session keeps them
+    bundle = load_bundle("demo-phantom-seg")
+    image, values = sitk.ReadImage(str(ct_file)), sitk.GetArrayFromImage(sitk.ReadImage(str(labels_file)))
+    digest = encoder_digest(bundle.network)
+    scan_id = cache_key(scan_digest(image), digest, bundle.manifest.preprocessing.to_dict(), bundle.manifest.inference)[:16]
+    for value, name in ((1, "liver"), (2, "spleen")):
+        write_accepted(examples, scan_id, str(ct_file), name, value, values == value, image, "demo-phantom-seg", digest)
+    with pytest.raises(ValueError, match="lower-case letters"):
+        logic.teachModel("My Organs", "demo-phantom-seg", examplesFolder=examples)
+    progress = []
+    logic.progressCallback = lambda fraction, message: progress.append(fraction)
+    job = logic.teachModel("my-organs", "demo-phantom-seg", device="CPU", examplesFolder=examples, steps=3)
+    assert not job.finished and logic.busy  # returned at once; the engine works in the background
+    done = logic.wait(TIMEOUT_S)
+    assert done.state == JobState.SUCCEEDED, done.full_log()
+    assert done.value == "my-organs" and progress and max(progress) > 0.5
+    taught = next(m for m in logic.availableModels() if m.name == "my-organs")
+    assert taught.segments and set(taught.structures) == {"liver", "spleen"}
+    with pytest.raises(ValueError, match="already in the catalog"):
+        logic.teachModel("my-organs", "demo-phantom-seg", examplesFolder=examples)

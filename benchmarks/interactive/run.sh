@@ -14,7 +14,6 @@ mkdir -p "$W"
 for s in 10000 10001 10002 10003 10004 10005 10006; do
   $PY -m coralbay phantom --seed $s --output "$W/p$s.nii.gz" --labels "$W/p$s-labels.nii.gz" --spacing 2 --size-mm 240,200,140 --lesions no >/dev/null
 done
-cp $D/totalseg/example_seg.nii.gz "$W/totalseg-seg.nii.gz"; cp $D/totalseg/labels.json "$W/totalseg-seg.labels.json"
 (
   for s in 10000 10001 10002; do
     $PY -m coralbay eval-interactive "$W/p$s.nii.gz" "$W/p$s-labels.nii.gz" --model demo-phantom-seg --clicks 10 \
@@ -28,8 +27,8 @@ cp $D/totalseg/example_seg.nii.gz "$W/totalseg-seg.nii.gz"; cp $D/totalseg/label
   $PY -m coralbay eval-interactive "$W/p10003.nii.gz" "$W/p10003-labels.nii.gz" "$W/p10004.nii.gz" "$W/p10004-labels.nii.gz" \
     "$W/p10005.nii.gz" "$W/p10005-labels.nii.gz" "$W/p10006.nii.gz" "$W/p10006-labels.nii.gz" --model demo-phantom-seg \
     --clicks 10 --cache "$W/cache" --sequence --no-baseline --structures $ALL --json $OUT/sequence.json
-  # Real CT: TotalSegmentator's example (its label names as the engine's sidecar table), the 3-slice DICOM liver.
-  $PY -m coralbay eval-interactive $D/totalseg/example_ct_sm.nii.gz "$W/totalseg-seg.nii.gz" --model demo-phantom-seg \
+  # Real CT: TotalSegmentator's example (its names from the labels.json beside the label map), the 3-slice DICOM liver.
+  $PY -m coralbay eval-interactive $D/totalseg/example_ct_sm.nii.gz $D/totalseg/example_seg.nii.gz --model demo-phantom-seg \
     --clicks 10 --cache "$W/cache" --structures liver,spleen,kidney_left,kidney_right,aorta --json $OUT/real_totalseg.json
   $PY -m coralbay eval-interactive $D/dcmqi/ct-3slice $D/dcmqi/liver_seg.nrrd --model demo-phantom-seg --clicks 10 \
     --cache "$W/cache" --json $OUT/real_dcmqi_liver.json

@@ -18,6 +18,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "the same clicks.", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("pairs", nargs="+", metavar="CT LABELS", help="CT volume and its reference label map, repeated")
     add_model_options(p)
+    p.add_argument("--labels-table", metavar="FILE",
+                   help="label table for every label map (JSON as the engine writes it, or {\"1\": \"spleen\", ...}); "
+                        "default: each label map's <name>.labels.json, else a labels.json in its folder "
+                        "(TotalSegmentator style), else generic names")
     p.add_argument("--structures", metavar="NAMES", help="comma-separated structure names (default: all)")
     p.add_argument("--clicks", type=positive_int, default=10, help="clicks per structure (default 10)")
     p.add_argument("--box", action="store_true", help="give the reference's bounding box first")
@@ -44,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from coralbay.interactive.evaluate import evaluate_case, mean_curves
     from coralbay.interactive.session import Session
     from coralbay.io.label_maps import read_labels
-    from coralbay.io.labels import LabelTable
+    from coralbay.io.labels import LabelTable, folder_label_table, load_label_table
     from coralbay.grid.resample import same_grid
     from coralbay.io.volumes import read_volume
 
@@ -54,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     if out.parent and not out.parent.is_dir():
         raise UsageError(f"The folder of {out} does not exist.")
     names = [n.strip() for n in args.structures.split(",")] if args.structures else None
+    given_table = load_label_table(args.labels_table) if args.labels_table else None
     bundle = load_bundle(args.model, backbone=args.backbone, trust_remote_code=args.trust_remote_code)
     window = tuple(bundle.manifest.preprocessing["intensity_window_hu"])
     records, feature_seconds = [], []
@@ -68,7 +73,10 @@ def run(args: argparse.Namespace) -> int:
             reference_image = sitk.Resample(reference_image, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
             print(f"The label map {label_path} lies on another grid than {ct_path}; resampled it (nearest).",
                   file=sys.stderr)
-        table = labels.table or LabelTable.generic(labels.values)
+        table = given_table or labels.table or folder_label_table(label_path) or LabelTable.generic(labels.values)
+        if not any(label.value in labels.values for label in table):
+            raise InputError(f"The label table of {label_path} names none of its label values "
+                             f"({', '.join(map(str, sorted(labels.values)[:8]))}).")
         reference = sitk.GetArrayFromImage(reference_image)
         if not reference.any():
             raise InputError(f"The label map {label_path} holds no structure inside {ct_path}.")

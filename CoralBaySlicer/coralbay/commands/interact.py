@@ -18,7 +18,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_model_options(p)
     p.add_argument("--output-dir", required=True, metavar="DIR", help="folder for the masks the session writes")
     p.add_argument("--cache", metavar="DIR", help="feature cache folder (default: DIR/feature-cache)")
-    p.add_argument("--examples", metavar="DIR", help="folder where accepted structures are kept as examples")
+    p.add_argument("--examples", metavar="DIR", help="folder where accepted structures are kept as examples "
+                   "(a restarted session restores the accepted structures found there)")
+    p.add_argument("--propose-with", metavar="M", help="a segmentation model (e.g. one taught with 'coralbay "
+                   "teach') whose segmentation starts each structure it knows, for the user to correct")
     p.set_defaults(run=run)
 
 
@@ -27,11 +30,14 @@ def run(args: argparse.Namespace) -> int:
 
     from coralbay.bundle.loader import load_bundle
     from coralbay.device import select_device
+    from coralbay.interactive.proposals import ModelProposals
     from coralbay.interactive.protocol import serve
     from coralbay.interactive.session import Session
 
     output = Path(args.output_dir)
     bundle = load_bundle(args.model, backbone=args.backbone, trust_remote_code=args.trust_remote_code)
+    device = select_device(args.device)
     session = Session(bundle, cache_dir=args.cache or output / "feature-cache", examples_dir=args.examples,
-                      device=str(select_device(args.device)))
-    return serve(session, output)
+                      device=str(device))
+    proposals = ModelProposals(load_bundle(args.propose_with), device) if args.propose_with else None
+    return serve(session, output, proposals=proposals)

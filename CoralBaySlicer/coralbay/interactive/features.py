@@ -33,8 +33,8 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from coralbay.interactive.engine import (LoadedBundle, atomic_file, blend_slabs, enable_fast_swin, generate_phantom,
-                                         plan_windows, prepare, WindowSettings)
+from coralbay.interactive.engine import (LoadedBundle, atomic_file, blend_slabs, enable_fast_swin, encoder_digest,
+                                         generate_phantom, plan_windows, prepare, WindowSettings)
 
 log = logging.getLogger("coralbay.interactive")
 
@@ -66,15 +66,6 @@ def scan_digest(image: sitk.Image) -> str:
     h.update(np.ascontiguousarray(sitk.GetArrayViewFromImage(image)).tobytes())
     h.update(json.dumps([image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection(),
                          image.GetPixelIDTypeAsString()]).encode())
-    return h.hexdigest()
-
-
-def encoder_digest(network: torch.nn.Module) -> str:
-    """sha256 of the encoder's tensors: the same weights give the same key wherever they came from."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(network.encoder.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().to("cpu").contiguous().numpy().tobytes())
     return h.hexdigest()
 
 

@@ -26,6 +26,7 @@ import SimpleITK as sitk
 
 from coralbay.interactive import prompts as P
 from coralbay.interactive.engine import CoralBayError, UsageError, read_volume, write_image
+from coralbay.interactive.proposals import ModelProposals
 from coralbay.interactive.refine import Answer
 from coralbay.interactive.session import Session
 from coralbay.progress import encode_event
@@ -41,8 +42,10 @@ class Cancelled(CoralBayError):
 class Protocol:
     """Turns request objects into session calls and events."""
 
-    def __init__(self, session: Session, output_dir: Path, emit: Callable[[str], None]) -> None:
+    def __init__(self, session: Session, output_dir: Path, emit: Callable[[str], None],
+                 proposals: ModelProposals | None = None) -> None:
         self.session = session
+        self.proposals = proposals
         self.output_dir = output_dir
         self.emit = emit
         self.counter = 0
@@ -90,18 +93,33 @@ class Protocol:
         def progress(fraction: float, message: str) -> None:
             self.event("progress", r, stage="features", fraction=round(fraction, 3), message=message)
 
+        def examples_progress(fraction: float, message: str) -> None:
+            self.event("progress", r, stage="examples", fraction=round(fraction, 3), message=message)
+
         try:
+            restored = self.session.restore_examples(examples_progress, self.cancelled)
             volume = self.session.open_scan(image, str(r["image"]), progress, self.cancelled)
         except InterruptedError:
             raise Cancelled("Cancelled.") from None
+        accepted = {s.name: s.value for s in self.session.structures.values() if s.accepted}
         return {"feature_seconds": round(volume.seconds, 3), "from_cache": volume.from_cache,
-                "model_grid": list(volume.shape), "scan_id": self.session.scan_id}
+                "model_grid": list(volume.shape), "scan_id": self.session.scan_id,
+                "accepted": accepted, "examples_restored": restored}
 
     def _start(self, r: dict) -> dict:
         s = self.session.start(r["name"], r.get("value"))
         out = {"name": s.name, "value": s.value}
         if r.get("propose", True):
-            answer = self.session.propose(s.name)
+            answer = None
+            if self.proposals is not None and self.proposals.knows(s.name):
+                mask = self.proposals.mask(self.session.image, self.session.scan_id, s.name)
+                if mask is not None:
+                    answer = self.session.prompt(P.segment_from_array(self.session.image, mask.astype(np.uint8)), s.name)
+                    out["proposed_by"] = self.proposals.name
+            if answer is None:
+                answer = self.session.propose(s.name)
+                if answer is not None:
+                    out["proposed_by"] = "examples"
             if answer is not None:
                 out.update(self._answer_fields(s.name, answer))
         return out
@@ -175,7 +193,8 @@ class Protocol:
                 "answer": self.counter}
 
 
-def serve(session: Session, output_dir: Path, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> int:
+def serve(session: Session, output_dir: Path, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout,
+          proposals: ModelProposals | None = None) -> int:
     """Read requests until "quit" or end of input; one event per line on `stdout`."""
     output_dir.mkdir(parents=True, exist_ok=True)
     lock = threading.Lock()
@@ -185,7 +204,7 @@ def serve(session: Session, output_dir: Path, stdin: TextIO = sys.stdin, stdout:
             stdout.write(line + "\n")
             stdout.flush()
 
-    protocol = Protocol(session, output_dir, emit)
+    protocol = Protocol(session, output_dir, emit, proposals)
     requests: queue.Queue = queue.Queue()
 
     def reader() -> None:

@@ -13,9 +13,7 @@ given, as labelled examples: `<folder>/<scan id>/<structure>.nii.gz` beside `exa
 
 from __future__ import annotations
 
-import json
 import re
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -27,12 +25,12 @@ from scipy import ndimage
 from coralbay.interactive import head as heads
 from coralbay.interactive import prompts as P
 from coralbay.interactive import region
-from coralbay.interactive.engine import LoadedBundle, UsageError, to_xyz, write_image, write_text_atomic
+from coralbay.interactive.accepted import accepted_on_scan, earlier_example_rows, example_rows, model_mask_on
+from coralbay.interactive.engine import LoadedBundle, UsageError, encoder_digest, write_accepted
 from coralbay.interactive.features import FeatureVolume, scan_features
 from coralbay.interactive.refine import Answer, full_resolution_mask, local_edit, uncertainty_and_next_click
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _.()-]{0,63}")
-EXAMPLE_ROWS = 4000      # positive rows kept per accepted structure (and as many negatives)
 
 
 @dataclass
@@ -107,7 +105,18 @@ class Session:
                                                   2 * heads.BACKGROUND_SAMPLES)
         # index -> physical -> model index, one matrix each way (affine grids)
         self._input_to_model = _index_map(image, volume.grid)
+        if self.examples_dir is not None:
+            self._restore_accepted()
         return volume
+
+    def _restore_accepted(self) -> None:
+        """Structures accepted on this scan by an earlier process come back accepted (not re-kept)."""
+        for found in accepted_on_scan(self.examples_dir, self.scan_id, self.hu.shape, self.encoder_sha256):
+            if found.name in self.structures or found.value in {s.value for s in self.structures.values()}:
+                continue
+            structure = Structure(found.name, found.value, mask=found.mask, accepted=True)
+            self.structures[found.name] = structure
+            self.mark_accepted(structure)
 
     def _need_scan(self) -> None:
         if self.image is None:
@@ -191,14 +200,20 @@ class Session:
         structure = self.structure(name)
         if structure.mask is None or not structure.mask.any():
             raise UsageError(f"The structure {structure.name} has no mask to accept yet.")
+        self._keep_example(structure, self.mark_accepted(structure))
+        if self.current == structure.name:
+            self.current = None
+        return structure
+
+    def mark_accepted(self, structure: Structure) -> np.ndarray:
+        """Freeze the structure's mask as finished (negative evidence for the others); its model-grid mask."""
         structure.accepted = True
         self.accepted_input |= structure.mask
         model_mask = self.model_mask(structure.mask)
         self.accepted_model |= model_mask
-        self._keep_example(structure, model_mask)
         if self.current == structure.name:
             self.current = None
-        return structure
+        return model_mask
 
     def labels(self) -> sitk.Image:
         """The accepted structures as one label map on the input grid."""
@@ -214,10 +229,7 @@ class Session:
     # ---------------------------------------------------------------- the answer
     def model_mask(self, mask_zyx: np.ndarray) -> np.ndarray:
         """An input-grid mask on the model grid (a model voxel is in when most of it is)."""
-        src = sitk.GetImageFromArray(mask_zyx.astype(np.float32))
-        src.CopyInformation(self.image)
-        out = sitk.Resample(src, self.volume.grid, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-        return to_xyz(sitk.GetArrayFromImage(out)) > 0.5
+        return model_mask_on(mask_zyx, self.image, self.volume.grid)
 
     def model_voxels(self, input_zyx: np.ndarray) -> np.ndarray:
         """Model-grid voxels (X, Y, Z) nearest to input voxels (z, y, x)."""
@@ -351,27 +363,36 @@ class Session:
 
     # ---------------------------------------------------------------- learning from the user
     def _keep_example(self, structure: Structure, model_mask: np.ndarray) -> None:
-        inside = np.flatnonzero(model_mask.ravel())
-        ring = ndimage.binary_dilation(model_mask, iterations=3) & ~model_mask
-        around = np.flatnonzero(ring.ravel())
-        far = heads.random_background(self.volume.shape, self.rng, inside, EXAMPLE_ROWS)
-        if inside.size == 0:
+        rows = example_rows(self.table, model_mask, self.rng)
+        if rows is None:
             return
-        pick = self.rng.choice(inside, size=min(inside.size, EXAMPLE_ROWS), replace=False)
-        near = self.rng.choice(around, size=min(around.size, EXAMPLE_ROWS // 2), replace=False) if around.size else around
-        rows = self.table.table.numpy()
-        self.examples.add(structure.name, rows[pick].copy(), rows[np.concatenate([near, far[:EXAMPLE_ROWS // 2]])].copy())
+        self.examples.add(structure.name, *rows)
         if self.examples_dir is not None:
-            folder = self.examples_dir / self.scan_id
-            folder.mkdir(parents=True, exist_ok=True)
-            mask = sitk.GetImageFromArray(structure.mask.astype(np.uint8))
-            mask.CopyInformation(self.image)
-            write_image(mask, folder / f"{structure.name}.nii.gz")
-            record = folder / "example.json"
-            data = json.loads(record.read_text()) if record.is_file() else {"scan": self.scan_path, "structures": {}}
-            data["structures"][structure.name] = {"value": structure.value, "mask": f"{structure.name}.nii.gz",
-                                                  "accepted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-            write_text_atomic(record, json.dumps(data, indent=2) + "\n")
+            write_accepted(self.examples_dir, self.scan_id, self.scan_path, structure.name, structure.value,
+                           structure.mask, self.image, self.bundle.manifest.name, self.encoder_sha256)
+
+    @property
+    def encoder_sha256(self) -> str:
+        """The encoder's digest (recorded with each example, so other encoders' examples are refused)."""
+        if not hasattr(self, "_encoder_sha256"):
+            self._encoder_sha256 = encoder_digest(self.bundle.network)
+        return self._encoder_sha256
+
+    def restore_examples(self, progress: Callable[[float, str], None] | None = None,
+                         cancelled: Callable[[], bool] | None = None) -> int:
+        """Reload the examples accepted by earlier processes (once per process; see `accepted`)."""
+        if self.examples_dir is None or self._examples_restored:
+            return 0
+        count = 0
+        for name, positive, negative in earlier_example_rows(self.examples_dir, self.bundle, self.cache_dir,
+                                                             self.device, self.encoder_sha256, self.rng,
+                                                             progress, cancelled):
+            self.examples.add(name, positive, negative)
+            count += 1
+        self._examples_restored = True
+        return count
+
+    _examples_restored = False
 
 
 def _index_map(image: sitk.Image, grid: sitk.Image) -> np.ndarray:

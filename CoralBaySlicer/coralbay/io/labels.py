@@ -197,6 +197,15 @@ def load_label_table(path: str | os.PathLike) -> LabelTable:
     return LabelTable.from_dict(data)
 
 
+FOLDER_TABLE_NAME = "labels.json"  # TotalSegmentator's habit: one {"1": "spleen", ...} table beside its label maps
+
+
+def folder_label_table(label_map: str | os.PathLike) -> LabelTable | None:
+    """The label table named `labels.json` in the label map's folder (TotalSegmentator style), if any."""
+    path = Path(label_map).parent / FOLDER_TABLE_NAME
+    return load_label_table(path) if path.is_file() else None
+
+
 def find_label_table(label_map: str | os.PathLike) -> LabelTable | None:
     """The sidecar table of a label map written by the engine, if there is one."""
     sidecar = label_table_path_for(label_map)

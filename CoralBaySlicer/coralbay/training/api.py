@@ -25,7 +25,7 @@ from coralbay.training.augment import AugmentSettings
 from coralbay.training.classification import embed_items, evaluate_probe, fit_linear_probe
 from coralbay.training.config import (BundleTraining, ClassificationTraining, ModelSettings, SegmentationTraining,
                                       TrainingResult)
-from coralbay.training.data import (LESION_CLASSES, load_folder_cases, parse_seeds, phantom_cases,
+from coralbay.training.data import (LESION_CLASSES, load_example_cases, load_folder_cases, parse_seeds, phantom_cases,
                                     phantom_classification_items, read_classification_csv, split_validation)
 from coralbay.training.evaluate import classification_on_phantoms, in_memory_bundle, segmentation_on_phantoms
 from coralbay.training.output import bundle_name, check_output_folder, write_trained_bundle
@@ -63,7 +63,8 @@ def _start_run(config: BundleTraining, reporter: Reporter | None, stages: dict) 
     if config.threads:
         torch.set_num_threads(config.threads)
     device = select_device(config.device)
-    start = starting_point(config.init_from, config.backbone, config.trust_remote_code, log=reporter.log)
+    start = starting_point(config.init_from, config.backbone, config.trust_remote_code, log=reporter.log,
+                           parts=config.init_parts)
     defaults = start.preprocessing()
     settings = ModelSettings(
         name=bundle_name(config.name or output.name),
@@ -134,7 +135,10 @@ def train_segmentation_bundle(config: SegmentationTraining, reporter: Reporter |
     reporter, settings = run.reporter, run.settings
     preprocessing = _preprocessing(settings)
     source_table = load_label_table(config.labels) if config.labels else None
-    if config.data:
+    if config.examples:
+        known = source_table or (run.start.init.manifest.labels if run.start.init else None)
+        cases, plan = load_example_cases(config.examples, preprocessing, known, reporter.stage_callback("data"))
+    elif config.data:
         cases, plan = load_folder_cases(config.data, preprocessing, source_table, reporter.stage_callback("data"),
                                         config.merge)
     else:
@@ -152,6 +156,7 @@ def train_segmentation_bundle(config: SegmentationTraining, reporter: Reporter |
                  f"{', '.join(lab.name for lab in table)}.")
 
     source = (f"{len(cases)} synthetic phantoms" if config.phantoms
+              else f"the structures a user accepted on {len(cases)} scans" if config.examples
               else f"{len(cases)} cases of {Path(config.data).name}")
     fields = _fields(config, run, "segmentation",
                      f"Segmentation of {len(table)} structures by a CoralBay encoder (feature size "
@@ -178,7 +183,8 @@ def train_segmentation_bundle(config: SegmentationTraining, reporter: Reporter |
                  f"{list(settings.window_size)} voxels; checkpoints in {checkpoints}.")
     result = train_segmentation(network, cases, val_cases, table, train_settings, run.device,
                                 checkpoint_dir=checkpoints, resume=resume,
-                                data_key={"source": config.data or config.phantoms, "merge": config.merge,
+                                data_key={"source": config.examples or config.data or config.phantoms,
+                                          "merge": config.merge,
                                           "preprocessing": preprocessing},
                                 progress=reporter.stage_callback("train"), log=reporter.log)
     losses = [h["loss"] for h in result.history]

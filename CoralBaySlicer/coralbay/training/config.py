@@ -47,6 +47,7 @@ class BundleTraining:
     backbone: Optional[str] = None            # encoder weights: file or hub id
     trust_remote_code: bool = False
     init_from: Optional[str] = None           # an existing bundle: its weights and preprocessing
+    init_parts: str = "all"                   # what init_from gives: all | encoder | all-but-output
     feature_size: Optional[int] = None
     spacing_mm: Optional[Sequence[float]] = None
     window_hu: Optional[Sequence[float]] = None
@@ -64,6 +65,7 @@ class SegmentationTraining(BundleTraining):
     """`train_segmentation_bundle`: a Swin-UNETR decoder on the CoralBay encoder."""
 
     data: Optional[str] = None                # folder of image/label pairs (or use `phantoms`)
+    examples: Optional[str] = None            # folder of accepted interactive structures (io.examples)
     val_data: Optional[str] = None
     labels: Optional[str] = None              # label table file
     merge: Optional[str] = None               # "SRC=DST,..." labels trained as others

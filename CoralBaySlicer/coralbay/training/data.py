@@ -24,6 +24,7 @@ from coralbay.errors import InputError, UsageError
 from coralbay.grid.model_grid import to_xyz
 from coralbay.grid.resample import same_grid
 from coralbay.inference.preprocess import prepare
+from coralbay.io.examples import ExampleScan, read_examples
 from coralbay.io.label_maps import read_label_map
 from coralbay.io.labels import Label, LabelTable, distinct_color, find_label_table
 from coralbay.io.volumes import VOLUME_SUFFIXES, read_volume
@@ -244,6 +245,54 @@ def load_folder_cases(folder: str | os.PathLike, preprocessing: dict, table: Lab
         cases.append(prepare_case(pair.name, image, labels, preprocessing, plan))
         if progress:
             progress(0.5 + (i + 1) / (2 * len(raw)), f"prepared {pair.name}")
+    return cases, plan
+
+
+def example_label_table(scans: Sequence[ExampleScan], known: LabelTable | None = None) -> LabelTable:
+    """One table for the structures accepted across scans, by name (a user may have given the same
+    structure different values on different scans): values 1..N in order of first acceptance,
+    colours and terminology from `known` (e.g. the starting bundle's table) where it has the name."""
+    names: list[str] = []
+    for scan in scans:
+        for structure in sorted(scan.structures, key=lambda s: s.value):
+            if structure.name not in names:
+                names.append(structure.name)
+    labels = []
+    for i, name in enumerate(names):
+        same = known.by_name(name) if known is not None else None
+        labels.append(Label(i + 1, name, same.color if same else distinct_color(i),
+                            same.terminology if same else None))
+    return LabelTable(labels)
+
+
+def load_example_cases(folder: str | os.PathLike, preprocessing: dict, known: LabelTable | None = None,
+                       progress: Progress | None = None) -> tuple[list[Case], LabelPlan]:
+    """Cases from the structures a user accepted in interactive sessions (`coralbay.io.examples`):
+    each scan with its accepted masks painted into one label map (names mapped by `example_label_table`).
+    Voxels no structure covers are background, as the accepted structures of a scan are mutually exclusive."""
+    scans = [scan for scan in read_examples(folder) if scan.structures]
+    if not scans:
+        raise InputError(f"The folder {folder} holds no accepted structures (expected <scan id>/example.json "
+                         "beside the masks, as `coralbay interact --examples` writes them).")
+    table = example_label_table(scans, known)
+    plan = LabelPlan(table)
+    cases = []
+    for i, scan in enumerate(scans):
+        if not scan.scan or not Path(scan.scan).exists():
+            raise InputError(f"The scan {scan.scan or '(not recorded)'} of the examples in {scan.folder} "
+                             "no longer exists; put it back or remove that folder.")
+        image = read_volume(scan.scan)
+        values = np.zeros(image.GetSize()[::-1], np.uint8)
+        for structure in sorted(scan.structures, key=lambda s: s.value):
+            mask = scan.read_mask(structure)
+            if mask.shape != values.shape:
+                raise InputError(f"The accepted mask {structure.mask} does not lie on the grid of its scan {scan.scan}.")
+            values[mask] = table.by_name(structure.name).value
+        labels = sitk.GetImageFromArray(values)
+        labels.CopyInformation(image)
+        cases.append(prepare_case(scan.scan_id, image, labels, preprocessing, plan))
+        if progress:
+            progress((i + 1) / len(scans), f"prepared the examples of {scan.scan_id}")
     return cases, plan
 
 

@@ -25,12 +25,24 @@ DEFAULT_SPACING_MM = (1.5, 1.5, 1.5)
 DEFAULT_WINDOW_HU = (-175.0, 250.0)
 DEFAULT_WINDOW = (96, 96, 96)
 DEFAULT_OVERLAP = 0.5
+ENCODER_PREFIX = "encoder."   # the encoder's tensors in a network's state dict
+OUTPUT_PREFIX = "decoder.out."  # the segmentation output layer (one channel per structure)
+INIT_PARTS = ("all", "encoder", "all-but-output")
 
 
 @dataclass
 class StartingPoint:
     init: LoadedBundle | None = None
     backbone: tuple[dict[str, torch.Tensor], str] | None = None
+    parts: str = "all"            # the init bundle's tensors copied: all, encoder, all-but-output
+
+    def copies(self, key: str) -> bool:
+        """Whether the init bundle's tensor `key` is copied (new structures need a fresh output layer)."""
+        if self.parts == "encoder":
+            return key.startswith(ENCODER_PREFIX)
+        if self.parts == "all-but-output":
+            return not key.startswith(OUTPUT_PREFIX)
+        return True
 
     def feature_size(self, requested: int | None) -> int:
         """The encoder width: as requested, which must agree with the weights we start from."""
@@ -59,7 +71,8 @@ class StartingPoint:
         if self.init:
             own = network.state_dict()
             theirs = self.init.network.state_dict()
-            matched = {k: v for k, v in theirs.items() if k in own and own[k].shape == v.shape}
+            matched = {k: v for k, v in theirs.items() if k in own and own[k].shape == v.shape
+                       and self.copies(k)}
             network.load_state_dict(matched, strict=False)
             skipped = sorted(k for k in own if k not in matched)
             notes.append(f"Started from {len(matched)} tensors of the bundle {self.init.manifest.name}"
@@ -70,7 +83,9 @@ class StartingPoint:
 
 
 def starting_point(init_from: str | None, backbone: str | None, trust_remote_code: bool = False,
-                   log: Callable[[str], None] | None = None) -> StartingPoint:
+                   log: Callable[[str], None] | None = None, parts: str = "all") -> StartingPoint:
+    if parts not in INIT_PARTS:
+        raise UsageError(f"The parts of the starting bundle to copy must be one of {', '.join(INIT_PARTS)}.")
     init = load_bundle(init_from, log=log) if init_from else None
     state = backbone_state(backbone, trust_remote_code) if backbone else None
-    return StartingPoint(init, state)
+    return StartingPoint(init, state, parts)

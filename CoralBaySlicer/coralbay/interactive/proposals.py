@@ -1,0 +1,46 @@
+"""Automatic proposals from a segmentation bundle, e.g. one taught with `coralbay teach`.
+
+Why: after Teach model, the next scan should start from what the model learned, and the user only
+corrects it. When the session is given such a bundle (`coralbay interact --propose-with M`), a
+structure started with a name in the bundle's label table begins with the bundle's segmentation
+of that structure, entered as an existing segment to refine (the same prompt a user gives with a
+segment of their own), so every later click corrects it. The scan is segmented once (all its
+structures) and the label map kept for the scan in hand.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from coralbay.interactive.engine import LoadedBundle, UsageError, segment_image
+
+
+class ModelProposals:
+    def __init__(self, bundle: LoadedBundle, device: torch.device | str = "cpu") -> None:
+        if not len(bundle.manifest.labels):
+            raise UsageError(f"The model {bundle.manifest.name} does not segment structures; proposals need a "
+                             "segmentation model.")
+        self.bundle = bundle
+        self.device = torch.device(device)
+        self._scan: str | None = None
+        self._labels: np.ndarray | None = None
+
+    @property
+    def name(self) -> str:
+        return self.bundle.manifest.name
+
+    def knows(self, structure: str) -> bool:
+        return self.bundle.manifest.labels.by_name(structure) is not None
+
+    def mask(self, image: sitk.Image, scan_id: str, structure: str) -> np.ndarray | None:
+        """The bundle's mask of `structure` on the scan's grid (z, y, x), or None if it has none there."""
+        label = self.bundle.manifest.labels.by_name(structure)
+        if label is None:
+            return None
+        if self._scan != scan_id or self._labels is None:
+            result = segment_image(image, self.bundle, self.device)
+            self._labels, self._scan = sitk.GetArrayFromImage(result.labels), scan_id
+        mask = self._labels == label.value
+        return mask if mask.any() else None
