@@ -33,9 +33,8 @@ from typing import Mapping, Sequence
 
 from coralbay.progress import decode_event
 from CoralBaySlicerLib.commands import engine_device
-from CoralBaySlicerLib.process import kill_process_tree
+from CoralBaySlicerLib.process import drain_output, kill_process_tree, pump_output
 
-_END_OF_OUTPUT = object()
 PROMPT_REQUESTS = ("point", "scribble", "box", "segment")
 REPLAY_ID_PREFIX = "replay-"  # ids of the requests the session sends itself when it restarts
 
@@ -130,19 +129,8 @@ class InteractiveSession:
         self._process = subprocess.Popen(
             self.argv, cwd=self.cwd, env=self.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True, encoding="utf-8", errors="replace", bufsize=1, **options)
-        threading.Thread(target=self._read_output, args=(self._process, self._queue),
+        threading.Thread(target=pump_output, args=(self._process.stdout, self._queue),
                          name="CoralBay interactive output", daemon=True).start()
-
-    @staticmethod
-    def _read_output(process: subprocess.Popen, out: queue.Queue) -> None:
-        try:
-            for line in process.stdout:
-                text = line.rstrip("\r\n")
-                out.put((text, decode_event(text)))
-        except (OSError, ValueError):
-            pass
-        finally:
-            out.put(_END_OF_OUTPUT)
 
     @property
     def pid(self) -> int | None:
@@ -196,25 +184,12 @@ class InteractiveSession:
     def poll(self) -> list[dict]:
         """Events since the last call (never blocks). A dead process is restarted here."""
         events: list[dict] = []
-        ended = False
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is _END_OF_OUTPUT:
-                ended = True
-                continue
-            text, event = item
-            self.lines.append(text)
-            if event is None:
-                if text.strip():
-                    events.append({"event": "log", "level": "info", "message": text, "raw": True})
-                continue
-            events += self._handle(event)
+        drained = drain_output(self._queue, self.lines)
+        for event in drained.events:
+            events += [event] if event.get("raw") else self._handle(event)
         if self._cancel_deadline is not None and time.monotonic() > self._cancel_deadline:
             events += self._kill_cancelled()
-        if ended:
+        if drained.ended:
             self._output_ended = True
         if not self._closed and self._process is not None and self._process.poll() is not None:
             # Its last lines may still be on their way: restart once the output has ended (or soon after).
