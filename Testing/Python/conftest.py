@@ -75,3 +75,13 @@ def tiny_seg_bundle(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_cls_bundle(tmp_path_factory) -> Path:
     return make_tiny_bundle(tmp_path_factory.mktemp("bundles") / "tiny-cls", "classification", separate_backbone=True)
+
+
+def write_interactive_phantom(folder: Path) -> tuple[Path, Path]:
+    """The small phantom the interactive tests click on (3 mm, 180 x 150 x 120 mm): CT and labels."""
+    from coralbay.phantom import generate_phantom, write_phantom
+
+    ph = generate_phantom(10007, spacing=3.0, size_mm=(180, 150, 120), lesions=False, direction="LPS")
+    ct, labels = folder / "ct.nii.gz", folder / "labels.nii.gz"
+    write_phantom(ph, ct, labels)
+    return ct, labels

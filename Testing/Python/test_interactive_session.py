@@ -20,7 +20,7 @@ import pytest
 import SimpleITK as sitk
 
 from coralbay.interactive import simulate as S
-from coralbay.phantom import generate_phantom, write_phantom
+from conftest import write_interactive_phantom
 from CoralBaySlicerLib.interactive_session import InteractiveSession, SessionError, example_masks, interact_argv
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,9 +30,7 @@ TIMEOUT_S = 180
 @pytest.fixture(scope="module")
 def scan(tmp_path_factory):
     folder = tmp_path_factory.mktemp("interactive-session")
-    ph = generate_phantom(10007, spacing=3.0, size_mm=(180, 150, 120), lesions=False, direction="LPS")
-    ct, labels = folder / "ct.nii.gz", folder / "labels.nii.gz"
-    write_phantom(ph, ct, labels)
+    ct, labels = write_interactive_phantom(folder)
     image = sitk.ReadImage(str(ct))
     return {"ct": ct, "image": image, "liver": sitk.GetArrayFromImage(sitk.ReadImage(str(labels))) == 1,
             "folder": folder}

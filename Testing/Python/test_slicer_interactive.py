@@ -15,7 +15,7 @@ import SimpleITK as sitk
 import vtk
 
 from coralbay.interactive import simulate as S
-from coralbay.phantom import generate_phantom, write_phantom
+from conftest import write_interactive_phantom
 from CoralBaySlicerLib import coordinates
 from test_slicer_module import _added, _nodes, _segment_ids, _segment_names, module  # noqa: F401 (fixture)
 
@@ -25,9 +25,7 @@ TIMEOUT_S = 180
 @pytest.fixture(scope="module")
 def small_phantom(tmp_path_factory):
     folder = tmp_path_factory.mktemp("slicer-interactive")
-    ph = generate_phantom(10007, spacing=3.0, size_mm=(180, 150, 120), lesions=False, direction="LPS")
-    ct, labels = folder / "ct.nii.gz", folder / "labels.nii.gz"
-    write_phantom(ph, ct, labels)
+    ct, labels = write_interactive_phantom(folder)
     return ct, labels, folder
 
 
