@@ -12,7 +12,8 @@ import torch
 from coralbay.grid.boxes import IndexBox
 from coralbay.grid.model_grid import model_grid
 from coralbay.grid.windows import WindowSettings
-from coralbay.inference.fast_swin import disable_fast_swin, enable_fast_swin, fast_swin_enabled, mask_plan
+from coralbay.inference.fast_swin import (disable_fast_swin, enable_fast_swin, fast_swin_enabled, mask_plan,
+                                         window_tokens)
 from coralbay.inference.restore import ProbabilityStore, restore_labels
 from coralbay.inference.sliding_window import blend_slabs, sliding_window_logits
 from coralbay.io.labels import LabelTable
@@ -70,6 +71,27 @@ def test_shifted_window_mask_has_few_patterns():
     assert plan.per_item == 125 and len(plan.patterns) == 8
     assert sorted(len(w) for w in plan.windows) == [1, 4, 4, 4, 16, 16, 16, 64]
     assert all(set(torch.unique(p).tolist()) <= {0.0, -100.0} for p in plan.patterns)
+
+
+@pytest.mark.parametrize("dims, shift", [((10, 9, 15), (3, 3, 3)), ((14, 7, 7), (0, 0, 0)), ((8, 12, 7), (3, 3, 3))])
+def test_window_tokens_are_monais_pad_roll_and_partition(dims, shift):
+    """One gather by `window_tokens` reads exactly what MONAI's pad + roll + window_partition
+    give, padding tokens included (the zero row), for every item of a batch."""
+    from monai.networks.nets.swin_unetr import get_window_size, window_partition
+
+    batch, channels = 2, 3
+    x = torch.randn(batch, *dims, channels)
+    window, shift = get_window_size(dims, (7, 7, 7), shift)
+    pads = [(w - s % w) % w for s, w in zip(dims, window)]
+    padded = torch.nn.functional.pad(x, (0, 0, 0, pads[2], 0, pads[1], 0, pads[0]))
+    rolled = torch.roll(padded, shifts=tuple(-s for s in shift), dims=(1, 2, 3)) if any(shift) else padded
+    reference = window_partition(rolled, window)
+    layout = window_tokens(dims, tuple(window), tuple(shift), batch)
+    source = torch.cat([x.reshape(-1, channels), torch.zeros(1, channels)])
+    assert layout.padded == any(pads)
+    assert torch.equal(source[layout.tokens], reference)
+    real = layout.tokens[layout.tokens < batch * x[0, ..., 0].numel()]
+    assert torch.equal(real.sort().values, torch.arange(x[..., 0].numel()))  # every voxel written back once
 
 
 def test_autograd_falls_back_to_monai(network):

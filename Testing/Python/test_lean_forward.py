@@ -11,8 +11,8 @@ from monai.networks.blocks.unetr_block import UnetrBasicBlock, UnetrUpBlock
 
 from coralbay.inference import lean_forward
 from coralbay.inference.fast_swin import disable_fast_swin, enable_fast_swin
-from coralbay.inference.lean_forward import (LeanSegmentation, _ResBlockPlan, _res_block, _rows_of,
-                                             _upsampled_rows, lean_supported)
+from coralbay.inference.lean_forward import (LeanSegmentation, _PlainInput, _ResBlockPlan, _UpsampledInput,
+                                             _res_block, _rows_of, _upsampled_rows, lean_supported)
 from coralbay.model import ArchitectureSpec, build_network
 
 BOUND = 1e-4  # relative to the largest logit, as test_fast_inference's bound
@@ -66,26 +66,55 @@ def test_streamed_residual_block_equals_the_block(depth, slab, channels_last):
     x = torch.randn(1, 3, depth, 7, 6)
     with torch.inference_mode():
         reference = block(x)
-        out = _ResBlockPlan(_res_block(block)).run(_rows_of(x), depth, slab, channels_last=channels_last)
+        inputs = _PlainInput(_rows_of(x), depth, channels_last)
+        out = _ResBlockPlan(_res_block(block)).run(inputs, slab, channels_last=channels_last)
         pieces = torch.zeros_like(reference)
-        _ResBlockPlan(_res_block(block)).run(_rows_of(x), depth, slab,
-                                             lambda a, b, rows: pieces[:, :, a:b].copy_(rows), channels_last)
+        _ResBlockPlan(_res_block(block)).run(inputs, slab, lambda a, b, rows: pieces[:, :, a:b].copy_(rows),
+                                             channels_last)
     assert _close(out, reference) and _close(pieces, reference)
 
 
+@pytest.mark.parametrize("folded", [False, True])
 @pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("depth, slab", [(10, 3), (6, 8)])
-def test_streamed_up_block_equals_the_block(depth, slab, channels_last):
-    """The transposed convolution recomputed per slab, odd slab starts included."""
-    torch.manual_seed(1)
-    block = UnetrUpBlock(3, 6, 4, kernel_size=3, upsample_kernel_size=2, norm_name="instance",
+@pytest.mark.parametrize("depth, slab", [(10, 3), (6, 8), (8, 2), (2, 1), (12, 5)])
+def test_streamed_up_block_equals_the_block(depth, slab, channels_last, folded):
+    """The up-block's input recomputed per slab (concatenated rows), or never built (the transposed
+    conv folded into conv1 and conv3 on the coarse grid): odd slab starts and volume edges, where
+    the transposed conv's bias must stop exactly at the border."""
+    torch.manual_seed(depth + slab)
+    block = UnetrUpBlock(3, 6, 4, kernel_size=3, upsample_kernel_size=2, norm_name=("instance", {"affine": True}),
                          res_block=True).eval()
+    block.transp_conv.conv.bias = torch.nn.Parameter(torch.randn(4))  # MONAI's has none; ours must stop at the border
+    _randomise_norms(block)
     inp, skip = torch.randn(1, 6, depth // 2, 4, 5), torch.randn(1, 4, depth, 8, 10)
     with torch.inference_mode():
         reference = block(inp, skip)
-        rows = _upsampled_rows(block.transp_conv.conv, inp, skip, channels_last)
-        out = _ResBlockPlan(_res_block(block.conv_block)).run(rows, depth, slab, channels_last=channels_last)
+        plan = _ResBlockPlan(_res_block(block.conv_block))
+        transp = block.transp_conv.conv
+        if folded:
+            inputs = _UpsampledInput(transp, inp, skip, plan, channels_last)
+        else:
+            inputs = _PlainInput(_upsampled_rows(transp, inp, skip, channels_last), depth, channels_last)
+        out = plan.run(inputs, slab, channels_last=channels_last)
     assert _close(out, reference)
+
+
+def test_folded_up_block_follows_weights_changed_in_place():
+    """The fold is cached between forwards; an in-place update (training) must rebuild it."""
+    torch.manual_seed(3)
+    block = UnetrUpBlock(3, 6, 4, kernel_size=3, upsample_kernel_size=2, norm_name="instance", res_block=True).eval()
+    block.transp_conv.conv.bias = torch.nn.Parameter(torch.randn(4))
+    inp, skip = torch.randn(1, 6, 3, 4, 4), torch.randn(1, 4, 6, 8, 8)
+    transp = block.transp_conv.conv
+    for _ in range(2):
+        with torch.inference_mode():
+            plan = _ResBlockPlan(_res_block(block.conv_block))
+            out = plan.run(_UpsampledInput(transp, inp, skip, plan, True), 2, channels_last=True)
+            assert _close(out, block(inp, skip))
+        with torch.no_grad():
+            transp.weight.mul_(-0.5)
+            transp.bias.add_(1.0)
+            block.conv_block.conv1.conv.weight.mul_(1.5)
 
 
 def test_other_networks_run_their_own_forward():

@@ -105,23 +105,89 @@ def _relative_bias(attn: WindowAttention, n: int) -> torch.Tensor:
     return bias
 
 
+@dataclass(frozen=True)
+class WindowTokens:
+    """Where each window token of a shifted-window block comes from, in a flat token grid.
+
+    `tokens[w, t]` is the row (of a batch's flat (b x d x h x w [+ 1], c) tokens) that token t of
+    window w reads: MONAI's pad + roll + `window_partition` as one index; padding tokens read the
+    extra zero row at the end when `padded`. Written back through the same index, the attended
+    tokens land where MONAI's `window_reverse` + roll + crop put them (each voxel is one token of
+    exactly one window; padding tokens all go to that extra row, which is dropped).
+    """
+
+    tokens: torch.Tensor
+    padded: bool
+
+
+@lru_cache(maxsize=64)
+def window_tokens(dims: tuple[int, int, int], window: tuple[int, int, int], shift: tuple[int, int, int],
+                  batch: int, device: str = "cpu") -> WindowTokens:
+    """The `WindowTokens` of a (d, h, w) grid for a batch of `batch` items."""
+    padded_dims = [int(math.ceil(s / ws)) * ws for s, ws in zip(dims, window)]
+    # padded, shifted position p reads padded position (p + shift) mod padded size (torch.roll by -shift)
+    axes = [(torch.arange(p) + sh) % p for p, sh in zip(padded_dims, shift)]
+    inside = [a < s for a, s in zip(axes, dims)]
+    voxels = dims[0] * dims[1] * dims[2]
+    flat = (axes[0][:, None, None] * dims[1] + axes[1][None, :, None]) * dims[2] + axes[2][None, None, :]
+    valid = inside[0][:, None, None] & inside[1][None, :, None] & inside[2][None, None, :]
+    per_window = window_partition(flat[None, ..., None], window).squeeze(-1)  # (windows, n)
+    valid = window_partition(valid[None, ..., None].to(torch.uint8), window).squeeze(-1).bool()
+    items = torch.arange(batch)[:, None, None] * voxels
+    tokens = torch.where(valid[None], per_window[None] + items, batch * voxels).reshape(-1, per_window.shape[1])
+    return WindowTokens(tokens.to(device), bool((~valid).any()))
+
+
+def _attend(self: WindowAttention, source: torch.Tensor, tokens: torch.Tensor, groups, out: torch.Tensor) -> None:
+    """Windowed self-attention: window w's tokens are `source[tokens[w]]`, its result goes to
+    `out[tokens[w]]`; windows attended in mask-pattern groups, `WINDOW_CHUNK` per call."""
+    c = source.shape[-1]
+    n = tokens.shape[1]
+    heads = self.num_heads
+    bias = _relative_bias(self, n)
+    for pattern, index in groups:
+        group_bias = (bias if pattern is None else bias + pattern.to(bias.dtype))[None]
+        for chunk in index.split(WINDOW_CHUNK):  # bounded q, k, v and attention buffers
+            rows = tokens[chunk]
+            q, k, v = self.qkv(source[rows]).reshape(len(chunk), n, 3, heads, c // heads).permute(2, 0, 3, 1, 4).unbind(0)
+            attended = F.scaled_dot_product_attention(q, k, v, attn_mask=group_bias.to(q.dtype), scale=self.scale)
+            out[rows] = self.proj(attended.transpose(1, 2).reshape(len(chunk), n, c))
+
+
 def _attention_forward(self: WindowAttention, x: torch.Tensor, mask=None) -> torch.Tensor:
     if torch.is_grad_enabled() or (mask is not None and not isinstance(mask, MaskPlan)):
         if isinstance(mask, MaskPlan):
             raise RuntimeError("fast Swin attention received a mask plan with autograd enabled")
         return WindowAttention.forward(self, x, mask)
     b, n, c = x.shape
-    heads = self.num_heads
-    bias = _relative_bias(self, n)
     groups = [(None, torch.arange(b, device=x.device))] if mask is None else list(mask.groups(b))
     out = torch.empty_like(x)
-    for pattern, index in groups:
-        group_bias = (bias if pattern is None else bias + pattern.to(bias.dtype))[None]
-        for chunk in index.split(WINDOW_CHUNK):  # bounded q, k, v and attention buffers
-            q, k, v = self.qkv(x[chunk]).reshape(len(chunk), n, 3, heads, c // heads).permute(2, 0, 3, 1, 4).unbind(0)
-            attended = F.scaled_dot_product_attention(q, k, v, attn_mask=group_bias.to(q.dtype), scale=self.scale)
-            out[chunk] = self.proj(attended.transpose(1, 2).reshape(len(chunk), n, c))
+    tokens = torch.arange(b * n, device=x.device).reshape(b, n)
+    _attend(self, x.reshape(b * n, c), tokens, groups, out.view(b * n, c))
     return out
+
+
+def _block_forward(self: SwinTransformerBlock, x: torch.Tensor, mask=None) -> torch.Tensor:
+    """MONAI's `SwinTransformerBlock.forward` for 3D inputs without the copies around attention:
+    pad, roll, window partition and their inverses are one gather and one scatter of tokens
+    (`window_tokens`), straight from and into the flat token grid."""
+    if torch.is_grad_enabled() or x.dim() != 5 or self.use_checkpoint or \
+            (mask is not None and not isinstance(mask, MaskPlan)):
+        return SwinTransformerBlock.forward(self, x, mask)
+    b, d, h, w, c = x.shape
+    window, shift = get_window_size((d, h, w), self.window_size, self.shift_size)
+    if not any(shift):
+        mask = None  # MONAI passes the layer's mask to every block; unshifted ones ignore it
+    layout = window_tokens((d, h, w), tuple(window), tuple(shift), b, str(x.device))
+    voxels = b * d * h * w
+    normed = self.norm1(x).reshape(voxels, c)
+    source = torch.cat([normed, normed.new_zeros(1, c)]) if layout.padded else normed
+    attended = torch.empty_like(source)
+    windows = layout.tokens.shape[0]
+    groups = [(None, torch.arange(windows, device=x.device))] if mask is None else list(mask.groups(windows))
+    _attend(self.attn, source, layout.tokens, groups, attended)
+    x = x + self.drop_path(attended[:voxels].view(b, d, h, w, c))
+    return x + self.forward_part2(x)
 
 
 def _mlp_forward(self: SwinTransformerBlock, x: torch.Tensor) -> torch.Tensor:
@@ -172,6 +238,7 @@ def enable_fast_swin(network: nn.Module) -> int:
             module.forward = types.MethodType(_layer_forward, module)
             changed += 1
         elif isinstance(module, SwinTransformerBlock):
+            module.forward = types.MethodType(_block_forward, module)
             module.forward_part2 = types.MethodType(_mlp_forward, module)
             changed += 1
     return changed
