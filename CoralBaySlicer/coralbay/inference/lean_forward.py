@@ -66,9 +66,10 @@ def _only_conv(module: nn.Module) -> nn.Module:
 
 CHANNELS_LAST = torch.channels_last_3d
 # Blocks whose rows have at least this many voxels (H x W) run channels-last: oneDNN's 3x3x3
-# convolution is about 1.3x faster that way at 96^2 and 48^2 planes, but slower on the small
-# maps of the deep stages (measured on the 2-core AVX-512 CPU, see docs/benchmarks.md).
-CHANNELS_LAST_MIN_PLANE = 48 * 48
+# convolution is about 1.3x faster that way at 96^2 and 48^2 planes, 1.15-1.3x at 24^2 (96-192
+# channels), even at 12^2 and slower at 6^2 (384 channels; measured on the 2-core AVX-512 CPU,
+# see docs/benchmarks.md).
+CHANNELS_LAST_MIN_PLANE = 24 * 24
 # Up-blocks whose fine planes have at least this many voxels fold the transposed convolution into
 # conv1 (`_UpsampledInput`): the fold's weights grow with channels squared, its savings with the
 # map, so only the large, shallow maps (decoder1 and decoder2 at U96B) gain.
@@ -234,10 +235,23 @@ def _conv3x3(weight: torch.Tensor, bias: torch.Tensor | None, rows: torch.Tensor
     """Output rows [start, stop) of a 3x3x3 conv, from input rows [lo, hi) (the output rows
     plus their one-row halo, cut at the volume edges). At an edge the convolution pads the
     depth axis itself and one surplus output row is dropped, instead of copying the slab."""
+    conv = _one_channel_conv if rows.shape[1] == 1 and _ONEDNN_ONE_CHANNEL and rows.device.type == "cpu" \
+        and rows.dtype == torch.float32 else F.conv3d
     if lo == start - 1 and hi == stop + 1:
-        return F.conv3d(rows, weight, bias, padding=(0, 1, 1))
-    out = F.conv3d(rows, weight, bias, padding=1)  # output k is centred on input row lo + k
+        return conv(rows, weight, bias, padding=(0, 1, 1))
+    out = conv(rows, weight, bias, padding=1)  # output k is centred on input row lo + k
     return out[:, :, start - lo:stop - lo]
+
+
+# PyTorch sends a one-channel input (encoder1's conv1 on the CT) to its own slow_conv3d; oneDNN's
+# kernel called directly took 7.5 against 14 ms per slab of 9 rows at 96^2 (one thread).
+_ONEDNN_ONE_CHANNEL = torch.backends.mkldnn.is_available() and hasattr(torch, "mkldnn_convolution")
+
+
+def _one_channel_conv(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                      padding: int | tuple[int, int, int]) -> torch.Tensor:
+    pad = (padding,) * 3 if isinstance(padding, int) else padding
+    return torch.mkldnn_convolution(rows.contiguous(), weight.contiguous(), bias, pad, (1, 1, 1), (1, 1, 1), 1)
 
 
 def _conv1x1(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
