@@ -70,8 +70,11 @@ def body_box(smooth_zyx: np.ndarray, image: sitk.Image) -> tuple[np.ndarray, np.
     if count:
         sizes = np.bincount(labels.ravel())[1:]
         body = labels == int(np.argmax(sizes)) + 1
-    where = np.argwhere(body) * step if body.any() else np.argwhere(np.ones((2, 2, 2))) * (np.asarray(smooth_zyx.shape) - 1)
-    lo, hi = where.min(0), where.max(0)
+    if body.any():
+        where = np.argwhere(body) * step
+        lo, hi = where.min(0), where.max(0)
+    else:                                             # no body (an all-air test volume): the whole grid
+        lo, hi = np.zeros(3, int), np.asarray(smooth_zyx.shape) - 1
     corners = np.asarray([[z, y, x] for z in (lo[0], hi[0]) for y in (lo[1], hi[1]) for x in (lo[2], hi[2])])
     points = _lps(image, corners)
     return points.min(0), np.maximum(points.max(0), points.min(0) + 1.0)

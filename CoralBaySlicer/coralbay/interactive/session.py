@@ -4,7 +4,8 @@ State: the loaded bundle (once per process), the scan and its cached features, t
 the scan (each with its prompt history, undo/redo stacks and current mask), and the examples kept
 from accepted structures (feature rows of the structure and of its surroundings, by structure
 name). Why rows and not masks: the head learns across scans from them without recomputing any
-scan's features, and a later scan's first answer for a known structure is an automatic proposal.
+scan's features, and a later scan's first answer for a known structure is an automatic proposal,
+seeded where the structure lay on the earlier scans and in its HU band (`priors`).
 Features are projected with one projection per encoder (see `features`), so rows of different
 scans live in the same space. Accepted structures are also written, if an examples folder is
 given, as labelled examples: `<folder>/<scan id>/<structure>.nii.gz` beside `example.json`
