@@ -50,18 +50,30 @@ def sequence(file: str) -> None:
     if not path.is_file():
         print("(sequence: no results)\n")
         return
-    records = json.loads(path.read_text())["structures"]
-    print("**--sequence** (scans in order; clicks to reach Dice 0.90, '-' = not within the clicks; "
+    report = json.loads(path.read_text())
+    records = report["structures"]
+    scans = list(dict.fromkeys(r["scan"] for r in records))
+    print("**--sequence** (scans in order; clicks to reach Dice 0.90, 0 = the proposal already reached it, "
+          "'-' = not within the clicks, in brackets with the first click always counted; "
           "proposal = Dice of the automatic first answer)\n")
-    print("| structure | " + " | ".join(dict.fromkeys(Path(r["scan"]).name for r in records)) + " |")
-    print("|---|" + "---|" * len(dict.fromkeys(r["scan"] for r in records)))
+    print("| structure | " + " | ".join(Path(s).name for s in scans) + " |")
+    print("|---|" + "---|" * len(scans))
     for name in dict.fromkeys(r["name"] for r in records):
         cells = []
         for r in (r for r in records if r["name"] == name):
             c = r.get("clicks_to_dice_0.90")
-            cells.append(f"{c if c else '-'} clicks, Dice@5 {fmt(r['dice_after']['5'])}"
+            first = r.get("clicks_to_dice_0.90_from_first_click", c)
+            cells.append(f"{'-' if c is None else c}{'' if first == c else f' ({first if first else chr(45)})'} clicks, "
+                         f"Dice@5 {fmt(r['dice_after']['5'])}"
                          + (f", proposal {r['proposal_dice']:.3f}" if "proposal_dice" in r else ""))
         print(f"| {name} | " + " | ".join(cells) + " |")
+    for entry_key, label in (("mean_clicks_to_dice_0.90", "mean clicks to 0.90"),
+                             ("mean_clicks_to_dice_0.90_from_first_click", "... first click always counted"),
+                             ("mean_clicks_to_dice_0.85", "mean clicks to 0.85"),
+                             ("mean_proposal_dice", "mean proposal Dice")):
+        cells = ["-" if e.get(entry_key) is None else f"{e[entry_key]:.2f}" for e in report.get("by_scan", [])]
+        if cells:
+            print(f"| **{label}** | " + " | ".join(cells) + " |")
     print()
 
 

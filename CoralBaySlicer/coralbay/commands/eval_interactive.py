@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from coralbay.bundle.loader import load_bundle
     from coralbay.device import select_device
     from coralbay.errors import InputError, UsageError
-    from coralbay.interactive.evaluate import evaluate_case, mean_curves
+    from coralbay.interactive.evaluate import evaluate_case, mean_curves, scan_summary
     from coralbay.interactive.session import Session
     from coralbay.io.label_maps import read_labels
     from coralbay.io.labels import LabelTable, folder_label_table, load_label_table
@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     report = {"model": bundle.manifest.name, "clicks": args.clicks, "box": args.box, "sequence": args.sequence,
               "protocol": "CVPR 2025 interactive 3D: clicks at the deepest point of the largest error component",
               "nsd_tolerance_mm": 2.0, "structures": records, "feature_seconds": feature_seconds,
-              "mean_by_structure": mean_curves(records)}
+              "mean_by_structure": mean_curves(records), "by_scan": scan_summary(records, args.clicks)}
     write_text_atomic(out, json.dumps(report, indent=1, default=lambda o: o.item() if isinstance(o, np.generic) else str(o)) + "\n")
     print(f"Wrote {out}")
     return 0

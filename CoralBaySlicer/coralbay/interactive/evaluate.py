@@ -6,6 +6,10 @@ accepted structures), optionally a box, then the clicks of `simulate.next_click`
 click the structure is accepted (with the reference mask when asked to, see `accept_reference`),
 so it is negative evidence for the next structure and, with `--sequence`, an example for later
 scans. The random-walker baseline answers the same clicks.
+
+Clicks to reach a Dice: 0 when the automatic proposal already reaches it (the user accepts what
+is shown without clicking), else the first click count after which the answer does; the figure
+that ignores the proposal (the first click always counted) is kept beside it.
 """
 
 from __future__ import annotations
@@ -80,7 +84,11 @@ def evaluate_case(session: Session, image: sitk.Image, reference: np.ndarray, ta
         summary = S.curve_summary(ours)
         record.update(summary)
         record["seconds_per_interaction"] = [round(t, 3) for t in ours.seconds]
-        record["clicks_to_dice_0.90"] = S.clicks_to_reach(ours.dice, 0.90)
+        for target in TARGETS:
+            reached = S.clicks_to_reach(ours.dice, target)
+            record[f"clicks_to_dice_{target:.2f}_from_first_click"] = reached
+            proposed = record.get("proposal_dice")
+            record[f"clicks_to_dice_{target:.2f}"] = 0 if proposed is not None and proposed >= target else reached
         if baseline:
             other = S.curve_summary(theirs)
             record.update({"baseline_" + k: v for k, v in other.items()})
@@ -89,9 +97,32 @@ def evaluate_case(session: Session, image: sitk.Image, reference: np.ndarray, ta
         if structure.mask is not None and structure.mask.any():
             session.accept(label.name)
         log(f"{scan_name} {label.name}: Dice after 1/3/5/10 clicks {summary['dice_after']}"
-            + (f", baseline {record['baseline_dice_after']}" if baseline else ""))
+            + (f", baseline {record['baseline_dice_after']}" if baseline else "")
+            + (f", proposal {record['proposal_dice']}" if "proposal_dice" in record else ""))
         results.append(record)
     return results, volume.seconds
+
+
+TARGETS = (0.85, 0.90)
+
+
+def scan_summary(records: list[dict], clicks: int) -> list[dict]:
+    """Per scan, in order: mean clicks to Dice 0.85 / 0.90 over its structures (clicks + 1 when not
+    reached), also with the first click always counted, and the mean Dice of the proposals."""
+    out = []
+    for scan in dict.fromkeys(r["scan"] for r in records):
+        mine = [r for r in records if r["scan"] == scan]
+        entry: dict = {"scan": scan, "structures": len(mine)}
+        for target in TARGETS:
+            for suffix in ("", "_from_first_click"):
+                key = f"clicks_to_dice_{target:.2f}{suffix}"
+                values = [clicks + 1 if r[key] is None else r[key] for r in mine]
+                entry["mean_" + key] = round(float(np.mean(values)), 2)
+        proposals = [r["proposal_dice"] for r in mine if "proposal_dice" in r]
+        entry["proposals"] = len(proposals)
+        entry["mean_proposal_dice"] = round(float(np.mean(proposals)), 4) if proposals else None
+        out.append(entry)
+    return out
 
 
 def mean_curves(records: list[dict]) -> dict:

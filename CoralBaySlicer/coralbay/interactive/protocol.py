@@ -140,7 +140,8 @@ class Protocol:
     def _propose(self, r: dict) -> dict:
         answer = self.session.propose(r.get("name"))
         if answer is None:
-            raise UsageError("No accepted examples of this structure yet, so there is nothing to propose.")
+            raise UsageError("Nothing to propose: no accepted examples of this structure yet, or nothing like "
+                             "them where it lay on the earlier scans.")
         return self._answer_fields(self.session.structure(r.get("name")).name, answer)
 
     def _undo(self, r: dict) -> dict:
