@@ -351,14 +351,17 @@ class Session:
         cache = self.click_regions.setdefault(structure.name, {})
         forbidden = self.accepted_input if self.accepted_input.any() else None
         previous = structure.history[len(structure.prompts) - 2][0] if len(structure.prompts) >= 2 else None
-        grown = region.grown_answer(self.hu_smooth, tuple(self.image.GetSpacing()[::-1]), cache, positives, negatives,
-                                    forbidden, previous)
+        spacing = tuple(self.image.GetSpacing()[::-1])
+        pieces = region.first_shell(self.hu_smooth, spacing, cache, positives, forbidden)
+        grown = region.grown_answer(self.hu_smooth, spacing, cache, positives, negatives,
+                                    forbidden, previous, shelled=pieces is not None)
         if box is not None:
             inside = np.zeros_like(grown)
             inside[tuple(slice(int(a), int(b)) for a, b in zip(box[0][::-1], box[1][::-1]))] = True
             grown &= inside
-        out = region.combined(head_mask, grown, self.hu_smooth, tuple(self.image.GetSpacing()[::-1]),
-                              positives, negatives)
+        if box is not None and pieces is not None:
+            pieces = np.where(inside, pieces, 0)
+        out = region.combined(head_mask, grown, self.hu_smooth, spacing, positives, negatives, pieces)
         return out & ~forbidden if forbidden is not None else out   # accepted work is never overwritten
 
     # ---------------------------------------------------------------- learning from the user
