@@ -43,7 +43,8 @@ EDGE_CONTRAST_HU = 500.0   # the outside HU of the boundary step is taken at mos
 SHELL_BRIGHT_FRACTION = 0.6  # a click's region is shelled when this much of its rim is brighter than its band ...
 SHELL_THIN_FRACTION = 0.5    # ... and less than this much of the ring SHELL_RING_VOXELS out is (a thin shell)
 SHELL_RING_VOXELS = 3
-SHELL_HEAD_VOTE = 0.3        # a shelled piece is added when the head's answer covers this much of it
+SHELL_HEAD_VOTE = 0.3        # a shelled piece is added when the head's answer covers this much of it ...
+SHELL_KEEP = 0.5             # ... or the previous answer covered this much
 
 
 def smoothed_hu(hu_zyx: np.ndarray, spacing_zyx: tuple[float, float, float]) -> np.ndarray:
@@ -207,9 +208,9 @@ def shell_band(smooth_zyx: np.ndarray, click_region_zyx: np.ndarray, band: tuple
     outside the shell (shell + muscle) in the cancellous band, so neither one band nor the span
     between the two separates the vertebra from its surroundings (measured: the span region took
     2-5k voxels of that outer layer). Test: most of the click region's rim is brighter than its
-    band, and little of the ring SHELL_RING_VOXELS out is (a lung is enclosed by brighter tissue
-    too, but not by a thin layer). The shell threshold lies midway between the band's centre and
-    the rim's median HU, never inside the band.
+    band, and little of the ring SHELL_RING_VOXELS out is as bright as the shell (a lung is enclosed
+    by brighter tissue too, but not by a thin layer). The shell threshold lies midway between the
+    band's centre and the bright rim's median HU, never inside the band.
     """
     box = bounding_slices(click_region_zyx, SHELL_RING_VOXELS + 1)
     if box is None:
@@ -223,9 +224,9 @@ def shell_band(smooth_zyx: np.ndarray, click_region_zyx: np.ndarray, band: tuple
     bright_rim = rim & (hu > centre + half)
     if not rim.any() or bright_rim.sum() < SHELL_BRIGHT_FRACTION * rim.sum():
         return None
-    if np.count_nonzero(ring & (hu > centre + half)) >= SHELL_THIN_FRACTION * max(np.count_nonzero(ring), 1):
-        return None
     shell = max(centre + half, 0.5 * (centre + float(np.median(hu[bright_rim]))))
+    if np.count_nonzero(ring & (hu >= shell)) >= SHELL_THIN_FRACTION * max(np.count_nonzero(ring), 1):
+        return None
     return centre - half, shell
 
 
@@ -244,23 +245,25 @@ def shell_pieces(smooth_zyx: np.ndarray, low_shell: tuple[float, float], forbidd
     return labels
 
 
-def pieces_answer(labels: np.ndarray, head_mask: np.ndarray, positives: list[tuple[int, int, int]],
-                  negatives: list[tuple[int, int, int]]) -> np.ndarray:
-    """The shelled pieces holding a positive click or mostly covered by the head's answer (the other
-    vertebrae of the column), without the pieces a negative click falls in (a negative click
-    removes a wrongly added piece whole, unless a positive click holds it)."""
+def held_pieces(labels: np.ndarray, positives: list[tuple[int, int, int]]) -> np.ndarray:
+    """The shelled pieces holding a positive click."""
+    held = sorted({int(labels[v]) for v in positives} - {0})
+    return np.isin(labels, held) if held else np.zeros(labels.shape, bool)
+
+
+def voted_pieces(labels: np.ndarray, head_mask: np.ndarray, previous: np.ndarray | None = None) -> np.ndarray:
+    """The shelled pieces mostly covered by the head's answer (the other vertebrae of the column), or
+    by the previous answer. Why the previous answer: the head is refit at every click and its cover
+    of a piece moved (0.58 -> 0.17 after a positive click elsewhere: a whole vertebra dropped);
+    what the answer held stays unless a negative click cuts it (`geodesic_split`)."""
     n = int(labels.max())
     if n == 0:
         return np.zeros(labels.shape, bool)
-    cover = ndimage.mean(head_mask, labels, np.arange(1, n + 1))
+    index = np.arange(1, n + 1)
     keep = np.zeros(n + 1, bool)
-    keep[1:] = cover >= SHELL_HEAD_VOTE
-    held = {int(labels[v]) for v in positives}
-    for v in negatives:
-        keep[int(labels[v])] = False
-    for k in held:
-        keep[k] = True
-    keep[0] = False
+    keep[1:] = ndimage.mean(head_mask, labels, index) >= SHELL_HEAD_VOTE
+    if previous is not None:
+        keep[1:] |= ndimage.mean(previous, labels, index) >= SHELL_KEEP
     return keep[labels]
 
 
@@ -288,9 +291,11 @@ def bounding_slices(mask: np.ndarray, margin: int = 1) -> tuple[slice, ...] | No
 def grown_answer(smooth_zyx: np.ndarray, spacing_zyx: tuple[float, float, float], cache: dict,
                  positives: list[tuple[int, int, int]], negatives: list[tuple[int, int, int]],
                  forbidden: np.ndarray | None, previous: np.ndarray | None = None,
-                 shelled: bool = False) -> np.ndarray:
+                 pieces: np.ndarray | None = None, head_mask: np.ndarray | None = None) -> np.ndarray:
     """Union of the positive clicks' regions (cached by click in `cache`), split by the negative clicks.
-    `shelled`: the structure's pieces are added by `pieces_answer` instead of the HU span."""
+    `pieces` (a shelled structure, `first_shell`): instead of the HU span between the clicks' bands,
+    the pieces holding a positive click and those `head_mask` mostly covers are added, before the
+    split (a negative click then cuts a wrong piece, or the wrong part of a piece, like any leak)."""
     out = np.zeros(smooth_zyx.shape, bool)
     bands: list[tuple[float, float]] = []
     for v in positives:
@@ -307,7 +312,11 @@ def grown_answer(smooth_zyx: np.ndarray, spacing_zyx: tuple[float, float, float]
         out |= cache[key]
     distinct = sorted(set(bands))
     apart = len(distinct) >= 2 and (distinct[-1][0] - distinct[0][0]) > SPAN_APART * max(h for _, h in distinct)
-    if apart and out.any() and not shelled:
+    if pieces is not None:
+        out |= held_pieces(pieces, positives)
+        if head_mask is not None:
+            out |= voted_pieces(pieces, head_mask, previous)
+    elif apart and out.any():
         # Clicks in tissues of different HU (a vertebra's cancellous body and cortical shell): the
         # structure spans the range between them, partial-volume voxels included.
         span = (min(c - h for c, h in distinct), max(c + h for c, h in distinct))
@@ -333,9 +342,9 @@ def first_shell(smooth_zyx: np.ndarray, spacing_zyx: tuple[float, float, float],
     band = click_band(smooth_zyx, v, spacing_zyx)
     key = ("shell", v, band)
     if key not in cache:
-        own = cache.get((v, band))
-        if own is None:
-            own = click_region(smooth_zyx, v, spacing_zyx, forbidden, band)
+        if (v, band) not in cache:          # the first click's region, as `grown_answer` caches it
+            cache[(v, band)] = click_region(smooth_zyx, v, spacing_zyx, forbidden, band)
+        own = cache[(v, band)]
         low_shell = shell_band(smooth_zyx, own, band)
         cache[key] = None if low_shell is None else shell_pieces(smooth_zyx, low_shell, forbidden)
     return cache[key]
@@ -343,20 +352,23 @@ def first_shell(smooth_zyx: np.ndarray, spacing_zyx: tuple[float, float, float],
 
 def combined(head_mask: np.ndarray, grown: np.ndarray, smooth_zyx: np.ndarray, spacing_zyx: tuple[float, float, float],
              positives: list[tuple[int, int, int]], negatives: list[tuple[int, int, int]],
-             pieces: np.ndarray | None = None) -> np.ndarray:
+             shelled: bool = False) -> np.ndarray:
     """The head's answer, cut to the clicks' widened bands and off the tissue each negative click is
     in (connected to it in its own band, within GEODESIC_REACH_MM), united with the grown regions
     (cut to LEAK_MARGIN_MM around the head's answer when LEAK_FACTOR times larger than it).
+    `shelled` (the grown answer holds a shelled structure's pieces, `grown_answer`): the grown
+    answer alone, unless it is such a leak.
 
     Why: the head's coarse answer carried neighbours of another HU into the structure (a liver
     took a third of the kidney beside it, which mutual exclusion then kept from the kidney); the
     grown regions follow the structure at full resolution; the head still adds what clicks in one
     band cannot reach (other vertebrae, their cortical shells).
     """
-    if pieces is not None:
-        # A shelled structure: its pieces replace the head's answer (whose 4 mm border took the
-        # partial-volume layer outside the shell and moved with every refit).
-        return grown | pieces_answer(pieces, head_mask, positives, negatives)
+    if shelled and np.count_nonzero(grown) <= LEAK_FACTOR * max(np.count_nonzero(head_mask), 1):
+        # A shelled structure: the pieces the head's answer covers (in `grown`) replace that
+        # answer (its 4 mm border took the partial-volume layer outside the shell and moved with
+        # every refit), unless that is a leak by the rule below (then the plain path decides).
+        return grown
     box = bounding_slices(head_mask, 0)
     if box is None:
         return grown

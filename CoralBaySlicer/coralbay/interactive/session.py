@@ -353,15 +353,14 @@ class Session:
         previous = structure.history[len(structure.prompts) - 2][0] if len(structure.prompts) >= 2 else None
         spacing = tuple(self.image.GetSpacing()[::-1])
         pieces = region.first_shell(self.hu_smooth, spacing, cache, positives, forbidden)
-        grown = region.grown_answer(self.hu_smooth, spacing, cache, positives, negatives,
-                                    forbidden, previous, shelled=pieces is not None)
-        if box is not None:
-            inside = np.zeros_like(grown)
-            inside[tuple(slice(int(a), int(b)) for a, b in zip(box[0][::-1], box[1][::-1]))] = True
-            grown &= inside
         if box is not None and pieces is not None:
-            pieces = np.where(inside, pieces, 0)
-        out = region.combined(head_mask, grown, self.hu_smooth, spacing, positives, negatives, pieces)
+            pieces = pieces.copy()
+            pieces[~_box_mask(pieces.shape, box)] = 0
+        grown = region.grown_answer(self.hu_smooth, spacing, cache, positives, negatives,
+                                    forbidden, previous, pieces, head_mask)
+        if box is not None:
+            grown &= _box_mask(grown.shape, box)
+        out = region.combined(head_mask, grown, self.hu_smooth, spacing, positives, negatives, pieces is not None)
         return out & ~forbidden if forbidden is not None else out   # accepted work is never overwritten
 
     # ---------------------------------------------------------------- learning from the user
@@ -396,6 +395,13 @@ class Session:
         return count
 
     _examples_restored = False
+
+
+def _box_mask(shape: tuple[int, ...], box: tuple) -> np.ndarray:
+    """The box prompt's voxels (input grid, z y x) as a mask."""
+    inside = np.zeros(shape, bool)
+    inside[tuple(slice(int(a), int(b)) for a, b in zip(box[0][::-1], box[1][::-1]))] = True
+    return inside
 
 
 def _index_map(image: sitk.Image, grid: sitk.Image) -> np.ndarray:
