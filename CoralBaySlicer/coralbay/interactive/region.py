@@ -15,7 +15,10 @@ lies outside. A negative click inside the grown region (a leak into a neighbour 
 splits it locally: a voxel stays when its intensity- and neck-weighted geodesic distance (GeoS,
 Criminisi 2008; DeepIGeoS, Wang 2019) to the positive seeds is below that to the negative clicks,
 paths kept inside the region. The head's coarse answer (`combined`) is kept where it agrees in HU
-with the clicks and adds what one band cannot reach (other vertebrae).
+with the clicks and adds what one band cannot reach. A structure whose first click lies in a
+tissue enclosed by a thin brighter shell (a vertebra) is made of shelled pieces instead
+(`shell_band`, `shell_pieces`): one piece per vertebra, added when clicked, when the head's answer
+mostly covers it (the rest of the column) or when the previous answer held it.
 """
 
 from __future__ import annotations
