@@ -244,8 +244,8 @@ def shell_pieces(smooth_zyx: np.ndarray, low_shell: tuple[float, float], forbidd
     if forbidden is not None:
         bright &= ~forbidden
         inner &= ~forbidden
-    labels, _ = ndimage.label(bright | ndimage.binary_opening(inner))
-    return labels
+    labels, count = ndimage.label(bright | ndimage.binary_opening(inner))
+    return labels.astype(np.uint16) if count < 65536 else labels   # cached per structure: half the memory
 
 
 def held_pieces(labels: np.ndarray, positives: list[tuple[int, int, int]]) -> np.ndarray:
@@ -260,13 +260,11 @@ def voted_pieces(labels: np.ndarray, head_mask: np.ndarray, previous: np.ndarray
     of a piece moved (0.58 -> 0.17 after a positive click elsewhere: a whole vertebra dropped);
     what the answer held stays unless a negative click cuts it (`geodesic_split`)."""
     n = int(labels.max())
-    if n == 0:
-        return np.zeros(labels.shape, bool)
-    index = np.arange(1, n + 1)
-    keep = np.zeros(n + 1, bool)
-    keep[1:] = ndimage.mean(head_mask, labels, index) >= SHELL_HEAD_VOTE
+    sizes = np.maximum(np.bincount(labels.ravel(), minlength=n + 1), 1)
+    keep = np.bincount(labels[head_mask], minlength=n + 1) >= SHELL_HEAD_VOTE * sizes
     if previous is not None:
-        keep[1:] |= ndimage.mean(previous, labels, index) >= SHELL_KEEP
+        keep |= np.bincount(labels[previous], minlength=n + 1) >= SHELL_KEEP * sizes
+    keep[0] = False
     return keep[labels]
 
 
@@ -291,6 +289,23 @@ def bounding_slices(mask: np.ndarray, margin: int = 1) -> tuple[slice, ...] | No
     return tuple(out)
 
 
+def click_bands(smooth_zyx: np.ndarray, spacing_zyx: tuple[float, float, float],
+                positives: list[tuple[int, int, int]]) -> list[tuple[tuple[float, float], bool]]:
+    """Each positive click's band, and whether it is its own (False: an earlier click's, reused).
+
+    A later click in the same tissue as an earlier one takes the earlier band, widened to hold the
+    click: a correction click lies near the border, where its own ball mixes the structure with
+    its neighbour."""
+    out: list[tuple[tuple[float, float], bool]] = []
+    for v in positives:
+        own = click_band(smooth_zyx, v, spacing_zyx)
+        value = float(smooth_zyx[v])
+        reused = next(((b[0], max(b[1], 1.1 * abs(value - b[0]))) for b, _ in out
+                       if abs(value - b[0]) <= BAND_REUSE * b[1]), None)
+        out.append((own, True) if reused is None else (reused, False))
+    return out
+
+
 def grown_answer(smooth_zyx: np.ndarray, spacing_zyx: tuple[float, float, float], cache: dict,
                  positives: list[tuple[int, int, int]], negatives: list[tuple[int, int, int]],
                  forbidden: np.ndarray | None, previous: np.ndarray | None = None,
@@ -300,15 +315,8 @@ def grown_answer(smooth_zyx: np.ndarray, spacing_zyx: tuple[float, float, float]
     the pieces holding a positive click and those `head_mask` mostly covers are added, before the
     split (a negative click then cuts a wrong piece, or the wrong part of a piece, like any leak)."""
     out = np.zeros(smooth_zyx.shape, bool)
-    bands: list[tuple[float, float]] = []
-    for v in positives:
-        # A later click in the same tissue as an earlier one takes the earlier band: a correction
-        # click lies near the border, where its own ball mixes the structure with its neighbour.
-        own = click_band(smooth_zyx, v, spacing_zyx)
-        value = float(smooth_zyx[v])
-        band = next(((b[0], max(b[1], 1.1 * abs(value - b[0]))) for b in bands
-                     if abs(value - b[0]) <= BAND_REUSE * b[1]), own)   # widened to hold the click
-        bands.append(band)
+    bands = [band for band, _ in click_bands(smooth_zyx, spacing_zyx, positives)]
+    for v, band in zip(positives, bands):
         key = (v, band)
         if key not in cache:
             cache[key] = click_region(smooth_zyx, v, spacing_zyx, forbidden, band)
@@ -336,21 +344,24 @@ def grown_answer(smooth_zyx: np.ndarray, spacing_zyx: tuple[float, float, float]
 
 def first_shell(smooth_zyx: np.ndarray, spacing_zyx: tuple[float, float, float], cache: dict,
                 positives: list[tuple[int, int, int]], forbidden: np.ndarray | None) -> np.ndarray | None:
-    """The labelled shelled pieces (`shell_pieces`) when the first positive click's region is
-    shelled (`shell_band`), else None; cached. Why the first click: the protocol's first click is
-    the structure's deepest point, inside the cancellous body of a vertebra."""
-    if not positives:
-        return None
-    v = positives[0]
-    band = click_band(smooth_zyx, v, spacing_zyx)
-    key = ("shell", v, band)
-    if key not in cache:
-        if (v, band) not in cache:          # the first click's region, as `grown_answer` caches it
-            cache[(v, band)] = click_region(smooth_zyx, v, spacing_zyx, forbidden, band)
-        own = cache[(v, band)]
-        low_shell = shell_band(smooth_zyx, own, band)
-        cache[key] = None if low_shell is None else shell_pieces(smooth_zyx, low_shell, forbidden)
-    return cache[key]
+    """The labelled shelled pieces (`shell_pieces`) of the first positive click in a new tissue (its
+    own band, `click_bands`) whose region is shelled (`shell_band`), else None; cached per click.
+    Why not only the first click: the protocol's first click is the structure's deepest point,
+    inside a vertebral body, except where the scan's edge cuts the column (phantom 10003: the
+    deepest point lay on an endplate). Clicks that reuse an earlier band are in a tissue already
+    tested."""
+    for v, (band, own) in zip(positives, click_bands(smooth_zyx, spacing_zyx, positives)):
+        if not own:
+            continue
+        key = ("shell", v, band)
+        if key not in cache:
+            if (v, band) not in cache:      # the click's region, as `grown_answer` caches it
+                cache[(v, band)] = click_region(smooth_zyx, v, spacing_zyx, forbidden, band)
+            low_shell = shell_band(smooth_zyx, cache[(v, band)], band)
+            cache[key] = None if low_shell is None else shell_pieces(smooth_zyx, low_shell, forbidden)
+        if cache[key] is not None:
+            return cache[key]
+    return None
 
 
 def combined(head_mask: np.ndarray, grown: np.ndarray, smooth_zyx: np.ndarray, spacing_zyx: tuple[float, float, float],
@@ -365,7 +376,7 @@ def combined(head_mask: np.ndarray, grown: np.ndarray, smooth_zyx: np.ndarray, s
     Why: the head's coarse answer carried neighbours of another HU into the structure (a liver
     took a third of the kidney beside it, which mutual exclusion then kept from the kidney); the
     grown regions follow the structure at full resolution; the head still adds what clicks in one
-    band cannot reach (other vertebrae, their cortical shells).
+    band cannot reach (parts of another HU, or not connected to a click).
     """
     if shelled and np.count_nonzero(grown) <= LEAK_FACTOR * max(np.count_nonzero(head_mask), 1):
         # A shelled structure: the pieces the head's answer covers (in `grown`) replace that
