@@ -139,3 +139,71 @@ def test_a_grown_region_far_larger_than_the_heads_answer_is_cut_near_it(blobs):
     assert out.any() and not (out & far).any()
     # a head answer of the structure's size keeps the whole grown region
     assert (region.combined(blobs["a"], grown, blobs["hu"], SPACING, [_centre(blobs["a"])], []) >= grown).all()
+
+
+@pytest.fixture(scope="module")
+def column():
+    """Muscle (50 HU) holding a column of four vertebral bodies along z: cancellous bone (230 HU) in a
+    one-voxel cortical shell (800 HU), discs (90 HU) between them; and a dark 'lung' (-850 HU) in
+    thick soft tissue beside it. Blurred like a scanner."""
+    shape = (62, 40, 64)
+    grid = np.indices(shape)
+    round_ = (grid[1] - 20) ** 2 + (grid[2] - 20) ** 2
+    hu = np.full(shape, 50.0)
+    bodies = []
+    for start in (2, 17, 32, 47):
+        body = (round_ <= 8 ** 2) & (grid[0] >= start) & (grid[0] < start + 12)
+        core = (round_ <= 7 ** 2) & (grid[0] >= start + 1) & (grid[0] < start + 11)
+        hu[body] = 800.0
+        hu[core] = 230.0
+        disc = (round_ <= 8 ** 2) & (grid[0] >= start + 12) & (grid[0] < start + 15)
+        hu[disc] = 90.0
+        bodies.append(body)
+    lung = (grid[1] - 20) ** 2 + (grid[2] - 50) ** 2 + (grid[0] - 30) ** 2 <= 9 ** 2
+    hu[lung] = -850.0
+    rng = np.random.default_rng(1)
+    hu = ndimage.gaussian_filter(hu + rng.normal(0, 15, shape), 0.7).astype(np.float32)
+    return {"hu": region.smoothed_hu(hu, SPACING), "bodies": bodies, "lung": lung}
+
+
+def test_a_click_in_a_shelled_tissue_is_recognised_and_a_homogeneous_or_enclosed_dark_one_is_not(column, blobs):
+    def shelled(hu, voxel):
+        band = region.click_band(hu, voxel, SPACING)
+        return region.shell_band(hu, region.click_region(hu, voxel, SPACING, None, band), band)
+
+    low_shell = shelled(column["hu"], _centre(column["bodies"][1]))
+    assert low_shell is not None and 100 < low_shell[0] < 230 < low_shell[1] < 800
+    assert shelled(blobs["hu"], _centre(blobs["a"])) is None          # an organ in fat
+    assert shelled(column["hu"], _centre(column["lung"])) is None      # dark, enclosed by thick tissue
+
+
+def test_shelled_pieces_add_the_column_the_head_sees_keep_what_was_shown_and_a_negative_click_cuts_one(column):
+    hu, bodies = column["hu"], column["bodies"]
+    click = _centre(bodies[1])
+    pieces = region.first_shell(hu, SPACING, {}, [click], None)
+    assert pieces is not None
+    whole = np.logical_or.reduce(bodies)
+    # the clicked piece is its body (shell included), not the column: discs separate the bodies
+    own = region.held_pieces(pieces, [click])
+    assert S.dice(own, bodies[1]) >= 0.85 and (own & bodies[2]).sum() <= 0.05 * bodies[2].sum()
+    # a coarse head answer over the column (each body shrunk) brings the other bodies whole
+    head = ndimage.binary_erosion(whole, iterations=2)
+    shown = region.grown_answer(hu, SPACING, {}, [click], [], None, pieces=pieces, head_mask=head)
+    assert S.dice(shown, whole) >= 0.9
+    assert S.dice(region.combined(head, shown, hu, SPACING, [click], [], shelled=True), whole) >= 0.9
+    # the head refit elsewhere: what the previous answer held stays
+    moved = region.voted_pieces(pieces, np.zeros_like(head), previous=shown)
+    assert (moved & bodies[3]).sum() >= 0.9 * (shown & bodies[3]).sum()
+    # a negative click in a wrongly added piece cuts it; the others stay
+    cut = region.grown_answer(hu, SPACING, {}, [click], [_centre(bodies[3])], None, previous=shown,
+                              pieces=pieces, head_mask=head)
+    assert (cut & bodies[3]).sum() <= 0.05 * bodies[3].sum()
+    assert S.dice(cut, whole & ~bodies[3]) >= 0.9
+    # a piece far larger than the head's answer (one label for the whole volume: a leak by the
+    # 30x rule) is cut near that answer like any leak
+    everything = np.ones(pieces.shape, pieces.dtype)
+    leaked = region.grown_answer(hu, SPACING, {}, [click], [], None, pieces=everything)
+    assert leaked.all()
+    out = region.combined(head, leaked, hu, SPACING, [click], [], shelled=True)
+    far = ndimage.distance_transform_edt(~head, sampling=SPACING) > region.LEAK_MARGIN_MM
+    assert out.any() and not (out & far).any()

@@ -456,14 +456,16 @@ class Session:
             del self.click_regions[name]   # a full-grid mask per click: keep them only while in use
         cache = self.click_regions.setdefault(structure.name, {})
         previous = structure.history[len(structure.prompts) - 2][0] if len(structure.prompts) >= 2 else None
-        grown = region.grown_answer(self.hu_smooth, tuple(self.image.GetSpacing()[::-1]), cache, positives, negatives,
-                                    forbidden, previous)
+        spacing = tuple(self.image.GetSpacing()[::-1])
+        pieces = region.first_shell(self.hu_smooth, spacing, cache, positives, forbidden)
+        if box is not None and pieces is not None:
+            pieces = pieces.copy()
+            pieces[~_box_mask(pieces.shape, box)] = 0
+        grown = region.grown_answer(self.hu_smooth, spacing, cache, positives, negatives,
+                                    forbidden, previous, pieces, head_mask)
         if box is not None:
-            inside = np.zeros_like(grown)
-            inside[tuple(slice(int(a), int(b)) for a, b in zip(box[0][::-1], box[1][::-1]))] = True
-            grown &= inside
-        out = region.combined(head_mask, grown, self.hu_smooth, tuple(self.image.GetSpacing()[::-1]),
-                              positives, negatives)
+            grown &= _box_mask(grown.shape, box)
+        out = region.combined(head_mask, grown, self.hu_smooth, spacing, positives, negatives, pieces is not None)
         return out & ~forbidden if forbidden is not None else out   # accepted work is never overwritten
 
     # ---------------------------------------------------------------- learning from the user
@@ -510,6 +512,13 @@ def _depth_at(mask: np.ndarray, voxel: tuple[int, int, int], spacing: np.ndarray
         return float(reach_mm)
     depth = ndimage.distance_transform_edt(local, sampling=spacing)
     return float(min(depth[tuple(c - b.start for c, b in zip(voxel, box))], reach_mm))
+
+
+def _box_mask(shape: tuple[int, ...], box: tuple) -> np.ndarray:
+    """The box prompt's voxels (input grid, z y x) as a mask."""
+    inside = np.zeros(shape, bool)
+    inside[tuple(slice(int(a), int(b)) for a, b in zip(box[0][::-1], box[1][::-1]))] = True
+    return inside
 
 
 def _index_map(image: sitk.Image, grid: sitk.Image) -> np.ndarray:
