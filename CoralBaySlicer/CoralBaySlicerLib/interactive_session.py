@@ -38,6 +38,7 @@ from CoralBaySlicerLib.commands import engine_device
 from CoralBaySlicerLib.process import drain_output, kill_process_tree, pump_output
 
 PROMPT_REQUESTS = ("point", "scribble", "box", "segment")
+PROPOSAL = {"type": "proposal"}  # in ReplayLog.undone: the proposal, undone by the user
 SCANS_FOLDER = "scans"  # under the examples folder: the scans the examples were accepted on (see keep_scan)
 REPLAY_ID_PREFIX = "replay-"  # ids of the requests the session sends itself when it restarts
 
@@ -96,10 +97,13 @@ class ReplayLog:
             self.undone.append(self.prompts.pop())
         elif kind == "undo" and self.proposed_by and not self.proposal_undone:
             self.proposal_undone = True
+            self.undone.append(PROPOSAL)  # redo brings it back, a new prompt discards it for good
         elif kind == "redo" and self.undone:
-            self.prompts.append(self.undone.pop())
-        elif kind == "redo" and self.proposal_undone:
-            self.proposal_undone = False
+            redone = self.undone.pop()
+            if redone is PROPOSAL:
+                self.proposal_undone = False
+            else:
+                self.prompts.append(redone)
         elif kind == "accept":
             self.accepted[str(result["name"])] = int(result["value"])
             if result.get("name") == self.structure:

@@ -335,6 +335,10 @@ def test_a_session_proposes_with_a_chosen_model(module, tmp_path):
     assert not np.array_equal(_preview(logic, ct), proposal)
     _answer(logic, logic.interactiveUndo())
     assert np.array_equal(_preview(logic, ct), proposal)
+    # the model's proposal is itself undoable (a segment prompt to the engine); the replay log knows it
+    assert _answer(logic, logic.interactiveUndo())["voxels"] == 0 and not _preview(logic, ct).any()
+    log = logic.interactive.session.log
+    assert log.proposal_undone and [r["type"] for r in log.requests()] == ["open", "start", "undo"]
     # unchecked "Start from a proposal": the structure starts empty although the model knows it
     plain = _answer(logic, logic.startStructure("spleen", propose=False))
     assert "proposed_by" not in plain and "mask" not in plain and logic.interactive.previewId is None
