@@ -582,10 +582,12 @@ class CoralBaySlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for event in events:
             kind, request = event.get("event"), event.get("request")
             if kind == "result" and event.get("mask"):
-                self.ui.interactiveStatusLabel.text = proposal_sentence(event) or _("{name}: {ml} ml (answer {n}).").format(
-                    name=event.get("name"), ml=event.get("volume_ml"), n=event.get("answer"))
+                self.ui.interactiveStatusLabel.text = proposal_sentence(event) or _(
+                    "{name}: {ml} ml (answer {n}).").format(name=event.get("name"), ml=event.get("volume_ml"),
+                                                           n=event.get("answer"))
             elif kind == "result" and request == "start":
-                self.ui.interactiveStatusLabel.text = _("{name}: no proposal; place points.").format(name=event.get("name"))
+                self.ui.interactiveStatusLabel.text = _("{name}: no proposal; place points.").format(
+                    name=event.get("name"))
             elif kind == "result" and request == "accept":
                 self.ui.interactiveStatusLabel.text = _("Accepted {name}.").format(name=event.get("name"))
                 self.ui.structureComboBox.setCurrentIndex(-1)

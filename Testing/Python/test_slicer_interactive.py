@@ -244,7 +244,8 @@ def test_the_next_scan_starts_from_the_proposal_and_a_restart_replays_it(module,
     scans = {}
     for key, seed, direction in (("first", 10007, "LPS"), ("second", 10008, "RAI")):
         ct_file, labels_file = write_interactive_phantom(tmp_path / key, seed, direction)
-        scans[key] = (ct_file, sitk.ReadImage(str(ct_file)), sitk.GetArrayFromImage(sitk.ReadImage(str(labels_file))) == 1)
+        liver = sitk.GetArrayFromImage(sitk.ReadImage(str(labels_file))) == 1
+        scans[key] = (ct_file, sitk.ReadImage(str(ct_file)), liver)
     examples = tmp_path / "examples"
     logic = module.CoralBaySlicerLogic()
     positive = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "include")
