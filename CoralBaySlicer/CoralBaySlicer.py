@@ -674,7 +674,7 @@ class Review:
 
 
 class _InteractiveState:
-    """The interactive session of a logic: its engine process, folder, scan, output segmentation,
+    """The interactive session of a logic: its engine process, folder, scan file and examples folder, output segmentation,
     the structure in progress (name, colour, terminology), its preview segment, the control points
     already sent (markups node ID -> control point IDs) and answers not yet collected by `waitInteractive`."""
 
@@ -1066,7 +1066,12 @@ class CoralBaySlicerLogic(ScriptedLoadableModuleLogic):
         argv = interact_argv(runner.python, model, folder / "out", examples, device=device, cache_dir=cache,
                              propose_with=proposeWith)
         session = InteractiveSession(argv, env=runner.environment(), cwd=folder)
-        session.start()
+        try:
+            session.start()
+        except Exception:
+            shutil.rmtree(folder, ignore_errors=True)
+            forget_scan(scan, examples)
+            raise
         if outputSegmentation is None:
             outputSegmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode",
                                                                     f"{inputVolume.GetName()} interactive")

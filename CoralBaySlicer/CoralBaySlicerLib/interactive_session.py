@@ -5,10 +5,11 @@ takes a fraction of a second; `process.EngineRun` runs one command per process a
 Why a reader thread and `poll()`: as in `process.py`, reading the process's output blocks; a thread
 decodes each line onto a queue and the GUI drains it from a timer, so the GUI never waits.
 Why a replay log: the engine process may die (killed, out of memory). The session remembers the
-scan it opened, the structure in progress (name, value) and the prompts that were answered, undo
-and redo included; when the process is found dead it starts a new one with the same --output-dir
-(feature cache) and --examples folder (accepted work stays there on disk), re-opens the scan,
-replays the structure's prompts and re-sends the requests that were still waiting. The caller
+scan it opened, the structure in progress (name, value, whether `start` proposed) and the prompts
+that were answered, undo and redo included; when the process is found dead it starts a new one with
+the same --output-dir, --cache and --examples folder (accepted work stays there on disk), re-opens
+the scan, starts the structure the same way (the proposal is made again from the same examples),
+replays its prompts and re-sends the requests that were still waiting. The caller
 sees the answers it asked for, as if nothing had happened, plus one "log" event saying so.
 Why cancel kills when needed: the protocol's "cancel" request stops the feature computation at
 once, but not a head being fitted; when the cancelled requests have not answered within
