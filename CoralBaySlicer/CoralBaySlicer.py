@@ -44,7 +44,8 @@ from coralbay.io.labels import LabelTable, label_table_path_for
 from coralbay.phantom.tissues import PHANTOM_LABELS
 from coralbay.vocabulary import JobState
 from CoralBaySlicerLib.files import deliver
-from CoralBaySlicerLib.interactive_session import InteractiveSession, interact_argv
+from CoralBaySlicerLib.interactive_session import (InteractiveSession, forget_scan, interact_argv, keep_scan,
+                                                   proposal_sentence)
 from CoralBaySlicerLib.jobs import Job, JobController
 from CoralBaySlicerLib.process import EngineBusyError, EngineRunner
 
@@ -130,6 +131,8 @@ class CoralBaySlicerParameterNode:
     interactivePositive: Optional[vtkMRMLMarkupsFiducialNode]  # include clicks of the Interactive section
     interactiveNegative: Optional[vtkMRMLMarkupsFiducialNode]  # exclude clicks
     interactiveStrokes: Optional[vtkMRMLSegmentationNode]  # painted strokes
+    interactivePropose: bool = True  # a structure starts from the engine's automatic proposal, if any
+    proposeWith: str = ""  # a segmentation model proposing structures (engine --propose-with); "": examples only
     exportFolder: pathlib.Path = pathlib.Path.home()
 
 
@@ -217,6 +220,7 @@ class CoralBaySlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
             self.selectModel(self._parameterNode.model)
+            self.selectProposeWith()
             self.updateButtons()
 
     # -- models ------------------------------------------------------------------------------------
@@ -233,6 +237,26 @@ class CoralBaySlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for entry in self._models:
             combo.addItem(entry.display_name(), entry.name)
         combo.blockSignals(wasBlocked)
+        # Proposals: from the accepted examples, or from a segmentation model (e.g. one taught here)
+        combo = self.ui.proposeWithComboBox
+        wasBlocked = combo.blockSignals(True)
+        combo.clear()
+        combo.addItem(_("accepted examples only"), "")
+        for entry in self._models:
+            if entry.segments:
+                combo.addItem(entry.display_name(), entry.name)
+        combo.blockSignals(wasBlocked)
+        self.selectProposeWith()
+
+    def selectProposeWith(self) -> None:
+        combo = self.ui.proposeWithComboBox
+        wasBlocked = combo.blockSignals(True)
+        combo.setCurrentIndex(max(0, combo.findData(self._parameterNode.proposeWith) if self._parameterNode else 0))
+        combo.blockSignals(wasBlocked)
+
+    def onProposeWithChanged(self, index) -> None:
+        if self._parameterNode:
+            self._parameterNode.proposeWith = self.ui.proposeWithComboBox.itemData(index) or ""
 
     def selectModel(self, name: str) -> None:
         index = self.ui.modelComboBox.findData(name) if name else -1
@@ -438,6 +462,9 @@ class CoralBaySlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def setupInteractive(self) -> None:
         self.ui.structureComboBox.addItems([label.name for label in PHANTOM_LABELS])
         self.ui.structureComboBox.setCurrentIndex(-1)
+        # picking a structure (or Enter after typing one) starts it: its proposal shows before any click
+        self.ui.structureComboBox.connect("activated(int)", self.onStructureChosen)
+        self.ui.proposeWithComboBox.connect("currentIndexChanged(int)", self.onProposeWithChanged)
         self.logic.interactiveCallback = self.onInteractiveEvents
         self.ui.startInteractiveButton.connect("clicked(bool)", self.onStartInteractive)
         self.ui.closeInteractiveButton.connect("clicked(bool)", self.onCloseInteractive)
@@ -464,7 +491,8 @@ class CoralBaySlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
 
         def start():
-            self.logic.startInteractive(p.inputVolume, p.model, outputSegmentation=p.segmentation, device=p.device)
+            self.logic.startInteractive(p.inputVolume, p.model, outputSegmentation=p.segmentation, device=p.device,
+                                        proposeWith=p.proposeWith)
             p.segmentation = self.logic.interactive.segmentation
             for field, name in (("interactivePositive", "include"), ("interactiveNegative", "exclude")):
                 if getattr(p, field) is None:
@@ -489,7 +517,11 @@ class CoralBaySlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         name = self.ui.structureComboBox.currentText.strip()
         state = self.logic.interactive
         if state is not None and state.structure != name:
-            self.logic.startStructure(name)
+            self.logic.startStructure(name, propose=self._parameterNode.interactivePropose)
+
+    def onStructureChosen(self, index=None) -> None:
+        if self.logic.interactive and self.ui.structureComboBox.currentText.strip():
+            self.interactiveAction(self.ensureStructure)
 
     def sendPoints(self) -> None:
         self.ensureStructure()
@@ -531,8 +563,10 @@ class CoralBaySlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onTeachDone(self, job: Job) -> None:
         if job.state == JobState.SUCCEEDED:
+            self._parameterNode.proposeWith = job.value  # the next session starts structures from it
             self.refreshModels()
-            self.onLog("info", _("Taught the model {name}; it is in the model list.").format(name=job.value))
+            self.onLog("info", _("Taught the model {name}; it is in the model list and proposes the structures it "
+                                 "knows in the next interactive session (Propose with).").format(name=job.value))
 
     def onCancelInteractive(self) -> None:
         self.logic.cancelInteractive()
@@ -548,8 +582,12 @@ class CoralBaySlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for event in events:
             kind, request = event.get("event"), event.get("request")
             if kind == "result" and event.get("mask"):
-                self.ui.interactiveStatusLabel.text = _("{name}: {ml} ml (answer {n}).").format(
-                    name=event.get("name"), ml=event.get("volume_ml"), n=event.get("answer"))
+                self.ui.interactiveStatusLabel.text = proposal_sentence(event) or _(
+                    "{name}: {ml} ml (answer {n}).").format(name=event.get("name"), ml=event.get("volume_ml"),
+                                                           n=event.get("answer"))
+            elif kind == "result" and request == "start":
+                self.ui.interactiveStatusLabel.text = _("{name}: no proposal; place points.").format(
+                    name=event.get("name"))
             elif kind == "result" and request == "accept":
                 self.ui.interactiveStatusLabel.text = _("Accepted {name}.").format(name=event.get("name"))
                 self.ui.structureComboBox.setCurrentIndex(-1)
@@ -636,13 +674,15 @@ class Review:
 
 
 class _InteractiveState:
-    """The interactive session of a logic: its engine process, folder, scan, output segmentation,
+    """The interactive session of a logic: its engine process, folder, scan file and examples folder, output segmentation,
     the structure in progress (name, colour, terminology), its preview segment, the control points
     already sent (markups node ID -> control point IDs) and answers not yet collected by `waitInteractive`."""
 
-    def __init__(self, session, folder, volume, segmentation) -> None:
+    def __init__(self, session, folder, volume, segmentation, scan, examples) -> None:
         self.session = session
         self.folder = folder
+        self.scan = scan            # the scan file the engine opened (kept beside the examples)
+        self.examples = examples
         self.volume = volume
         self.segmentation = segmentation
         self.structure: Optional[str] = None
@@ -1001,9 +1041,11 @@ class CoralBaySlicerLogic(ScriptedLoadableModuleLogic):
         return self._start("teaching", writeInputs, readOutputs, onDone)
 
     def startInteractive(self, inputVolume, model: str, outputSegmentation=None, device: str = "auto",
-                         examplesFolder=None):
+                         examplesFolder=None, proposeWith: str = ""):
         """Start a session on `inputVolume` (written to the session's folder); returns the request id
-        of the scan's opening. The output segmentation is created when none is given."""
+        of the scan's opening. The output segmentation is created when none is given. `proposeWith`:
+        a segmentation model (e.g. one taught with `teachModel`) whose segmentation starts each
+        structure it knows (engine `--propose-with`); otherwise proposals come from accepted examples."""
         self._checkInputVolume(inputVolume)
         if not model:
             raise ValueError("Choose a model for interactive segmentation.")
@@ -1012,28 +1054,40 @@ class CoralBaySlicerLogic(ScriptedLoadableModuleLogic):
         root = runner.temp_root or pathlib.Path(tempfile.gettempdir())
         root.mkdir(parents=True, exist_ok=True)
         folder = pathlib.Path(tempfile.mkdtemp(prefix="CoralBay-interactive-", dir=str(root)))
+        examples = pathlib.Path(examplesFolder or self.examplesFolder())
         try:
             self._writeVolume(inputVolume, folder / "input.nrrd")
+            scan = keep_scan(folder / "input.nrrd", examples)  # outlives the session if work is accepted on it
         except Exception:
             shutil.rmtree(folder, ignore_errors=True)
             raise
-        examples = pathlib.Path(examplesFolder or self.examplesFolder())
-        argv = interact_argv(runner.python, model, folder / "out", examples, device=device)
+        # Features cached across sessions: the next session restores the examples of earlier scans from them.
+        cache = pathlib.Path(slicer.app.cachePath) / "CoralBay" / "feature-cache"
+        argv = interact_argv(runner.python, model, folder / "out", examples, device=device, cache_dir=cache,
+                             propose_with=proposeWith)
         session = InteractiveSession(argv, env=runner.environment(), cwd=folder)
-        session.start()
+        try:
+            session.start()
+        except Exception:
+            shutil.rmtree(folder, ignore_errors=True)
+            forget_scan(scan, examples)
+            raise
         if outputSegmentation is None:
             outputSegmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode",
                                                                     f"{inputVolume.GetName()} interactive")
             outputSegmentation.CreateDefaultDisplayNodes()
         outputSegmentation.SetReferenceImageGeometryParameterFromVolumeNode(inputVolume)
         outputSegmentation.CreateClosedSurfaceRepresentation()  # the 3D view follows each answer
-        self.interactive = _InteractiveState(session, folder, inputVolume, outputSegmentation)
+        self.interactive = _InteractiveState(session, folder, inputVolume, outputSegmentation, scan, examples)
         self.interactiveTimer.start()
-        return self._interactiveRequest("open", image=str(folder / "input.nrrd"))
+        return self._interactiveRequest("open", image=str(scan))
 
-    def startStructure(self, name: str, terminologyEntry: Optional[str] = None, color=None):
+    def startStructure(self, name: str, terminologyEntry: Optional[str] = None, color=None, propose: bool = True):
         """Begin a structure; colour and terminology default to those of a known structure of that name.
-        A name used by a segment of the output segmentation is refused (accepted work is never overwritten)."""
+        A name used by a segment of the output segmentation is refused (accepted work is never overwritten).
+        `propose`: the engine answers at once with its automatic proposal when it has one (from the
+        --propose-with model, or from the structure accepted on earlier scans); it becomes the preview
+        segment like any answer, and the result's `proposed_by` says where it came from."""
         state = self._interactiveState()
         name = (name or "").strip()
         if not name:
@@ -1051,7 +1105,7 @@ class CoralBaySlicerLogic(ScriptedLoadableModuleLogic):
         state.color = tuple(color) if color is not None else knownColor
         state.terminology = terminologyEntry or knownEntry
         state.sentPoints = {}
-        return self._interactiveRequest("start", name=name, propose=False)
+        return self._interactiveRequest("start", name=name, propose=bool(propose))
 
     def addInteractivePoints(self, markupsNode, positive: bool = True) -> list:
         """Send the control points of `markupsNode` not sent yet (positive or negative clicks)."""
@@ -1118,6 +1172,7 @@ class CoralBaySlicerLogic(ScriptedLoadableModuleLogic):
         if state.previewId and state.segmentation.GetSegmentation().GetSegment(state.previewId):
             state.segmentation.GetSegmentation().RemoveSegment(state.previewId)
         shutil.rmtree(state.folder, ignore_errors=True)
+        forget_scan(state.scan, state.examples)  # kept only while an accepted example refers to it
 
     def pollInteractive(self) -> list:
         """Apply the session's answers (timer); returns the events."""
@@ -1130,6 +1185,8 @@ class CoralBaySlicerLogic(ScriptedLoadableModuleLogic):
             if kind == "result" and event.get("mask"):
                 if event.get("name") == state.structure:  # late answers for a structure left behind are dropped
                     self._showPreview(state, event)
+                    if proposal_sentence(event):
+                        self._log("info", proposal_sentence(event))
             elif kind == "result" and event.get("request") == "accept":
                 self._acceptPreview(state, event)
             elif kind == "result" and event.get("request") == "open" and event.get("accepted"):

@@ -5,10 +5,11 @@ takes a fraction of a second; `process.EngineRun` runs one command per process a
 Why a reader thread and `poll()`: as in `process.py`, reading the process's output blocks; a thread
 decodes each line onto a queue and the GUI drains it from a timer, so the GUI never waits.
 Why a replay log: the engine process may die (killed, out of memory). The session remembers the
-scan it opened, the structure in progress (name, value) and the prompts that were answered, undo
-and redo included; when the process is found dead it starts a new one with the same --output-dir
-(feature cache) and --examples folder (accepted work stays there on disk), re-opens the scan,
-replays the structure's prompts and re-sends the requests that were still waiting. The caller
+scan it opened, the structure in progress (name, value, whether `start` proposed) and the prompts
+that were answered, undo and redo included; when the process is found dead it starts a new one with
+the same --output-dir, --cache and --examples folder (accepted work stays there on disk), re-opens
+the scan, starts the structure the same way (the proposal is made again from the same examples),
+replays its prompts and re-sends the requests that were still waiting. The caller
 sees the answers it asked for, as if nothing had happened, plus one "log" event saying so.
 Why cancel kills when needed: the protocol's "cancel" request stops the feature computation at
 once, but not a head being fitted; when the cancelled requests have not answered within
@@ -21,9 +22,11 @@ themselves stdlib; psutil when present).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import queue
+import shutil
 import subprocess
 import threading
 import time
@@ -36,6 +39,8 @@ from CoralBaySlicerLib.commands import engine_device
 from CoralBaySlicerLib.process import drain_output, kill_process_tree, pump_output
 
 PROMPT_REQUESTS = ("point", "scribble", "box", "segment")
+PROPOSAL = {"type": "proposal"}  # in ReplayLog.undone: the proposal, undone by the user
+SCANS_FOLDER = "scans"  # under the examples folder: the scans the examples were accepted on (see keep_scan)
 REPLAY_ID_PREFIX = "replay-"  # ids of the requests the session sends itself when it restarts
 
 
@@ -45,11 +50,19 @@ class SessionError(RuntimeError):
 
 @dataclass
 class ReplayLog:
-    """What a fresh engine process needs to reach the state the dead one was in."""
+    """What a fresh engine process needs to reach the state the dead one was in.
+
+    Why the proposal is recorded: `start` may answer with an automatic proposal (`proposed_by`),
+    which the engine keeps as the structure's first state; the replay starts the structure the
+    same way (`propose`), so the fresh engine proposes again from the same accepted examples, and
+    undoes it if the user had undone it (a model's proposal is a prompt the engine can undo)."""
 
     scan: str | None = None
     structure: str | None = None
     value: int | None = None
+    propose: bool = False                   # the structure's `start` asked for a proposal
+    proposed_by: str | None = None          # ... and got one: "examples" or the --propose-with model
+    proposal_undone: bool = False           # the user undid the proposal itself
     prompts: list[dict] = field(default_factory=list)   # answered prompts of the structure, in order
     undone: list[dict] = field(default_factory=list)    # prompts taken back by undo (redo brings them back)
     accepted: dict[str, int] = field(default_factory=dict)  # name -> label value (kept on disk by the engine)
@@ -60,7 +73,9 @@ class ReplayLog:
             return out
         out.append({"type": "open", "image": self.scan})
         if self.structure is not None:
-            out.append({"type": "start", "name": self.structure, "value": self.value, "propose": False})
+            out.append({"type": "start", "name": self.structure, "value": self.value, "propose": self.propose})
+            if self.proposal_undone:
+                out.append({"type": "undo", "name": self.structure})
             out += [dict(p) for p in self.prompts]
         return out
 
@@ -69,22 +84,42 @@ class ReplayLog:
         kind = request.get("type")
         if kind == "open":
             self.scan = str(request["image"])
-            self.structure, self.value, self.prompts, self.undone = None, None, [], []
+            self._forget_structure()
             self.accepted = {}
         elif kind == "start":
+            self._forget_structure()
             self.structure, self.value = str(result["name"]), int(result["value"])
-            self.prompts, self.undone = [], []
+            self.propose = bool(request.get("propose", True))
+            self.proposed_by = result.get("proposed_by") or None
         elif kind in PROMPT_REQUESTS:
             self.prompts.append({k: v for k, v in request.items() if k != "id"})
             self.undone = []
         elif kind == "undo" and self.prompts:
             self.undone.append(self.prompts.pop())
+        elif kind == "undo" and self.proposed_by and not self.proposal_undone:
+            self.proposal_undone = True
+            self.undone.append(PROPOSAL)  # redo brings it back, a new prompt discards it for good
         elif kind == "redo" and self.undone:
-            self.prompts.append(self.undone.pop())
+            redone = self.undone.pop()
+            if redone is PROPOSAL:
+                self.proposal_undone = False
+            else:
+                self.prompts.append(redone)
         elif kind == "accept":
             self.accepted[str(result["name"])] = int(result["value"])
             if result.get("name") == self.structure:
-                self.structure, self.value, self.prompts, self.undone = None, None, [], []
+                self._forget_structure()
+
+    def _forget_structure(self) -> None:
+        self.structure, self.value, self.prompts, self.undone = None, None, [], []
+        self.propose, self.proposed_by, self.proposal_undone = False, None, False
+
+    def undo_emptied_proposal(self, event: dict) -> bool:
+        """True when this undo answer is empty although the structure's first state was an
+        examples proposal: the engine keeps such a proposal only until the first click (its
+        seeds stay, its mask goes), so undoing that click shows nothing. Call before `record`."""
+        return (self.proposed_by is not None and not self.proposal_undone and len(self.prompts) == 1
+                and event.get("name") == self.structure and int(event.get("voxels") or 0) == 0)
 
 
 class InteractiveSession:
@@ -214,7 +249,15 @@ class InteractiveSession:
             request = self._pending.pop(request_id)
             if kind == "result":
                 self._failed_restarts = 0
+                if request.get("type") == "undo" and self.log.undo_emptied_proposal(event):
+                    self.log_result(request, event)
+                    self._repropose(request_id)
+                    return []
                 self.log_result(request, event)
+            if request.get("instead_of") == "undo":  # the answer to the undo, as the caller asked it
+                event = {**event, "request": "undo"}
+                if kind == "result":
+                    event["proposed_by"] = self.log.proposed_by
             if request_id in self._cancelled_ids:
                 self._cancelled_ids.remove(request_id)
                 if not self._cancelled_ids:
@@ -224,8 +267,16 @@ class InteractiveSession:
         return [event]
 
     def log_result(self, request: dict, event: dict, replay: bool = False) -> None:
-        if not replay or request.get("type") not in PROMPT_REQUESTS + ("open", "start"):
+        if not replay:  # a replayed request repeats what the log already holds
             self.log.record(request, event)
+
+    def _repropose(self, request_id: str) -> None:
+        """Undo of the first click on an examples proposal: ask the engine for the proposal again
+        (same examples, same scan) and answer the undo with it, so undo goes back to what the
+        structure started from, not to nothing. Pending under the undo's id: a restart re-sends it."""
+        request = {"id": request_id, "type": "propose", "name": self.log.structure, "instead_of": "undo"}
+        self._pending[request_id] = request
+        self._write(request)
 
     def _kill_cancelled(self) -> list[dict]:
         """The engine did not stop in time: kill it, answer the cancelled requests, restart."""
@@ -323,13 +374,28 @@ class InteractiveSession:
 
 
 def interact_argv(python: str | os.PathLike, model: str, output_dir: str | os.PathLike,
-                  examples_dir: str | os.PathLike, device: str = "auto", cache_dir: str | os.PathLike | None = None) -> list[str]:
-    """The `coralbay interact` command line (`device`: the panel's choice, see `commands.DEVICE_CHOICES`)."""
+                  examples_dir: str | os.PathLike, device: str = "auto", cache_dir: str | os.PathLike | None = None,
+                  propose_with: str = "") -> list[str]:
+    """The `coralbay interact` command line (`device`: the panel's choice, see `commands.DEVICE_CHOICES`;
+    `propose_with`: a segmentation model, e.g. a taught one, whose segmentation starts each structure it knows)."""
     argv = [str(python), "-m", "coralbay", "interact", "--model", str(model), "--output-dir", str(output_dir),
             "--examples", str(examples_dir), "--device", engine_device(device)]
     if cache_dir is not None:
         argv += ["--cache", str(cache_dir)]
+    if propose_with:
+        argv += ["--propose-with", str(propose_with)]
     return argv
+
+
+def proposal_sentence(event: dict) -> str:
+    """The status line for an answer that is an automatic proposal ("" for any other answer)."""
+    by = event.get("proposed_by")
+    if not by or not event.get("mask"):
+        return ""
+    source = "from your accepted examples" if by == "examples" else f"by model {by}"
+    lead = "back to the proposal" if event.get("request") == "undo" else "proposed"
+    return (f"{event.get('name')}: {lead} {source} ({event.get('volume_ml')} ml); "
+            "correct it with points or strokes, or Accept.")
 
 
 def example_masks(examples_dir: str | os.PathLike) -> dict[str, Path]:
@@ -340,3 +406,41 @@ def example_masks(examples_dir: str | os.PathLike) -> dict[str, Path]:
             for name, entry in json.loads(record.read_text(encoding="utf-8"))["structures"].items():
                 found[name] = record.parent / entry["mask"]
     return found
+
+
+def keep_scan(written: str | os.PathLike, examples_dir: str | os.PathLike) -> Path:
+    """Move the scan written for the engine to `<examples>/scans/<content sha256>.<ext>` and return
+    that path, which the session opens.
+
+    Why: the engine records the path it opened in each accepted example, and the examples are
+    only usable (proposals on the next scan, Teach model) while that scan can be read; the session
+    folder the scan is written to goes at End session. Named by content, the same volume opened
+    again is the same file. `forget_scan` removes it again unless something was accepted on it."""
+    written = Path(written)
+    digest = hashlib.sha256()
+    with written.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    target = Path(examples_dir) / SCANS_FOLDER / f"{digest.hexdigest()[:24]}{''.join(written.suffixes)}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.is_file():
+        written.unlink()
+    else:  # another file system, maybe: copy beside the target, then rename (never a partial scan)
+        partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+        shutil.move(str(written), str(partial))
+        os.replace(partial, target)
+    return target
+
+
+def forget_scan(scan: str | os.PathLike, examples_dir: str | os.PathLike) -> bool:
+    """Delete a scan kept by `keep_scan` that no accepted example refers to (End session); True if deleted."""
+    scan, examples = Path(scan), Path(examples_dir)
+    if scan.parent != examples / SCANS_FOLDER or not scan.is_file():
+        return False
+    for record in examples.glob("*/example.json"):  # layout: coralbay/io/examples.py
+        with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
+            if Path(json.loads(record.read_text(encoding="utf-8")).get("scan") or "").resolve() == scan.resolve():
+                return False
+    with contextlib.suppress(FileNotFoundError):
+        scan.unlink()
+    return True

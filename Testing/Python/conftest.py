@@ -77,11 +77,14 @@ def tiny_cls_bundle(tmp_path_factory) -> Path:
     return make_tiny_bundle(tmp_path_factory.mktemp("bundles") / "tiny-cls", "classification", separate_backbone=True)
 
 
-def write_interactive_phantom(folder: Path) -> tuple[Path, Path]:
-    """The small phantom the interactive tests click on (3 mm, 180 x 150 x 120 mm): CT and labels."""
+def write_interactive_phantom(folder: Path, seed: int = 10007, direction: str = "LPS",
+                              size_mm: tuple[int, int, int] = (180, 150, 120)) -> tuple[Path, Path]:
+    """The small phantom the interactive tests click on (3 mm, 180 x 150 x 120 mm): CT and labels.
+    Another `seed` / `direction` is a later scan of the same anatomy (other organ sizes, storage order)."""
     from coralbay.phantom import generate_phantom, write_phantom
 
-    ph = generate_phantom(10007, spacing=3.0, size_mm=(180, 150, 120), lesions=False, direction="LPS")
+    ph = generate_phantom(seed, spacing=3.0, size_mm=size_mm, lesions=False, direction=direction)
+    folder.mkdir(parents=True, exist_ok=True)
     ct, labels = folder / "ct.nii.gz", folder / "labels.nii.gz"
     write_phantom(ph, ct, labels)
     return ct, labels

@@ -8,6 +8,7 @@ One session is shared by the tests of this file (they run in order) to keep them
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -21,7 +22,8 @@ import SimpleITK as sitk
 
 from coralbay.interactive import simulate as S
 from conftest import write_interactive_phantom
-from CoralBaySlicerLib.interactive_session import InteractiveSession, SessionError, example_masks, interact_argv
+from CoralBaySlicerLib.interactive_session import (InteractiveSession, ReplayLog, SessionError, example_masks,
+                                                   forget_scan, interact_argv, keep_scan, proposal_sentence)
 
 REPO = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 180
@@ -138,3 +140,63 @@ def test_an_engine_that_cannot_start_is_given_up_with_its_own_sentence(scan, tmp
     with pytest.raises(SessionError):
         s.request("status")
     s.close()
+
+
+def test_the_replay_log_starts_a_structure_as_it_was_started():
+    """The log records whether `start` asked for and got a proposal; the replay asks the same way,
+    and undoes a model's proposal (a prompt to the engine) if the user had undone it."""
+    log = ReplayLog()
+    log.record({"type": "open", "image": "scan.nrrd"}, {})
+    log.record({"type": "start", "name": "liver"}, {"name": "liver", "value": 1, "proposed_by": "my-organs"})
+    assert log.propose and log.proposed_by == "my-organs"
+    point = {"type": "point", "lps": [1.0, 2.0, 3.0], "positive": True}
+    log.record({"id": "3", **point}, {})
+    empty = {"name": "liver", "voxels": 0}
+    assert log.undo_emptied_proposal(empty)  # an empty undo answer right after the proposal: not what was seen
+    log.record({"type": "undo"}, {})
+    log.record({"type": "undo"}, {})          # the proposal itself
+    assert log.prompts == [] and log.proposal_undone
+    assert not log.undo_emptied_proposal(empty)
+    assert log.requests()[1:] == [{"type": "start", "name": "liver", "value": 1, "propose": True},
+                                  {"type": "undo", "name": "liver"}]
+    log.record({"type": "redo"}, {})          # the proposal comes back first
+    assert not log.proposal_undone and log.undone == [point]
+    log.record({"type": "undo"}, {})
+    log.record(point, {})                     # a new prompt: the undone proposal is gone for good
+    log.record({"type": "undo"}, {})
+    log.record({"type": "redo"}, {})          # ... so redo brings the prompt back, not the proposal
+    assert log.proposal_undone and log.prompts == [point]
+    assert [r["type"] for r in log.requests()] == ["open", "start", "undo", "point"]
+    log.record({"type": "start", "name": "spleen", "propose": False}, {"name": "spleen", "value": 2})
+    assert log.requests()[1:] == [{"type": "start", "name": "spleen", "value": 2, "propose": False}]
+    assert not log.undo_emptied_proposal({"name": "spleen", "voxels": 0})
+
+
+def test_proposal_status_sentence():
+    answer = {"name": "liver", "mask": "m.nrrd", "volume_ml": 1234.5}
+    assert proposal_sentence({**answer, "proposed_by": "examples"}).startswith(
+        "liver: proposed from your accepted examples (1234.5 ml)")
+    assert proposal_sentence({**answer, "proposed_by": "my-organs"}).startswith("liver: proposed by model my-organs")
+    assert proposal_sentence({**answer, "request": "undo", "proposed_by": "examples"}).startswith(
+        "liver: back to the proposal from your accepted examples")
+    assert proposal_sentence(answer) == "" and proposal_sentence({"name": "liver", "proposed_by": "examples"}) == ""
+
+
+def test_a_kept_scan_stays_only_while_an_example_refers_to_it(tmp_path):
+    examples = tmp_path / "examples"
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "input.nrrd").write_bytes(b"the same voxels")
+    first = keep_scan(tmp_path / "a" / "input.nrrd", examples)
+    again = keep_scan(tmp_path / "b" / "input.nrrd", examples)  # the same volume opened again: the same file
+    assert first == again and first.parent == examples / "scans" and first.read_bytes() == b"the same voxels"
+    assert not (tmp_path / "a" / "input.nrrd").exists() and not (tmp_path / "b" / "input.nrrd").exists()
+    (examples / "0123456789abcdef").mkdir()
+    record = examples / "0123456789abcdef" / "example.json"
+    record.write_text(json.dumps({"scan": str(first), "structures": {}}))
+    assert not forget_scan(first, examples) and first.is_file()
+    record.write_text(json.dumps({"scan": "elsewhere.nrrd", "structures": {}}))
+    assert forget_scan(first, examples) and not first.exists()
+    outside = tmp_path / "mine.nrrd"
+    outside.write_bytes(b"x")
+    assert not forget_scan(outside, examples) and outside.is_file()  # only scans it kept itself

@@ -213,3 +213,136 @@ def test_teach_model_runs_in_the_background_and_the_model_joins_the_list(module,
     assert taught.segments and set(taught.structures) == {"liver", "spleen"}
     with pytest.raises(ValueError, match="already in the catalog"):
         logic.teachModel("my-organs", "demo-phantom-seg", examplesFolder=examples)
+
+
+def _accept_by_clicks(logic, ct, image, truth, positive, negative, name: str, target: float = 0.9) -> float:
+    """Start `name`, click as the simulated user until Dice `target` (at most 10 clicks), accept."""
+    started = _answer(logic, logic.startStructure(name))
+    assert "proposed_by" not in started and logic.interactive.previewId is None  # nothing accepted yet: no proposal
+    prediction, dice = None, 0.0
+    for _ in range(10):
+        _click(positive, negative, S.next_click(prediction, truth, image))
+        sent = logic.addInteractivePoints(positive, True) + logic.addInteractivePoints(negative, False)
+        _answer(logic, sent[0])
+        prediction = _preview(logic, ct)
+        dice = S.dice(prediction, truth)
+        if dice >= target:
+            break
+    _answer(logic, logic.interactiveAccept())
+    positive.RemoveAllControlPoints()
+    negative.RemoveAllControlPoints()
+    return dice
+
+
+def test_the_next_scan_starts_from_the_proposal_and_a_restart_replays_it(module, tmp_path):
+    """Issue #14's loop in Slicer: the liver accepted on one scan; on the next scan (other organ
+    sizes, stored in another orientation) starting the liver shows the engine's proposal as the
+    preview segment before any click; a click corrects it, undo goes back to it, and after the
+    engine is killed the replayed `start` proposes again (Accept with no click accepts it)."""
+    import slicer
+
+    scans = {}
+    for key, seed, direction in (("first", 10007, "LPS"), ("second", 10008, "RAI")):
+        ct_file, labels_file = write_interactive_phantom(tmp_path / key, seed, direction)
+        liver = sitk.GetArrayFromImage(sitk.ReadImage(str(labels_file))) == 1
+        scans[key] = (ct_file, sitk.ReadImage(str(ct_file)), liver)
+    examples = tmp_path / "examples"
+    logic = module.CoralBaySlicerLogic()
+    positive = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "include")
+    negative = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "exclude")
+
+    ct_file, image, liver = scans["first"]
+    ct = slicer.util.loadVolume(str(ct_file), {"name": "CT first"})
+    _answer(logic, logic.startInteractive(ct, "demo-phantom-seg", device="CPU", examplesFolder=examples))
+    accepted_dice = _accept_by_clicks(logic, ct, image, liver, positive, negative, "liver")
+    first_scan = logic.interactive.scan
+    logic.closeInteractive()
+    # the example must stay usable after End session: the scan it was accepted on is kept beside it
+    assert first_scan.is_file() and first_scan.parent == examples / "scans"
+
+    ct_file, image, liver = scans["second"]
+    ct = slicer.util.loadVolume(str(ct_file), {"name": "CT second"})
+    messages = []
+    logic.logCallback = lambda level, message: messages.append(message)
+    opened = _answer(logic, logic.startInteractive(ct, "demo-phantom-seg", device="CPU", examplesFolder=examples))
+    assert opened["accepted"] == {}  # nothing accepted on this scan: the liver is an example of another
+    output = logic.interactive.segmentation
+    started = _answer(logic, logic.startStructure("liver"))
+    assert started["proposed_by"] == "examples"
+    proposal = _preview(logic, ct)
+    assert np.array_equal(proposal, sitk.GetArrayFromImage(sitk.ReadImage(started["mask"])) > 0)
+    assert _segment_names(output) == ["liver (preview)"]
+    proposal_dice = S.dice(proposal, liver)
+    assert any(m.startswith("liver: proposed from your accepted examples") for m in messages), messages
+    # the replay log starts the structure as it was started: with the proposal
+    log = logic.interactive.session.log
+    assert log.propose and log.proposed_by == "examples"
+    assert log.requests()[1] == {"type": "start", "name": "liver", "value": started["value"], "propose": True}
+
+    # a click corrects the proposal; undo goes back to the proposal, not to an empty preview
+    _click(positive, negative, S.next_click(proposal, liver, image))
+    sent = logic.addInteractivePoints(positive, True) + logic.addInteractivePoints(negative, False)
+    _answer(logic, sent[0])
+    corrected = _preview(logic, ct)
+    assert not np.array_equal(corrected, proposal)
+    undone = _answer(logic, logic.interactiveUndo())
+    back = _preview(logic, ct)
+    assert undone["request"] == "undo" and undone["proposed_by"] == "examples"
+    assert log.prompts == [] and log.requests()[-1]["type"] == "start"
+    print(f"Dice: accepted on scan 1 {accepted_dice:.3f}; proposal on scan 2 {proposal_dice:.3f}, after one click "
+          f"{S.dice(corrected, liver):.3f}; undo back to the proposal: Dice to it {S.dice(back, proposal):.4f} "
+          f"(identical: {np.array_equal(back, proposal)})")
+    assert proposal_dice > 0.6, proposal_dice
+    assert S.dice(back, proposal) > 0.99
+
+    # the engine dies: the replayed start proposes again, so Accept with no click accepts the proposal
+    os.kill(logic.interactive.session.pid, signal.SIGKILL)
+    accepted = _answer(logic, logic.interactiveAccept())
+    assert logic.interactive.session.restarts == 1
+    assert _segment_names(output) == ["liver"]
+    kept = slicer.util.arrayFromSegmentBinaryLabelmap(output, _segment_ids(output.GetSegmentation())[0], ct) > 0
+    print(f"after the restart: accepted {accepted['voxels']} voxels, proposal {int(back.sum())}, "
+          f"Dice {S.dice(kept, back):.4f}")
+    assert np.array_equal(kept, back)
+    logic.closeInteractive()
+
+
+def test_a_session_proposes_with_a_chosen_model(module, tmp_path):
+    """Propose with a segmentation model (what Teach model makes; the demo bundle stands in, on the
+    phantom field of view it was trained on): the engine starts with --propose-with, `start` answers
+    with the model's segmentation as the preview, undo of the first click goes back to it."""
+    import slicer
+
+    ct_file, labels_file = write_interactive_phantom(tmp_path, size_mm=(240, 200, 140))
+    image, liver = sitk.ReadImage(str(ct_file)), sitk.GetArrayFromImage(sitk.ReadImage(str(labels_file))) == 1
+    ct = slicer.util.loadVolume(str(ct_file), {"name": "CT"})
+    logic = module.CoralBaySlicerLogic()
+    messages = []
+    logic.logCallback = lambda level, message: messages.append(message)
+    _answer(logic, logic.startInteractive(ct, "demo-phantom-seg", device="CPU", examplesFolder=tmp_path / "examples",
+                                          proposeWith="demo-phantom-seg"))
+    argv = logic.interactive.session.argv
+    assert argv[argv.index("--propose-with") + 1] == "demo-phantom-seg"
+    started = _answer(logic, logic.startStructure("liver"))
+    assert started["proposed_by"] == "demo-phantom-seg"
+    proposal = _preview(logic, ct)
+    assert S.dice(proposal, liver) > 0.5
+    assert any(m.startswith("liver: proposed by model demo-phantom-seg") for m in messages), messages
+    scan = logic.interactive.scan
+    positive = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "include")
+    negative = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "exclude")
+    _click(positive, negative, S.next_click(proposal, liver, image))
+    _answer(logic, (logic.addInteractivePoints(positive, True) + logic.addInteractivePoints(negative, False))[0])
+    assert not np.array_equal(_preview(logic, ct), proposal)
+    _answer(logic, logic.interactiveUndo())
+    assert np.array_equal(_preview(logic, ct), proposal)
+    # the model's proposal is itself undoable (a segment prompt to the engine); the replay log knows it
+    assert _answer(logic, logic.interactiveUndo())["voxels"] == 0 and not _preview(logic, ct).any()
+    log = logic.interactive.session.log
+    assert log.proposal_undone and [r["type"] for r in log.requests()] == ["open", "start", "undo"]
+    # unchecked "Start from a proposal": the structure starts empty although the model knows it
+    plain = _answer(logic, logic.startStructure("spleen", propose=False))
+    assert "proposed_by" not in plain and "mask" not in plain and logic.interactive.previewId is None
+    assert logic.interactive.session.log.propose is False
+    logic.closeInteractive()
+    assert not scan.exists()  # nothing accepted on it: not kept
