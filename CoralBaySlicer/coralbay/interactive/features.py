@@ -8,10 +8,11 @@ Each scale block is scaled to equal total variance before the PCA, so the 16F-ch
 does not drown the fine ones. The projection is fitted once per encoder on a fixed synthetic scan
 (`reference_projection`), so features of different scans share one space. The projection is linear, so projecting each window before blending
 equals projecting the blended features: the windows are blended with the sliding-window code of
-segmentation (`blend_slabs`, Gaussian weights) and never held at full width.
+segmentation (`blend_slabs`' Gaussian weights and summation) and never held at full width.
+Windows are computed lazily (`LazyFeatures`): those an answer needs first, the rest later.
 
 Cache: one `.npz` per (scan content, encoder weights, preprocessing, recipe), written atomically,
-read with `allow_pickle=False`; the file holds its own key and a sha256 of its arrays, and a file
+read with `allow_pickle=False`, only ever holding a complete volume; the file holds its own key and a sha256 of its arrays, and a file
 that does not match (corrupt, other weights, other recipe) is recomputed, never trusted.
 """
 
@@ -239,23 +240,29 @@ class LazyFeatures:
         return tuple(out), tuple(local)
 
     def windows_at(self, voxels_xyz: np.ndarray) -> list[int]:
-        """Pending windows that contain any of the model voxels (N, 3), nearest to their centre first."""
+        """Pending windows that give features to the voxels (N, 3) without them: per voxel, the window
+        containing it whose centre is nearest to it (one window, not all that contain it: with
+        overlap 0.5 a voxel lies in up to 8-27). Nearest to the voxels' mean first."""
         voxels = np.asarray(voxels_xyz, np.int64).reshape(-1, 3)
         if not self.pending or voxels.size == 0:
             return []
-        centre = voxels.mean(0)
-        found = []
-        for i in self.pending:
-            region, _ = self._crop(self.run.todo[i])
-            lo = np.asarray([r.start for r in region])
-            hi = np.asarray([r.stop for r in region])
-            if np.any(np.all((voxels >= lo) & (voxels < hi), axis=1)):
-                found.append((float(np.linalg.norm((lo + hi) / 2 - centre)), i))
-        return [i for _, i in sorted(found)]
+        voxels = voxels[~self.covered[tuple(voxels.T)]]
+        if not len(voxels):
+            return []
+        regions = [self._crop(s)[0] for s in self.run.todo]
+        lo = np.asarray([[r.start for r in region] for region in regions])          # (W, 3)
+        hi = np.asarray([[r.stop for r in region] for region in regions])
+        inside = np.all((voxels[:, None] >= lo[None]) & (voxels[:, None] < hi[None]), axis=2)   # (N, W)
+        centre = (lo + hi) / 2.0
+        distance = np.linalg.norm(voxels[:, None] - centre[None], axis=2)
+        best = np.where(inside, distance, np.inf).argmin(axis=1)
+        chosen = [int(i) for i in np.unique(best) if int(i) in self.pending]
+        mean = voxels.mean(0)
+        return sorted(chosen, key=lambda i: float(np.linalg.norm(centre[i] - mean)))
 
     def ensure(self, voxels_xyz: np.ndarray, progress: Callable[[float, str], None] | None = None,
                cancelled: Callable[[], bool] | None = None) -> int:
-        """Compute every pending window containing one of the voxels; how many were computed."""
+        """Give the voxels without features their windows (`windows_at`); how many were computed."""
         todo = self.windows_at(voxels_xyz)
         self._compute(todo, progress, cancelled)
         return len(todo)
