@@ -12,7 +12,8 @@ segmentation (`blend_slabs`' Gaussian weights and summation) and never held at f
 Windows are computed lazily (`LazyFeatures`): those an answer needs first, the rest later.
 
 Cache: one `.npz` per (scan content, encoder weights, preprocessing, recipe), written atomically,
-read with `allow_pickle=False`, only ever holding a complete volume; the file holds its own key and a sha256 of its arrays, and a file
+read with `allow_pickle=False`, only ever holding a complete volume; the file holds its own key
+and a sha256 of its arrays, and a file
 that does not match (corrupt, other weights, other recipe) is recomputed, never trusted.
 """
 

@@ -35,6 +35,9 @@ REQUESTS = ("open", "start", "point", "scribble", "box", "segment", "propose", "
             "labels", "status", "cancel", "quit")
 
 
+ANSWERING = ("point", "scribble", "box", "segment", "start", "propose", "status")  # results that say how far features are
+
+
 class Cancelled(CoralBayError):
     """The user cancelled the request in progress."""
 
@@ -83,7 +86,7 @@ class Protocol:
             if self.cancelled():
                 raise Cancelled("Cancelled.")
             fields = getattr(self, f"_{kind}")(request)
-            if kind in ("point", "scribble", "box", "segment", "start", "propose", "status") and self.session.image is not None:
+            if kind in ANSWERING and self.session.image is not None:
                 fields.update(self._feature_fields())
             self.event("result", request, seconds=round(time.perf_counter() - started, 3), **fields)
         except (Cancelled, InterruptedError):
@@ -260,7 +263,7 @@ def serve(session: Session, output_dir: Path, stdin: TextIO = sys.stdin, stdout:
     threading.Thread(target=reader, daemon=True).start()
     protocol.event("result", {"type": "ready"}, message="ready", requests=list(REQUESTS))
     while True:
-        if session.features_pending and not protocol.paused:   # idle: compute the scan's remaining windows, one at a time
+        if session.features_pending and not protocol.paused:   # idle: the scan's remaining windows, one at a time
             try:
                 item = requests.get_nowait()
             except queue.Empty:

@@ -510,7 +510,8 @@ class Session:
                 corners = np.asarray([[x, y, z] for x in (lower[0], upper[0]) for y in (lower[1], upper[1])
                                       for z in (lower[2], upper[2])])
                 m = self.model_voxels(corners[:, ::-1])
-                axes = [np.linspace(a, b, max(2, (b - a) // 16 + 2)).round().astype(int) for a, b in zip(m.min(0), m.max(0))]
+                axes = [np.linspace(a, b, max(2, (b - a) // 16 + 2)).round().astype(int)
+                        for a, b in zip(m.min(0), m.max(0))]
                 voxels.append(np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3))
         if voxels:
             self.features.ensure(np.concatenate(voxels), self.feature_progress, self.cancelled)
