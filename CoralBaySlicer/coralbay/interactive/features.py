@@ -8,10 +8,12 @@ Each scale block is scaled to equal total variance before the PCA, so the 16F-ch
 does not drown the fine ones. The projection is fitted once per encoder on a fixed synthetic scan
 (`reference_projection`), so features of different scans share one space. The projection is linear, so projecting each window before blending
 equals projecting the blended features: the windows are blended with the sliding-window code of
-segmentation (`blend_slabs`, Gaussian weights) and never held at full width.
+segmentation (`blend_slabs`' Gaussian weights and summation) and never held at full width.
+Windows are computed lazily (`LazyFeatures`): those an answer needs first, the rest later.
 
 Cache: one `.npz` per (scan content, encoder weights, preprocessing, recipe), written atomically,
-read with `allow_pickle=False`; the file holds its own key and a sha256 of its arrays, and a file
+read with `allow_pickle=False`, only ever holding a complete volume; the file holds its own key
+and a sha256 of its arrays, and a file
 that does not match (corrupt, other weights, other recipe) is recomputed, never trusted.
 """
 
@@ -33,8 +35,9 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from coralbay.interactive.engine import (LoadedBundle, atomic_file, blend_slabs, enable_fast_swin, encoder_digest,
-                                         generate_phantom, plan_windows, prepare, WindowSettings)
+from coralbay.interactive.engine import (LoadedBundle, WindowSettings, atomic_file, compute_importance_map,
+                                         enable_fast_swin, encoder_digest, generate_phantom, plan_run,
+                                         plan_windows, prepare, window_context)
 
 log = logging.getLogger("coralbay.interactive")
 
@@ -169,33 +172,161 @@ def reference_projection(bundle: LoadedBundle, device: torch.device | str = "cpu
 _PROJECTIONS: dict[str, Projection] = {}
 
 
+class LazyFeatures:
+    """A scan's features computed window by window, in the order the user's work asks for them.
+
+    Why: the whole scan's windows took 10-22 s on one core before the first prompt could be
+    answered; the head needs features only around the structure. `ensure` computes the windows
+    that contain given model voxels (nearest first), `step` computes the next pending ones (between
+    requests). Each window is blended into float32 accumulators exactly as `blend_slabs` does,
+    so when every window is in, in MONAI's order, the volume equals the eager one bit for bit; in
+    another order it equals it up to float32 summation order (<= 1 float16 step, tested).
+    `covered` marks the voxels with features: at least one of their windows is in, or no
+    evaluated window covers them (air only: the constant background of `blend_slabs`).
+    Only the complete volume is written to the cache (atomically); partial work never is.
+    """
+
+    def __init__(self, image: sitk.Image, bundle: LoadedBundle, key: str, device: torch.device | str = "cpu",
+                 cache_dir: str | os.PathLike | None = None) -> None:
+        start = time.perf_counter()
+        self.bundle, self.device, self.cache_dir = bundle, device, cache_dir
+        infer = bundle.manifest.inference
+        self.settings = WindowSettings(tuple(int(v) for v in infer["window_size"]), infer["overlap"],
+                                       batch_size=1, skip_empty=True)
+        prepared = prepare(image, bundle.manifest.preprocessing, None, windows=self.settings)
+        self.run = plan_run(prepared.array, self.settings)
+        self.pad = [int(p[0]) for p in self.run.plan.padding]
+        self.pending: list[int] = list(range(len(self.run.todo)))   # indices into run.todo, MONAI order
+        k = COMPONENTS
+        shape = self.volume_shape = tuple(int(v) for v in prepared.array.shape)
+        self.acc = torch.zeros((k, *shape), dtype=torch.float32)
+        self.norm = torch.zeros(shape, dtype=torch.float32)
+        reach = np.zeros(shape, bool)
+        for s in self.run.todo:
+            reach[self._crop(s)[0]] = True
+        self.covered = ~reach
+        features = np.zeros((k, *shape), np.float16)
+        features[0][self.covered] = 20.0          # blend_slabs' background where no window runs
+        self.volume = FeatureVolume(features, prepared.array, prepared.grid, key, time.perf_counter() - start)
+        self.version = 0                          # windows blended in so far
+        self._weights: torch.Tensor | None = None
+        if not self.pending:
+            self._finished()
+
+    @classmethod
+    def of(cls, volume: FeatureVolume) -> "LazyFeatures":
+        """A complete volume (read from the cache) behind the same interface."""
+        self = cls.__new__(cls)
+        self.volume, self.pending, self.version, self.cache_dir = volume, [], 0, None
+        self.covered = np.ones(volume.shape, bool)
+        return self
+
+    @property
+    def complete(self) -> bool:
+        return not self.pending
+
+    @property
+    def fraction(self) -> float:
+        total = len(self.run.todo) if hasattr(self, "run") else 0
+        return 1.0 if not total else 1.0 - len(self.pending) / total
+
+    def _crop(self, s: tuple[slice, ...]) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+        """A padded window's part inside the volume: (volume slices, window-local slices)."""
+        out, local = [], []
+        for axis, sl in enumerate(s):
+            lo, hi = sl.start - self.pad[axis], sl.stop - self.pad[axis]
+            a, b = max(lo, 0), min(hi, self.volume_shape[axis])
+            out.append(slice(a, b))
+            local.append(slice(a - lo, b - lo))
+        return tuple(out), tuple(local)
+
+    def windows_at(self, voxels_xyz: np.ndarray) -> list[int]:
+        """Pending windows that give features to the voxels (N, 3) without them: per voxel, the window
+        containing it whose centre is nearest to it (one window, not all that contain it: with
+        overlap 0.5 a voxel lies in up to 8-27). Nearest to the voxels' mean first."""
+        voxels = np.asarray(voxels_xyz, np.int64).reshape(-1, 3)
+        if not self.pending or voxels.size == 0:
+            return []
+        voxels = voxels[~self.covered[tuple(voxels.T)]]
+        if not len(voxels):
+            return []
+        regions = [self._crop(s)[0] for s in self.run.todo]
+        lo = np.asarray([[r.start for r in region] for region in regions])          # (W, 3)
+        hi = np.asarray([[r.stop for r in region] for region in regions])
+        inside = np.all((voxels[:, None] >= lo[None]) & (voxels[:, None] < hi[None]), axis=2)   # (N, W)
+        centre = (lo + hi) / 2.0
+        distance = np.linalg.norm(voxels[:, None] - centre[None], axis=2)
+        best = np.where(inside, distance, np.inf).argmin(axis=1)
+        chosen = [int(i) for i in np.unique(best) if int(i) in self.pending]
+        mean = voxels.mean(0)
+        return sorted(chosen, key=lambda i: float(np.linalg.norm(centre[i] - mean)))
+
+    def ensure(self, voxels_xyz: np.ndarray, progress: Callable[[float, str], None] | None = None,
+               cancelled: Callable[[], bool] | None = None) -> int:
+        """Give the voxels without features their windows (`windows_at`); how many were computed."""
+        todo = self.windows_at(voxels_xyz)
+        self._compute(todo, progress, cancelled)
+        return len(todo)
+
+    def step(self, count: int = 1, progress: Callable[[float, str], None] | None = None,
+             cancelled: Callable[[], bool] | None = None) -> bool:
+        """Compute the next `count` pending windows; True while some remain."""
+        self._compute(self.pending[:count], progress, cancelled)
+        return bool(self.pending)
+
+    def finish(self, progress: Callable[[float, str], None] | None = None,
+               cancelled: Callable[[], bool] | None = None) -> FeatureVolume:
+        self._compute(list(self.pending), progress, cancelled)
+        return self.volume
+
+    def _compute(self, windows: list[int], progress, cancelled) -> None:
+        if not windows:
+            return
+        start = time.perf_counter()
+        enable_fast_swin(self.bundle.network)
+        projection = reference_projection(self.bundle, self.device)
+        encoder = self.bundle.network.encoder.to(self.device).eval()
+        if self._weights is None:
+            self._weights = compute_importance_map(self.settings.size, mode=str(self.settings.blend),
+                                                   sigma_scale=self.settings.sigma_scale, device="cpu",
+                                                   dtype=torch.float32)
+        total = len(self.run.todo)
+        with window_context(torch.device(self.device), False):
+            for i in windows:
+                if cancelled is not None and cancelled():
+                    raise InterruptedError("cancelled")
+                s = self.run.todo[i]
+                x = self.run.volume[s][None, None].to(self.device)
+                out = projection([m.float() for m in encoder(x)])[0].cpu()
+                region, local = self._crop(s)
+                weights = self._weights[local]
+                self.acc[(slice(None), *region)] += out[(slice(None), *local)].float() * weights
+                self.norm[region] += weights
+                norm = self.norm[region]
+                value = self.acc[(slice(None), *region)] / torch.where(norm > 0, norm, torch.ones_like(norm))
+                self.volume.features[(slice(None), *region)] = value.numpy().astype(np.float16)
+                self.covered[region] = True
+                self.pending.remove(i)
+                self.version += 1
+                if progress:
+                    done = total - len(self.pending)
+                    progress(done / max(1, total), f"window {done}/{total}")
+        self.volume.seconds += time.perf_counter() - start
+        if not self.pending:
+            self._finished()
+
+    def _finished(self) -> None:
+        """All windows in: drop the accumulators, write the cache (only now, atomically)."""
+        self.acc = self.norm = None  # type: ignore[assignment]
+        if self.cache_dir is not None:
+            write_cache(self.cache_dir, self.volume)
+
+
 def compute_features(image: sitk.Image, bundle: LoadedBundle, key: str, device: torch.device | str = "cpu",
                      progress: Callable[[float, str], None] | None = None,
                      cancelled: Callable[[], bool] | None = None) -> FeatureVolume:
-    """Preprocess like segmentation, then blend the projected encoder maps window by window."""
-    start = time.perf_counter()
-    manifest = bundle.manifest
-    infer = manifest.inference
-    window = tuple(int(v) for v in infer["window_size"])
-    enable_fast_swin(bundle.network)
-    projection = reference_projection(bundle, device)
-    settings = WindowSettings(window, infer["overlap"], batch_size=1, skip_empty=True)
-    prepared = prepare(image, manifest.preprocessing, None, windows=settings)
-    volume = torch.as_tensor(prepared.array)
-    encoder = bundle.network.encoder.to(device).eval()
-
-    def embed(x: torch.Tensor) -> torch.Tensor:
-        if cancelled is not None and cancelled():
-            raise InterruptedError("cancelled")
-        return projection([m.float() for m in encoder(x)])
-
-    k = projection.basis.shape[1]
-    features = np.empty((k, *volume.shape), dtype=np.float16)
-    for slab in blend_slabs(prepared.array, embed, k, settings, device=device, autocast=False,
-                            progress=progress):
-        features[:, slab.start:slab.stop] = slab.logits.cpu().numpy().astype(np.float16)
-    seconds = time.perf_counter() - start
-    return FeatureVolume(features, prepared.array, prepared.grid, key, seconds)
+    """Preprocess like segmentation, then blend the projected encoder maps window by window (all of them)."""
+    return LazyFeatures(image, bundle, key, device).finish(progress, cancelled)
 
 
 # --------------------------------------------------------------------------------------------
@@ -264,18 +395,26 @@ def read_cache(folder: str | os.PathLike, key: str) -> FeatureVolume | None:
     return FeatureVolume(features, intensity, _grid_from_record(grid), key, 0.0, True)
 
 
-def scan_features(image: sitk.Image, bundle: LoadedBundle, cache_dir: str | os.PathLike | None,
-                  device: torch.device | str = "cpu", progress: Callable[[float, str], None] | None = None,
-                  cancelled: Callable[[], bool] | None = None) -> FeatureVolume:
-    """The scan's features: from the cache when it holds a valid entry, else computed (and cached)."""
+def feature_key(image: sitk.Image, bundle: LoadedBundle) -> str:
     manifest = bundle.manifest
-    key = cache_key(scan_digest(image), encoder_digest(bundle.network), manifest.preprocessing.to_dict(),
-                    manifest.inference)
+    return cache_key(scan_digest(image), encoder_digest(bundle.network), manifest.preprocessing.to_dict(),
+                     manifest.inference)
+
+
+def open_features(image: sitk.Image, bundle: LoadedBundle, cache_dir: str | os.PathLike | None,
+                  device: torch.device | str = "cpu") -> LazyFeatures:
+    """The scan's features: complete from the cache when it holds a valid entry, else nothing computed yet
+    (windows come on demand; the cache is written when the last one is in)."""
+    key = feature_key(image, bundle)
     if cache_dir is not None:
         cached = read_cache(cache_dir, key)
         if cached is not None:
-            return cached
-    volume = compute_features(image, bundle, key, device, progress, cancelled)
-    if cache_dir is not None:
-        write_cache(cache_dir, volume)
-    return volume
+            return LazyFeatures.of(cached)
+    return LazyFeatures(image, bundle, key, device, cache_dir)
+
+
+def scan_features(image: sitk.Image, bundle: LoadedBundle, cache_dir: str | os.PathLike | None,
+                  device: torch.device | str = "cpu", progress: Callable[[float, str], None] | None = None,
+                  cancelled: Callable[[], bool] | None = None) -> FeatureVolume:
+    """The scan's complete features: from the cache when it holds a valid entry, else computed (and cached)."""
+    return open_features(image, bundle, cache_dir, device).finish(progress, cancelled)

@@ -53,6 +53,21 @@ class Evidence:
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return np.concatenate(self.index), np.concatenate(self.label), np.concatenate(self.weight)
 
+    def within(self, keep: np.ndarray) -> "Evidence":
+        """Only the voxels where `keep` (bool, the grid) holds, each with its weight: the voxels
+        whose features exist while a scan's windows are still being computed."""
+        if keep.all():
+            return self
+        flat = keep.ravel()
+        out = Evidence()
+        for index, label, weight in zip(self.index, self.label, self.weight):
+            inside = flat[index]
+            if inside.any():
+                out.index.append(index[inside])
+                out.label.append(label[inside])
+                out.weight.append(weight[inside])
+        return out
+
     def has(self, label: int) -> bool:
         return any(lab.size and lab[0] == label for lab in self.label)
 
@@ -70,7 +85,9 @@ def ball_indices(shape: tuple[int, int, int], voxels: np.ndarray, radius: int = 
 class FeatureTable:
     """The per-voxel input of the head for one scan: (N voxels, D) float32, standardised."""
 
-    def __init__(self, volume: FeatureVolume) -> None:
+    def __init__(self, volume: FeatureVolume, covered: np.ndarray | None = None) -> None:
+        """`covered`: the voxels with features while they are computed lazily (the standardisation
+        comes from them alone; None: every voxel)."""
         k = volume.features.shape[0]
         local_mean = ndimage.uniform_filter(volume.intensity, size=3)
         columns = [volume.features.reshape(k, -1).astype(np.float32),
@@ -81,8 +98,9 @@ class FeatureTable:
         width = 1.0 / (INTENSITY_BANDS - 1)
         columns += [np.exp(-0.5 * ((local_mean.reshape(1, -1) - c) / width) ** 2) for c in centres]
         table = np.concatenate(columns, axis=0).T
-        self.mean = table.mean(axis=0)
-        self.std = table.std(axis=0) + 1e-6
+        sample = table if covered is None else table[covered.ravel()]
+        self.mean = sample.mean(axis=0)
+        self.std = sample.std(axis=0) + 1e-6
         self.table = torch.from_numpy(np.ascontiguousarray((table - self.mean) / self.std, dtype=np.float32))
         self.shape = volume.shape
 

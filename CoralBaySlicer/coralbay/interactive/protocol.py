@@ -35,6 +35,9 @@ REQUESTS = ("open", "start", "point", "scribble", "box", "segment", "propose", "
             "labels", "status", "cancel", "quit")
 
 
+ANSWERING = ("point", "scribble", "box", "segment", "start", "propose", "status")  # results that say how far features are
+
+
 class Cancelled(CoralBayError):
     """The user cancelled the request in progress."""
 
@@ -51,6 +54,10 @@ class Protocol:
         self.counter = 0
         self.running = 0          # sequence number of the request being answered
         self.cancel_before = 0    # requests numbered below this are cancelled
+        self.request: dict | None = None   # the request being answered (its windows report progress)
+        session.cancelled = self.cancelled
+        session.feature_progress = lambda fraction, message: self.event(
+            "progress", self.request, stage="features", fraction=round(fraction, 3), message=message)
 
     def event(self, kind: str, request: dict | None, **fields: Any) -> None:
         base = {"id": request.get("id"), "request": request.get("type")} if request else {}
@@ -63,6 +70,7 @@ class Protocol:
         """Answer one request (its arrival `number`); False when the session should end."""
         kind = request.get("type")
         self.running = number
+        self.request = request
         started = time.perf_counter()
         try:
             if kind not in REQUESTS:
@@ -71,13 +79,17 @@ class Protocol:
                 self.event("result", request, message="bye")
                 return False
             if kind == "cancel":
+                self.paused = True     # the background windows too, until the next request
                 self.event("result", request, message="cancelled what was running or waiting")
                 return True
+            self.paused = False
             if self.cancelled():
                 raise Cancelled("Cancelled.")
             fields = getattr(self, f"_{kind}")(request)
+            if kind in ANSWERING and self.session.image is not None:
+                fields.update(self._feature_fields())
             self.event("result", request, seconds=round(time.perf_counter() - started, 3), **fields)
-        except Cancelled:
+        except (Cancelled, InterruptedError):
             self.event("error", request, message="Cancelled.", exit_code=130)
         except CoralBayError as exc:
             self.event("error", request, message=str(exc), exit_code=exc.exit_code)
@@ -102,9 +114,30 @@ class Protocol:
         except InterruptedError:
             raise Cancelled("Cancelled.") from None
         accepted = {s.name: s.value for s in self.session.structures.values() if s.accepted}
+        self.opened = r
         return {"feature_seconds": round(volume.seconds, 3), "from_cache": volume.from_cache,
                 "model_grid": list(volume.shape), "scan_id": self.session.scan_id,
-                "accepted": accepted, "examples_restored": restored}
+                "accepted": accepted, "examples_restored": restored, **self._feature_fields()}
+
+    def _feature_fields(self) -> dict:
+        f = self.session.features
+        return {"features_complete": f.complete, "features_fraction": round(f.fraction, 3)}
+
+    def background_step(self, interrupted: Callable[[], bool]) -> None:
+        """One pending feature window between requests, reported as a progress event of the `open`
+        request; a request that arrives meanwhile is answered after this window (never cut short:
+        the window's work is kept). The last window writes the cache and says so."""
+        r = self.opened or {"type": "open"}
+        try:
+            remaining = self.session.compute_features(1, cancelled=interrupted)
+        except InterruptedError:
+            return
+        f = self.session.features
+        self.event("progress", r, stage="features", fraction=round(f.fraction, 3),
+                   message="features complete" if not remaining else f"features {f.fraction:.0%} (between requests)")
+
+    opened: dict | None = None
+    paused = False
 
     def _start(self, r: dict) -> dict:
         s = self.session.start(r["name"], r.get("value"))
@@ -230,6 +263,13 @@ def serve(session: Session, output_dir: Path, stdin: TextIO = sys.stdin, stdout:
     threading.Thread(target=reader, daemon=True).start()
     protocol.event("result", {"type": "ready"}, message="ready", requests=list(REQUESTS))
     while True:
-        item = requests.get()
+        if session.features_pending and not protocol.paused:   # idle: the scan's remaining windows, one at a time
+            try:
+                item = requests.get_nowait()
+            except queue.Empty:
+                protocol.background_step(lambda: not requests.empty())
+                continue
+        else:
+            item = requests.get()
         if item is None or not protocol.handle(item[1], item[0]):
             return 0

@@ -29,8 +29,8 @@ from coralbay.interactive import prompts as P
 from coralbay.interactive import region
 from coralbay.interactive.accepted import accepted_on_scan, earlier_example_rows, example_rows, model_mask_on
 from coralbay.interactive.engine import LoadedBundle, UsageError, encoder_digest, write_accepted
-from coralbay.interactive.features import FeatureVolume, scan_features
-from coralbay.interactive.refine import (Answer, full_resolution_mask, local_edit, resample_logits,
+from coralbay.interactive.features import FeatureVolume, LazyFeatures, open_features
+from coralbay.interactive.refine import (CANDIDATE_LOGIT, Answer, full_resolution_mask, local_edit, resample_logits,
                                         uncertainty_and_next_click)
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _.()-]{0,63}")
@@ -80,8 +80,9 @@ class Session:
 
     def __init__(self, bundle: LoadedBundle, cache_dir: str | Path | None = None,
                  examples_dir: str | Path | None = None, device: str = "cpu", hidden: int = 0,
-                 seed: int = 0, local_edits: bool = False) -> None:
+                 seed: int = 0, local_edits: bool = False, lazy: bool = True) -> None:
         self.bundle = bundle
+        self.lazy = lazy
         self.cache_dir = cache_dir
         self.examples_dir = Path(examples_dir) if examples_dir else None
         self.device = device
@@ -94,18 +95,29 @@ class Session:
         self.scan_path = ""
         self.structures: dict[str, Structure] = {}
         self.current: str | None = None
+        # Set by a front end: windows computed for an answer report progress and stop when cancelled.
+        self.feature_progress: Callable[[float, str], None] | None = None
+        self.cancelled: Callable[[], bool] | None = None
 
     # ---------------------------------------------------------------- scan
     def open_scan(self, image: sitk.Image, scan_path: str = "",
                   progress: Callable[[float, str], None] | None = None,
                   cancelled: Callable[[], bool] | None = None) -> FeatureVolume:
-        """Make `image` the scan (features from the cache or computed); structures start afresh."""
-        volume = scan_features(image, self.bundle, self.cache_dir, self.device, progress, cancelled)
+        """Make `image` the scan; structures start afresh.
+
+        Features come from the cache when complete there; else (lazy) none is computed yet: each
+        answer computes the windows it needs (`_features_for`), `compute_features` the rest between
+        requests. Not lazy: every window now, as before.
+        """
+        self.features: LazyFeatures = open_features(image, self.bundle, self.cache_dir, self.device)
+        if not self.lazy:
+            self.features.finish(progress, cancelled)
+        volume = self.features.volume
+        self._table_version = -1
         self.image = image
         self.scan_path = scan_path
         self.scan_id = volume.key[:16]
         self.volume = volume
-        self.table = heads.FeatureTable(volume)
         self.hu = sitk.GetArrayFromImage(image).astype(np.float32)
         self.hu_smooth = region.smoothed_hu(self.hu, tuple(image.GetSpacing()[::-1]))
         self.click_regions: dict[str, dict] = {}   # per structure: click -> its grown region
@@ -122,6 +134,30 @@ class Session:
         if self.examples_dir is not None:
             self._restore_accepted()
         return volume
+
+    @property
+    def table(self) -> heads.FeatureTable:
+        """The head's feature table, rebuilt when windows were added since (standardised over the
+        voxels with features; over all of them once complete, as the eager table)."""
+        if self._table_version != self.features.version or not hasattr(self, "_table"):
+            covered = None if self.features.complete else self.features.covered
+            self._table = heads.FeatureTable(self.volume, covered)
+            self._table_version = self.features.version
+        return self._table
+
+    @property
+    def features_pending(self) -> bool:
+        return self.image is not None and not self.features.complete
+
+    def compute_features(self, windows: int | None = None, progress: Callable[[float, str], None] | None = None,
+                         cancelled: Callable[[], bool] | None = None) -> bool:
+        """Compute `windows` more pending windows (all when None); True while some remain.
+        The cache file is written when the last one is in."""
+        self._need_scan()
+        if windows is None:
+            self.features.finish(progress, cancelled)
+            return False
+        return self.features.step(windows, progress, cancelled)
 
     def _restore_accepted(self) -> None:
         """Structures accepted on this scan by an earlier process come back accepted (not re-kept)."""
@@ -172,9 +208,14 @@ class Session:
         if structure.accepted:
             raise UsageError(f"The structure {structure.name} is accepted; start a new one to change it.")
         structure.prompts.append(prompt)
-        structure.undone.clear()
         self._drop_seeds(structure, prompt)
-        return self.answer(structure)
+        try:
+            answer = self.answer(structure)
+        except InterruptedError:      # cancelled while computing feature windows: as if never given
+            structure.prompts.pop()
+            raise
+        structure.undone.clear()
+        return answer
 
     def _drop_seeds(self, structure: Structure, prompt: P.Prompt) -> None:
         """A click that says the proposal is in the wrong place removes the proposal's seeds there.
@@ -255,6 +296,7 @@ class Session:
         structure = self.structure(name)
         if not self.examples.knows(structure.name):
             return None
+        self.features.finish(self.feature_progress, self.cancelled)   # the head on the examples answers everywhere
         structure.proposal = True
         known = self.examples.priors.get(structure.name, [])
         priors = [p for p in known if PR.growable(p)]
@@ -293,6 +335,7 @@ class Session:
         structure = self.structure(name)
         if structure.mask is None or not structure.mask.any():
             raise UsageError(f"The structure {structure.name} has no mask to accept yet.")
+        self.features.finish(self.feature_progress, self.cancelled)   # example rows from the complete features
         self._keep_example(structure, self.mark_accepted(structure))
         if self.current == structure.name:
             self.current = None
@@ -409,6 +452,7 @@ class Session:
 
     def answer(self, structure: Structure) -> Answer:
         """Train the head on the structure's evidence (and learned examples) and sharpen its answer."""
+        self._features_for(structure)
         ev, anchors, box = self.evidence(structure)
         extra = None
         if self.examples.knows(structure.name):
@@ -420,12 +464,21 @@ class Session:
             structure.logits = np.full(self.volume.shape, -10.0, np.float32)
             return Answer(structure.mask, np.zeros(self.volume.shape, np.float32), None, None)
         stack = lambda parts: np.concatenate(parts) if parts else np.zeros((0, 3), int)  # noqa: E731
-        table = self.table.with_distances(stack(self._positive_model), stack(self._negative_model),
-                                          tuple(self.volume.grid.GetSpacing()))
         if extra is not None:  # rows of other scans lie far from this scan's prompts
             extra = tuple(heads.far_from_prompts(rows) for rows in extra)
-        head = heads.fit_head(table, ev, hidden=self.hidden, extra=extra)
-        logits = heads.predict(table, head, self.volume.shape)
+        while True:
+            table = self.table.with_distances(stack(self._positive_model), stack(self._negative_model),
+                                              tuple(self.volume.grid.GetSpacing()))
+            head = heads.fit_head(table, ev.within(self.features.covered), hidden=self.hidden, extra=extra)
+            logits = heads.predict(table, head, self.volume.shape)
+            if self.features.complete:
+                break
+            logits[~self.features.covered] = -10.0
+            # The head's answer reaching voxels without features: compute their windows and answer
+            # again, so the answer is never cut off where features end.
+            edge = self._edge_of_answer(logits)
+            if not len(edge) or not self.features.ensure(edge, self.feature_progress, self.cancelled):
+                break
         mask = full_resolution_mask(logits, self.volume.grid, self.image, self.hu, anchors,
                                     self.accepted_input if self.accepted_input.any() else None,
                                     allowed_box=box)
@@ -439,6 +492,45 @@ class Session:
         structure.history.append((mask, logits))
         uncertainty, click, positive = uncertainty_and_next_click(logits, self.volume.grid)
         return Answer(mask, uncertainty, click, positive)
+
+    def _features_for(self, structure: Structure) -> None:
+        """Compute the windows holding the structure's prompts (lazy features), nearest first."""
+        if self.features.complete:
+            return
+        voxels = [self.model_voxels(np.asarray([s.voxel])) for s in structure.active_seeds()]
+        for p in structure.prompts:
+            if isinstance(p, P.Point):
+                voxels.append(self.model_voxels(np.asarray([self.input_voxel(p.lps)])))
+            elif isinstance(p, P.Scribble):
+                voxels += [self.model_voxels(v) for v in (p.positive, p.negative) if len(v)]
+            elif isinstance(p, P.Segment):
+                voxels.append(self.model_voxels(p.voxels))
+            elif isinstance(p, P.Box):
+                lower, upper = np.asarray(p.lower), np.asarray(p.upper) - 1
+                corners = np.asarray([[x, y, z] for x in (lower[0], upper[0]) for y in (lower[1], upper[1])
+                                      for z in (lower[2], upper[2])])
+                m = self.model_voxels(corners[:, ::-1])
+                axes = [np.linspace(a, b, max(2, (b - a) // 16 + 2)).round().astype(int)
+                        for a, b in zip(m.min(0), m.max(0))]
+                voxels.append(np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3))
+        if voxels:
+            self.features.ensure(np.concatenate(voxels), self.feature_progress, self.cancelled)
+
+    def _edge_of_answer(self, logits: np.ndarray) -> np.ndarray:
+        """Model voxels without features next to the head's candidate region (the part the
+        full-resolution step would keep: components at the positive prompts)."""
+        candidates = logits > CANDIDATE_LOGIT
+        labelled, count = ndimage.label(candidates)
+        if count == 0:
+            return np.zeros((0, 3), int)
+        positives = [m for m in self._positive_model if len(m)]
+        keep = np.unique(labelled[tuple(np.concatenate(positives).T)]) if positives else np.arange(1, count + 1)
+        keep = keep[keep > 0]
+        if not keep.size:
+            return np.zeros((0, 3), int)
+        region = np.isin(labelled, keep)
+        edge = ndimage.binary_dilation(region, iterations=2) & ~self.features.covered
+        return np.argwhere(edge)
 
     def _combined(self, structure: Structure, head_mask: np.ndarray, box: tuple | None) -> np.ndarray:
         """The head's answer united with the clicks' grown regions (`region.combined`)."""
