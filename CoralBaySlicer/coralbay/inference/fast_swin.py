@@ -186,8 +186,11 @@ def _block_forward(self: SwinTransformerBlock, x: torch.Tensor, mask=None) -> to
     windows = layout.tokens.shape[0]
     groups = [(None, torch.arange(windows, device=x.device))] if mask is None else list(mask.groups(windows))
     _attend(self.attn, source, layout.tokens, groups, attended)
-    x = x + self.drop_path(attended[:voxels].view(b, d, h, w, c))
-    return x + self.forward_part2(x)
+    if self.training:  # drop-path is random only in training mode
+        x = x + self.drop_path(attended[:voxels].view(b, d, h, w, c))
+        return x + self.forward_part2(x)
+    x = attended[:voxels].view(b, d, h, w, c).add_(x)  # the residuals into our own buffers: no new tensors
+    return self.forward_part2(x).add_(x)
 
 
 def _mlp_forward(self: SwinTransformerBlock, x: torch.Tensor) -> torch.Tensor:

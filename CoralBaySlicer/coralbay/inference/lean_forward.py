@@ -568,10 +568,10 @@ def _swin_hidden(swin: nn.Module, x: torch.Tensor, conv_block: Callable[[nn.Modu
     """MONAI's `SwinTransformer.forward(x, normalize=True)`, with the v2 conv blocks streamed."""
     x0 = swin.pos_drop(swin.patch_embed(x))
     hidden = [swin.proj_out(x0, True)]
-    for stage in range(1, 5):
+    for stage in range(1, 5):  # no .contiguous(): a channels-last map is the layer's token grid as it is
         if swin.use_v2:
-            x0 = conv_block(getattr(swin, f"layers{stage}c")[0], x0.contiguous())
-        x0 = getattr(swin, f"layers{stage}")[0](x0.contiguous())
+            x0 = conv_block(getattr(swin, f"layers{stage}c")[0], x0)
+        x0 = getattr(swin, f"layers{stage}")[0](x0)
         hidden.append(swin.proj_out(x0, True))
     return hidden
 
