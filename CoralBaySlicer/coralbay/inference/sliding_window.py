@@ -239,6 +239,9 @@ def blend_slabs(
                         norm[:, ay, az] += weights[a:b, wy, wz]
                     i += 1
             done += len(batch)
+            # this batch's outputs and blending temporaries must not stay alive (as loop variables)
+            # through the next batch's forward: at U96B that is 160 MB on top of its activations
+            outputs = logits = out = weighted = None
             # everything before the next window's start is final (windows advance along axis 0)
             yield from ready(todo[done][0].start if done < len(todo) else plan.padded_shape[0])
         yield from ready(plan.padded_shape[0])
