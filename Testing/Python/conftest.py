@@ -78,12 +78,13 @@ def tiny_cls_bundle(tmp_path_factory) -> Path:
 
 
 def write_interactive_phantom(folder: Path, seed: int = 10007, direction: str = "LPS",
-                              size_mm: tuple[int, int, int] = (180, 150, 120)) -> tuple[Path, Path]:
+                              size_mm: tuple[int, int, int] = (180, 150, 120),
+                              spacing: float = 3.0) -> tuple[Path, Path]:
     """The small phantom the interactive tests click on (3 mm, 180 x 150 x 120 mm): CT and labels.
     Another `seed` / `direction` is a later scan of the same anatomy (other organ sizes, storage order)."""
     from coralbay.phantom import generate_phantom, write_phantom
 
-    ph = generate_phantom(seed, spacing=3.0, size_mm=size_mm, lesions=False, direction=direction)
+    ph = generate_phantom(seed, spacing=spacing, size_mm=size_mm, lesions=False, direction=direction)
     folder.mkdir(parents=True, exist_ok=True)
     ct, labels = folder / "ct.nii.gz", folder / "labels.nii.gz"
     write_phantom(ph, ct, labels)

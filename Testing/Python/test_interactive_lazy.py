@@ -17,12 +17,13 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from conftest import write_interactive_phantom
+
 from coralbay.bundle.loader import load_bundle
 from coralbay.interactive import features as feats
 from coralbay.interactive import prompts as P
 from coralbay.interactive import simulate as S
 from coralbay.interactive.session import Session
-from coralbay.phantom import generate_phantom, write_phantom
 
 REPO = Path(__file__).resolve().parents[2]
 STRUCTURE = "kidney_left"
@@ -31,9 +32,7 @@ STRUCTURE = "kidney_left"
 @pytest.fixture(scope="module")
 def wide(tmp_path_factory) -> dict:
     folder = tmp_path_factory.mktemp("lazy")
-    ph = generate_phantom(10007, spacing=4.0, size_mm=(400, 240, 200), lesions=False, direction="LPS")
-    ct, labels = folder / "ct.nii.gz", folder / "labels.nii.gz"
-    write_phantom(ph, ct, labels)
+    ct, labels = write_interactive_phantom(folder, size_mm=(400, 240, 200), spacing=4.0)
     table = json.loads((folder / "labels.labels.json").read_text())["labels"]
     value = next(e["value"] for e in table if e["name"] == STRUCTURE)
     image = sitk.ReadImage(str(ct))

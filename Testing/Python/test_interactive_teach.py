@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import make_tiny_bundle
+from conftest import make_tiny_bundle, write_interactive_phantom
 
 from coralbay.bundle.loader import load_bundle
 from coralbay.interactive import prompts as P
@@ -30,9 +30,7 @@ from coralbay.phantom import generate_phantom, write_phantom
 @pytest.fixture(scope="module")
 def phantom(tmp_path_factory) -> dict:
     folder = tmp_path_factory.mktemp("teach")
-    ph = generate_phantom(10007, spacing=3.0, size_mm=(180, 150, 120), lesions=False, direction="LPS")
-    ct, labels = folder / "ct.nii.gz", folder / "labels.nii.gz"
-    write_phantom(ph, ct, labels)
+    ct, labels = write_interactive_phantom(folder)
     image = sitk.ReadImage(str(ct))
     return {"ct": ct, "labels": labels, "image": image, "folder": folder,
             "values": sitk.GetArrayFromImage(sitk.ReadImage(str(labels)))}

@@ -320,6 +320,16 @@ def _fold_selection() -> torch.Tensor:
     return select
 
 
+def _check_up_block(transp: nn.Module, low: torch.Tensor, skip: torch.Tensor) -> None:
+    """What both up-block inputs assume: a kernel-2 stride-2 transposed conv, a skip twice as large."""
+    if tuple(transp.kernel_size) != (2, 2, 2) or tuple(transp.stride) != (2, 2, 2) \
+            or tuple(transp.padding) != (0, 0, 0) or tuple(transp.output_padding) != (0, 0, 0) \
+            or transp.groups != 1 or tuple(transp.dilation) != (1, 1, 1):
+        raise NotImplementedError("only a kernel-2 stride-2 transposed convolution is streamed")
+    if tuple(skip.shape[2:]) != tuple(2 * s for s in low.shape[2:]):
+        raise NotImplementedError("the skip is not twice the upsampled input's size")
+
+
 class _UpsampledInput:
     """cat(transp_conv(low), skip), the input of an up-block's residual block, never built.
 
@@ -335,12 +345,7 @@ class _UpsampledInput:
 
     def __init__(self, transp: nn.Module, low: torch.Tensor, skip: torch.Tensor, plan: _ResBlockPlan,
                  channels_last: bool) -> None:
-        if tuple(transp.kernel_size) != (2, 2, 2) or tuple(transp.stride) != (2, 2, 2) \
-                or tuple(transp.padding) != (0, 0, 0) or tuple(transp.output_padding) != (0, 0, 0) \
-                or transp.groups != 1 or tuple(transp.dilation) != (1, 1, 1):
-            raise NotImplementedError("only a kernel-2 stride-2 transposed convolution is streamed")
-        if tuple(skip.shape[2:]) != tuple(2 * s for s in low.shape[2:]):
-            raise NotImplementedError("the skip is not twice the upsampled input's size")
+        _check_up_block(transp, low, skip)
         self.low, self.skip, self.depth = low, skip, skip.shape[2]
         self.channels_last = channels_last
         self.layout = CHANNELS_LAST if channels_last else torch.contiguous_format
@@ -495,12 +500,7 @@ def _upsampled_rows(transp: nn.Module, inp: torch.Tensor, skip: torch.Tensor, ch
     block of fine voxels), written with the skip straight into one channels-last tensor: no
     separate upsampled tensor and no concatenation copy (PyTorch's own kernel for it is not
     oneDNN's and was 1.7x slower)."""
-    if tuple(transp.kernel_size) != (2, 2, 2) or tuple(transp.stride) != (2, 2, 2) \
-            or tuple(transp.padding) != (0, 0, 0) or tuple(transp.output_padding) != (0, 0, 0) \
-            or transp.groups != 1 or tuple(transp.dilation) != (1, 1, 1):
-        raise NotImplementedError("only a kernel-2 stride-2 transposed convolution is streamed")
-    if tuple(skip.shape[2:]) != tuple(2 * s for s in inp.shape[2:]):
-        raise NotImplementedError("the skip is not twice the upsampled input's size")
+    _check_up_block(transp, inp, skip)
     cin, cup = transp.in_channels, transp.out_channels
     matrix = transp.weight.permute(0, 2, 3, 4, 1).reshape(cin, -1)  # (in, 2 x 2 x 2 x out)
     bias = None if transp.bias is None else transp.bias.repeat(8)
