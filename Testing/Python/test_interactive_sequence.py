@@ -93,6 +93,8 @@ def test_a_click_on_a_wrong_side_proposal_discards_it(session_after_one_scan, po
     assert np.count_nonzero(answer.mask & right) < 0.05 * np.count_nonzero(right)
     if positive_first:
         assert S.dice(answer.mask, left) > 0.5    # one click on a 3 mm kidney of ~1000 voxels
-    # undo brings the proposal's seed back (the drop belonged to the undone click)
-    session.undo(name)
+    # undo brings the proposal's seed back (the drop belonged to the undone click), and the
+    # engine shows the proposal again, not an empty mask
+    undone = session.undo(name)
     assert structure.active_seeds() == structure.seeds
+    assert np.array_equal(undone.mask, wrong)

@@ -55,6 +55,8 @@ class Protocol:
         self.running = 0          # sequence number of the request being answered
         self.cancel_before = 0    # requests numbered below this are cancelled
         self.request: dict | None = None   # the request being answered (its windows report progress)
+        self.opened: dict | None = None    # the scan's `open` request: background windows report under it
+        self.paused = False                # after a cancel: no background windows until the next request
         session.cancelled = self.cancelled
         session.feature_progress = lambda fraction, message: self.event(
             "progress", self.request, stage="features", fraction=round(fraction, 3), message=message)
@@ -136,8 +138,6 @@ class Protocol:
         self.event("progress", r, stage="features", fraction=round(f.fraction, 3),
                    message="features complete" if not remaining else f"features {f.fraction:.0%} (between requests)")
 
-    opened: dict | None = None
-    paused = False
 
     def _start(self, r: dict) -> dict:
         s = self.session.start(r["name"], r.get("value"))
@@ -178,8 +178,11 @@ class Protocol:
         return self._answer_fields(self.session.structure(r.get("name")).name, answer)
 
     def _undo(self, r: dict) -> dict:
-        name = self.session.structure(r.get("name")).name
-        return self._answer_fields(name, self.session.undo(name))
+        structure = self.session.structure(r.get("name"))
+        fields = self._answer_fields(structure.name, self.session.undo(structure.name))
+        if not structure.prompts and structure.before_prompts is not None and structure.proposal:
+            fields["proposed_by"] = "examples"   # back to the examples proposal the structure started from
+        return fields
 
     def _redo(self, r: dict) -> dict:
         name = self.session.structure(r.get("name")).name

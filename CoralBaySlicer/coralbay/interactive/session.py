@@ -43,6 +43,7 @@ class Structure:
     value: int
     prompts: list[P.Prompt] = field(default_factory=list)
     history: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)   # (mask, logits) after each prompt
+    before_prompts: tuple[np.ndarray, np.ndarray] | None = None   # the answer shown before any prompt (a proposal)
     undone: list[tuple[P.Prompt, tuple[np.ndarray, np.ndarray]]] = field(default_factory=list)
     mask: np.ndarray | None = None          # bool, input grid (z, y, x)
     logits: np.ndarray | None = None        # model grid (X, Y, Z)
@@ -264,6 +265,8 @@ class Session:
         structure.undone.append((structure.prompts.pop(), structure.history.pop()))
         if structure.history:
             structure.mask, structure.logits = structure.history[-1]
+        elif structure.before_prompts is not None:   # back to the proposal the structure started from
+            structure.mask, structure.logits = structure.before_prompts
         else:
             structure.mask, structure.logits = np.zeros(self.hu.shape, bool), np.full(self.volume.shape, -10.0, np.float32)
         return self._shown(structure)
@@ -308,6 +311,8 @@ class Session:
                 return answer
             # Entered as a segment to refine (as a --propose-with model's proposal is): the user's
             # clicks then correct it instead of the head starting over from a negative click alone.
+            # That segment is the proposal; undoing it goes back to nothing, not to the head's answer.
+            structure.before_prompts = None
             return self.prompt(P.Segment(np.argwhere(answer.mask)), structure.name)
         self.answer(structure)                       # the head on the examples alone
         box = self.volume_box()
@@ -320,6 +325,7 @@ class Session:
             structure.proposal = False
             structure.mask, structure.logits = None, None
             structure.history.clear()
+            structure.before_prompts = None
             return None
         return self.answer(structure)
 
@@ -488,8 +494,11 @@ class Session:
         if self.local_edits and isinstance(last, P.Point) and previous is not None:
             mask = local_edit(previous, mask, self.input_voxel(last.lps), last.positive)
         structure.mask, structure.logits = mask, logits
-        del structure.history[max(0, len(structure.prompts) - 1):]
-        structure.history.append((mask, logits))
+        if structure.prompts:
+            del structure.history[len(structure.prompts) - 1:]
+            structure.history.append((mask, logits))
+        else:   # an answer without prompts (a proposal): what undo of the first prompt returns to
+            structure.before_prompts = (mask, logits)
         uncertainty, click, positive = uncertainty_and_next_click(logits, self.volume.grid)
         return Answer(mask, uncertainty, click, positive)
 
@@ -538,9 +547,9 @@ class Session:
         positives = [self.input_voxel(p.lps) for p in points if p.positive]
         negatives = [self.input_voxel(p.lps) for p in points if not p.positive]
         forbidden = self.accepted_input if self.accepted_input.any() else None
+        spacing = tuple(self.image.GetSpacing()[::-1])
         priors = [p for p in self.examples.priors.get(structure.name, []) if PR.growable(p)]
         if priors:   # a known structure: a border click grows from the structure's tissue beside it
-            spacing = tuple(self.image.GetSpacing()[::-1])
             positives = [PR.snapped(v, priors[0], self.hu_smooth, spacing, forbidden) for v in positives]
             head_mask = head_mask & PR.in_span(self.hu_smooth, priors[0])
         positives = [s.voxel for s in structure.active_seeds()] + positives
@@ -548,7 +557,6 @@ class Session:
             del self.click_regions[name]   # a full-grid mask per click: keep them only while in use
         cache = self.click_regions.setdefault(structure.name, {})
         previous = structure.history[len(structure.prompts) - 2][0] if len(structure.prompts) >= 2 else None
-        spacing = tuple(self.image.GetSpacing()[::-1])
         pieces = region.first_shell(self.hu_smooth, spacing, cache, positives, forbidden)
         if box is not None and pieces is not None:
             pieces = pieces.copy()
