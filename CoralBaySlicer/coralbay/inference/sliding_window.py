@@ -25,6 +25,7 @@ from monai.data.utils import compute_importance_map
 from coralbay.grid.windows import WindowSettings, window_starts
 
 ProgressCallback = Callable[[float, str], None]
+BACKGROUND_LOGIT = 20.0  # channel 0's value where no evaluated window reaches (all others 0): confident background
 
 
 @dataclass(frozen=True)
@@ -202,7 +203,7 @@ def blend_slabs(
         acc /= torch.where(covered, norm, torch.ones_like(norm)).to(accumulate_dtype)
         if not bool(covered.all()):
             background = torch.zeros(out_channels, dtype=accumulate_dtype, device=stitch)
-            background[0] = 20.0
+            background[0] = BACKGROUND_LOGIT
             acc.permute(1, 2, 3, 0)[~covered] = background
         part = acc[:, start - cuts[i]:stop - cuts[i]]
         return Slab(start - x_lo, stop - x_lo, part, (ky0 - plan.padding[1][0], kz0 - plan.padding[2][0]))

@@ -15,7 +15,7 @@ from coralbay.grid.windows import WindowSettings
 from coralbay.inference.fast_swin import enable_fast_swin
 from coralbay.inference.preprocess import prepare
 from coralbay.inference.segment import segment_image
-from coralbay.inference.sliding_window import blend_slabs, compute_importance_map, plan_run, plan_windows, window_context
+from coralbay.inference.sliding_window import BACKGROUND_LOGIT, blend_slabs, compute_importance_map, plan_run, plan_windows, window_context
 from coralbay.io.examples import write_accepted
 from coralbay.io.label_maps import read_label_map
 from coralbay.io.labels import LabelTable, load_label_table
@@ -26,7 +26,7 @@ from coralbay.review.metrics import dice_from_counts
 from coralbay.review.surface import surface_metrics
 
 __all__ = ["atomic_file", "write_text_atomic", "LoadedBundle", "load_bundle", "CoralBayError",
-           "InputError", "UsageError", "enable_fast_swin", "generate_phantom", "blend_slabs", "compute_importance_map", "plan_run", "plan_windows", "window_context", "WindowSettings", "LabelTable",
+           "InputError", "UsageError", "BACKGROUND_LOGIT", "enable_fast_swin", "generate_phantom", "blend_slabs", "compute_importance_map", "plan_run", "plan_windows", "window_context", "WindowSettings", "LabelTable",
            "load_label_table", "grid_image", "prepare", "to_xyz", "to_zyx", "surface_metrics", "dice_from_counts",
            "read_label_map", "read_volume", "same_grid", "write_image", "write_accepted",
            "encoder_digest", "segment_image"]

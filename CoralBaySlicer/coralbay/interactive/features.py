@@ -35,9 +35,9 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from coralbay.interactive.engine import (LoadedBundle, WindowSettings, atomic_file, compute_importance_map,
-                                         enable_fast_swin, encoder_digest, generate_phantom, plan_run,
-                                         plan_windows, prepare, window_context)
+from coralbay.interactive.engine import (BACKGROUND_LOGIT, LoadedBundle, WindowSettings, atomic_file,
+                                         compute_importance_map, enable_fast_swin, encoder_digest,
+                                         generate_phantom, plan_run, plan_windows, prepare, window_context)
 
 log = logging.getLogger("coralbay.interactive")
 
@@ -206,7 +206,7 @@ class LazyFeatures:
             reach[self._crop(s)[0]] = True
         self.covered = ~reach
         features = np.zeros((k, *shape), np.float16)
-        features[0][self.covered] = 20.0          # blend_slabs' background where no window runs
+        features[0][self.covered] = BACKGROUND_LOGIT   # blend_slabs' background where no window runs
         self.volume = FeatureVolume(features, prepared.array, prepared.grid, key, time.perf_counter() - start)
         self.version = 0                          # windows blended in so far
         self._weights: torch.Tensor | None = None
