@@ -33,6 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--sessions-per-user", type=positive_int, default=2, metavar="N")
     p.add_argument("--sessions-total", type=positive_int, default=8, metavar="N")
     p.add_argument("--requests-per-second", type=positive_int, default=50, metavar="N", help="per user")
+    p.add_argument("--auth-failures", type=positive_int, default=10, metavar="N",
+                   help="bad tokens from one address within a minute before it must wait 30 s (default 10)")
     p.set_defaults(run=run)
     actions = p.add_subparsers(dest="serve_action", metavar="ACTION")
     add = actions.add_parser("add-user", help="add a user (or give one a new token); prints the token once")
@@ -89,5 +91,6 @@ def run(args: argparse.Namespace) -> int:
     config = ServeConfig(models=args.model, state_dir=state, host=args.host, port=args.port, tls_cert=args.tls_cert,
                          tls_key=args.tls_key, require_tls=args.require_tls, device=args.device,
                          limits={"sessions_per_user": args.sessions_per_user, "sessions_total": args.sessions_total,
-                                 "requests_per_second": float(args.requests_per_second)})
+                                 "requests_per_second": float(args.requests_per_second),
+                                 "auth_failures": args.auth_failures})
     return run_server(config)

@@ -41,7 +41,7 @@ def init_tls(folder: Path, hosts: list[str], days: int = 825) -> dict[str, str]:
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOid, NameOID
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -73,7 +73,7 @@ def init_tls(folder: Path, hosts: list[str], days: int = 825) -> dict[str, str]:
             .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
             .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOid.SERVER_AUTH]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .sign(ca_key, hashes.SHA256()))
     pem = serialization.Encoding.PEM
     private = dict(encoding=pem, format=serialization.PrivateFormat.PKCS8,
