@@ -161,4 +161,7 @@ def read_label_result(job: Job) -> tuple[bytes, str]:
 
 
 def read_report(job: Job) -> dict:
-    return json.loads(job.output.read_text(encoding="utf-8"))
+    """The classify report without the server's own file path of the input."""
+    report = json.loads(job.output.read_text(encoding="utf-8"))
+    report.pop("input", None)
+    return report
