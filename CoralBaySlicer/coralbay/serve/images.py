@@ -37,9 +37,9 @@ def check_digest(digest: str) -> str:
 
 
 class ImageStore:
-    def __init__(self, root: Path, max_voxels: int) -> None:
+    def __init__(self, root: Path, max_voxels: int, max_decoded_bytes: int) -> None:
         self.root = Path(root)
-        self.max_voxels = max_voxels
+        self.max_voxels, self.max_decoded_bytes = max_voxels, max_decoded_bytes
 
     def folder(self, user: str) -> Path:
         path = self.root / user
@@ -89,7 +89,7 @@ class ImageStore:
                 sha.update(block)
         if sha.hexdigest() != digest:
             raise InputError("The uploaded bytes do not match the SHA-256 they were sent under.")
-        header, offset = parse_header(head, self.max_voxels)
+        header, offset = parse_header(head, self.max_voxels, self.max_decoded_bytes)
         expected = header.voxel_bytes
         produced = 0
         inflater = zlib.decompressobj() if header.compression == "zlib" else None
@@ -129,7 +129,7 @@ class ImageStore:
         source = self.complete_path(user, digest)
         if not source.is_file():
             raise FileNotFoundError(digest)
-        header, voxels = decode_volume(source.read_bytes(), self.max_voxels)
+        header, voxels = decode_volume(source.read_bytes(), self.max_voxels, self.max_decoded_bytes)
         image = sitk.GetImageFromArray(voxels)
         image.SetSpacing(header.spacing)
         image.SetOrigin(header.origin)

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class ServeLimits:
     max_upload_bytes: int = 2 << 30          # one image upload (the encoded body), checked before reading
-    max_voxels: int = 1024 * 1024 * 1024     # one image, so its decoded array is capped too
+    max_voxels: int = 1024 * 1024 * 1024     # one image
+    max_decoded_bytes: int = 2 << 30         # one image's voxels once decompressed (any voxel type)
     max_json_bytes: int = 32 << 20           # one JSON request (a scribble crop travels in it)
     sessions_per_user: int = 2
     sessions_total: int = 8

@@ -90,7 +90,7 @@ def build_state(config: ServeConfig):
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     limits = ServeLimits(**config.limits)
     models = served_models(config.models)
-    images = ImageStore(state_dir / "images", limits.max_voxels)
+    images = ImageStore(state_dir / "images", limits.max_voxels, limits.max_decoded_bytes)
     settings = EngineSettings(config.device, state_dir, limits)
     return ServerState(users=UserStore(state_dir / "users.json"), audit=AuditLog(state_dir / "audit.log"),
                        images=images, sessions=SessionManager(state_dir / "sessions", models, images, settings),

@@ -227,6 +227,8 @@ class RemoteSession:
 
     async def mask(self, name: str) -> np.ndarray:
         async with self.lock:
+            if not self.journal.entries:   # nothing asked yet: no worker is started to say so
+                raise NotFound(f"This session has no mask named {name!r}.")
             await self.ensure_worker()
             if name not in self.masks:
                 raise NotFound(f"This session has no mask named {name!r}.")
@@ -236,12 +238,15 @@ class RemoteSession:
         """The open scan's header (the grid of every mask and label map of the session)."""
         if self.image_digest is None:
             raise InputError("Open a scan first.")
-        return read_header_of_file(self.images.complete_path(self.user, self.image_digest),
-                                   self.settings.limits.max_voxels)
+        limits = self.settings.limits
+        return read_header_of_file(self.images.complete_path(self.user, self.image_digest), limits.max_voxels,
+                                   limits.max_decoded_bytes)
 
     async def labels(self) -> tuple[np.ndarray, dict]:
         """The accepted structures as one label map, and their label values by name."""
         async with self.lock:
+            if not self.journal.entries:
+                raise InputError("Open a scan first.")
             await self.ensure_worker()
             if self.image_digest is None:
                 raise InputError("Open a scan first.")

@@ -54,8 +54,9 @@ def _numbers(value: object, count: int, what: str) -> tuple[float, ...]:
     return tuple(float(v) for v in value)
 
 
-def parse_header(data: bytes, max_voxels: int) -> tuple[VolumeHeader, int]:
-    """The header and the offset of the voxels; one sentence for anything wrong."""
+def parse_header(data: bytes, max_voxels: int, max_bytes: int = 1 << 31) -> tuple[VolumeHeader, int]:
+    """The header and the offset of the voxels; one sentence for anything wrong (`max_bytes`: the
+    largest decoded size accepted, so a float64 volume at the voxel limit cannot exhaust memory)."""
     if not data.startswith(MAGIC):
         raise InputError("The upload is not a CoralBay volume (it must start with the CORALBAY-VOLUME line).")
     if len(data) < len(MAGIC) + 4:
@@ -89,12 +90,14 @@ def parse_header(data: bytes, max_voxels: int) -> tuple[VolumeHeader, int]:
         raise InputError(f"The compression must be one of {', '.join(COMPRESSIONS)}.")
     header = VolumeHeader(fields["dtype"], tuple(size), spacing, _numbers(fields.get("origin"), 3, "origin"),
                           direction, compression)
+    if header.voxel_bytes > max_bytes:
+        raise InputError(f"The volume decodes to {header.voxel_bytes} bytes; this server accepts at most {max_bytes}.")
     return header, start + length
 
 
-def decode_volume(data: bytes, max_voxels: int) -> tuple[VolumeHeader, np.ndarray]:
+def decode_volume(data: bytes, max_voxels: int, max_bytes: int = 1 << 31) -> tuple[VolumeHeader, np.ndarray]:
     """The header and the voxels as a (z, y, x) array; never more than the header announces."""
-    header, offset = parse_header(data, max_voxels)
+    header, offset = parse_header(data, max_voxels, max_bytes)
     payload = memoryview(data)[offset:]
     expected = header.voxel_bytes
     if header.compression == "zlib":
@@ -127,6 +130,6 @@ def encode_volume(voxels: np.ndarray, spacing, origin, direction, compression: s
     return MAGIC + struct.pack("<I", len(header)) + header + body
 
 
-def read_header_of_file(path: Path, max_voxels: int) -> VolumeHeader:
+def read_header_of_file(path: Path, max_voxels: int, max_bytes: int = 1 << 31) -> VolumeHeader:
     with path.open("rb") as stream:
-        return parse_header(stream.read(len(MAGIC) + 4 + MAX_HEADER_BYTES), max_voxels)[0]
+        return parse_header(stream.read(len(MAGIC) + 4 + MAX_HEADER_BYTES), max_voxels, max_bytes)[0]
