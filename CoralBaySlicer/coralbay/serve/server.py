@@ -110,7 +110,7 @@ def run_server(config: ServeConfig) -> int:
     uv = uvicorn.Config(build_app(state), host=config.host, port=config.port, log_level="warning",
                         access_log=False, ssl_certfile=str(config.tls_cert) if config.tls_cert else None,
                         ssl_keyfile=str(config.tls_key) if config.tls_key else None, timeout_keep_alive=30,
-                        limit_concurrency=256, server_header=False, proxy_headers=False, lifespan="on")
+                        limit_concurrency=256, timeout_graceful_shutdown=5, server_header=False, proxy_headers=False, lifespan="on")
     server = uvicorn.Server(uv)
 
     async def main() -> None:
