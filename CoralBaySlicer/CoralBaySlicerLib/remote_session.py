@@ -20,6 +20,7 @@ import time
 import zlib
 from pathlib import Path
 
+from CoralBaySlicerLib.interactive_session import InteractiveSession, SessionError
 from CoralBaySlicerLib.remote_client import RemoteEngine, RemoteError
 from CoralBaySlicerLib.remote_volumes import (Volume, crop_bytes, nonzero_box, paste_bytes, read_nrrd,
                                               write_nrrd)
@@ -27,10 +28,6 @@ from CoralBaySlicerLib.remote_volumes import (Volume, crop_bytes, nonzero_box, p
 PATH_REQUESTS = ("scribble", "segment")
 LOCAL_ONLY = ("labels",)
 BUSY_RETRIES = 20
-
-
-class SessionError(RuntimeError):
-    """The session cannot go on (closed, or the server refused it)."""
 
 
 class RemoteInteractiveSession:
@@ -70,15 +67,9 @@ class RemoteInteractiveSession:
     def busy(self) -> bool:
         return bool(self._pending)
 
-    def request(self, kind: str, **fields) -> str:
-        if self._closed:
-            raise SessionError("The interactive session is closed; start a new one.")
-        self._next_id += 1
-        request_id = str(self._next_id)
-        request = {"id": request_id, "type": kind, **fields}
-        self._pending[request_id] = request
-        self._outbox.put((self._next_id, request))
-        return request_id
+    def _write(self, request: dict) -> None:
+        """Queue a request for the sending thread (ids are the local session's numbers)."""
+        self._outbox.put((int(request["id"]), request))
 
     def cancel(self) -> list[str]:
         ids = list(self._pending)
@@ -101,20 +92,11 @@ class RemoteInteractiveSession:
                 self._pending.pop(str(event.get("id")), None)
             events.append(event)
 
-    def wait(self, request_id: str, timeout: float = 120.0, interval: float = 0.02, between_polls=None) -> dict:
-        deadline = time.monotonic() + timeout
-        while True:
-            for event in self.poll():
-                if str(event.get("id")) == request_id and event.get("event") in ("result", "error"):
-                    return event
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"No answer to request {request_id} within {timeout} s.")
-            if between_polls:
-                between_polls()
-            time.sleep(interval)
-
-    def ask(self, kind: str, timeout: float = 120.0, **fields) -> dict:
-        return self.wait(self.request(kind, **fields), timeout)
+    # The local session's request and waiting helpers work unchanged on this class (same
+    # _next_id/_pending/_closed/poll; `_write` above queues instead of writing to a pipe).
+    request = InteractiveSession.request
+    wait = InteractiveSession.wait
+    ask = InteractiveSession.ask
 
     def close(self, timeout: float = 10.0) -> None:
         """End the session on the server (its journal goes; accepted labels were fetched already)."""
