@@ -48,12 +48,14 @@ class RemoteInteractiveSession:
         self._cancel_before = 0
         self._closed = False
         self._thread: threading.Thread | None = None
+        self._current: dict | None = None   # the request being answered (its progress events carry its id)
 
     # -- the local session's interface ---------------------------------------------------------------
     def start(self) -> None:
         self.session_id = self.engine.call_json("POST", "/v1/sessions", {"model": self.model})["session"]
         self._thread = threading.Thread(target=self._run, name="CoralBay remote session", daemon=True)
         self._thread.start()
+        threading.Thread(target=self._follow_progress, name="CoralBay remote progress", daemon=True).start()
 
     @property
     def pid(self) -> None:
@@ -122,10 +124,28 @@ class RemoteInteractiveSession:
             if number < self._cancel_before:
                 self._events.put(self._error(request, "Cancelled.", 130))
                 continue
+            self._current = request
             try:
                 self._events.put(self._send(request))
             except (RemoteError, OSError, ValueError) as exc:
                 self._events.put(self._error(request, str(exc), 1))
+
+    def _follow_progress(self) -> None:
+        """Long-poll the session's events: progress (features of a new scan) reaches `poll()` as the
+        local engine's progress events do, under the id of the request being answered."""
+        after = 0
+        while not self._closed:
+            try:
+                found = self.engine.call_json("GET", f"/v1/sessions/{self.session_id}/events?after={after}&wait=10")
+            except RemoteError:
+                time.sleep(1.0)
+                continue
+            for event in found.get("events", []):
+                after = max(after, int(event.get("index", after)))
+                current = self._current
+                if event.get("event") == "progress" and current is not None and not self._closed:
+                    self._events.put({**{k: v for k, v in event.items() if k != "index"},
+                                      "id": current["id"], "request": current["type"]})
 
     def _error(self, request: dict, message: str, code: int) -> dict:
         return {"event": "error", "id": request["id"], "request": request["type"], "message": message,
