@@ -87,6 +87,7 @@ class RemoteEngine:
         if self.scheme == "https" and not self.fingerprint:
             self.context = ssl.create_default_context(cafile=ca_file) if ca_file else ssl.create_default_context()
         self._local = threading.local()
+        self._digests: dict[tuple, str] = {}   # (file, size, mtime) -> sha256 of its upload, this server
 
     # -- transport ------------------------------------------------------------------------------
     def _connection(self) -> http.client.HTTPConnection:
@@ -152,10 +153,19 @@ class RemoteEngine:
 
     def upload(self, image: str | Path | Volume) -> str:
         """Upload an image (a NRRD file or a Volume) once; returns its SHA-256 (its name on the server)."""
+        key = None
+        if not isinstance(image, Volume):   # the same unchanged file again: no re-encoding if the server has it
+            stat = Path(image).stat()
+            key = (str(Path(image).resolve()), stat.st_size, stat.st_mtime_ns)
+            known = self._digests.get(key)
+            if known and self.call("HEAD", f"/v1/images/{known}", ok=(200, 404))[1].get("upload-complete") == "1":
+                return known
         volume = image if isinstance(image, Volume) else read_nrrd(image)
         body = encode_upload(volume)
         digest = hashlib.sha256(body).hexdigest()
         self.upload_bytes(body, digest)
+        if key is not None:
+            self._digests[key] = digest
         return digest
 
     def upload_bytes(self, body: bytes, digest: str) -> None:

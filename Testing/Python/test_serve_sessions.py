@@ -85,6 +85,7 @@ def test_upload_once_by_hash_resumable_and_checked(world):
     assert engine.upload(world["scan"]) == digest                       # resumes from the offset
     status, headers, _ = engine.call("HEAD", f"/v1/images/{digest}")
     assert headers["upload-complete"] == "1"
+    assert engine.upload(world["scan"]) == digest                       # again: found by its hash
     bob = RemoteEngine(world["server"].url, world["tokens"]["bob"])
     assert bob.call("HEAD", f"/v1/images/{digest}", ok=(404,))[0] == 404   # dedup is per user
     wrong = hashlib.sha256(b"other").hexdigest()

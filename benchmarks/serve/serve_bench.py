@@ -236,7 +236,9 @@ def main() -> int:
     parser.add_argument("--json", type=Path, required=True)
     args = parser.parse_args()
     parts = args.parts.split(",")
-    result = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "load_average_at_start": os.getloadavg(),
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
+    result = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "commit": commit,
+              "load_average_at_start": os.getloadavg(),
               "cpus": os.cpu_count(), "model": MODEL}
     with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
         work = Path(tmp)
