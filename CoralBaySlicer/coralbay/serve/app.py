@@ -272,6 +272,13 @@ def build_app(state: ServerState) -> Starlette:
     return SecurityMiddleware(app, state)
 
 
+def _content_length(scope) -> int | None:
+    for name, value in scope.get("headers", []):
+        if name == b"content-length":
+            return int(value) if value.isdigit() else None
+    return None
+
+
 class SecurityMiddleware:
     """Token, back-off, rate and audit around every route (health only answers "ok")."""
 
@@ -323,7 +330,7 @@ class SecurityMiddleware:
             match = SESSION_PATH.match(path)
             self.state.audit.write(user=user, address=address, method=scope.get("method"), path=path,
                                    session=match.group(2) if match and match.group(1) == "sessions" else None,
-                                   status=sent["status"], bytes_out=sent["bytes"],
+                                   status=sent["status"], bytes_in=_content_length(scope), bytes_out=sent["bytes"],
                                    duration_ms=round((time.perf_counter() - started) * 1000, 1))
 
     def _authenticate(self, scope) -> str | None:
