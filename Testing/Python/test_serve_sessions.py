@@ -9,6 +9,7 @@ import http.client
 import json
 import os
 import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -96,7 +97,8 @@ def test_upload_once_by_hash_resumable_and_checked(world):
 
 def test_remote_session_equals_local_and_survives_kills(world, tmp_path):
     """Clicks 1-6 remote and local give identical masks; the worker is killed after click 3 and the
-    whole server after click 5, and click 6 still equals the uninterrupted local run."""
+    whole server after click 5 (then a first try of click 6 is cancelled during the rebuild), and
+    click 6 still equals the uninterrupted local run."""
     server, tokens = world["server"], world["tokens"]
     clicks = _clicks(world["labels"])
     local = InteractiveSession(interact_argv(sys.executable, str(world["bundles"][0]), tmp_path / "local-out",
@@ -119,28 +121,37 @@ def test_remote_session_equals_local_and_survives_kills(world, tmp_path):
                 world["server"] = server = start_server(world["state"], world["bundles"])
                 engine = RemoteEngine(server.url, tokens["alice"])
                 remote.engine = engine
+                # click 6 starts the rebuild; Cancel stops it at once and click 6 is not applied
+                request_id = remote.request("point", name="liver", **click)
+                time.sleep(0.5)
+                cancelled_at = time.monotonic()
+                assert remote.cancel() == [request_id]
+                answer = remote.wait(request_id, timeout=60)
+                assert answer["event"] == "error" and answer["message"] == "Cancelled.", answer
+                cancel_seconds = time.monotonic() - cancelled_at
+                assert cancel_seconds < 10, cancel_seconds   # about 2 s: the worker is stopped after the grace
             want = local.ask("point", name="liver", **click)
             got = remote.ask("point", name="liver", **click)
             assert got["event"] == want["event"] == "result", (number, got, want)
             assert got["voxels"] == want["voxels"] and np.array_equal(_mask(got["mask"]), _mask(want["mask"])), number
         status, info = _status(server, "GET", f"/v1/sessions/{sid}", tokens["alice"])
-        assert status == 200 and info["last_seq"] == 8 and info["replays"] >= 1
+        assert status == 200 and info["last_seq"] == 9 and info["replays"] >= 1   # the cancelled click has seq 8
         # the same sequence number again: the stored answer, not a 7th click
-        seq7 = {"seq": 8, "type": "point", "name": "liver", **clicks[5]}
+        seq7 = {"seq": 9, "type": "point", "name": "liver", **clicks[5]}
         status, again = _status(server, "POST", f"/v1/sessions/{sid}/requests", tokens["alice"], seq7)
         assert status == 200 and again["repeated"] and again["answer"] == got["answer"]
-        assert _status(server, "GET", f"/v1/sessions/{sid}", tokens["alice"])[1]["last_seq"] == 8
+        assert _status(server, "GET", f"/v1/sessions/{sid}", tokens["alice"])[1]["last_seq"] == 9
         # user B on A's ids: 404 everywhere, A's state unchanged
         bob = tokens["bob"]
         for method, path, body in [("GET", f"/v1/sessions/{sid}", None),
-                                   ("POST", f"/v1/sessions/{sid}/requests", {"seq": 9, "type": "undo", "name": "liver"}),
+                                   ("POST", f"/v1/sessions/{sid}/requests", {"seq": 10, "type": "undo", "name": "liver"}),
                                    ("GET", f"/v1/sessions/{sid}/events?wait=0", None),
                                    ("POST", f"/v1/sessions/{sid}/cancel", {}),
                                    ("GET", f"/v1/sessions/{sid}/masks/liver", None),
                                    ("GET", f"/v1/sessions/{sid}/labels", None),
                                    ("DELETE", f"/v1/sessions/{sid}", None)]:
             assert _status(server, method, path, bob, body)[0] == 404, (method, path)
-        assert _status(server, "GET", f"/v1/sessions/{sid}", tokens["alice"])[1]["last_seq"] == 8
+        assert _status(server, "GET", f"/v1/sessions/{sid}", tokens["alice"])[1]["last_seq"] == 9
         accepted = remote.ask("accept", name="liver")
         labels = remote.ask("labels", path=str(tmp_path / "accepted.nii.gz"))
         assert accepted["event"] == "result" and labels["structures"] == {"liver": 1}

@@ -117,6 +117,9 @@ class RemoteSession:
         for entry in entries:
             engine_request = await self._engine_request(entry.seq, entry.request)
             event = await self.worker.ask(engine_request, self.settings.limits.answer_timeout_s)
+            if event.get("exit_code") == 130:   # a cancel cut the replay short: never keep a partial state
+                self.worker.kill()
+                raise WorkerDied("The session's rebuild was cancelled.")
             answer, status = await self._answer(entry.seq, entry.request, event)
             if entry.answer is None:
                 self.journal.record_answer(entry.seq, answer, status)
@@ -188,7 +191,12 @@ class RemoteSession:
             if entry is not None and entry.answer is not None:
                 return {**entry.answer, "repeated": True}, entry.status
             self.cancelling = False
-            await self.ensure_worker()
+            try:
+                await self.ensure_worker()
+            except WorkerDied:
+                if not self.cancelling:
+                    raise
+                return self._cancelled_before_applied(seq, request, entry is None)
             if entry is not None and entry.answer is not None:   # answered by the replay
                 return entry.answer, entry.status
             engine_request = await self._engine_request(seq, request)
@@ -210,6 +218,15 @@ class RemoteSession:
             self.journal.record_answer(seq, answer, status)
             self.add_event({k: v for k, v in answer.items() if k != "crop"})
             return answer, status
+
+    def _cancelled_before_applied(self, seq: int, request: dict, new: bool) -> tuple[dict, int]:
+        """Cancelled while the session was being rebuilt: journaled as not applied, so the
+        sequence numbers stay in step and no replay applies it."""
+        answer = {"seq": seq, "event": "error", "message": "Cancelled.", "exit_code": 130, "not_applied": True}
+        if new:
+            self.journal.record_request(seq, request)
+        self.journal.record_answer(seq, answer, 409)
+        return answer, 409
 
     async def cancel(self) -> None:
         """Stop what runs: the protocol's cancel, and a kill if the worker is still busy after the grace."""
