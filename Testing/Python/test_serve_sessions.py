@@ -38,10 +38,10 @@ def world(tmp_path_factory, tiny_seg_bundle, tiny_cls_bundle):
     state.mkdir()
     tokens = {name: add_user(state, name) for name in ("alice", "bob")}
     server = start_server(state, [tiny_seg_bundle, tiny_cls_bundle])
-    yield {"folder": folder, "ct": ct, "labels": labels, "scan": nrrd_copy(ct, folder / "ct.nrrd"), "state": state,
-           "tokens": tokens, "server": server, "bundles": [tiny_seg_bundle, tiny_cls_bundle]}
-    world_server = server
-    world_server.stop()
+    world = {"folder": folder, "ct": ct, "labels": labels, "scan": nrrd_copy(ct, folder / "ct.nrrd"), "state": state,
+             "tokens": tokens, "server": server, "bundles": [tiny_seg_bundle, tiny_cls_bundle]}
+    yield world
+    world["server"].stop()   # the one running now (a test restarts it)
 
 
 def _clicks(labels: Path) -> list[dict]:
