@@ -4,7 +4,6 @@ and scans in the upload format. Servers are stopped by the fixture that started 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -81,10 +80,3 @@ def nrrd_copy(source: Path, target: Path, compress: bool = True) -> Path:
     sitk.WriteImage(sitk.ReadImage(str(source)), str(target), compress)
     return target
 
-
-def kill_tree(process: subprocess.Popen) -> None:
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    process.wait(10)

@@ -7,7 +7,6 @@ import ast
 import base64
 import sys
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-import ssl
 import stat
 import http.client
 from pathlib import Path

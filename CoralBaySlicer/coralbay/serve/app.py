@@ -47,7 +47,7 @@ class LengthRequired(CoralBayError):
     """A body without Content-Length (411): its size must be known before it is read."""
 
 
-STATUS = [(NotFound, 404), (Busy, 503), (Conflict, 409), (TooLarge, 413), (LengthRequired, 411),
+STATUS = [(NotFound, 404), (Busy, 503), (Conflict, 409), (UploadConflict, 409), (TooLarge, 413), (LengthRequired, 411),
           (WorkerDied, 503), (InputError, 400), (CoralBayError, 400)]
 
 

@@ -15,18 +15,18 @@ import re
 import zlib
 from pathlib import Path
 
-from coralbay.errors import InputError
+from coralbay.errors import CoralBayError, InputError
 from coralbay.serve.volume_format import VolumeHeader, decode_volume, parse_header, MAGIC, MAX_HEADER_BYTES
 
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 CHUNK = 1 << 20
 
 
-class UploadConflict(Exception):
+class UploadConflict(CoralBayError):
     """The client's offset is not where the stored part ends (it carries the right offset)."""
 
     def __init__(self, offset: int) -> None:
-        super().__init__(offset)
+        super().__init__(f"The stored part ends at byte {offset}; send from there.")
         self.offset = offset
 
 
