@@ -21,7 +21,7 @@ from coralbay.progress import encode_event
 # Each module defines `register(subparsers)`, which adds its parser and sets `run=callable(args)`.
 # Modules import their heavy dependencies (torch, MONAI) inside `run`, so `--help` stays fast.
 COMMAND_MODULES = ("info", "models", "segment", "classify", "compare", "export", "phantom", "train", "bench", "demo",
-                   "batch", "interact", "eval_interactive", "teach")
+                   "batch", "interact", "eval_interactive", "teach", "serve")
 
 class _Parser(argparse.ArgumentParser):
     """argparse with exit code 2 and a one-line message for usage errors."""

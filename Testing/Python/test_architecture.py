@@ -35,6 +35,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("coralbay.export",),      # export formats and meshes
     ("coralbay.training",),    # train_segmentation_bundle / train_classification_bundle
     ("coralbay.batch", "coralbay.interactive"),  # cohorts; interactive sessions
+    ("coralbay.serve",),       # the remote engine: HTTP API, users and tokens, TLS, per-session workers
     ("coralbay.commands",),    # thin: parse, call the API, report
     ("coralbay.cli", "coralbay.__main__"),
 ]

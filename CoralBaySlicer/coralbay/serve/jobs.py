@@ -1,0 +1,167 @@
+"""Segment and classify jobs of an uploaded image: `coralbay segment`/`classify` as processes.
+
+Why the command line and not a call: a job runs the very code a user runs locally, in its own
+process, so a crash or out-of-memory ends that job only, and cancel kills its process group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import secrets
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from coralbay.errors import InputError
+from coralbay.progress import decode_event
+from coralbay.serve.images import ImageStore, check_digest
+from coralbay.serve.sessions import Busy, EngineSettings, NotFound, ServedModel
+from coralbay.serve.worker import kill_group, start_engine
+
+TASKS = {"segment": "segmentation", "classify": "classification"}
+
+
+@dataclass
+class Job:
+    id: str
+    user: str
+    task: str
+    model: str
+    folder: Path
+    state: str = "running"
+    fraction: float = 0.0
+    message: str = ""
+    error: str | None = None
+    process: asyncio.subprocess.Process | None = None
+    runner: asyncio.Task | None = field(default=None, repr=False)
+
+    def public(self) -> dict:
+        return {"job": self.id, "task": self.task, "model": self.model, "state": self.state,
+                "fraction": self.fraction, "message": self.message, "error": self.error}
+
+    @property
+    def output(self) -> Path:
+        return self.folder / ("labels.nrrd" if self.task == "segment" else "report.json")
+
+
+def _job_options(body: dict) -> list[str]:
+    """The few options a client may set, checked; never a path."""
+    allowed = {"task", "model", "image", "overlap", "point"}
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise InputError(f"A job has no field {unknown[0]!r}; it takes {', '.join(sorted(allowed))}.")
+    argv: list[str] = []
+    overlap = body.get("overlap")
+    if overlap is not None:
+        if not isinstance(overlap, (int, float)) or isinstance(overlap, bool) or not 0 <= overlap < 1:
+            raise InputError("The job's overlap must be a number from 0 to below 1.")
+        argv += ["--overlap", str(float(overlap))]
+    point = body.get("point")
+    if point is not None:
+        if body.get("task") != "classify" or not isinstance(point, list) or len(point) != 3 or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in point):
+            raise InputError("A job's point is three finite numbers (mm, LPS), for classify only.")
+        argv += ["--point", ",".join(str(float(v)) for v in point)]
+    return argv
+
+
+class JobManager:
+    def __init__(self, root: Path, models: dict[str, ServedModel], images: ImageStore,
+                 settings: EngineSettings) -> None:
+        self.root, self.models, self.images, self.settings = Path(root), models, images, settings
+        self.jobs: dict[str, Job] = {}
+
+    async def create(self, user: str, body: object) -> Job:
+        if not isinstance(body, dict):
+            raise InputError("A job is a JSON object with task, model and image.")
+        task = body.get("task")
+        if task not in TASKS:
+            raise InputError("A job's task is segment or classify.")
+        model = self.models.get(body.get("model")) if isinstance(body.get("model"), str) else None
+        if model is None or model.task != TASKS[task]:
+            names = ", ".join(n for n, m in self.models.items() if m.task == TASKS[task]) or "none"
+            raise InputError(f"Choose a {TASKS[task]} model this server offers: {names}.")
+        digest = check_digest(str(body.get("image", "")))
+        options = _job_options(body)
+        running = sum(j.user == user and j.state == "running" for j in self.jobs.values())
+        if running >= self.settings.limits.jobs_per_user:
+            raise Busy("You have as many jobs running as this server allows; wait for one to finish.")
+        try:
+            image = await asyncio.to_thread(self.images.engine_file, user, digest)
+        except FileNotFoundError:
+            raise NotFound("There is no uploaded image with that SHA-256 (upload it first).") from None
+        job = Job(secrets.token_urlsafe(16), user, task, model.name, self.root / secrets.token_hex(8))
+        job.folder.mkdir(parents=True, mode=0o700)
+        argv = [task, str(image), "--model", str(model.folder), "--output", str(job.output),
+                "--progress", "jsonl", "--device", self.settings.device, *options]
+        job.process = await start_engine(argv, job.folder / "job.log")
+        job.runner = asyncio.get_running_loop().create_task(self._follow(job))
+        self.jobs[job.id] = job
+        return job
+
+    async def _follow(self, job: Job) -> None:
+        assert job.process is not None and job.process.stdout is not None
+        async for line in job.process.stdout:
+            event = decode_event(line.decode("utf-8", "replace"))
+            if event is None:
+                continue
+            if event.get("event") == "progress":
+                job.fraction, job.message = float(event.get("fraction") or 0), str(event.get("message") or "")
+            elif event.get("event") == "error":
+                job.error = str(event.get("message"))
+        code = await job.process.wait()
+        if job.state == "running":
+            job.state = "done" if code == 0 and job.output.is_file() else "failed"
+            job.fraction = 1.0 if job.state == "done" else job.fraction
+            if job.state == "failed" and not job.error:
+                job.error = f"The engine stopped with exit code {code}."
+
+    def get(self, user: str, job_id: str) -> Job:
+        job = self.jobs.get(job_id)
+        if job is None or not secrets.compare_digest(job.user.encode(), user.encode()):
+            raise NotFound("There is no such job.")
+        return job
+
+    def cancel(self, user: str, job_id: str) -> Job:
+        job = self.get(user, job_id)
+        if job.state == "running":
+            job.state, job.error = "cancelled", "Cancelled."
+            kill_group(job.process)
+        return job
+
+    def result(self, user: str, job_id: str) -> Job:
+        job = self.get(user, job_id)
+        if job.state != "done":
+            raise InputError(f"The job is {job.state}; its result exists only when it is done.")
+        return job
+
+    async def close_all(self) -> None:
+        for job in self.jobs.values():
+            kill_group(job.process)
+            if job.runner is not None:
+                with contextlib.suppress(BaseException):
+                    await asyncio.wait_for(job.runner, 5)
+            shutil.rmtree(job.folder, ignore_errors=True)
+
+
+def read_label_result(job: Job) -> tuple[bytes, str]:
+    """A finished segmentation as our volume format, and its label table (JSON text)."""
+    import SimpleITK as sitk
+
+    from coralbay.io.labels import label_table_path_for
+    from coralbay.serve.volume_format import encode_volume
+
+    image = sitk.ReadImage(str(job.output))
+    body = encode_volume(sitk.GetArrayFromImage(image), image.GetSpacing(), image.GetOrigin(), image.GetDirection())
+    table = label_table_path_for(job.output)
+    return body, table.read_text(encoding="utf-8") if table.is_file() else "[]"
+
+
+def read_report(job: Job) -> dict:
+    """The classify report without the server's own file path of the input."""
+    report = json.loads(job.output.read_text(encoding="utf-8"))
+    report.pop("input", None)
+    return report

@@ -1,0 +1,262 @@
+"""Acceptance measurements of `coralbay serve` on one machine, loopback only (docs/serve-admin.md).
+
+    PYTHONPATH=CoralBaySlicer python benchmarks/serve/serve_bench.py --json benchmarks/serve/result.json
+
+1. Per click, remote minus local: the same clicks on the same scan through the server (plain
+   http and TLS) and through a local `coralbay interact` process, interleaved click by click so
+   machine load hits both alike; median and p95 of the difference; masks compared voxel by voxel.
+2. Upload of a 512x512x300 int16 CT: plain, TLS, repeated (resolved by its hash), resumed after a cut.
+3. N users x M clicks at once on a server capped at N sessions: errors, masks equal to the solo
+   (local) run, and the (N+1)th session refused with 503.
+Times are wall-clock seconds of this machine; the JSON records the command and the machine's load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "CoralBaySlicer"))
+
+from CoralBaySlicerLib.interactive_session import InteractiveSession, interact_argv  # noqa: E402
+from CoralBaySlicerLib.remote_client import RemoteEngine, RemoteError  # noqa: E402
+from CoralBaySlicerLib.remote_session import RemoteInteractiveSession  # noqa: E402
+from CoralBaySlicerLib.remote_volumes import Volume, encode_upload  # noqa: E402
+
+MODEL = "demo-phantom-seg"
+
+
+def engine_env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(REPO / "CoralBaySlicer"), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+
+
+def start_server(state: Path, *extra: str) -> tuple[subprocess.Popen, str]:
+    process = subprocess.Popen([sys.executable, "-m", "coralbay", "serve", "--model", MODEL, "--state-dir", str(state),
+                                "--port", "0", "--device", "cpu", "--requests-per-second", "1000", *extra],
+                               stdout=subprocess.PIPE, text=True, env=engine_env())
+    return process, json.loads(process.stdout.readline())["url"]
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(30)
+
+
+def add_user(state: Path, name: str) -> str:
+    out = subprocess.run([sys.executable, "-m", "coralbay", "serve", "add-user", name, "--state-dir", str(state)],
+                         capture_output=True, text=True, env=engine_env(), check=True)
+    return out.stdout.strip().splitlines()[-1]
+
+
+def phantom(folder: Path) -> tuple[Path, Path]:
+    from coralbay.phantom import generate_phantom, write_phantom
+
+    ph = generate_phantom(10007, spacing=3.0, size_mm=(180, 150, 120), lesions=False)   # development phantom
+    ct, labels = folder / "ct.nii.gz", folder / "labels.nii.gz"
+    write_phantom(ph, ct, labels)
+    scan = folder / "ct.nrrd"
+    sitk.WriteImage(sitk.ReadImage(str(ct)), str(scan), True)
+    return scan, labels
+
+
+def clicks(labels: Path, count: int, name_value: int = 1) -> list[dict]:
+    """Alternating positive clicks inside the structure and negative ones just outside, seeded."""
+    image = sitk.ReadImage(str(labels))
+    array = sitk.GetArrayFromImage(image)
+    inside, outside = np.argwhere(array == name_value), np.argwhere((array == 0))
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(count):
+        zyx = inside[rng.integers(len(inside))] if i % 3 != 2 else outside[rng.integers(len(outside))]
+        out.append({"lps": [float(c) for c in image.TransformIndexToPhysicalPoint([int(v) for v in zyx[::-1]])],
+                    "positive": i % 3 != 2})
+    return out
+
+
+def mask(path: str) -> np.ndarray:
+    return sitk.GetArrayFromImage(sitk.ReadImage(path))
+
+
+def summary(values: list[float]) -> dict:
+    return {"median_ms": round(statistics.median(values) * 1000, 1),
+            "p95_ms": round(float(np.percentile(values, 95)) * 1000, 1), "n": len(values)}
+
+
+def latency(work: Path, scan: Path, labels: Path, count: int, tls_dir: Path | None) -> tuple[dict, list[np.ndarray]]:
+    state = work / "lat-state"
+    token = add_user(state, "alice")
+    servers = [start_server(state)]
+    if tls_dir is not None:
+        servers.append(start_server(work / "lat-state-tls", "--tls-cert", str(tls_dir / "server.pem"),
+                                    "--tls-key", str(tls_dir / "server.key")))
+        (work / "lat-state-tls" / "users.json").write_bytes((state / "users.json").read_bytes())
+    local = InteractiveSession(interact_argv(sys.executable, MODEL, work / "local-out", work / "local-ex", device="CPU",
+                                             cache_dir=work / "local-cache"), env=engine_env())
+    local.start()
+    remotes = []
+    for index, (_, url) in enumerate(servers):
+        engine = RemoteEngine(url, token, ca_file=str(tls_dir / "ca.pem") if url.startswith("https") else None)
+        session = RemoteInteractiveSession(engine, MODEL, work / f"remote-{index}")
+        session.start()
+        remotes.append(session)
+    try:
+        for session in [local, *remotes]:
+            assert session.ask("open", image=str(scan), timeout=600)["event"] == "result"
+            assert session.ask("start", name="liver", value=1, timeout=600)["event"] == "result"
+        times = {"local": [], "plain": [], "tls": []}
+        local_masks, identical = [], 0
+        for click in clicks(labels, count):
+            started = time.perf_counter()
+            want = local.ask("point", name="liver", timeout=600, **click)
+            times["local"].append(time.perf_counter() - started)
+            local_masks.append(mask(want["mask"]))
+            for session, key in zip(remotes, ("plain", "tls")):
+                started = time.perf_counter()
+                got = session.ask("point", name="liver", timeout=600, **click)
+                times[key].append(time.perf_counter() - started)
+                identical += int(np.array_equal(mask(got["mask"]), local_masks[-1]))
+        result = {"clicks": count, "local": summary(times["local"]), "masks_identical": identical,
+                  "masks_compared": count * len(remotes)}
+        for key in ("plain", "tls")[:len(remotes)]:
+            result[f"{key}_minus_local"] = summary([r - l for r, l in zip(times[key], times["local"])])
+        return result, local_masks
+    finally:
+        for session in [local, *remotes]:
+            session.close()
+        for process, _ in servers:
+            stop(process)
+
+
+def upload(work: Path, tls_dir: Path | None, shape=(300, 512, 512)) -> dict:
+    rng = np.random.default_rng(0)
+    z, y, x = np.ogrid[:shape[0], :shape[1], :shape[2]]
+    body = ((y - shape[1] / 2) ** 2 / (0.4 * shape[1]) ** 2 + (x - shape[2] / 2) ** 2 / (0.45 * shape[2]) ** 2) < 1
+    ct = np.where(body, 40, -1000).astype(np.int16) + rng.normal(0, 15, shape).astype(np.int16)  # CT-like noise
+    volume = Volume("int16", shape[::-1], (0.8, 0.8, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1), ct.tobytes())
+    started = time.perf_counter()
+    encoded = encode_upload(volume)
+    digest = hashlib.sha256(encoded).hexdigest()
+    result = {"shape_xyz": list(shape[::-1]), "encoded_mb": round(len(encoded) / 1e6, 1),
+              "client_encode_and_hash_s": round(time.perf_counter() - started, 2)}
+    for key, tls in (("plain", None), ("resumed", None), ("tls", tls_dir)):
+        if key == "tls" and tls is None:
+            continue
+        state = work / f"up-{key}"
+        token = add_user(state, "alice")
+        extra = ("--tls-cert", str(tls / "server.pem"), "--tls-key", str(tls / "server.key")) if tls else ()
+        process, url = start_server(state, *extra)
+        try:
+            engine = RemoteEngine(url, token, ca_file=str(tls / "ca.pem") if tls else None)
+            if key == "resumed":   # a killed upload: the first half arrived, the client resumes from there
+                half = len(encoded) // 2
+                engine.call("PUT", f"/v1/images/{digest}", encoded[:half],
+                            {"Upload-Offset": "0", "Upload-Length": str(len(encoded))})
+                result["resumed_from_offset"] = int(engine.call("HEAD", f"/v1/images/{digest}")[1]["upload-offset"])
+            started = time.perf_counter()
+            engine.upload_bytes(encoded, digest)
+            result[f"{key}_upload_s"] = round(time.perf_counter() - started, 2)
+            started = time.perf_counter()
+            engine.upload_bytes(encoded, digest)
+            result[f"{key}_repeated_by_hash_s"] = round(time.perf_counter() - started, 3)
+        finally:
+            stop(process)
+    return result
+
+
+def concurrent(work: Path, scan: Path, labels: Path, users: int, per_user: int, solo: list[np.ndarray]) -> dict:
+    state = work / "conc-state"
+    tokens = [add_user(state, f"user{i}") for i in range(users + 1)]
+    process, url = start_server(state, "--sessions-total", str(users), "--sessions-per-user", "1")
+    sessions = [RemoteInteractiveSession(RemoteEngine(url, token), MODEL, work / f"user{i}") for i, token in
+                enumerate(tokens[:users])]
+    errors, equal = [], [0] * users
+    try:
+        for session in sessions:
+            session.start()
+        try:
+            RemoteInteractiveSession(RemoteEngine(url, tokens[-1]), MODEL, work / "ninth").start()
+            ninth = "accepted (cap not enforced)"
+        except RemoteError as exc:
+            ninth = f"{exc.status} {exc}"
+        the_clicks = clicks(labels, per_user)
+
+        def user(index: int) -> None:
+            session = sessions[index]
+            try:
+                for kind, fields in (("open", {"image": str(scan)}), ("start", {"name": "liver", "value": 1})):
+                    if session.ask(kind, timeout=1800, **fields)["event"] != "result":
+                        errors.append((index, kind))
+                for number, click in enumerate(the_clicks):
+                    got = session.ask("point", name="liver", timeout=1800, **click)
+                    if got["event"] != "result":
+                        errors.append((index, number, got.get("message")))
+                    elif np.array_equal(mask(got["mask"]), solo[number]):
+                        equal[index] += 1
+            except Exception as exc:  # noqa: BLE001 - counted as an error of this user
+                errors.append((index, repr(exc)))
+
+        started = time.perf_counter()
+        threads = [threading.Thread(target=user, args=(i,)) for i in range(users)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        health = RemoteEngine(url, tokens[0]).call("GET", "/v1/health")[0]
+        return {"users": users, "clicks_per_user": per_user, "errors": errors, "masks_equal_solo": equal,
+                "ninth_session": ninth, "health_after": health, "seconds": round(time.perf_counter() - started, 1)}
+    finally:
+        for session in sessions:
+            session.close()
+        stop(process)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clicks", type=int, default=50)
+    parser.add_argument("--users", type=int, default=8)
+    parser.add_argument("--user-clicks", type=int, default=20)
+    parser.add_argument("--parts", default="latency,upload,concurrent")
+    parser.add_argument("--json", type=Path, required=True)
+    args = parser.parse_args()
+    parts = args.parts.split(",")
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
+    result = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "commit": commit,
+              "load_average_at_start": os.getloadavg(),
+              "cpus": os.cpu_count(), "model": MODEL}
+    with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
+        work = Path(tmp)
+        scan, labels = phantom(work)
+        subprocess.run([sys.executable, "-m", "coralbay", "serve", "init-tls", "--host", "127.0.0.1", "--output",
+                        str(work / "tls")], check=True, env=engine_env(), capture_output=True)
+        solo: list[np.ndarray] = []
+        if "latency" in parts or "concurrent" in parts:
+            result["latency"], solo = latency(work, scan, labels, max(args.clicks, args.user_clicks), work / "tls")
+        if "upload" in parts:
+            result["upload"] = upload(work, work / "tls")
+        if "concurrent" in parts:
+            result["concurrent"] = concurrent(work, scan, labels, args.users, args.user_clicks, solo)
+    result["load_average_at_end"] = os.getloadavg()
+    args.json.write_text(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
