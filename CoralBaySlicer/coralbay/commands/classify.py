@@ -34,14 +34,14 @@ def run(args: argparse.Namespace) -> int:
 
     from coralbay.atomic import write_text_atomic
     from coralbay.device import describe, select_device
-    from coralbay.errors import InputError
+    from coralbay.errors import UsageError
     from coralbay.inference.classify import classify_image
 
     output = Path(args.output)
     if output.suffix.lower() != ".json":
-        raise InputError(f"The report {output} must end in .json.")
+        raise UsageError(f"The report {output} must end in .json.")
     if not output.parent.is_dir():
-        raise InputError(f"The output folder {output.parent} does not exist.")
+        raise UsageError(f"The output folder {output.parent} does not exist.")
     reporter = make_reporter(args, STAGES)
     device = select_device(args.device)
     reporter.progress("load", 0.0, "reading input")

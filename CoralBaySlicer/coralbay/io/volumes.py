@@ -23,7 +23,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from coralbay.atomic import atomic_file
-from coralbay.errors import CoralBayError, InputError
+from coralbay.errors import CoralBayError, InputError, UsageError
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 WRITABLE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
@@ -268,14 +268,15 @@ def read_volume(path: str | os.PathLike) -> sitk.Image:
 
 
 def check_output_path(path: str | os.PathLike) -> Path:
-    """Refuse an output path whose folder is missing or whose extension we cannot write."""
+    """Refuse an output path whose folder is missing or whose extension we cannot write (a usage
+    error, exit 2, like every wrong output name: docs/cli.md#exit-codes-and-outputs)."""
     p = Path(path)
     if _suffix(p) not in WRITABLE_SUFFIXES:
-        raise InputError(f"The output {p} must end in one of {', '.join(WRITABLE_SUFFIXES)}.")
+        raise UsageError(f"The output {p} must end in one of {', '.join(WRITABLE_SUFFIXES)}.")
     if not p.parent.exists() and str(p.parent):
-        raise InputError(f"The output folder {p.parent} does not exist.")
+        raise UsageError(f"The output folder {p.parent} does not exist.")
     if p.is_dir():
-        raise InputError(f"The output {p} is a folder; give a file name.")
+        raise UsageError(f"The output {p} is a folder; give a file name.")
     return p
 
 
