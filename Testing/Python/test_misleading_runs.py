@@ -223,3 +223,47 @@ def test_folder_cohort_pairs_references_and_reports_damage_and_warnings(files, t
     assert any("Left out 2 reference label map(s)" in n and "1 paired" in n for n in summary["cohort_notes"])
     assert "Left out 2 reference label map(s)" in result.stderr
     assert "case mr: Intensities do not look like CT" in result.stderr
+
+
+# ---- a classification that would run for long ----------------------------------------------------
+
+@pytest.fixture
+def wide_scan(tmp_path) -> Path:
+    """320 x 320 x 80 mm at 4 mm: several windows of the tiny bundles (64 voxels at 4 mm)."""
+    image = sitk.GetImageFromArray(np.random.default_rng(3).integers(-200, 300, (20, 80, 80)).astype(np.int16))
+    image.SetSpacing((4.0, 4.0, 4.0))
+    sitk.WriteImage(image, str(tmp_path / "wide.nii.gz"))
+    return tmp_path / "wide.nii.gz"
+
+
+def test_classify_estimate_counts_the_windows_the_run_places(wide_scan, tiny_cls_bundle, capsys):
+    from coralbay.bundle.loader import load_bundle
+    from coralbay.inference.classify import prepare_classification
+    from coralbay.inference.sliding_window import windows_needed
+    from coralbay.io.volumes import read_volume
+
+    manifest = load_bundle(tiny_cls_bundle).manifest
+    prepared = prepare_classification(read_volume(wide_scan), manifest)
+    settings = manifest.inference.windows()
+    assert main(["classify", str(wide_scan), "-m", str(tiny_cls_bundle), "-o", str(wide_scan.parent / "unused.json"), "--estimate",
+                 "--progress", "jsonl"]) == 0
+    result = [json.loads(line) for line in capsys.readouterr().out.splitlines()][-1]
+    estimate = result["estimate"]
+    assert estimate["windows"] == windows_needed(prepared.array.shape, settings.size, settings.overlap) > 1
+    assert estimate["seconds_per_window"] > 0 and not (wide_scan.parent / "unused.json").exists()
+
+
+def test_a_long_classification_is_refused_before_it_starts(wide_scan, tiny_cls_bundle, tmp_path, monkeypatch,
+                                                           capsys):
+    """The limit is lowered to 0 s so that the tiny model's run counts as long on any machine."""
+    import coralbay.inference.classify as classify_module
+
+    monkeypatch.setattr(classify_module, "LONG_RUN_S", 0.0)
+    report = tmp_path / "report.json"
+    code = main(["classify", str(wide_scan), "-m", str(tiny_cls_bundle), "-o", str(report), "--progress", "none"])
+    line = _one_error_line(capsys.readouterr().err)
+    assert code == 1 and "windows" in line and "--allow-long-run" in line and "--point" in line
+    assert not report.exists()
+    assert main(["classify", str(wide_scan), "-m", str(tiny_cls_bundle), "-o", str(report), "--progress", "none",
+                 "--allow-long-run"]) == 0
+    assert report.is_file()
