@@ -47,7 +47,7 @@ def make_bad_inputs(folder: Path) -> dict[str, tuple[Path, str]]:
     write(sitk.GetImageFromArray(nan), folder / "nan.nrrd")
     return {
         "missing": (folder / "does_not_exist.nii.gz", "does not exist"),
-        "truncated": (truncated, "cannot be read"),
+        "truncated": (truncated, "cut short"),
         "garbage": (garbage, "cannot be read"),
         "empty file": (empty_file, "is empty"),
         "2D": (two_d, "2D image; a 3D volume is needed"),
