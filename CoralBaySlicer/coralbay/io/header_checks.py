@@ -319,9 +319,8 @@ def pixel_bytes(pixel_type: str) -> int:
 
 
 def check_declared_size(path: str | os.PathLike, payload: Payload, size: tuple[int, ...],
-                        components: int, pixel_type: str) -> int:
-    """Refuse a header that declares more voxels than its data could hold or memory could take;
-    return the bytes of voxels it declares."""
+                        components: int, pixel_type: str) -> None:
+    """Refuse a header that declares more voxels than its data could hold or memory could take."""
     voxels = 1
     for s in size:
         voxels *= int(s)
@@ -340,7 +339,6 @@ def check_declared_size(path: str | os.PathLike, payload: Payload, size: tuple[i
         raise InputError(f"The header of {path} declares a {shape} image ({declared / 2**30:.3g} GiB) "
                          f"that its {stored} bytes of data cannot hold, even compressed.")
     check_fits_in_memory(f"The image {path} ({shape} voxels)", declared)
-    return declared
 
 
 def check_fits_in_memory(what: str, nbytes: int) -> None:
