@@ -116,11 +116,11 @@ def test_a_cut_gzip_file_is_refused_by_every_reader(argv, files, tmp_path, capsy
     assert _entries(out) == set()
 
 
-def test_segment_refuses_a_cut_scan_and_keeps_the_earlier_output(files, tiny_seg_bundle, tmp_path):
+def test_segment_refuses_a_cut_scan_and_keeps_the_earlier_output(files, tiny_seg_bundle, tmp_path, capsys):
     previous = tmp_path / "labels.nii.gz"
     previous.write_bytes(b"earlier result")
-    result = run_cli("segment", files["cut"], "-m", tiny_seg_bundle, "-o", previous, "--progress", "none")
-    assert result.returncode == 1 and "cut short" in _one_error_line(result.stderr)
+    code = main(["segment", str(files["cut"]), "-m", str(tiny_seg_bundle), "-o", str(previous), "--progress", "none"])
+    assert code == 1 and "cut short" in _one_error_line(capsys.readouterr().err)
     assert previous.read_bytes() == b"earlier result" and _entries(tmp_path) == {"labels.nii.gz", "inputs"}
 
 
