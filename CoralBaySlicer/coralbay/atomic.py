@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
-from coralbay.errors import CoralBayError
+from coralbay.errors import CoralBayError, UsageError
 
 TEMP_MARKER = ".coralbay-partial"
 STALE_AFTER_S = 12 * 3600  # a partial output this old belongs to a run that died
@@ -236,3 +236,18 @@ def write_text_atomic(target: str | os.PathLike, text: str) -> None:
     """Write a small text file atomically (reports, manifests, label tables)."""
     with atomic_file(target) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+# Names that say "file": a folder output given one of these is a mistake (`-o liver.stl` for a
+# folder of meshes, `-o c.nii.gz` for a review), not a wish for a folder with that name.
+FILE_SUFFIXES = (".nii", ".gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm", ".stl", ".obj", ".vtk", ".ply",
+                 ".json", ".csv", ".png", ".txt", ".parquet", ".zip")
+
+
+def check_folder_output_name(target: str | os.PathLike, what: str) -> None:
+    """Refuse a file-like name (FILE_SUFFIXES) for an output that is a folder, unless that folder
+    already exists (an earlier run's, which the caller checks)."""
+    path = Path(target)
+    if path.suffix.lower() in FILE_SUFFIXES and not path.is_dir():
+        raise UsageError(f"The output {path} is a file name, but {what} is a folder; give a folder name "
+                         f"(without {''.join(path.suffixes)}).")

@@ -1,7 +1,8 @@
 """The `coralbay` command line: one sub-command per module in `coralbay.commands`.
 
 Exit codes: 0 success; 1 any failure (one sentence on stderr, and an "error" event with
-`--progress jsonl`); 2 a usage error; 130 interrupted. Set CORALBAY_DEBUG=1 for tracebacks.
+`--progress jsonl`); 2 a usage error (a missing optional package included); 130 interrupted;
+141 the reader of stdout went away (`| head`), quietly as Unix tools do. Set CORALBAY_DEBUG=1 for tracebacks.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from coralbay.progress import encode_event
 # Modules import their heavy dependencies (torch, MONAI) inside `run`, so `--help` stays fast.
 COMMAND_MODULES = ("info", "models", "segment", "classify", "compare", "export", "phantom", "train", "bench", "demo",
                    "batch", "interact", "eval_interactive", "teach", "serve")
+
+EXIT_STDOUT_CLOSED = 141  # 128 + SIGPIPE, what a shell reports for `yes | head`
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse with exit code 2 and a one-line message for usage errors."""
@@ -76,6 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(exc), exc.exit_code, jsonl)
     except KeyboardInterrupt:
         return _fail("Interrupted.", 130, jsonl)
+    except BrokenPipeError:
+        return _stdout_closed()
     except MemoryError:
         return _fail("Out of memory: try a smaller --roi, a lower --overlap or a smaller window batch.", 1, jsonl)
     except Exception as exc:  # noqa: BLE001 - last line of defence: one sentence, not a traceback
@@ -84,6 +90,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return _fail(f"Unexpected error ({type(exc).__name__}: {detail[:300]}); "
                      "run with CORALBAY_DEBUG=1 for details.", 1, jsonl)
+
+
+def _stdout_closed() -> int:
+    """The reader of our output went away (`coralbay ... --json | head`): stop quietly, as Unix
+    tools do, with the status a shell reports for them (128 + SIGPIPE)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's final flush must not fail again
+    except (OSError, ValueError):
+        pass
+    return EXIT_STDOUT_CLOSED
 
 
 def _fail(message: str, code: int, jsonl: bool) -> int:

@@ -29,3 +29,29 @@ class BundleError(CoralBayError):
 
 class DeviceError(CoralBayError):
     """The requested compute device is not available."""
+
+
+class MissingPackageError(UsageError):
+    """A feature the user asked for needs an optional package that is not installed (exit 2)."""
+
+
+# The optional packages (top-level module -> the pyproject.toml extra that installs them). Every
+# other third-party module the engine imports is a core dependency (test_dependencies checks).
+OPTIONAL_EXTRAS = {"dask": "batch", "distributed": "batch", "pyarrow": "batch",
+                   "huggingface_hub": "hub", "transformers": "hub"}
+
+
+def import_optional(module: str, feature: str):
+    """Import `module` for `feature`, or raise one sentence naming the extra that installs it.
+
+    Why one helper: every optional feature then fails the same way, with the install command,
+    instead of an "Unexpected error (ModuleNotFoundError ...)" deep inside a run.
+    """
+    import importlib
+
+    top = module.split(".")[0]
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingPackageError(f"{feature} needs the optional package {top}, which is not installed: "
+                                  f"pip install \"coralbay[{OPTIONAL_EXTRAS[top]}]\".") from None

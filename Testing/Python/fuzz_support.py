@@ -53,6 +53,11 @@ class Case:
     # What a correct reader returns when no mutation touched the file (None: not checked).
     expected: dict | None = None
     description: list[str] = field(default_factory=list)
+    # Damaged compressed data: "cut" (must be refused) or "flip" (refused, or read unchanged when
+    # the format carries a checksum); `intact_sum` is the voxel sum of the file before the damage.
+    damage: str | None = None
+    checksummed: bool = True
+    intact_sum: float | None = None
 
     def write(self, folder: Path) -> Path:
         for name, data in self.files.items():
@@ -547,6 +552,116 @@ def dicom_cases(draw) -> Case:
     return Case(files, ".", "volume", expected, description)
 
 
+# ---- damaged compressed data ------------------------------------------------------------------
+
+DAMAGED_FORMATS = ["nii.gz", "nrrd-gzip", "nhdr-gzip", "mha-zlib", "mhd-zlib", "seg.nrrd",
+                   "dicom-deflate", "dicom-jpeg2000"]
+
+
+def _compressed_file(fmt: str, array: np.ndarray) -> tuple[dict[str, bytes], str, str, tuple[int, int]]:
+    """A valid file of `fmt` holding `array` (z, y, x): (files, entry, damaged file, (start, end)
+    of its compressed bytes, where the damage goes)."""
+    import zlib
+
+    raw = array.astype(array.dtype.newbyteorder("<")).tobytes()
+    size = " ".join(map(str, array.shape[::-1]))
+    if fmt == "nii.gz":
+        content = gzip.compress(nifti_bytes(array, (1.0, 1.0, 2.0), (0.0, 0.0, 0.0)), compresslevel=6)
+        return {"image.nii.gz": content}, "image.nii.gz", "image.nii.gz", (10, len(content))
+    if fmt in ("nrrd-gzip", "nhdr-gzip"):
+        header = (f"NRRD0004\ntype: short\ndimension: 3\nspace: left-posterior-superior\nsizes: {size}\n"
+                  "space directions: (1,0,0) (0,1,0) (0,0,2)\nkinds: domain domain domain\n"
+                  "endian: little\nencoding: gzip\nspace origin: (0,0,0)\n")
+        payload = gzip.compress(raw, compresslevel=6)
+        if fmt == "nhdr-gzip":
+            files = {"image.nhdr": (header + "data file: payload.raw.gz\n").encode(), "payload.raw.gz": payload}
+            return files, "image.nhdr", "payload.raw.gz", (10, len(payload))
+        head = (header + "\n").encode()
+        return {"image.nrrd": head + payload}, "image.nrrd", "image.nrrd", (len(head) + 10, len(head) + len(payload))
+    if fmt in ("mha-zlib", "mhd-zlib"):
+        payload = zlib.compress(raw, 6)
+        header = ("ObjectType = Image\nNDims = 3\nBinaryData = True\nBinaryDataByteOrderMSB = False\n"
+                  f"CompressedData = True\nCompressedDataSize = {len(payload)}\n"
+                  "TransformMatrix = 1 0 0 0 1 0 0 0 1\nOffset = 0 0 0\nElementSpacing = 1 1 2\n"
+                  f"DimSize = {size}\nElementType = MET_SHORT\n")
+        if fmt == "mhd-zlib":
+            files = {"image.mhd": (header + "ElementDataFile = image.zraw\n").encode(), "image.zraw": payload}
+            return files, "image.mhd", "image.zraw", (2, len(payload))
+        head = (header + "ElementDataFile = LOCAL\n").encode()
+        return {"image.mha": head + payload}, "image.mha", "image.mha", (len(head) + 2, len(head) + len(payload))
+    if fmt == "seg.nrrd":
+        import SimpleITK as sitk
+
+        from coralbay.io.labels import LabelTable
+        from coralbay.io.seg_nrrd import write_seg_nrrd
+
+        labels = sitk.GetImageFromArray(array.astype(np.uint16))
+        with tempfile.TemporaryDirectory() as tmp:
+            write_seg_nrrd(labels, LabelTable.generic(np.unique(array)), Path(tmp) / "x.seg.nrrd")
+            content = (Path(tmp) / "x.seg.nrrd").read_bytes()
+        start = content.index(b"\n\n") + 2
+        return {"labels.seg.nrrd": content}, "labels.seg.nrrd", "labels.seg.nrrd", (start + 10, len(content))
+    if fmt == "dicom-deflate":
+        from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+        files = {}
+        for k in range(array.shape[0]):
+            ds = dicom_slice(array[k].astype(np.uint16), (0.0, 0.0, 2.0 * k), instance=k + 1)
+            ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+            files[f"slice{k:02d}.dcm"] = dicom_bytes(ds)
+        content = files["slice01.dcm"]
+        return files, ".", "slice01.dcm", (_dicom_dataset_start(content), len(content))
+    raise ValueError(fmt)
+
+
+def _dicom_dataset_start(content: bytes) -> int:
+    """Where the dataset after the file meta information begins (the meta group length says)."""
+    group_length = struct.unpack_from("<I", content, 132 + 8)[0]  # (0002,0000) UL, explicit VR
+    return 132 + 12 + group_length
+
+
+def real_jpeg2000_slices(count: int = 3) -> dict[str, bytes] | None:
+    """`count` consecutive slices of the real JPEG 2000 series of ../shared/data (None if absent)."""
+    root = Path(os.environ.get("CORALBAY_SHARED_DATA", REPO.parent / "shared" / "data"))
+    folder = root / "totalseg" / "example_ct_dicom"
+    if not folder.is_dir():
+        return None
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())[8:8 + count]}
+
+
+@st.composite
+def damaged_cases(draw, fmt: str) -> Case:
+    """A valid compressed file of `fmt`, then its compressed data cut at a random offset or one
+    byte of it changed: every reader must refuse the cut file, and the changed one unless the
+    format has no checksum (raw deflate in DICOM, JPEG 2000) or the change left the data intact."""
+    damage = draw(st.sampled_from(["cut", "flip"]))
+    where = draw(st.floats(0, 1, exclude_max=True))
+    if fmt == "dicom-jpeg2000":
+        files = real_jpeg2000_slices()
+        target = sorted(files)[1]
+        content = files[target]
+        region, entry, intact_sum = (_dicom_dataset_start(content), len(content)), ".", None
+    else:
+        rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+        shape = (3, draw(st.integers(6, 12)), draw(st.integers(6, 12)))
+        low, high = {"seg.nrrd": (0, 9), "dicom-deflate": (0, 2500)}.get(fmt, (-1000, 1500))
+        array = rng.integers(low, high, size=shape).astype(np.int16)
+        files, entry, target, region = _compressed_file(fmt, array)
+        intact_sum = float(array.sum(dtype=np.float64)) - (1024 * array.size if fmt == "dicom-deflate" else 0)
+    start, end = region
+    position = start + int(where * (end - start))
+    data = bytearray(files[target])
+    if damage == "cut":
+        data = data[:position]
+    else:
+        data[position] ^= draw(st.integers(1, 255))
+    files[target] = bytes(data)
+    reader = "labels" if fmt == "seg.nrrd" else "volume"
+    return Case(files, entry, reader, None, [f"{fmt}: {damage} at byte {position} of {target} "
+                                             f"(compressed data {start}..{end})"],
+                damage=damage, checksummed=not fmt.startswith("dicom"), intact_sum=intact_sum)
+
+
 # ----------------------------------------------------------------------------------------------
 # The sandbox
 # ----------------------------------------------------------------------------------------------
@@ -621,6 +736,12 @@ def outcome_problems(outcome: dict, case: Case | None = None) -> list[str]:
     if status in ("crash", "hang", "unexpected"):
         detail = outcome.get("traceback") or outcome.get("message", "")
         return [f"{status}: {outcome.get('type', '')} {detail}"]
+    damage = case.damage if case is not None else None
+    if damage == "cut" and status == "ok":
+        return [f"a file whose compressed data was cut short was read as valid: {case.description}"]
+    if damage == "flip" and status == "ok" and case.checksummed and \
+            not math.isclose(outcome["image"]["sum"], case.intact_sum, rel_tol=0, abs_tol=1e-3):
+        return [f"damaged compressed data was read as valid, with other voxel values: {case.description}"]
     if status == "error":
         message = outcome["message"]
         problems = []

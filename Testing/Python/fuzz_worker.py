@@ -34,6 +34,7 @@ def describe_image(image) -> dict:
         "direction": list(image.GetDirection()),
         "pixel_type": image.GetPixelIDTypeAsString(),
         "finite": bool(np.all(np.isfinite(array))) if array.dtype.kind == "f" else True,
+        "sum": float(array.sum(dtype=np.float64)),
         "notes": [image.GetMetaData(k) for k in image.GetMetaDataKeys() if k.startswith("coralbay:")],
     }
 
@@ -52,7 +53,8 @@ def handle(request: dict) -> dict:
         time.sleep(3600)
     try:
         function = {"volume": volume_io.read_volume, "label": label_maps.read_label_map,
-                     "any": volume_io.read_image_any}[reader]
+                    "any": volume_io.read_image_any,
+                    "labels": lambda p: label_maps.read_labels(p).image}[reader]
         return {"status": "ok", "image": describe_image(function(path))}
     except CoralBayError as exc:
         return {"status": "error", "type": type(exc).__name__, "message": str(exc)}

@@ -47,7 +47,7 @@ def make_bad_inputs(folder: Path) -> dict[str, tuple[Path, str]]:
     write(sitk.GetImageFromArray(nan), folder / "nan.nrrd")
     return {
         "missing": (folder / "does_not_exist.nii.gz", "does not exist"),
-        "truncated": (truncated, "cannot be read"),
+        "truncated": (truncated, "cut short"),
         "garbage": (garbage, "cannot be read"),
         "empty file": (empty_file, "is empty"),
         "2D": (two_d, "2D image; a 3D volume is needed"),
@@ -59,9 +59,10 @@ def make_bad_inputs(folder: Path) -> dict[str, tuple[Path, str]]:
     }
 
 
-def assert_clean_failure(code: int, err: str, fragment: str, out_dir: Path, before: set[str]) -> None:
+def assert_clean_failure(code: int, err: str, fragment: str, out_dir: Path, before: set[str],
+                         exit_code: int = 1) -> None:
     lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert code == 1
+    assert code == exit_code
     assert len(lines) == 1 and lines[0].startswith("coralbay: error: "), err
     assert fragment in lines[0]
     assert "Traceback" not in err
@@ -171,7 +172,7 @@ def test_point_outside_volume_and_bad_report_name(bad_inputs, tiny_cls_bundle, t
                  "--point", "500,500,500", "--progress", "none"])
     assert_clean_failure(code, capsys.readouterr().err, "lies outside the volume", tmp_path, set())
     code = main(["classify", good, "-m", str(tiny_cls_bundle), "-o", str(tmp_path / "r.txt"), "--progress", "none"])
-    assert_clean_failure(code, capsys.readouterr().err, "must end in .json", tmp_path, set())
+    assert_clean_failure(code, capsys.readouterr().err, "must end in .json", tmp_path, set(), exit_code=2)
 
 
 def test_info_warns_on_non_ct_intensities(tmp_path, capsys):

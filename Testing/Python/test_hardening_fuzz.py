@@ -91,6 +91,31 @@ def test_fuzz_dicom_series(sandbox, case):
     fs.check_case(sandbox, case)
 
 
+@pytest.mark.parametrize("fmt", fs.DAMAGED_FORMATS)
+def test_fuzz_damaged_compressed_data(sandbox, fmt):
+    """Cut or changed compressed data (an interrupted copy, a bad disk) is never read as valid.
+
+    Every compressed format we read, cut at random offsets and with a random byte changed; for
+    the label-map readers too (seg.nrrd through read_labels, gzip NIfTI as a label map below).
+    """
+    if fmt == "dicom-jpeg2000" and fs.real_jpeg2000_slices() is None:
+        pytest.skip("the real JPEG 2000 series of ../shared/data is not present beside the clone")
+
+    @fuzz_settings(12)
+    @given(case=fs.damaged_cases(fmt))
+    def check(case):
+        fs.check_case(sandbox, case)
+
+    check()
+
+
+@fuzz_settings(8)
+@given(case=fs.damaged_cases("nii.gz"))
+def test_fuzz_damaged_label_map(sandbox, case):
+    case.reader = "label"
+    fs.check_case(sandbox, case)
+
+
 # ---- the corpus of cases that once failed ----------------------------------------------------
 
 CORPUS = sorted(p for p in fs.CORPUS_DIR.iterdir() if (p / "case.json").is_file()) \

@@ -66,10 +66,11 @@ def test_grid_independence_on_the_anisotropic_scan_stored_in_another_orientation
     sitk.WriteImage(box, str(tmp_path / "lps.nrrd"))
     sitk.WriteImage(other, str(tmp_path / "rai.nii.gz"))
     for pred, ref in (("lps.nrrd", "rai.nii.gz"), ("rai.nii.gz", "lps.nrrd")):
-        metrics = compare_label_maps(tmp_path / pred, tmp_path / ref, tmp_path / f"review_{pred}")
+        review = tmp_path / f"review_{pred.split('.')[0]}"  # a folder: no file-like suffix
+        metrics = compare_label_maps(tmp_path / pred, tmp_path / ref, review)
         assert metrics["reference_resampled"] is True
         assert [s["dice"] for s in metrics["structures"]] == [1.0]
-        difference = sitk.ReadImage(str(tmp_path / f"review_{pred}" / "difference.nii.gz"))
+        difference = sitk.ReadImage(str(review / "difference.nii.gz"))
         assert difference.GetDirection() == pytest.approx(sitk.ReadImage(str(tmp_path / pred)).GetDirection())
         assert difference.GetSize() == sitk.ReadImage(str(tmp_path / pred)).GetSize()
 

@@ -32,11 +32,26 @@ class Case:
     point_lps: tuple[float, float, float] | None = None
 
 
-def read_cohort(path: str | os.PathLike, volume_suffixes: Sequence[str]) -> list[Case]:
-    """The cases of a cohort CSV or folder, checked: unique safe ids, existing inputs."""
+# A folder's files named like these are reference label maps of the scan beside them
+# (liver_seg.nii.gz of liver.nii.gz), never scans: segmenting one as CT gave a 1,063 mL "liver".
+REFERENCE_MARKERS = ("_truth", "_label", "_labels", "_seg", "_mask", "_gt", ".seg")
+COHORT_FILE = "cohort.csv"  # a folder holding this file is read through it
+
+
+def read_cohort(path: str | os.PathLike, volume_suffixes: Sequence[str],
+                notes: list[str] | None = None) -> list[Case]:
+    """The cases of a cohort CSV or folder, checked: unique safe ids, existing inputs.
+
+    `notes` receives sentences the user should read about how a folder was read (its cohort.csv
+    used, reference label maps left out or paired with their scans).
+    """
+    notes = notes if notes is not None else []
     path = Path(path)
+    if path.is_dir() and (path / COHORT_FILE).is_file():
+        notes.append(f"The folder {path} holds {COHORT_FILE}; the cohort is read from it, not from the folder's files.")
+        path = path / COHORT_FILE
     if path.is_dir():
-        cases = _folder_cases(path, volume_suffixes)
+        cases = _folder_cases(path, volume_suffixes, notes)
     elif path.is_file():
         cases = _csv_cases(path)
     else:
@@ -122,18 +137,31 @@ def _absolute(file: str, base: Path) -> str:
     return str(p if p.is_absolute() else (base / p).absolute())
 
 
-def _folder_cases(folder: Path, volume_suffixes: Sequence[str]) -> list[Case]:
-    """Each visible entry is a scan: a volume file, or a folder (a DICOM series)."""
-    cases = []
+def _folder_cases(folder: Path, volume_suffixes: Sequence[str], notes: list[str]) -> list[Case]:
+    """Each visible entry is a scan (a volume file, or a folder: a DICOM series), except
+    reference label maps (REFERENCE_MARKERS), which become the reference of their scan."""
+    scans: dict[str, Path] = {}
+    references: dict[str, Path] = {}
     for entry in sorted(folder.iterdir()):
         if entry.name.startswith("."):
             continue
         if entry.is_dir():
-            case_id = entry.name
+            stem = entry.name
         else:
             suffix = next((s for s in volume_suffixes if entry.name.lower().endswith(s)), None)
             if suffix is None:
                 continue  # notes, spreadsheets and the like beside the scans
-            case_id = entry.name[: -len(suffix)]
-        cases.append(Case(_check_id(case_id, f"the folder {folder}"), str(entry.absolute())))
-    return cases
+            stem = entry.name[: -len(suffix)]
+        marker = next((m for m in REFERENCE_MARKERS if stem.lower().endswith(m) and len(stem) > len(m)), None)
+        if marker is not None and not entry.is_dir():
+            references[stem[: -len(marker)]] = entry
+        else:
+            scans[stem] = entry
+    if references:
+        paired = sum(stem in scans for stem in references)
+        notes.append(f"Left out {len(references)} reference label map(s) of {folder} (named *_seg, *_label, "
+                     f"*_mask, *_truth...): they are not scans; {paired} paired with their scan as its "
+                     "reference for --compare.")
+    return [Case(_check_id(stem, f"the folder {folder}"), str(entry.absolute()),
+                 str(references[stem].absolute()) if stem in references else None)
+            for stem, entry in scans.items()]

@@ -28,7 +28,7 @@ from typing import Callable, Iterator
 
 from coralbay.batch.case import CaseJob, prepare_case, process_case
 from coralbay.batch.cohort import Case
-from coralbay.errors import InputError, UsageError
+from coralbay.errors import InputError, UsageError, import_optional
 
 OnRecord = Callable[[dict], None]
 log = logging.getLogger("coralbay.batch")
@@ -38,11 +38,11 @@ REMOTE_PATTERN = re.compile(r"^(tcp|tls)://[^\s/]+:\d+/?$")
 
 
 def check_cluster_address(address: str) -> None:
-    """Usage error for an address that is neither local:N nor tcp:// / tls://HOST:PORT."""
+    """Usage error for an address that is neither local:N nor tcp:// / tls://HOST:PORT, or when
+    Dask is not installed."""
     local = LOCAL_PATTERN.match(address)
-    if local and int(local.group(1)) >= 1:
-        return
-    if not local and REMOTE_PATTERN.match(address):
+    if (local and int(local.group(1)) >= 1) or (not local and REMOTE_PATTERN.match(address)):
+        import_optional("distributed", "coralbay batch --cluster")  # before any work starts
         return
     raise UsageError(f"The cluster {address!r} is not local:N (N >= 1) or a scheduler address "
                      "tcp://HOST:PORT or tls://HOST:PORT.")
@@ -64,10 +64,10 @@ def _security(tls_ca: str | None, tls_cert: str | None, tls_key: str | None):
 def open_client(address: str, max_attempts: int, tls_ca: str | None = None, tls_cert: str | None = None,
                 tls_key: str | None = None) -> Iterator["object"]:
     """A Client on `address` (a scheduler, or local:N started here on loopback); closed after use."""
+    check_cluster_address(address)
     import dask
     from distributed import Client, LocalCluster
 
-    check_cluster_address(address)
     local = LOCAL_PATTERN.match(address)
     # A task whose worker dies is tried max_attempts times in all (applies to clusters started here;
     # a remote scheduler keeps its own setting).

@@ -24,6 +24,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from coralbay.atomic import check_folder_output_name
 from coralbay.errors import UsageError
 
 MARKER_NAME = "batch.json"   # identifies a folder as a coralbay batch output
@@ -91,6 +92,7 @@ def check_output_folder(folder: Path) -> None:
     """Refuse a folder that holds something other than an earlier batch (we would mix into it)."""
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"The output {folder} is a file; give a folder for the batch.")
+    check_folder_output_name(folder, "a batch's output")
     if not folder.parent.is_dir():
         raise UsageError(f"The folder {folder.parent} for the batch output does not exist.")
     if folder.is_dir() and any(folder.iterdir()):

@@ -23,7 +23,7 @@ RESULTS_CSV = "results.csv"
 RESULTS_PARQUET = "results.parquet"
 SUMMARY_JSON = "summary.json"
 PLOT_PNG = "metrics.png"
-FIXED_COLUMNS = ("id", "status", "error", "image", "reference", "attempts", "worker_host", "worker_pid",
+FIXED_COLUMNS = ("id", "status", "error", "warnings", "image", "reference", "attempts", "worker_host", "worker_pid",
                  "model_load_s", "read_s", "segment_s", "preprocess_s", "inference_s", "restore_s",
                  "write_s", "classify_s", "compare_s", "total_s", "cpu_s",
                  "classification", "confidence")
@@ -36,6 +36,7 @@ def row_of(record: dict) -> dict[str, Any]:
     timings = record.get("timings") or {}
     classification = record.get("classification") or {}
     row: dict[str, Any] = {"id": record["id"], "status": record["status"], "error": record.get("error"),
+                           "warnings": " | ".join(record.get("warnings") or []) or None,
                            "image": record.get("image"), "reference": record.get("reference"),
                            "attempts": record.get("attempts"), "worker_host": worker.get("host"),
                            "worker_pid": worker.get("pid"),
@@ -88,7 +89,7 @@ def _write_parquet(path: Path, rows: list[dict], columns: list[str]) -> None:
         import pyarrow.parquet as pq
     except ImportError:
         return  # Parquet is an extra; the CSV holds the same table
-    text_columns = {"id", "status", "error", "image", "reference", "worker_host", "classification"}
+    text_columns = {"id", "status", "error", "warnings", "image", "reference", "worker_host", "classification"}
     arrays = {}
     for column in columns:
         values = [row.get(column) for row in rows]
@@ -120,6 +121,7 @@ def summarize(records: list[dict], run_info: dict) -> dict:
     counts = {status: sum(r["status"] == status for r in records) for status in ("done", "skipped", "failed", "pending")}
     return {**run_info, "cases": len(records), "counts": counts,
             "failed": [{"id": r["id"], "error": r.get("error")} for r in records if r["status"] == "failed"],
+            "warnings": [{"id": r["id"], "warnings": r["warnings"]} for r in records if r.get("warnings")],
             "volume_ml": _per_structure(ok, "volumes_ml", None),
             "dice": _per_structure(ok, "metrics", "dice"),
             "hd95_mm": _per_structure(ok, "metrics", "hd95_mm"),

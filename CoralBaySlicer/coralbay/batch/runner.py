@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,8 @@ from coralbay.batch.ledger import (MARKER_FORMAT, MARKER_NAME, check_output_fold
 from coralbay.batch.local_pool import run_local
 from coralbay.batch.results import write_results
 from coralbay.errors import BundleError
+
+log = logging.getLogger("coralbay.batch")
 
 Progress = Callable[[str, float, str], None]
 MAX_ATTEMPTS = 3  # tries of a case whose worker dies (OOM, SIGKILL) before it is marked failed
@@ -83,17 +86,20 @@ def run_batch(options: BatchOptions, progress: Progress = lambda s, f, m="": Non
         check_cluster_address(options.cluster)
     output = Path(options.output)
     check_output_folder(output)
-    cases = read_cohort(options.cohort, engine.VOLUME_SUFFIXES)
+    cohort_notes: list[str] = []
+    cases = read_cohort(options.cohort, engine.VOLUME_SUFFIXES, cohort_notes)
+    for note in cohort_notes:
+        log.warning(note)
     job = make_job(options)
     with contextlib.ExitStack() as stack:
         # Reach the cluster before writing anything, so an unreachable one leaves no trace.
         client = stack.enter_context(open_client(options.cluster, MAX_ATTEMPTS, options.tls_ca, options.tls_cert,
                                                  options.tls_key)) if options.cluster else None
-        return _run(options, cases, job, client, started, progress, on_case)
+        return _run(options, cases, job, client, started, progress, on_case, cohort_notes)
 
 
 def _run(options: BatchOptions, cases: list[Case], job: CaseJob, client, started: float,
-         progress: Progress, on_case: Callable[[dict], None]) -> dict:
+         progress: Progress, on_case: Callable[[dict], None], cohort_notes: list[str]) -> dict:
     output = Path(options.output)
     (output / "cases").mkdir(parents=True, exist_ok=True)
     engine.write_text_atomic(output / MARKER_NAME, json.dumps(
@@ -130,5 +136,6 @@ def _run(options: BatchOptions, cases: list[Case], job: CaseJob, client, started
         summary = write_results(output, ordered, {
             "cohort": str(Path(options.cohort).absolute()), "model": job.model,
             "backend": options.cluster or f"local pool of {options.workers}", "interrupted": interrupted,
+            "cohort_notes": cohort_notes,
             "wall_s": round(time.time() - started, 3), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     return summary

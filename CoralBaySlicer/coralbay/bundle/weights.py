@@ -16,7 +16,7 @@ from typing import Mapping
 
 import torch
 
-from coralbay.errors import BundleError
+from coralbay.errors import BundleError, import_optional
 from coralbay.model.build import is_derived_buffer
 
 # Prefixes that training frameworks put in front of the encoder's own parameter names.
@@ -143,11 +143,7 @@ def parse_hub_id(text: str) -> tuple[str, str | None] | None:
 def download_from_hub(repo_id: str, revision: str | None, filename: str = "model.safetensors",
                       sha256: str | None = None) -> Path:
     """Fetch one weight file from the Hugging Face Hub into its cache (offline: from the cache)."""
-    try:
-        from huggingface_hub import hf_hub_download
-    except ImportError:
-        raise BundleError("Loading weights from the Hugging Face Hub needs the package huggingface_hub "
-                          "(pip install huggingface_hub).") from None
+    hf_hub_download = import_optional("huggingface_hub", "Loading weights from the Hugging Face Hub").hf_hub_download
     try:
         path = Path(hf_hub_download(repo_id=repo_id, filename=filename, revision=revision))
     except Exception as exc:  # noqa: BLE001 - network, auth, not-found, offline cache miss
@@ -160,10 +156,7 @@ def download_from_hub(repo_id: str, revision: str | None, filename: str = "model
 
 def load_remote_code_model(repo_id: str, revision: str | None) -> dict[str, torch.Tensor]:
     """Opt-in only: run the hub repository's own code via transformers and take its state dict."""
-    try:
-        from transformers import AutoModel
-    except ImportError:
-        raise BundleError("--trust-remote-code needs the package transformers (pip install transformers).") from None
+    AutoModel = import_optional("transformers", "--trust-remote-code").AutoModel
     try:
         model = AutoModel.from_pretrained(repo_id, revision=revision, trust_remote_code=True)
     except Exception as exc:  # noqa: BLE001

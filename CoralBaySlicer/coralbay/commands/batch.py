@@ -67,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
     def on_case(record: dict) -> None:
         if record["status"] == "failed":
             reporter.log(f"case {record['id']} failed: {record.get('error')}", level="warning")
+        for warning in record.get("warnings") or []:  # also in results.csv and summary.json
+            reporter.log(f"case {record['id']}: {warning}", level="warning")
 
     summary = run_batch(options, progress=reporter.progress, on_case=on_case)
     counts = summary["counts"]

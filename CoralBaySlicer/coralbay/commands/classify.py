@@ -25,6 +25,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--point", type=float_list(3, "--point"), metavar="X,Y,Z",
                    help="classify the region around this point (mm, LPS), e.g. a nodule centre "
                         "(write --point=-10,... when the first number is negative)")
+    p.add_argument("--allow-long-run", action="store_true",
+                   help="run even when the estimate (windows x one window timed on this device) is over a "
+                        "minute; without it such a run is refused before it starts, with the estimate")
+    p.add_argument("--estimate", action="store_true",
+                   help="only print the estimate (windows, seconds on this device) as the result; write nothing")
     add_progress_option(p)
     p.set_defaults(run=run)
 
@@ -34,21 +39,30 @@ def run(args: argparse.Namespace) -> int:
 
     from coralbay.atomic import write_text_atomic
     from coralbay.device import describe, select_device
-    from coralbay.errors import InputError
+    from coralbay.errors import UsageError
     from coralbay.inference.classify import classify_image
 
     output = Path(args.output)
     if output.suffix.lower() != ".json":
-        raise InputError(f"The report {output} must end in .json.")
+        raise UsageError(f"The report {output} must end in .json.")
     if not output.parent.is_dir():
-        raise InputError(f"The output folder {output.parent} does not exist.")
+        raise UsageError(f"The output folder {output.parent} does not exist.")
     reporter = make_reporter(args, STAGES)
     device = select_device(args.device)
     reporter.progress("load", 0.0, "reading input")
     image = read_input(args.input, reporter)
     bundle = load_for_task(args, Task.CLASSIFICATION, reporter)
     reporter.progress("load", 1.0, f"model {bundle.manifest.name} on {describe(device)}")
-    report = classify_image(image, bundle, device, point_lps=args.point,
+    if args.estimate:  # what the Slicer panel asks before it starts a run
+        from coralbay.inference.classify import estimate_classification, prepare_classification
+
+        estimate = estimate_classification(prepare_classification(image, bundle.manifest, args.point), bundle, device)
+        reporter.result(outputs={}, estimate=estimate.to_dict())
+        if args.progress != "jsonl":
+            print(f"{estimate.describe()}" + (" (longer than a minute: needs --allow-long-run)"
+                                              if estimate.to_dict()["long"] else ""))
+        return 0
+    report = classify_image(image, bundle, device, point_lps=args.point, allow_long_run=args.allow_long_run,
                             window_batch_size=args.window_batch, progress=reporter.progress)
     report["input"] = str(args.input)
     write_text_atomic(output, json.dumps(report, indent=2) + "\n")

@@ -37,6 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="surface Dice tolerance in mm (default 3)")
     p.add_argument("--dicom-series", metavar="DIR",
                    help="source DICOM series of a DICOM SEG input, when its own frames do not define a 3D grid")
+    p.add_argument("--partial-reference", action="store_true",
+                   help="compare even when the reference covers less than half of the prediction's field of "
+                        "view (prediction voxels outside it count as compared with background)")
     add_progress_option(p)
     p.set_defaults(run=run)
 
@@ -49,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
     metrics = compare_label_maps(args.prediction, args.reference, args.output, image_path=args.image,
                                  mapping_path=args.labels,
                                  tolerance_mm=DEFAULT_TOLERANCE_MM if args.tolerance is None else args.tolerance,
-                                 dicom_series=args.dicom_series, progress=reporter.progress)
+                                 dicom_series=args.dicom_series, progress=reporter.progress,
+                                 partial_reference=args.partial_reference)
     for message in metrics["warnings"]:
         reporter.log(message, level="warning")
     reporter.result(outputs={"review": str(args.output)}, structures=len(metrics["structures"]),

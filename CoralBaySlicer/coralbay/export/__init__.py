@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from coralbay.atomic import atomic_dir
+from coralbay.atomic import atomic_dir, check_folder_output_name
 from coralbay.errors import InputError, UsageError
 from coralbay.io.labels import Label, LabelTable, distinct_color, load_label_table
 from coralbay.vocabulary import ExportFormat
@@ -35,6 +35,8 @@ def _check_output(fmt: str, output: Path) -> None:
             raise UsageError(f"The output {output} is a folder; give a file name.")
     elif output.exists() and not output.is_dir():
         raise UsageError(f"The {fmt} output {output} must be a folder (one mesh file per structure).")
+    elif not output.is_dir() and output.suffix:
+        check_folder_output_name(output, f"an {fmt} export (one mesh file per structure)")
     elif output.is_dir() and any(output.iterdir()) and not any(output.glob(f"*.{fmt}")):
         raise UsageError(f"The folder {output} exists and holds other files; give a new folder for the meshes.")
     parent = output.parent if str(output.parent) else Path(".")
@@ -79,6 +81,9 @@ def export_labels(labels_path: str | os.PathLike, fmt: str, output: str | os.Pat
         raise InputError(f"The label map {labels_path} has no labelled voxels; there is nothing to export.")
     if isinstance(label_table, (str, os.PathLike)):
         label_table = load_label_table(label_table)
+    if label_table is None and source.table is None:
+        warn(f"The label map {labels_path} comes without a label table (its <name>.labels.json sidecar): "
+             "its structures are exported as \"label N\" without anatomy codes; give --labels TABLE to name them.")
     table = complete_table(label_table or source.table, source.values, warn)
     image = source.image
 

@@ -10,7 +10,7 @@ the nodule.
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 import numpy as np
@@ -19,12 +19,73 @@ import torch
 
 from coralbay.bundle.loader import LoadedBundle
 from coralbay.bundle.manifest import Manifest
-from coralbay.errors import InputError
+from coralbay.errors import CoralBayError, InputError
 from coralbay.inference.fast_swin import enable_fast_swin
 from coralbay.inference.preprocess import Prepared, prepare
-from coralbay.inference.sliding_window import sliding_window_embeddings
+from coralbay.inference.sliding_window import plan_windows, sliding_window_embeddings, window_context
 
 Progress = Callable[[str, float, str], None]
+LONG_RUN_S = 60.0  # a run estimated longer than this is refused unless confirmed (allow_long_run)
+
+
+@dataclass(frozen=True)
+class RunEstimate:
+    """How long a classification will take: its windows times one window timed on the device."""
+
+    windows: int
+    window_size: tuple[int, int, int]
+    seconds_per_window: float
+    device: str
+
+    @property
+    def seconds(self) -> float:
+        return self.windows * self.seconds_per_window
+
+    def describe(self) -> str:
+        minutes = self.seconds / 60
+        duration = f"about {minutes:.0f} min" if minutes >= 2 else f"about {self.seconds:.0f} s"
+        size = "x".join(map(str, self.window_size))
+        return f"up to {self.windows:,} windows of {size} voxels, {duration} on {self.device}"
+
+    def to_dict(self) -> dict:
+        return {"windows": self.windows, "window_size": list(self.window_size),
+                "seconds_per_window": round(self.seconds_per_window, 4), "seconds": round(self.seconds, 1),
+                "device": self.device, "long": self.seconds > LONG_RUN_S}
+
+
+def estimate_classification(prepared: Prepared, bundle: LoadedBundle, device: torch.device, *,
+                            overlap: float | None = None) -> RunEstimate:
+    """Count the windows of a prepared scan and time one window of the network on `device`.
+
+    Why: a bundle made for the region around a point, run over a whole scan at its fine spacing,
+    is thousands of windows (20+ minutes on a CPU); the user should know before, not after.
+    Timing a real window (not a FLOP guess) makes the estimate hold on any device: the second of
+    two calls, as the first sets things up. One window is not timed: the run is that window.
+    """
+    settings = bundle.manifest.inference.windows(overlap=overlap)
+    windows = len(plan_windows(prepared.array.shape, settings.size, settings.overlap).slices)
+    if windows == 1:
+        return RunEstimate(1, tuple(settings.size), 0.0, str(device))  # type: ignore[arg-type]
+    network = bundle.network.to(device)
+    enable_fast_swin(network)
+    probe = torch.zeros((1, 1, *settings.size), device=device)
+    with window_context(device, True):
+        network.embed(probe)  # the first call sets things up (kernels, caches): not representative
+        start = time.perf_counter()
+        network.embed(probe)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - start
+    return RunEstimate(windows, tuple(settings.size), seconds, str(device))  # type: ignore[arg-type]
+
+
+def refuse_long_run(estimate: RunEstimate, point_lps: Sequence[float] | None, manifest: Manifest) -> None:
+    """One sentence refusing a run longer than LONG_RUN_S that the user has not confirmed."""
+    region = manifest.inference.point_region_mm
+    hint = (f"; the model {manifest.name} is made for the {' x '.join(f'{r:g}' for r in region)} mm region around "
+            "a point, which --point classifies" if point_lps is None and region else "")
+    raise CoralBayError(f"This classification needs {estimate.describe()}{hint}; confirm a run that long "
+                        "with --allow-long-run.")
 
 
 def point_roi(image: sitk.Image, point_lps: Sequence[float], region_mm: Sequence[float]) -> list[float]:
@@ -75,16 +136,27 @@ def scan_embedding(image: sitk.Image, manifest: Manifest, embed: Callable[[torch
 
 def classify_image(image: sitk.Image, bundle: LoadedBundle, device: torch.device, *,
                    point_lps: Sequence[float] | None = None, overlap: float | None = None,
-                   window_batch_size: int | None = None,
+                   window_batch_size: int | None = None, allow_long_run: bool = True,
                    progress: Progress = lambda s, f, m="": None) -> dict:
-    """Class probabilities for a scan (or the region around a point) with a classification bundle."""
+    """Class probabilities for a scan (or the region around a point) with a classification bundle.
+
+    Without `allow_long_run`, the run is estimated first and refused (one sentence with the
+    estimate) when longer than LONG_RUN_S; the report then carries the estimate.
+    """
     start = time.perf_counter()
     progress("preprocess", 0.0, "cropping and resampling")
     prepared = prepare_classification(image, bundle.manifest, point_lps)
-    progress("preprocess", 1.0, "")
+    estimate = None
+    if not allow_long_run:
+        estimate = estimate_classification(prepared, bundle, device, overlap=overlap)
+        if estimate.seconds > LONG_RUN_S:
+            refuse_long_run(estimate, point_lps, bundle.manifest)
+    progress("preprocess", 1.0, estimate.describe() if estimate else "")
     report = classify_prepared(prepared, bundle, device, point_lps=point_lps, overlap=overlap,
                                window_batch_size=window_batch_size, progress=progress)
     report["seconds"] = round(time.perf_counter() - start, 3)
+    if estimate is not None:
+        report["estimate"] = estimate.to_dict()
     return report
 
 

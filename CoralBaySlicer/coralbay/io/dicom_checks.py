@@ -30,6 +30,9 @@ MAX_GAP_STEPS = 2.5  # gaps up to this many median steps (one missing slice) are
 POSITION_LIMIT_MM = 1e6
 
 # Objects that are not image volumes even when they carry pixel data.
+# CT, enhanced/legacy CT, MR, enhanced MR, PET, enhanced PET, secondary capture: image objects that
+# always carry pixels, so one without them is a cut file (not an object to leave out).
+IMAGE_STORAGE_CLASSES = {"1.2.840.10008.5.1.4.1.1." + c for c in ("2", "2.1", "2.2", "4", "4.1", "128", "130", "7")}
 NON_VOLUME_MODALITIES = {"SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "RTIMAGE", "SR",
                          "PR", "KO", "REG", "DOC", "RWV", "FID", "PLAN"}
 NATIVE_TRANSFER_SYNTAXES = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2",
@@ -161,7 +164,14 @@ def read_header(path: str | os.PathLike):
 
     path = str(path)
     try:
-        ds = pydicom.dcmread(path, defer_size=HEADER_DEFER_BYTES)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ds = pydicom.dcmread(path, defer_size=HEADER_DEFER_BYTES)
+        if any("End of file reached" in str(w.message) for w in caught):
+            # pydicom warns and returns an empty dataset when the file's end cuts an element of
+            # undefined length (encapsulated JPEG 2000 or JPEG pixel data): a cut file, not a non-image.
+            raise InputError(f"The DICOM file {path} is truncated (it ends inside an element; an "
+                             "interrupted copy or download?).")
     except InvalidDicomError:
         try:  # old files without the 128-byte preamble are still DICOM if they hold an image
             ds = pydicom.dcmread(path, defer_size=HEADER_DEFER_BYTES, force=True)
@@ -173,9 +183,16 @@ def read_header(path: str | os.PathLike):
         return None
     except PermissionError:
         raise InputError(f"The file {path} cannot be opened (permission denied).") from None
+    except InputError:
+        raise
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types for damaged files
         raise InputError(f"The DICOM file {path} is damaged ({_short(exc)}).") from None
     _check_element_bounds(ds, path)
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and _text(meta, "MediaStorageSOPClassUID") in IMAGE_STORAGE_CLASSES and not any(
+            k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        raise InputError(f"The DICOM file {path} is truncated or damaged (an image object without its "
+                         "pixel data).")
     return ds
 
 

@@ -212,6 +212,24 @@ def _coded(code: tuple[str, str, str]):
     return CodedConcept(value=code[1], scheme_designator=code[0], meaning=code[2])
 
 
+SAME_REGION_COVERAGE = 0.99  # a label map stored another way (flipped axes) still covers its series
+
+
+def _refuse_other_region(labels: sitk.Image, series: sitk.Image, series_dir) -> None:
+    """A SEG says its segments were made on the referenced images: refuse labels whose field of
+    view is not that series' (another scan's, a phantom's) instead of resampling them onto it."""
+    try:
+        match = bring_onto_grid(labels, series)
+    except InputError:
+        match = None  # disjoint fields of view
+    covered = 0.0 if match is None else match.coverage
+    if match is None or covered < SAME_REGION_COVERAGE or match.lost_reference_voxels:
+        outside = ", and labels lie outside it" if match is not None and match.lost_reference_voxels else ""
+        raise InputError(f"The label map does not lie on the grid of the DICOM series in {series_dir} (it "
+                         f"covers {100 * covered:.0f}% of the series' field of view{outside}); a DICOM SEG "
+                         "must reference the images its labels were made on.")
+
+
 def write_dicom_seg(image: sitk.Image, table: LabelTable, series_dir: str | os.PathLike,
                     output: str | os.PathLike, algorithm_type: str = "AUTOMATIC") -> tuple[Path, list[str]]:
     """Write `image` (a label map on the series grid) as a DICOM SEG referencing that series."""
@@ -227,6 +245,7 @@ def write_dicom_seg(image: sitk.Image, table: LabelTable, series_dir: str | os.P
     _check_referencable(sources, series_dir)
     series = read_volume(series_dir)
     if not same_grid(image, series):
+        _refuse_other_region(image, series, series_dir)
         image = bring_onto_grid(image, series).image
         warnings.append(f"The label map does not lie on the grid of the series in {series_dir}; it was "
                         "resampled onto it (nearest neighbour) for the DICOM SEG.")

@@ -55,10 +55,9 @@ class ExampleScan:
 
     def read_mask(self, structure: AcceptedStructure) -> np.ndarray:
         """The mask as a bool array (z, y, x)."""
-        try:
-            return sitk.GetArrayFromImage(sitk.ReadImage(str(structure.mask))) > 0
-        except RuntimeError:
-            raise InputError(f"The example mask {structure.mask} cannot be read.") from None
+        from coralbay.io.volumes import read_image_any  # verified like every other read
+
+        return sitk.GetArrayFromImage(read_image_any(structure.mask)) > 0
 
 
 def write_accepted(examples_dir: str | os.PathLike, scan_id: str, scan_path: str, name: str, value: int,

@@ -37,6 +37,7 @@ class Payload:
     offset: int = 0  # bytes of header before the voxels in files[0] (attached data)
     encoding: str = "unknown"  # raw | compressed | text | unknown
     orientation_stated: bool | None = None  # does the header give the axes' directions (None: unknown)
+    expanded_bytes: int | None = None  # compressed data: bytes once decompressed (check_compressed_data)
 
     def stored_bytes(self) -> int:
         return sum(f.stat().st_size for f in self.files) - self.offset
@@ -236,6 +237,80 @@ def check_header(path: str | os.PathLike) -> Payload:
     return Payload((path,), 0, "unknown")
 
 
+_CHUNK = 1 << 22  # compressed streams are verified 4 MiB at a time: memory stays bounded
+CUT_SHORT = "its compressed data ends early (the file is cut short, as an interrupted copy or download leaves it)"
+
+
+def _decompressor(start: bytes):
+    """A streaming decompressor for data that starts with `start` (None: not a stream we know).
+
+    gzip carries a CRC-32 and the length, zlib an Adler-32, bzip2 a CRC per block: each
+    decompressor raises on a mismatch once it reaches the stream's end.
+    """
+    import bz2
+
+    if start[:2] == b"\x1f\x8b":
+        return zlib.decompressobj(16 + zlib.MAX_WBITS)
+    if start[:3] == b"BZh":
+        return bz2.BZ2Decompressor()
+    if len(start) >= 2 and start[0] & 0x0F == 8 and (start[0] << 8 | start[1]) % 31 == 0:
+        return zlib.decompressobj()
+    return None
+
+
+def _stream_size(path: Path, offset: int) -> int | None:
+    """Bytes that the compressed stream(s) stored in `path` from `offset` expand to.
+
+    Reads to the end of the last stream, so a stream that ends early or fails its checksum is
+    found here, before ITK (whose NIfTI reader silently zero-fills a short gzip stream) sees it.
+    Concatenated gzip members (as `cat a.gz b.gz` makes) are read as one stream, as gzip does.
+    None when the data is not a gzip/zlib/bzip2 stream (ITK then decides).
+    """
+    with open(path, "rb") as f:
+        f.seek(offset)
+        pending = f.read(_CHUNK)
+        stream = _decompressor(pending)
+        if stream is None:
+            return None
+        total = 0
+        try:
+            while True:
+                total += len(stream.decompress(pending))
+                if stream.eof:
+                    rest = stream.unused_data + f.read(_CHUNK)
+                    if rest[:2] != b"\x1f\x8b":
+                        return total  # trailing bytes after the data (padding) do not change voxels
+                    stream, pending = _decompressor(rest), rest  # the next gzip member
+                    continue
+                pending = f.read(_CHUNK)
+                if not pending:
+                    raise InputError(f"The file {path} cannot be used: {CUT_SHORT}.")
+        except (zlib.error, OSError, EOFError) as exc:
+            what = ("fails its checksum" if "check" in str(exc).lower() or "crc" in str(exc).lower()
+                    else "is corrupt")
+            raise InputError(f"The file {path} cannot be used: its compressed data {what} "
+                             "(the file is damaged).") from None
+
+
+def check_compressed_data(payload: Payload) -> Payload:
+    """Decompress a compressed payload to its end; refuse it unless complete and intact.
+
+    Why: a `.nii.gz` cut short by an interrupted copy is read by ITK without a word, the missing
+    part as zeros, and a damaged one may be read too. The whole stream is verified here (length
+    and checksum, streaming so memory stays bounded); `check_declared_size` then makes sure it
+    holds every voxel the header declares. Returns the payload with `expanded_bytes` set.
+    """
+    if payload.encoding != "compressed":
+        return payload
+    total = 0
+    for index, data_file in enumerate(payload.files):
+        size = _stream_size(data_file, payload.offset if index == 0 else 0)
+        if size is None:
+            return payload
+        total += size
+    return replace(payload, expanded_bytes=total)
+
+
 def pixel_bytes(pixel_type: str) -> int:
     """Bytes per component from SimpleITK's pixel type name ('16-bit signed integer', ...)."""
     match = re.search(r"(\d+)-bit", pixel_type)
@@ -255,6 +330,9 @@ def check_declared_size(path: str | os.PathLike, payload: Payload, size: tuple[i
     if payload.encoding == "raw" and stored < declared:
         raise InputError(f"The file {path} holds {stored} bytes of voxel data but its header declares "
                          f"a {shape} image of {declared} bytes (truncated file or wrong header).")
+    if payload.expanded_bytes is not None and payload.expanded_bytes < declared:
+        raise InputError(f"The file {path} holds {payload.expanded_bytes} bytes once decompressed, fewer "
+                         f"than the {declared} bytes of its declared {shape} image (truncated file or wrong header).")
     if payload.encoding == "text" and stored < voxels:
         raise InputError(f"The file {path} holds too little text for the {shape} voxels its header declares.")
     if declared > MAX_DEFLATE_RATIO * stored + (1 << 16):

@@ -75,7 +75,10 @@ def read_seg_nrrd(path: str | os.PathLike) -> tuple[sitk.Image, LabelTable, list
     """A `.seg.nrrd` file as (UInt16 label map, label table, warnings)."""
     import slicerio
 
+    from coralbay.io.header_checks import check_compressed_data, check_header
+
     p = Path(path)
+    check_compressed_data(check_header(p))  # pynrrd does not verify a gzip stream's end
     try:
         segmentation = slicerio.read_segmentation(str(p))
     except Exception as exc:  # noqa: BLE001 - pynrrd/slicerio raise many types for broken files

@@ -23,7 +23,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from coralbay.atomic import atomic_file
-from coralbay.errors import CoralBayError, InputError
+from coralbay.errors import CoralBayError, InputError, UsageError
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 WRITABLE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
@@ -195,7 +195,9 @@ def read_image_any(path: str | os.PathLike) -> sitk.Image:
     """Read a file or DICOM folder without checks on dimension or content.
 
     Files: the header is read first and checked (`header_checks`) before ITK allocates and reads
-    the voxels, so a hostile header is refused instead of exhausting memory or blocking.
+    the voxels, so a hostile header is refused instead of exhausting memory or blocking, and
+    compressed voxel data is verified to its end (length and checksum), so a file cut short or
+    damaged is refused instead of read with zeros in place of the missing part.
     """
     p = Path(path)
     if not p.exists():
@@ -206,9 +208,9 @@ def read_image_any(path: str | os.PathLike) -> sitk.Image:
         raise InputError(f"The input {p} is not a regular file.")
     if p.stat().st_size == 0:
         raise InputError(f"The input file {p} is empty.")
-    from coralbay.io.header_checks import check_declared_size, check_header
+    from coralbay.io.header_checks import check_compressed_data, check_declared_size, check_header
 
-    payload = check_header(p)
+    payload = check_compressed_data(check_header(p))
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(p))
     failure = f"The file {p} cannot be read as a medical image"
@@ -266,14 +268,15 @@ def read_volume(path: str | os.PathLike) -> sitk.Image:
 
 
 def check_output_path(path: str | os.PathLike) -> Path:
-    """Refuse an output path whose folder is missing or whose extension we cannot write."""
+    """Refuse an output path whose folder is missing or whose extension we cannot write (a usage
+    error, exit 2, like every wrong output name: docs/cli.md#exit-codes-and-outputs)."""
     p = Path(path)
     if _suffix(p) not in WRITABLE_SUFFIXES:
-        raise InputError(f"The output {p} must end in one of {', '.join(WRITABLE_SUFFIXES)}.")
+        raise UsageError(f"The output {p} must end in one of {', '.join(WRITABLE_SUFFIXES)}.")
     if not p.parent.exists() and str(p.parent):
-        raise InputError(f"The output folder {p.parent} does not exist.")
+        raise UsageError(f"The output folder {p.parent} does not exist.")
     if p.is_dir():
-        raise InputError(f"The output {p} is a folder; give a file name.")
+        raise UsageError(f"The output {p} is a folder; give a file name.")
     return p
 
 

@@ -15,7 +15,7 @@ from torch import nn
 
 from coralbay.bundle.loader import save_bundle
 from coralbay.bundle.manifest import MANIFEST_NAME
-from coralbay.errors import InputError
+from coralbay.errors import UsageError
 
 
 def bundle_name(text: str) -> str:
@@ -29,11 +29,11 @@ def check_output_folder(folder: str | os.PathLike) -> Path:
     (it would be replaced as a whole)."""
     folder = Path(folder)
     if not folder.parent.is_dir():
-        raise InputError(f"The output folder {folder.parent} does not exist.")
+        raise UsageError(f"The output folder {folder.parent} does not exist.")
     if folder.exists() and not folder.is_dir():
-        raise InputError(f"The output {folder} is a file; give a folder name for the bundle.")
+        raise UsageError(f"The output {folder} is a file; give a folder name for the bundle.")
     if folder.is_dir() and any(folder.iterdir()) and not (folder / MANIFEST_NAME).is_file():
-        raise InputError(f"The output folder {folder} exists and is not a model bundle; choose a new folder name.")
+        raise UsageError(f"The output folder {folder} exists and is not a model bundle; choose a new folder name.")
     return folder
 
 

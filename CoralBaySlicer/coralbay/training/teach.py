@@ -69,7 +69,7 @@ def check_teach(request: TeachRequest) -> tuple[Path, int]:
                              "choose another --name.")
     output = taught_output(request)
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
-        raise InputError(f"The output {output} already exists; choose another --output or --name "
+        raise UsageError(f"The output {output} already exists; choose another --output or --name "
                          "(a taught model never replaces another).")
     if not Path(request.examples).is_dir():
         raise InputError(f"The examples folder {request.examples} does not exist.")
