@@ -38,7 +38,8 @@ class MissingPackageError(UsageError):
 # The optional packages (top-level module -> the pyproject.toml extra that installs them). Every
 # other third-party module the engine imports is a core dependency (test_dependencies checks).
 OPTIONAL_EXTRAS = {"dask": "batch", "distributed": "batch", "pyarrow": "batch",
-                   "huggingface_hub": "hub", "transformers": "hub"}
+                   "huggingface_hub": "hub", "transformers": "hub",
+                   "starlette": "serve", "uvicorn": "serve", "cryptography": "serve"}
 
 
 def import_optional(module: str, feature: str):

@@ -9,8 +9,6 @@ from coralbay.commands._common import EPILOG, positive_int
 from coralbay.device import DEVICE_CHOICES
 
 DEFAULT_STATE = "~/.coralbay-serve"
-SERVE_EXTRA = ("The remote engine needs the 'serve' extra: pip install 'coralbay[serve]' "
-               "(starlette, uvicorn, cryptography).")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -52,13 +50,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _require_extra() -> None:
-    import importlib.util
+    """The server's packages come with the `serve` extra: one sentence naming it (exit 2) if one is missing."""
+    from coralbay.errors import import_optional
 
-    from coralbay.errors import CoralBayError
-
-    missing = [m for m in ("starlette", "uvicorn", "cryptography") if importlib.util.find_spec(m) is None]
-    if missing:
-        raise CoralBayError(f"{SERVE_EXTRA} Missing: {', '.join(missing)}.")
+    for module in ("starlette", "uvicorn", "cryptography"):
+        import_optional(module, "The remote engine (coralbay serve)")
 
 
 def run(args: argparse.Namespace) -> int:
