@@ -302,4 +302,8 @@ class InteractiveLogic:
         return self.interactive
 
     def _interactiveRequest(self, kind: Request, **fields) -> str:
-        return self._interactiveState().session.request(kind.value, **fields)
+        state = self._interactiveState()
+        requestId = state.session.request(kind.value, **fields)
+        if kind not in (Request.OPEN, Request.LABELS):  # the status line says what the engine works on
+            state.status = f"Working on the {kind.value}{' of ' + state.structure if state.structure else ''}..."
+        return requestId

@@ -245,3 +245,17 @@ def test_the_clean_up_deletes_only_kept_scans_nothing_refers_to(tmp_path):
     assert forget_unused_scans(examples) == [kept["open"]] and not kept["open"].exists()
     assert kept["used"].is_file()
     assert forget_unused_scans(tmp_path / "nothing-here") == []
+
+
+def test_the_command_line_carries_the_panels_choices():
+    """Encoder weights, device and proposals reach `coralbay interact` as for Segment."""
+    argv = interact_argv("python", "demo-phantom-seg", "out", "examples", device="CPU", cache_dir="cache",
+                         propose_with="my-organs", backbone=" weights.safetensors ")
+    assert argv[:4] == ["python", "-m", "coralbay", "interact"]
+    pairs = dict(zip(argv[4::2], argv[5::2]))
+    assert pairs == {"--model": "demo-phantom-seg", "--device": "cpu", "--backbone": "weights.safetensors",
+                     "--output-dir": "out", "--examples": "examples", "--cache": "cache",
+                     "--propose-with": "my-organs"}
+    assert "--backbone" not in interact_argv("python", "m", "out", "examples")
+    with pytest.raises(ValueError, match="Choose a model"):
+        interact_argv("python", " ", "out", "examples")

@@ -176,6 +176,7 @@ def test_shortcuts_box_refine_and_next_structure_drive_the_logic(module, tmp_pat
     # the one Cancel stops the interactive request waiting; the status line says so
     params.interactivePositive.AddControlPoint(list((ijk_to_ras @ [i, j, k, 1])[:3]))
     assert logic.interactive.session.busy
+    assert ui.interactiveStatusLabel.text == f"Working on the point of {entry.structures[1]}..."
     logic.cancel()
     _settle(logic)
     assert not logic.interactive.session.busy and "Cancel" in ui.interactiveStatusLabel.text
