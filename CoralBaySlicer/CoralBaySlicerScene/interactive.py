@@ -14,7 +14,8 @@ import pathlib
 import shutil
 import tempfile
 import time
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Any, Optional
 
 import slicer
 from coralbay.interactive.messages import Event, EventKind, Request
@@ -25,29 +26,29 @@ from CoralBaySlicerScene import nodes_to_files as N
 from CoralBaySlicerScene.engine_jobs import cacheFolder
 
 
+@dataclass
 class InteractiveState:
     """The session of a logic: its engine, folder, the scan file it opened (kept beside the
     examples), output segmentation, the structure in progress (name, colour, terminology), its
     preview segment, the control points already sent (markups node ID -> control point IDs),
     answers not yet collected by `waitInteractive`, and what the engine is doing (`status`)."""
 
-    def __init__(self, session, folder, volume, segmentation, scan, examples, known=None) -> None:
-        self.session = session
-        self.folder = folder
-        self.scan = scan
-        self.examples = examples
-        self.volume = volume
-        self.segmentation = segmentation
-        self.known = known          # label table naming, colouring and coding structures (the model's)
-        self.structure: Optional[str] = None
-        self.color = (1.0, 1.0, 0.0)
-        self.terminology: Optional[str] = None
-        self.previewId: Optional[str] = None
-        self.sentPoints: dict = {}
-        self.files = 0              # strokes, boxes and segments written for the engine
-        self.answers: dict = {}
-        self.restoring: dict = {}   # "labels" request id -> {name: value} of restored structures to import
-        self.status = "Opening the scan..."
+    session: Any
+    folder: pathlib.Path
+    volume: Any
+    segmentation: Any
+    scan: pathlib.Path
+    examples: pathlib.Path
+    known: Any = None                       # label table naming, colouring and coding structures (the model's)
+    structure: Optional[str] = None
+    color: tuple = (1.0, 1.0, 0.0)
+    terminology: Optional[str] = None
+    previewId: Optional[str] = None
+    sentPoints: dict = field(default_factory=dict)
+    files: int = 0                          # strokes, boxes and segments written for the engine
+    answers: dict = field(default_factory=dict)
+    restoring: dict = field(default_factory=dict)  # "labels" request id -> {name: value} of structures to import
+    status: str = "Opening the scan..."
 
     def nextFile(self, kind: str) -> pathlib.Path:
         self.files += 1
