@@ -50,7 +50,7 @@ def segment_args(input_path: PathLike, model: str, output: PathLike, *, device: 
                  overlap: float | None = None, roi_lps: Box | None = None,
                  structures: Sequence[str] | None = None, backbone: str | None = None) -> list[str]:
     """`segment INPUT --model M --output LABELS ...` with JSON-lines progress."""
-    args = ["segment", str(input_path), *_model_args(model, device, backbone), "--output", str(output)]
+    args = ["segment", str(input_path), *model_args(model, device, backbone), "--output", str(output)]
     if overlap is not None:
         if not 0.0 <= float(overlap) <= MAX_OVERLAP:
             raise ValueError(f"The window overlap must be from 0 to {MAX_OVERLAP}, not {overlap}.")
@@ -71,7 +71,7 @@ def segment_args(input_path: PathLike, model: str, output: PathLike, *, device: 
 def classify_args(input_path: PathLike, model: str, output: PathLike, *, device: str = "auto",
                   point_lps: Point | None = None, backbone: str | None = None) -> list[str]:
     """`classify INPUT --model M --output REPORT.json [--point X,Y,Z]` with JSON-lines progress."""
-    args = ["classify", str(input_path), *_model_args(model, device, backbone), "--output", str(output)]
+    args = ["classify", str(input_path), *model_args(model, device, backbone), "--output", str(output)]
     if point_lps is not None:
         args.append("--point=" + format_coordinates(point_lps))  # "=": the first value may be negative
     return args + ["--progress", "jsonl"]
@@ -120,7 +120,7 @@ def teach_args(examples: PathLike, model: str, name: str, *, device: str = "auto
     name = (name or "").strip()
     if not TEACH_NAME.fullmatch(name):
         raise ValueError("Name the model to teach with lower-case letters, digits, '.', '_' or '-' (e.g. my-organs).")
-    args = ["teach", str(examples), *_model_args(model, device, None), "--name", name]
+    args = ["teach", str(examples), *model_args(model, device, None), "--name", name]
     if steps is not None:
         args += ["--steps", str(int(steps))]
     return args + ["--progress", "jsonl"]
@@ -146,7 +146,7 @@ def selected_structures(all_names: Iterable[str], checked: Iterable[str]) -> lis
     return None if len(chosen) == len(names) else chosen
 
 
-def _model_args(model: str, device: str, backbone: str | None) -> list[str]:
+def model_args(model: str, device: str, backbone: str | None) -> list[str]:
     """--model (a catalog name or bundle folder), --device, and --backbone: encoder weights that
     replace the bundle's (a .safetensors/.pt/.ckpt file or a Hugging Face hub id)."""
     model = (model or "").strip()

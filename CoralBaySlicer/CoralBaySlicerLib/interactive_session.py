@@ -15,8 +15,9 @@ Why cancel kills when needed: the protocol's "cancel" request stops the feature 
 once, but not a head being fitted; when the cancelled requests have not answered within
 `CANCEL_GRACE_S`, the process tree is killed and restarted (state replayed), so Cancel never waits.
 
-Standard library only (plus `coralbay.progress`, `commands.engine_device` and `process.kill_process_tree`,
-themselves stdlib; psutil when present).
+Standard library only (plus the engine's stdlib-only `coralbay.progress`, `coralbay.interactive.messages`
+(the protocol's names) and `coralbay.io.examples` (the examples folder's layout), `commands.model_args`
+and `process.kill_process_tree`; psutil when present).
 """
 
 from __future__ import annotations
@@ -34,13 +35,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from coralbay.interactive.messages import PROMPTS, EventKind, Request
+from coralbay.io.examples import SCANS_FOLDER, example_masks, kept_scans, scans_in_use  # noqa: F401 (example_masks: API)
 from coralbay.progress import decode_event
-from CoralBaySlicerLib.commands import engine_device
+from CoralBaySlicerLib.commands import model_args
 from CoralBaySlicerLib.process import drain_output, kill_process_tree, pump_output
 
-PROMPT_REQUESTS = ("point", "scribble", "box", "segment")
 PROPOSAL = {"type": "proposal"}  # in ReplayLog.undone: the proposal, undone by the user
-SCANS_FOLDER = "scans"  # under the examples folder: the scans the examples were accepted on (see keep_scan)
 REPLAY_ID_PREFIX = "replay-"  # ids of the requests the session sends itself when it restarts
 
 
@@ -71,41 +72,41 @@ class ReplayLog:
         out: list[dict] = []
         if self.scan is None:
             return out
-        out.append({"type": "open", "image": self.scan})
+        out.append({"type": Request.OPEN.value, "image": self.scan})
         if self.structure is not None:
-            out.append({"type": "start", "name": self.structure, "value": self.value, "propose": self.propose})
+            out.append({"type": Request.START.value, "name": self.structure, "value": self.value, "propose": self.propose})
             if self.proposal_undone:
-                out.append({"type": "undo", "name": self.structure})
+                out.append({"type": Request.UNDO.value, "name": self.structure})
             out += [dict(p) for p in self.prompts]
         return out
 
     def record(self, request: dict, result: dict) -> None:
         """Update the log with one answered request."""
         kind = request.get("type")
-        if kind == "open":
+        if kind == Request.OPEN:
             self.scan = str(request["image"])
             self._forget_structure()
             self.accepted = {}
-        elif kind == "start":
+        elif kind == Request.START:
             self._forget_structure()
             self.structure, self.value = str(result["name"]), int(result["value"])
             self.propose = bool(request.get("propose", True))
             self.proposed_by = result.get("proposed_by") or None
-        elif kind in PROMPT_REQUESTS:
+        elif kind in PROMPTS:
             self.prompts.append({k: v for k, v in request.items() if k != "id"})
             self.undone = []
-        elif kind == "undo" and self.prompts:
+        elif kind == Request.UNDO and self.prompts:
             self.undone.append(self.prompts.pop())
-        elif kind == "undo" and self.proposed_by and not self.proposal_undone:
+        elif kind == Request.UNDO and self.proposed_by and not self.proposal_undone:
             self.proposal_undone = True
             self.undone.append(PROPOSAL)  # redo brings it back, a new prompt discards it for good
-        elif kind == "redo" and self.undone:
+        elif kind == Request.REDO and self.undone:
             redone = self.undone.pop()
             if redone is PROPOSAL:
                 self.proposal_undone = False
             else:
                 self.prompts.append(redone)
-        elif kind == "accept":
+        elif kind == Request.ACCEPT:
             self.accepted[str(result["name"])] = int(result["value"])
             if result.get("name") == self.structure:
                 self._forget_structure()
@@ -211,7 +212,7 @@ class InteractiveSession:
         self._cancelled_ids = ids
         self._cancel_deadline = time.monotonic() + self.CANCEL_GRACE_S
         self._next_id += 1
-        self._write({"id": f"cancel-{self._next_id}", "type": "cancel"})
+        self._write({"id": f"cancel-{self._next_id}", "type": Request.CANCEL.value})
         return ids
 
     # -- events ---------------------------------------------------------------------------------
@@ -237,26 +238,26 @@ class InteractiveSession:
         request_id = None if event.get("id") is None else str(event.get("id"))
         kind = event.get("event")
         if request_id in self._replaying:
-            if kind == "result":
+            if kind == EventKind.RESULT:
                 self.log_result(self._replaying.pop(request_id), event, replay=True)
-            elif kind == "error":
+            elif kind == EventKind.ERROR:
                 request = self._replaying.pop(request_id)
-                return [{"event": "log", "level": "warning",
+                return [{"event": EventKind.LOG.value, "level": "warning",
                          "message": f"Restoring the session after the engine restarted: the {request['type']} "
                                     f"request failed ({event.get('message')})."}]
-            return [event] if kind == "progress" else []
-        if kind in ("result", "error") and request_id in self._pending:
+            return [event] if kind == EventKind.PROGRESS else []
+        if kind in (EventKind.RESULT, EventKind.ERROR) and request_id in self._pending:
             request = self._pending.pop(request_id)
-            if kind == "result":
+            if kind == EventKind.RESULT:
                 self._failed_restarts = 0
-                if request.get("type") == "undo" and self.log.undo_emptied_proposal(event):
+                if request.get("type") == Request.UNDO and self.log.undo_emptied_proposal(event):
                     self.log_result(request, event)
                     self._repropose(request_id)
                     return []
                 self.log_result(request, event)
-            if request.get("instead_of") == "undo":  # the answer to the undo, as the caller asked it
-                event = {**event, "request": "undo"}
-                if kind == "result":
+            if request.get("instead_of") == Request.UNDO:  # the answer to the undo, as the caller asked it
+                event = {**event, "request": Request.UNDO.value}
+                if kind == EventKind.RESULT:
                     event["proposed_by"] = self.log.proposed_by
             if request_id in self._cancelled_ids:
                 self._cancelled_ids.remove(request_id)
@@ -274,13 +275,14 @@ class InteractiveSession:
         """Undo of the first click on an examples proposal: ask the engine for the proposal again
         (same examples, same scan) and answer the undo with it, so undo goes back to what the
         structure started from, not to nothing. Pending under the undo's id: a restart re-sends it."""
-        request = {"id": request_id, "type": "propose", "name": self.log.structure, "instead_of": "undo"}
+        request = {"id": request_id, "type": Request.PROPOSE.value, "name": self.log.structure,
+                   "instead_of": Request.UNDO.value}
         self._pending[request_id] = request
         self._write(request)
 
     def _kill_cancelled(self) -> list[dict]:
         """The engine did not stop in time: kill it, answer the cancelled requests, restart."""
-        events = [{"event": "error", "id": i, "request": self._pending[i]["type"], "message": "Cancelled.",
+        events = [{"event": EventKind.ERROR.value, "id": i, "request": self._pending[i]["type"], "message": "Cancelled.",
                    "exit_code": 130} for i in self._cancelled_ids if i in self._pending]
         for request_id in self._cancelled_ids:
             self._pending.pop(request_id, None)
@@ -312,7 +314,7 @@ class InteractiveSession:
         self._failed_restarts += 1 if died else 0
         if self._failed_restarts > self.MAX_RESTARTS_WITHOUT_ANSWER:
             said = self._last_sentence()
-            events = [{"event": "error", "id": i, "request": r["type"], "exit_code": 1,
+            events = [{"event": EventKind.ERROR.value, "id": i, "request": r["type"], "exit_code": 1,
                        "message": f"The engine process stopped {self._failed_restarts} times in a row "
                                   f"({said or f'exit code {code}'}); the session was closed, its accepted work is kept."}
                       for i, r in self._pending.items()]
@@ -329,7 +331,7 @@ class InteractiveSession:
             self._write({"id": request_id, **request})
         for request in self._pending.values():
             self._write(request)
-        return [{"event": "log", "level": "warning", "restarted": True,
+        return [{"event": EventKind.LOG.value, "level": "warning", "restarted": True,
                  "message": reason or f"The engine process stopped (exit code {code}); it was restarted with the "
                                       "session's scan and prompts, and the accepted work is kept."}]
 
@@ -348,7 +350,7 @@ class InteractiveSession:
         deadline = time.monotonic() + timeout
         while True:
             for event in self.poll():
-                if str(event.get("id")) == request_id and event.get("event") in ("result", "error"):
+                if str(event.get("id")) == request_id and event.get("event") in (EventKind.RESULT, EventKind.ERROR):
                     return event
             if self._closed and request_id not in self._pending:
                 raise SessionError("The interactive session is closed.")
@@ -367,7 +369,7 @@ class InteractiveSession:
             return
         self._closed = True
         if self.alive:
-            self._write({"id": "quit", "type": "quit"})
+            self._write({"id": "quit", "type": Request.QUIT.value})
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self._process.wait(timeout=timeout)
         self._kill()
@@ -375,37 +377,17 @@ class InteractiveSession:
 
 def interact_argv(python: str | os.PathLike, model: str, output_dir: str | os.PathLike,
                   examples_dir: str | os.PathLike, device: str = "auto", cache_dir: str | os.PathLike | None = None,
-                  propose_with: str = "") -> list[str]:
+                  propose_with: str = "", backbone: str = "") -> list[str]:
     """The `coralbay interact` command line (`device`: the panel's choice, see `commands.DEVICE_CHOICES`;
-    `propose_with`: a segmentation model, e.g. a taught one, whose segmentation starts each structure it knows)."""
-    argv = [str(python), "-m", "coralbay", "interact", "--model", str(model), "--output-dir", str(output_dir),
-            "--examples", str(examples_dir), "--device", engine_device(device)]
+    `propose_with`: a segmentation model, e.g. a taught one, whose segmentation starts each structure it knows;
+    `backbone`: the panel's *Encoder weights*, replacing the bundle's encoder as for Segment)."""
+    argv = [str(python), "-m", "coralbay", "interact", *model_args(model, device, backbone),
+            "--output-dir", str(output_dir), "--examples", str(examples_dir)]
     if cache_dir is not None:
         argv += ["--cache", str(cache_dir)]
     if propose_with:
         argv += ["--propose-with", str(propose_with)]
     return argv
-
-
-def proposal_sentence(event: dict) -> str:
-    """The status line for an answer that is an automatic proposal ("" for any other answer)."""
-    by = event.get("proposed_by")
-    if not by or not event.get("mask"):
-        return ""
-    source = "from your accepted examples" if by == "examples" else f"by model {by}"
-    lead = "back to the proposal" if event.get("request") == "undo" else "proposed"
-    return (f"{event.get('name')}: {lead} {source} ({event.get('volume_ml')} ml); "
-            "correct it with points or strokes, or Accept.")
-
-
-def example_masks(examples_dir: str | os.PathLike) -> dict[str, Path]:
-    """Accepted structures kept on disk by the engine (`<examples>/<scan id>/<name>.nii.gz`), by name."""
-    found: dict[str, Path] = {}
-    for record in sorted(Path(examples_dir).glob("*/example.json")):
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-            for name, entry in json.loads(record.read_text(encoding="utf-8"))["structures"].items():
-                found[name] = record.parent / entry["mask"]
-    return found
 
 
 def keep_scan(written: str | os.PathLike, examples_dir: str | os.PathLike) -> Path:
@@ -435,12 +417,23 @@ def keep_scan(written: str | os.PathLike, examples_dir: str | os.PathLike) -> Pa
 def forget_scan(scan: str | os.PathLike, examples_dir: str | os.PathLike) -> bool:
     """Delete a scan kept by `keep_scan` that no accepted example refers to (End session); True if deleted."""
     scan, examples = Path(scan), Path(examples_dir)
-    if scan.parent != examples / SCANS_FOLDER or not scan.is_file():
+    if scan.parent != examples / SCANS_FOLDER or not scan.is_file() or scan.resolve() in scans_in_use(examples):
         return False
-    for record in examples.glob("*/example.json"):  # layout: coralbay/io/examples.py
-        with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
-            if Path(json.loads(record.read_text(encoding="utf-8")).get("scan") or "").resolve() == scan.resolve():
-                return False
     with contextlib.suppress(FileNotFoundError):
         scan.unlink()
     return True
+
+
+def forget_unused_scans(examples_dir: str | os.PathLike, keep: str | os.PathLike | None = None) -> list[Path]:
+    """Delete every kept scan that no accepted example refers to, except `keep` (the open session's);
+    returns those deleted. Why: a session that ended without End session (Slicer closed, crashed)
+    leaves its scan behind; this is the clean-up the panel offers."""
+    used = scans_in_use(examples_dir)
+    spared = {Path(keep).resolve()} if keep else set()
+    deleted = []
+    for scan in kept_scans(examples_dir):
+        if scan.resolve() not in used | spared:
+            with contextlib.suppress(FileNotFoundError):
+                scan.unlink()
+                deleted.append(scan)
+    return deleted

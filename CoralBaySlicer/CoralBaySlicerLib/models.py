@@ -19,6 +19,9 @@ class ModelEntry:
     path: str = ""
     structures: list[str] = field(default_factory=list)
     classes: list[str] = field(default_factory=list)
+    # The bundle's label table (names, colours, terminology codes) when the catalog gave it:
+    # the Interactive section names, colours and codes its structures from it.
+    labels: Any = field(default=None, compare=False)
 
     @property
     def segments(self) -> bool:
@@ -37,7 +40,9 @@ class ModelEntry:
 def entry_from_catalog(item: Any) -> ModelEntry:
     """One catalog entry as ModelEntry: a dict as `coralbay models --json` prints it, or a catalog
     object (the engine's Manifest, whose `summary()` is that dict)."""
+    table = None
     if not isinstance(item, dict):
+        table = getattr(item, "labels", None)
         summary = getattr(item, "summary", None)
         item = summary() if callable(summary) else dict(vars(item))
     name = str(item.get("name") or "").strip()
@@ -47,7 +52,8 @@ def entry_from_catalog(item: Any) -> ModelEntry:
     structures = [_label_name(lab) for lab in labels]  # segmentation bundles; classifiers list "classes"
     return ModelEntry(name=name, title=str(item.get("title") or name), task=str(item.get("task") or ""),
                       path=str(item.get("path") or ""), structures=[s for s in structures if s],
-                      classes=[str(c) for c in item.get("classes") or []])
+                      classes=[str(c) for c in item.get("classes") or []],
+                      labels=table if table is not None and len(table) else None)
 
 
 def _label_name(label: Any) -> str:

@@ -8,6 +8,12 @@ speed, e.g. torch inside a command's `run`, as long as they point downward).
 
 The layers live in `LAYERS` below (docs/architecture.md shows the same order). A new package
 needs a line there, or this test names it.
+
+The Slicer side is checked too: the module file and its helper packages reach the engine only
+through its standard-library-only modules (Slicer lists models, reads progress and speaks the
+interactive protocol before PyTorch is installed into it), `CoralBaySlicerLib` stays free of
+Slicer, and the engine imports neither the Slicer side nor the benchmark harness (which registers
+its `bench` command through an entry point instead).
 """
 
 from __future__ import annotations
@@ -19,6 +25,10 @@ from pathlib import Path
 import pytest
 
 ENGINE = Path(__file__).resolve().parents[2] / "CoralBaySlicer" / "coralbay"
+MODULE_DIR = ENGINE.parent
+SLICER_SIDE = sorted([MODULE_DIR / "CoralBaySlicer.py", *(MODULE_DIR / "CoralBaySlicerLib").glob("*.py"),
+                      *(MODULE_DIR / "CoralBaySlicerScene").glob("*.py")])
+SLICER_ONLY = ("slicer", "qt", "ctk", "vtk", "CoralBaySlicerScene", "CoralBaySlicer")
 
 # Lowest first. A module may import its own layer (without a cycle) and any lower layer.
 LAYERS: list[tuple[str, ...]] = [
@@ -142,10 +152,9 @@ def test_no_import_cycle():
     assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
 
 
-@pytest.mark.parametrize("module", ["coralbay.bundle.catalog", "coralbay.bundle.manifest", "coralbay.progress"])
-def test_catalog_manifest_progress_stay_standard_library(module):
-    """Slicer lists models and reads progress before PyTorch is installed into it."""
-    allowed_third_party: set[str] = set()
+def heavy_imports(module: str) -> list[str]:
+    """Third-party imports `module` makes, at any depth and through every engine module it reaches
+    (function-level imports and the packages on the way included)."""
     seen, todo = set(), [module]
     heavy = []
     while todo:
@@ -164,10 +173,79 @@ def test_catalog_manifest_progress_stay_standard_library(module):
                 top = imported.split(".")[0]
                 if top == "coralbay":
                     todo.append(imported if imported in GRAPH else imported.rpartition(".")[0])
-                elif top not in sys.stdlib_module_names and top not in allowed_third_party:
+                elif top not in sys.stdlib_module_names:
                     heavy.append(f"{name} imports {imported}")
         # the packages on the way are imported too
         parent = name.rpartition(".")[0]
         if parent and parent != "coralbay":
             todo.append(parent)
-    assert not heavy, heavy
+    return heavy
+
+
+def top_level_imports(path: Path) -> set[str]:
+    """Every module name `path` imports (at any depth of its code)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            found.add(node.module or "")
+            found.update(f"{node.module}.{a.name}" for a in node.names)
+    return found
+
+
+def engine_modules_of_the_slicer_side() -> dict[str, set[str]]:
+    """Engine module -> the Slicer-side files that import it."""
+    used: dict[str, set[str]] = {}
+    for path in SLICER_SIDE:
+        for name in top_level_imports(path):
+            while name.startswith("coralbay") and name not in GRAPH and "." in name:
+                name = name.rpartition(".")[0]  # `from coralbay.io.labels import X` -> the module
+            if name in GRAPH:
+                used.setdefault(name, set()).add(path.name)
+    return used
+
+
+@pytest.mark.parametrize("module", ["coralbay.bundle.catalog", "coralbay.bundle.manifest", "coralbay.progress",
+                                    "coralbay.interactive.messages", "coralbay.io.examples"])
+def test_catalog_manifest_progress_and_shared_protocol_stay_standard_library(module):
+    """Slicer lists models, reads progress, speaks the interactive protocol and reads the examples
+    folder before PyTorch is installed into it."""
+    assert not heavy_imports(module), heavy_imports(module)
+
+
+def test_the_slicer_side_imports_only_standard_library_engine_modules():
+    used = engine_modules_of_the_slicer_side()
+    assert {"coralbay.interactive.messages", "coralbay.io.labels", "coralbay.bundle.catalog"} <= set(used)  # read
+    heavy = {m: (sorted(files), heavy_imports(m)[:3]) for m, files in used.items() if heavy_imports(m)}
+    assert not heavy, f"the Slicer side imports engine modules that need third-party packages: {heavy}"
+
+
+def test_slicer_lib_stays_free_of_slicer_and_the_engine_of_both():
+    lib = [p for p in SLICER_SIDE if p.parent.name == "CoralBaySlicerLib"]
+    assert len(lib) > 5
+    found = sorted(f"{p.name} imports {n}" for p in lib for n in top_level_imports(p) if n.split(".")[0] in SLICER_ONLY)
+    assert not found, found
+    engine = [p for p in ENGINE.rglob("*.py") if "__pycache__" not in p.parts]
+    sides = SLICER_ONLY + ("CoralBaySlicerLib",)
+    found = sorted(f"{p.relative_to(ENGINE.parent)} imports {n}" for p in engine for n in top_level_imports(p)
+                   if n.split(".")[0] in sides)
+    assert not found, found
+
+
+def test_the_engine_never_imports_the_benchmark_harness():
+    """`coralbay bench` comes from the harness's entry point (benchmarks/pyproject.toml), so the
+    engine has no import that runs up into benchmarks/ (not even inside a function)."""
+    engine = [p for p in ENGINE.rglob("*.py") if "__pycache__" not in p.parts]
+    found = sorted(f"{p.relative_to(ENGINE.parent)} imports {n}" for p in engine for n in top_level_imports(p)
+                   if n.split(".")[0] == "coralbay_bench")
+    assert not found, found
+    # the harness declares the entry point the engine looks up, installed and in a checkout alike
+    import tomllib
+
+    from coralbay.commands import bench
+
+    declared = tomllib.loads((ENGINE.parents[1] / "benchmarks" / "pyproject.toml").read_text(encoding="utf-8"))
+    assert declared["project"]["entry-points"][bench.ENTRY_POINT_GROUP] == {"bench": "coralbay_bench.command:register"}
+    beside = (ENGINE.parents[1] / "benchmarks" / "coralbay_bench.dist-info" / "entry_points.txt").read_text()
+    assert f"[{bench.ENTRY_POINT_GROUP}]\nbench = coralbay_bench.command:register" in beside

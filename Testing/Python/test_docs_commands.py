@@ -109,8 +109,5 @@ def test_every_listed_command_has_help_on_a_plain_install(name, help_exit_codes)
     assert help_exit_codes[name] == 0
 
 
-@pytest.mark.xfail(strict=True, reason="`coralbay bench --help` needs benchmarks/ on PYTHONPATH; the fix "
-                                       "belongs to the slicer branch (bench harness import): drop this mark "
-                                       "once it is merged")
 def test_bench_has_help_on_a_plain_install(help_exit_codes):
     assert help_exit_codes["bench"] == 0

@@ -22,8 +22,9 @@ import SimpleITK as sitk
 
 from coralbay.interactive import simulate as S
 from conftest import write_interactive_phantom
+from coralbay.interactive.messages import Event, Request
 from CoralBaySlicerLib.interactive_session import (InteractiveSession, ReplayLog, SessionError, example_masks,
-                                                   forget_scan, interact_argv, keep_scan, proposal_sentence)
+                                                   forget_scan, forget_unused_scans, interact_argv, keep_scan)
 
 REPO = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 180
@@ -172,6 +173,10 @@ def test_the_replay_log_starts_a_structure_as_it_was_started():
     assert not log.undo_emptied_proposal({"name": "spleen", "voxels": 0})
 
 
+def proposal_sentence(event: dict) -> str:
+    return Event.decode(event).proposal_sentence()
+
+
 def test_proposal_status_sentence():
     answer = {"name": "liver", "mask": "m.nrrd", "volume_ml": 1234.5}
     assert proposal_sentence({**answer, "proposed_by": "examples"}).startswith(
@@ -180,6 +185,28 @@ def test_proposal_status_sentence():
     assert proposal_sentence({**answer, "request": "undo", "proposed_by": "examples"}).startswith(
         "liver: back to the proposal from your accepted examples")
     assert proposal_sentence(answer) == "" and proposal_sentence({"name": "liver", "proposed_by": "examples"}) == ""
+
+
+def test_each_event_decoded_once_says_what_the_status_line_shows():
+    """The status line follows every kind of event the engine sends (one decoding, `Event`)."""
+    answer = {"event": "result", "id": 7, "request": "point", "name": "liver", "mask": "m.nrrd", "volume_ml": 12.5,
+              "answer": 3}
+    event = Event.decode(answer)
+    assert (event.kind, event.id, event.request, event.is_answer, event.finishes_request) == ("result", "7", "point",
+                                                                                              True, True)
+    assert event.status() == "liver: 12.5 ml (answer 3)."
+    assert Event.decode({**answer, "proposed_by": "examples"}).status().startswith("liver: proposed from your")
+    assert Event.decode({"event": "result", "request": "start", "name": "aorta"}).status() == \
+        "aorta: no proposal; place points."
+    assert Event.decode({"event": "result", "request": "accept", "name": "liver"}).status() == "Accepted liver."
+    assert Event.decode({"event": "result", "request": "open"}).status().startswith("Ready")
+    progress = Event.decode({"event": "progress", "stage": "features", "fraction": 0.25, "message": "features 25 %"})
+    assert (progress.status(), progress.fraction, progress.finishes_request) == ("features 25 %", 0.25, False)
+    restarted = {"event": "log", "level": "warning", "restarted": True, "message": "The engine process stopped."}
+    assert Event.decode(restarted).status() == "The engine process stopped."
+    assert Event.decode({"event": "log", "message": "chatter"}).status() == ""
+    assert Event.decode({"event": "error", "id": 1, "message": "Cancelled."}).status() == "Cancelled."
+    assert str(Request.POINT) == "point" and Request.POINT == "point"  # the wire format is the plain string
 
 
 def test_a_kept_scan_stays_only_while_an_example_refers_to_it(tmp_path):
@@ -200,3 +227,35 @@ def test_a_kept_scan_stays_only_while_an_example_refers_to_it(tmp_path):
     outside = tmp_path / "mine.nrrd"
     outside.write_bytes(b"x")
     assert not forget_scan(outside, examples) and outside.is_file()  # only scans it kept itself
+
+
+def test_the_clean_up_deletes_only_kept_scans_nothing_refers_to(tmp_path):
+    """The panel's clean-up of cached scans: scans an example refers to stay, and so does the open
+    session's; the others go (a session that ended without End session left them)."""
+    examples = tmp_path / "examples"
+    kept = {}
+    for name in ("used", "orphan", "open"):
+        written = tmp_path / f"{name}.nrrd"
+        written.write_bytes(name.encode())
+        kept[name] = keep_scan(written, examples)
+    (examples / "a").mkdir()
+    (examples / "a" / "example.json").write_text(json.dumps({"scan": str(kept["used"]), "structures": {}}))
+    assert forget_unused_scans(examples, keep=kept["open"]) == [kept["orphan"]]
+    assert not kept["orphan"].exists() and kept["used"].is_file() and kept["open"].is_file()
+    assert forget_unused_scans(examples) == [kept["open"]] and not kept["open"].exists()
+    assert kept["used"].is_file()
+    assert forget_unused_scans(tmp_path / "nothing-here") == []
+
+
+def test_the_command_line_carries_the_panels_choices():
+    """Encoder weights, device and proposals reach `coralbay interact` as for Segment."""
+    argv = interact_argv("python", "demo-phantom-seg", "out", "examples", device="CPU", cache_dir="cache",
+                         propose_with="my-organs", backbone=" weights.safetensors ")
+    assert argv[:4] == ["python", "-m", "coralbay", "interact"]
+    pairs = dict(zip(argv[4::2], argv[5::2]))
+    assert pairs == {"--model": "demo-phantom-seg", "--device": "cpu", "--backbone": "weights.safetensors",
+                     "--output-dir": "out", "--examples": "examples", "--cache": "cache",
+                     "--propose-with": "my-organs"}
+    assert "--backbone" not in interact_argv("python", "m", "out", "examples")
+    with pytest.raises(ValueError, match="Choose a model"):
+        interact_argv("python", " ", "out", "examples")

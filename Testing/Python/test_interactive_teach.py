@@ -22,7 +22,8 @@ from coralbay.bundle.loader import load_bundle
 from coralbay.interactive import prompts as P
 from coralbay.interactive import simulate as S
 from coralbay.interactive.session import Session
-from coralbay.io.examples import read_examples, write_accepted
+from coralbay.io.example_masks import write_accepted
+from coralbay.io.examples import read_examples
 from coralbay.model.digest import encoder_digest
 from coralbay.phantom import generate_phantom, write_phantom
 

@@ -272,7 +272,8 @@ def test_a_long_classification_is_refused_before_it_starts(wide_scan, tiny_cls_b
 def test_a_cut_accepted_example_mask_is_refused(tmp_path):
     """Teach model and the examples proposal read accepted masks through the same checked reader."""
     from coralbay.errors import InputError
-    from coralbay.io.examples import read_example_scan, write_accepted
+    from coralbay.io.example_masks import read_mask, write_accepted
+    from coralbay.io.examples import read_example_scan
 
     reference = sitk.GetImageFromArray(np.zeros((6, 7, 8), np.int16))
     mask = np.zeros((6, 7, 8), bool)
@@ -280,7 +281,7 @@ def test_a_cut_accepted_example_mask_is_refused(tmp_path):
     write_accepted(tmp_path, "scan1", "ct.nii.gz", "liver", 1, mask, reference)
     scan = read_example_scan(tmp_path / "scan1")
     structure = scan.structures[0]
-    assert np.array_equal(scan.read_mask(structure), mask)
+    assert np.array_equal(read_mask(structure), mask)
     _cut(Path(structure.mask), Path(structure.mask))
     with pytest.raises(InputError, match="cut short"):
-        scan.read_mask(structure)
+        read_mask(structure)

@@ -184,7 +184,7 @@ def test_teach_model_runs_in_the_background_and_the_model_joins_the_list(module,
     a second model of the same name is refused before anything runs."""
     from coralbay.bundle.loader import load_bundle
     from coralbay.interactive.features import cache_key, encoder_digest, scan_digest
-    from coralbay.io.examples import write_accepted
+    from coralbay.io.example_masks import write_accepted
     from coralbay.vocabulary import JobState
 
     monkeypatch.setenv("CORALBAY_HOME", str(tmp_path / "home"))

@@ -28,7 +28,9 @@ from CoralBaySlicerLib import coordinates, dependencies, results
 
 EMULATION = Path(__file__).resolve().parent / "slicer_emulation"
 MODULE_FILE = Path(__file__).resolve().parents[2] / "CoralBaySlicer" / "CoralBaySlicer.py"
-FORGET = ("slicer", "qt", "CoralBaySlicer", "application", "io_manager", "slice_views", "subject_hierarchy_plugins")
+SCENE_FILES = sorted((MODULE_FILE.parent / "CoralBaySlicerScene").glob("*.py"))
+LOGIC_PARTS = ("CoralBaySlicerLogic", "EngineJobs", "InstallLogic", "TaskLogic", "InteractiveLogic")
+FORGET = ("slicer", "qt", "CoralBaySlicer", "CoralBaySlicerScene", "application", "io_manager", "slice_views", "subject_hierarchy_plugins")
 TIMEOUT_S = 120
 LIVER = Terminology(("SCT", "123037004", "Anatomical Structure"), ("SCT", "10200004", "Liver"))
 
@@ -59,6 +61,15 @@ def module(monkeypatch, tmp_path):
 
 
 # -- helpers ----------------------------------------------------------------------------------------
+
+def _files_to_nodes():
+    """CoralBaySlicerScene.files_to_nodes of the module the fixture imported (fresh per test)."""
+    return importlib.import_module("CoralBaySlicerScene.files_to_nodes")
+
+
+def _nodes_to_files():
+    return importlib.import_module("CoralBaySlicerScene.nodes_to_files")
+
 
 def _scene():
     import slicer
@@ -139,8 +150,9 @@ def _engine_has(*names: str) -> str | None:
 
 # -- the module on real slicer-core + the Qt emulation only ----------------------------------------
 
-# Qt widgets and dialogs used only by the Widget class (checked by the in-Slicer self-test).
-WIDGET_ONLY_QT = ("qt.QListWidgetItem", "qt.Qt", "qt.QFileDialog")
+# Qt widgets and dialogs used only by the Widget and its sections (checked by the in-Slicer self-test;
+# the Interactive section's shortcuts run on the emulation, test_slicer_interactive_section.py).
+WIDGET_ONLY_QT = ("qt.QListWidgetItem", "qt.Qt", "qt.QFileDialog", "qt.QShortcut", "qt.QKeySequence")
 
 
 def _widget_only(chain: str) -> bool:
@@ -162,16 +174,18 @@ def _attribute_chains(tree) -> set[str]:
 
 
 def test_module_calls_nothing_outside_slicer_core_and_the_qt_emulation(module):
-    """Every `slicer.*` name the module file uses resolves in real slicer-core plus the emulation
-    files, and so does every `from slicer... import` and every `qt.*` name outside the Widget."""
+    """Every `slicer.*` name the module file and its Scene package use resolves in real slicer-core
+    plus the emulation files, and so does every `from slicer... import` and every `qt.*` name outside
+    the Widget and its sections."""
     import qt
     import slicer
 
-    tree = ast.parse(MODULE_FILE.read_text(encoding="utf-8"))
-    logic_class = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "CoralBaySlicerLogic")
-    assert not [c for c in _attribute_chains(logic_class) if _widget_only(c)], "the Logic uses Qt widgets"
+    trees = [ast.parse(path.read_text(encoding="utf-8")) for path in [MODULE_FILE, *SCENE_FILES]]
+    logic_classes = [n for tree in trees for n in tree.body if isinstance(n, ast.ClassDef) and n.name in LOGIC_PARTS]
+    assert len(logic_classes) == len(LOGIC_PARTS)
+    assert not [c for n in logic_classes for c in _attribute_chains(n) if _widget_only(c)], "the Logic uses Qt widgets"
     missing = []
-    for chain in sorted(_attribute_chains(tree)):
+    for chain in sorted(set().union(*(_attribute_chains(tree) for tree in trees))):
         if _widget_only(chain):
             continue
         root, *rest = chain.split(".")
@@ -182,7 +196,7 @@ def test_module_calls_nothing_outside_slicer_core_and_the_qt_emulation(module):
                 missing.append(chain)
                 break
             obj = getattr(obj, part)
-    for node in ast.walk(tree):
+    for node in (n for tree in trees for n in ast.walk(tree)):
         if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("slicer"):
             imported = importlib.import_module(node.module)
             missing += [f"{node.module}.{a.name}" for a in node.names if not hasattr(imported, a.name)]
@@ -298,15 +312,15 @@ def test_writing_a_segmentation_leaves_no_node_behind_even_when_it_fails(module,
     labels = _totalseg_labels(tmp_path, shared_data)
     ct, _study = _load_ct(shared_data / "totalseg" / "example_ct_sm.nii.gz")
     logic = module.CoralBaySlicerLogic()
-    segmentation = logic._importLabelMap(labels, "TotalSegmentator", ct)
+    segmentation = _files_to_nodes().importLabelMap(labels, "TotalSegmentator", ct)
     before = _nodes()
     out = tmp_path / "for-engine"
     out.mkdir()
-    logic._writeSegmentationAsLabelMap(segmentation, out / "prediction.nrrd", ct)
+    _nodes_to_files().writeSegmentationAsLabelMap(segmentation, out / "prediction.nrrd", ct)
     assert _added(before) == {} and _nodes() == before
     (tmp_path / "a-file").write_text("not a folder")
     with pytest.raises(ValueError, match="could not be written"):
-        logic._writeSegmentationAsLabelMap(segmentation, tmp_path / "a-file" / "prediction.nrrd", ct)
+        _nodes_to_files().writeSegmentationAsLabelMap(segmentation, tmp_path / "a-file" / "prediction.nrrd", ct)
     assert _nodes() == before
     assert not [n for n in _nodes() if _scene().GetNodeByID(n).GetName().endswith("_ColorTable")]
 
@@ -320,7 +334,7 @@ def test_segmentation_written_for_the_engine_keeps_voxels_names_and_only_chosen_
     labels = _totalseg_labels(tmp_path, shared_data)
     ct, _study = _load_ct(shared_data / "totalseg" / "example_ct_sm.nii.gz")
     logic = module.CoralBaySlicerLogic()
-    segmentation = logic._importLabelMap(labels, "TotalSegmentator", ct)
+    segmentation = _files_to_nodes().importLabelMap(labels, "TotalSegmentator", ct)
     seg = segmentation.GetSegmentation()
     spleen = seg.GetSegment(seg.GetSegmentIdBySegmentName("spleen"))
     tag = vtk.reference("")
@@ -328,7 +342,7 @@ def test_segmentation_written_for_the_engine_keeps_voxels_names_and_only_chosen_
 
     out = tmp_path / "for-engine" / "prediction.nrrd"
     out.parent.mkdir()
-    logic._writeSegmentationAsLabelMap(segmentation, out, ct)
+    _nodes_to_files().writeSegmentationAsLabelMap(segmentation, out, ct)
     written, original = sitk.ReadImage(str(out)), sitk.ReadImage(str(labels))
     assert written.GetSize() == original.GetSize()
     assert np.allclose(written.GetOrigin(), original.GetOrigin(), atol=1e-4)
@@ -347,7 +361,7 @@ def test_segmentation_written_for_the_engine_keeps_voxels_names_and_only_chosen_
     liver_mask = _mask(segmentation, seg.GetSegmentIdBySegmentName("liver"), ct)
     lesion = liver_mask & (np.indices(liver_mask.shape)[0] < 12)
     slicer.util.updateSegmentBinaryLabelmapFromArray(lesion.astype(np.uint8), segmentation, drawn_id, ct)
-    logic._writeSegmentationAsLabelMap(segmentation, out, ct)
+    _nodes_to_files().writeSegmentationAsLabelMap(segmentation, out, ct)
     table = load_label_table(out.parent / "prediction.labels.json")
     free = min(set(range(1, 300)) - {int(v) for v in np.unique(o)})
     assert table.by_name("my lesion").value == free and table.by_name("my lesion").terminology is None
@@ -358,7 +372,7 @@ def test_writing_a_volume_leaves_the_node_and_the_scene_as_they_were(module, sha
     ct, _study = _load_ct(shared_data / "pyradiomics" / "lung1_image.nrrd")
     storage_before = ct.GetStorageNodeID()
     before = _nodes()
-    module.CoralBaySlicerLogic._writeVolume(ct, tmp_path / "input.nrrd")
+    _nodes_to_files().writeVolume(ct, tmp_path / "input.nrrd")
     assert ct.GetStorageNodeID() == storage_before and _nodes() == before
     written, source = sitk.ReadImage(str(tmp_path / "input.nrrd")), sitk.ReadImage(str(shared_data / "pyradiomics" / "lung1_image.nrrd"))
     assert np.array_equal(sitk.GetArrayFromImage(written), sitk.GetArrayFromImage(source))
@@ -376,7 +390,7 @@ def test_engine_label_map_becomes_named_segments_under_the_input_study(module, s
     labels = _totalseg_labels(tmp_path, shared_data)
     ct, study = _load_ct(shared_data / "totalseg" / "example_ct_sm.nii.gz")
     before = _nodes()
-    segmentation = module.CoralBaySlicerLogic()._importLabelMap(labels, "TotalSegmentator", ct)
+    segmentation = _files_to_nodes().importLabelMap(labels, "TotalSegmentator", ct)
 
     assert _added(before) == {"vtkMRMLSegmentationNode": 1, "vtkMRMLSegmentationDisplayNode": 1}
     present = sorted(int(v) for v in np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(labels)))) if v)
@@ -406,7 +420,7 @@ def test_import_replaces_a_chosen_segmentation_and_a_failed_import_changes_nothi
     shutil.copyfile(shared_data / "pyradiomics" / "lung1_label.nrrd", nodule)
     chosen = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "my result")
     before = _nodes()
-    first = logic._importLabelMap(nodule, "first", ct, chosen)
+    first = _files_to_nodes().importLabelMap(nodule, "first", ct, chosen)
     assert first is chosen and _segment_names(chosen) == ["label 1"]
     assert chosen.GetNodeReference(chosen.GetReferenceImageGeometryReferenceRole()) is ct
     assert _added(before) == {"vtkMRMLSegmentationDisplayNode": 1}  # the chosen node got its display node
@@ -416,13 +430,13 @@ def test_import_replaces_a_chosen_segmentation_and_a_failed_import_changes_nothi
     empty = tmp_path / "empty.nrrd"
     sitk.WriteImage(sitk.ReadImage(str(nodule)) * 0, str(empty))
     with pytest.raises(results.ResultError, match="has no structures"):
-        logic._importLabelMap(empty, "second", ct, chosen)
+        _files_to_nodes().importLabelMap(empty, "second", ct, chosen)
     assert _nodes() == before  # no label map, colour table, segmentation or display node left
     assert _segment_ids(chosen.GetSegmentation()) == ids_before
     broken = tmp_path / "broken.nrrd"
     broken.write_bytes(b"NRRD0004\nnot a header\n")
     with pytest.raises(RuntimeError, match="Failed to load"):
-        logic._importLabelMap(broken, "third", ct, chosen)
+        _files_to_nodes().importLabelMap(broken, "third", ct, chosen)
     assert _nodes() == before
 
 
@@ -435,7 +449,7 @@ def test_a_one_structure_label_map_keeps_its_table_name_and_code(module, shared_
     value = int(max(np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(nodule))))))
     lesion = Terminology(("SCT", "49755003", "Morphologically Altered Structure"), ("SCT", "27925004", "Nodule"))
     results.write_label_table(LabelTable([Label(value, "nodule", (200, 80, 40), lesion)]), nodule)
-    segmentation = module.CoralBaySlicerLogic()._importLabelMap(nodule, "lung", ct)
+    segmentation = _files_to_nodes().importLabelMap(nodule, "lung", ct)
     seg = segmentation.GetSegmentation()
     assert _segment_names(segmentation) == ["nodule"]
     segment = seg.GetNthSegment(0)
@@ -469,13 +483,13 @@ def test_reading_outputs_that_fail_halfway_removes_each_added_node_once(module, 
     before = _nodes()
 
     def readOutputs(run):
-        logic._importLabelMap(labels, "half-read", ct)
-        logic._loadDistanceMap(labels, "half-read distance")
+        _files_to_nodes().importLabelMap(labels, "half-read", ct)
+        _files_to_nodes().loadDistanceMap(labels, "half-read distance")
         raise results.ResultError("the metrics could not be read")
 
     removed = _removals()
     with pytest.raises(results.ResultError):
-        logic._keepSceneOnFailure(readOutputs)(None)
+        importlib.import_module("CoralBaySlicerScene.scene_guard").keepSceneOnFailure(readOutputs)(None)
     assert _nodes() == before
     duplicates = [node_id for node_id, n in collections.Counter(removed).items() if n > 1]
     assert not duplicates, f"removed twice: {duplicates}"
@@ -498,7 +512,7 @@ def test_region_and_point_outside_the_volume_are_refused_before_anything_runs(mo
         logic.segment(ct, "any-model", roiNode=roi)
     roi.SetXYZ(b[0] + 20, b[2] + 15, (b[4] + b[5]) / 2)
     roi.SetRadiusXYZ(10, 10, (b[5] - b[4]) / 2)
-    box = logic._roiBoxLPS(roi, ct)
+    box = _nodes_to_files().roiBoxLPS(roi, ct)
     assert box == pytest.approx((-(b[0] + 30), -(b[2] + 25), b[4], -(b[0] + 10), -(b[2] + 5), b[5]))
     point = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "P")
     with pytest.raises(ValueError, match="has no points"):
@@ -507,7 +521,7 @@ def test_region_and_point_outside_the_volume_are_refused_before_anything_runs(mo
     with pytest.raises(ValueError, match="N-1 lies outside"):
         logic.classify(ct, "any-model", pointNode=point)
     point.SetNthControlPointPosition(0, (b[0] + b[1]) / 2, (b[2] + b[3]) / 2, (b[4] + b[5]) / 2)
-    inside = logic._pointLPS(point, ct)
+    inside = _nodes_to_files().pointLPS(point, ct)
     assert inside == pytest.approx([-(b[0] + b[1]) / 2, -(b[2] + b[3]) / 2, (b[4] + b[5]) / 2])
     with pytest.raises(ValueError, match="Select an input volume"):
         logic.segment(None, "any-model")
@@ -537,7 +551,7 @@ def test_compare_end_to_end_leaves_exactly_its_review_nodes(module, shared_data,
     labels = _totalseg_labels(tmp_path, shared_data)
     ct, _study = _load_ct(shared_data / "totalseg" / "example_ct_sm.nii.gz")
     logic = module.CoralBaySlicerLogic()
-    prediction = logic._importLabelMap(labels, "prediction", ct)
+    prediction = _files_to_nodes().importLabelMap(labels, "prediction", ct)
     reference = slicer.util.loadLabelVolume(str(_shifted_reference(labels, tmp_path)), {"name": "reference", "show": False})
     before = _nodes()
     progress = []
@@ -588,7 +602,7 @@ def test_export_seg_nrrd_end_to_end_read_back_by_slicer(module, shared_data, tmp
     labels = _totalseg_labels(tmp_path, shared_data)
     ct, _study = _load_ct(shared_data / "totalseg" / "example_ct_sm.nii.gz")
     logic = module.CoralBaySlicerLogic()
-    segmentation = logic._importLabelMap(labels, "Total Segmentator", ct)
+    segmentation = _files_to_nodes().importLabelMap(labels, "Total Segmentator", ct)
     out = tmp_path / "exports"
     out.mkdir()
     before = _nodes()
@@ -620,7 +634,7 @@ def test_seg_nrrd_written_by_slicer_read_by_the_engine(module, shared_data, tmp_
 
     labels = _totalseg_labels(tmp_path, shared_data)
     ct, _study = _load_ct(shared_data / "totalseg" / "example_ct_sm.nii.gz")
-    segmentation = module.CoralBaySlicerLogic()._importLabelMap(labels, "TotalSegmentator", ct)
+    segmentation = _files_to_nodes().importLabelMap(labels, "TotalSegmentator", ct)
     path = tmp_path / "from-slicer.seg.nrrd"
     storage = slicer.vtkMRMLSegmentationStorageNode()
     storage.SetFileName(str(path))

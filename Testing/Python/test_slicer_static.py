@@ -24,6 +24,7 @@ from conftest import REPO
 
 MODULE_DIR = REPO / "CoralBaySlicer"
 MODULE_FILE = MODULE_DIR / "CoralBaySlicer.py"
+SCENE_FILES = sorted((MODULE_DIR / "CoralBaySlicerScene").glob("*.py"))  # the sections use the .ui too
 UI_FILE = REPO / "Resources" / "UI" / "CoralBaySlicer.ui"
 CMAKE_FILE = REPO / "CMakeLists.txt"
 S4EXT_FILE = REPO / "CoralBaySlicer.s4ext"
@@ -59,10 +60,14 @@ def ui_widgets() -> dict[str, ET.Element]:
 
 
 def names_used_by_module() -> set[str]:
-    """Every `<something>.ui.<name>` attribute the module file reads."""
-    tree = ast.parse(MODULE_FILE.read_text(encoding="utf-8"))
-    return {node.attr for node in ast.walk(tree)
-            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute) and node.value.attr == "ui"}
+    """Every `<something>.ui.<name>` (or `ui.<name>`) attribute the module file and its sections read."""
+    used = set()
+    for path in [MODULE_FILE, *SCENE_FILES]:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        used |= {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute) and (
+            (isinstance(node.value, ast.Attribute) and node.value.attr == "ui")
+            or (isinstance(node.value, ast.Name) and node.value.id == "ui"))}
+    return used
 
 
 def parameter_fields() -> dict[str, str]:
@@ -88,6 +93,7 @@ def parameter_fields() -> dict[str, str]:
 def test_every_widget_the_module_uses_is_in_the_ui():
     used = names_used_by_module()
     assert {"segmentButton", "cancelButton", "compareButton", "exportButton"} <= used  # the parse works
+    assert {"structureComboBox", "sendBoxButton", "refineSegmentSelector", "shortcutsLabel"} <= used  # the sections
     missing = sorted(used - set(ui_widgets()))
     assert not missing, f"the module uses widgets that CoralBaySlicer.ui lacks: {missing}"
 

@@ -119,3 +119,26 @@ def test_installed_bench_says_where_the_harness_is(installed):
     assert done.returncode == 2
     assert "benchmark harness is not installed" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_installed_bench_help_says_how_to_get_the_harness(installed):
+    done = _run([installed["coralbay"], "bench", "--help"], env=installed["env"], cwd=installed["cwd"])
+    assert "pip install ./benchmarks" in " ".join(done.stdout.split())  # argparse wraps the line
+
+
+def test_the_harness_installed_beside_the_wheel_registers_bench_itself(installed, tmp_path):
+    """The harness is its own distribution (benchmarks/pyproject.toml) whose entry point gives the
+    installed engine its `bench` command: no PYTHONPATH, and no engine import of the harness. (Last
+    in this file: it adds the harness to the shared test environment.)"""
+    source = tmp_path / "bench-source"
+    source.mkdir()
+    shutil.copy2(REPO / "benchmarks" / "pyproject.toml", source / "pyproject.toml")
+    shutil.copytree(REPO / "benchmarks" / "coralbay_bench", source / "coralbay_bench",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q",
+          "-w", tmp_path / "wheels", source])
+    wheel = next((tmp_path / "wheels").glob("coralbay_bench-*.whl"))
+    _run([sys.executable, "-m", "pip", "--python", installed["python"], "install", "--no-deps", "--no-index",
+          "--ignore-installed", "-q", wheel])
+    done = _run([installed["coralbay"], "bench", "--help"], env=installed["env"], cwd=installed["cwd"])
+    assert "--json" in done.stdout and "MONAI" in done.stdout  # the harness's own help

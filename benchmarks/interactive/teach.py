@@ -32,7 +32,7 @@ import SimpleITK as sitk
 
 from coralbay.bundle.loader import load_bundle
 from coralbay.interactive.features import cache_key, encoder_digest, scan_digest
-from coralbay.io.examples import write_accepted
+from coralbay.io.example_masks import write_accepted
 from coralbay.phantom import PHANTOM_LABELS
 
 BASE = "demo-phantom-seg"

@@ -11,6 +11,7 @@ the names a user sees after loading the sample phantom.
     QT_QPA_PLATFORM=offscreen /tmp/qt/bin/python docs/tools/render_panel.py
 """
 
+import ast
 import json
 import re
 import sys
@@ -25,7 +26,17 @@ DEMO_STRUCTURES = [label["name"] for label in json.loads(
 SAMPLE_NODES = {"inputVolumeSelector": "CoralBay phantom CT", "referenceSelector": "CoralBay phantom truth",
                 "outputSegmentationSelector": "(create new segmentation)", "roiSelector": "None",
                 "pointSelector": "None", "interactivePositiveSelector": "include", "interactiveNegativeSelector": "exclude",
-                "interactiveStrokesSelector": "None", "structureComboBox": "liver"}
+                "interactiveStrokesSelector": "None", "structureComboBox": "liver", "interactiveBoxSelector": "None",
+                "refineSegmentSelector": "None", "proposeWithComboBox": "accepted examples only"}
+
+
+def shortcuts_text() -> str:
+    """The panel's Shortcuts line as interactive_section.shortcutsText() writes it (read from its
+    SHORTCUTS table without importing Slicer)."""
+    tree = ast.parse((REPO / "CoralBaySlicer" / "CoralBaySlicerScene" / "interactive_section.py").read_text())
+    table = next(ast.literal_eval(n.value) for n in tree.body
+                 if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "SHORTCUTS")
+    return "  ".join(f"{key}: {what}" for key, what, _method in table)
 
 
 class _Permissive:
@@ -60,6 +71,10 @@ class qMRMLTableView(_Permissive, QtWidgets.QTableView):
 
 
 class qMRMLWidget(_Permissive, QtWidgets.QWidget):
+    pass
+
+
+class qMRMLSegmentSelectorWidget(_Permissive, QtWidgets.QComboBox):
     pass
 
 
@@ -100,6 +115,9 @@ def main() -> int:
             item = QtWidgets.QListWidgetItem(name)
             item.setCheckState(2)
             structures.addItem(item)
+    shortcuts = panel.findChild(QtWidgets.QLabel, "shortcutsLabel")
+    if shortcuts is not None:
+        shortcuts.setText(shortcuts_text())
     panel.resize(460, panel.sizeHint().height())
     panel.show()
     app.processEvents()

@@ -26,6 +26,7 @@ from coralbay.interactive.engine import CoralBayError, LoadedBundle, read_volume
 from coralbay.interactive.features import scan_features
 from coralbay.interactive.priors import Prior, body_box, prior_of
 from coralbay.interactive.region import smoothed_hu
+from coralbay.io.example_masks import read_mask
 from coralbay.io.examples import ExampleScan, read_example_scan, read_examples
 
 log = logging.getLogger("coralbay.interactive")
@@ -82,7 +83,7 @@ def accepted_on_scan(examples_dir: str | os.PathLike, scan_id: str, shape_zyx: t
         return []
     found = []
     for structure in scan.structures:
-        mask = scan.read_mask(structure)
+        mask = read_mask(structure)
         if mask.shape != tuple(shape_zyx):
             log.warning("Skipped the accepted %s in %s: its mask does not fit the scan.", structure.name, folder)
             continue
@@ -116,7 +117,7 @@ def earlier_example_rows(examples_dir: str | os.PathLike, bundle: LoadedBundle, 
         smooth = smoothed_hu(sitk.GetArrayFromImage(image), tuple(image.GetSpacing()[::-1]))
         box = body_box(smooth, image)
         for structure in scan.structures:
-            mask = scan.read_mask(structure)
+            mask = read_mask(structure)
             if mask.shape != shape:
                 continue
             rows = example_rows(table, model_mask_on(mask, image, volume.grid), rng)

@@ -16,7 +16,7 @@ from coralbay.inference.fast_swin import enable_fast_swin
 from coralbay.inference.preprocess import prepare
 from coralbay.inference.segment import segment_image
 from coralbay.inference.sliding_window import BACKGROUND_LOGIT, blend_slabs, compute_importance_map, plan_run, plan_windows, window_context
-from coralbay.io.examples import write_accepted
+from coralbay.io.example_masks import write_accepted
 from coralbay.io.label_maps import read_label_map
 from coralbay.io.labels import LabelTable, load_label_table
 from coralbay.io.volumes import read_volume, write_image

@@ -14,7 +14,9 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from coralbay.interactive import prompts as P
 from coralbay.interactive.engine import LoadedBundle, UsageError, segment_image
+from coralbay.interactive.messages import ProposedBy
 
 
 class ModelProposals:
@@ -44,3 +46,16 @@ class ModelProposals:
             self._labels, self._scan = sitk.GetArrayFromImage(result.labels), scan_id
         mask = self._labels == label.value
         return mask if mask.any() else None
+
+
+def first_answer(session, proposals: ModelProposals | None, name: str):
+    """The answer a structure starts from, and where it came from: the --propose-with model's mask
+    when the model knows the name and finds it on this scan (entered as a segment to refine, so
+    every click corrects it), else the proposal from the accepted examples; (None, None) when
+    neither has one. Why here: which proposal wins is the session's rule, not the protocol's."""
+    if proposals is not None and proposals.knows(name):
+        mask = proposals.mask(session.image, session.scan_id, name)
+        if mask is not None:
+            return session.prompt(P.segment_from_array(session.image, mask.astype(np.uint8)), name), proposals.name
+    answer = session.propose(name)
+    return (answer, ProposedBy.EXAMPLES.value) if answer is not None else (None, None)

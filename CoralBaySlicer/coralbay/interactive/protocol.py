@@ -26,16 +26,13 @@ import SimpleITK as sitk
 
 from coralbay.interactive import prompts as P
 from coralbay.interactive.engine import CoralBayError, UsageError, read_volume, write_image
-from coralbay.interactive.proposals import ModelProposals
+from coralbay.interactive.messages import REPORTS_FEATURES, EventKind, ProposedBy, Request, Stage
+from coralbay.interactive.proposals import ModelProposals, first_answer
 from coralbay.interactive.refine import Answer
 from coralbay.interactive.session import Session
 from coralbay.progress import encode_event
 
-REQUESTS = ("open", "start", "point", "scribble", "box", "segment", "propose", "undo", "redo", "accept",
-            "labels", "status", "cancel", "quit")
-
-
-ANSWERING = ("point", "scribble", "box", "segment", "start", "propose", "status")  # results that say how far features are
+REQUESTS = tuple(r.value for r in Request if r is not Request.READY)
 
 
 class Cancelled(CoralBayError):
@@ -59,7 +56,7 @@ class Protocol:
         self.paused = False                # after a cancel: no background windows until the next request
         session.cancelled = self.cancelled
         session.feature_progress = lambda fraction, message: self.event(
-            "progress", self.request, stage="features", fraction=round(fraction, 3), message=message)
+            EventKind.PROGRESS, self.request, stage=Stage.FEATURES, fraction=round(fraction, 3), message=message)
 
     def event(self, kind: str, request: dict | None, **fields: Any) -> None:
         base = {"id": request.get("id"), "request": request.get("type")} if request else {}
@@ -77,26 +74,26 @@ class Protocol:
         try:
             if kind not in REQUESTS:
                 raise UsageError(f"Unknown request type {kind!r}; expected one of {', '.join(REQUESTS)}.")
-            if kind == "quit":
-                self.event("result", request, message="bye")
+            if kind == Request.QUIT:
+                self.event(EventKind.RESULT, request, message="bye")
                 return False
-            if kind == "cancel":
+            if kind == Request.CANCEL:
                 self.paused = True     # the background windows too, until the next request
-                self.event("result", request, message="cancelled what was running or waiting")
+                self.event(EventKind.RESULT, request, message="cancelled what was running or waiting")
                 return True
             self.paused = False
             if self.cancelled():
                 raise Cancelled("Cancelled.")
             fields = getattr(self, f"_{kind}")(request)
-            if kind in ANSWERING and self.session.image is not None:
+            if kind in REPORTS_FEATURES and self.session.image is not None:
                 fields.update(self._feature_fields())
-            self.event("result", request, seconds=round(time.perf_counter() - started, 3), **fields)
+            self.event(EventKind.RESULT, request, seconds=round(time.perf_counter() - started, 3), **fields)
         except (Cancelled, InterruptedError):
-            self.event("error", request, message="Cancelled.", exit_code=130)
+            self.event(EventKind.ERROR, request, message="Cancelled.", exit_code=130)
         except CoralBayError as exc:
-            self.event("error", request, message=str(exc), exit_code=exc.exit_code)
+            self.event(EventKind.ERROR, request, message=str(exc), exit_code=exc.exit_code)
         except (KeyError, TypeError, ValueError) as exc:
-            self.event("error", request, message=f"The {kind} request is malformed ({type(exc).__name__}: {exc}).",
+            self.event(EventKind.ERROR, request, message=f"The {kind} request is malformed ({type(exc).__name__}: {exc}).",
                        exit_code=2)
         return True
 
@@ -105,10 +102,10 @@ class Protocol:
         image = read_volume(r["image"])
 
         def progress(fraction: float, message: str) -> None:
-            self.event("progress", r, stage="features", fraction=round(fraction, 3), message=message)
+            self.event(EventKind.PROGRESS, r, stage=Stage.FEATURES, fraction=round(fraction, 3), message=message)
 
         def examples_progress(fraction: float, message: str) -> None:
-            self.event("progress", r, stage="examples", fraction=round(fraction, 3), message=message)
+            self.event(EventKind.PROGRESS, r, stage=Stage.EXAMPLES, fraction=round(fraction, 3), message=message)
 
         try:
             restored = self.session.restore_examples(examples_progress, self.cancelled)
@@ -129,13 +126,13 @@ class Protocol:
         """One pending feature window between requests, reported as a progress event of the `open`
         request; a request that arrives meanwhile is answered after this window (never cut short:
         the window's work is kept). The last window writes the cache and says so."""
-        r = self.opened or {"type": "open"}
+        r = self.opened or {"type": Request.OPEN.value}
         try:
             remaining = self.session.compute_features(1, cancelled=interrupted)
         except InterruptedError:
             return
         f = self.session.features
-        self.event("progress", r, stage="features", fraction=round(f.fraction, 3),
+        self.event(EventKind.PROGRESS, r, stage=Stage.FEATURES, fraction=round(f.fraction, 3),
                    message="features complete" if not remaining else f"features {f.fraction:.0%} (between requests)")
 
 
@@ -143,18 +140,9 @@ class Protocol:
         s = self.session.start(r["name"], r.get("value"))
         out = {"name": s.name, "value": s.value}
         if r.get("propose", True):
-            answer = None
-            if self.proposals is not None and self.proposals.knows(s.name):
-                mask = self.proposals.mask(self.session.image, self.session.scan_id, s.name)
-                if mask is not None:
-                    answer = self.session.prompt(P.segment_from_array(self.session.image, mask.astype(np.uint8)), s.name)
-                    out["proposed_by"] = self.proposals.name
-            if answer is None:
-                answer = self.session.propose(s.name)
-                if answer is not None:
-                    out["proposed_by"] = "examples"
+            answer, proposed_by = first_answer(self.session, self.proposals, s.name)
             if answer is not None:
-                out.update(self._answer_fields(s.name, answer))
+                out.update(proposed_by=proposed_by, **self._answer_fields(s.name, answer))
         return out
 
     def _point(self, r: dict) -> dict:
@@ -181,7 +169,7 @@ class Protocol:
         structure = self.session.structure(r.get("name"))
         fields = self._answer_fields(structure.name, self.session.undo(structure.name))
         if not structure.prompts and structure.before_prompts is not None and structure.proposal:
-            fields["proposed_by"] = "examples"   # back to the examples proposal the structure started from
+            fields["proposed_by"] = ProposedBy.EXAMPLES.value   # back to the examples proposal the structure started from
         return fields
 
     def _redo(self, r: dict) -> dict:
@@ -255,16 +243,16 @@ def serve(session: Session, output_dir: Path, stdin: TextIO = sys.stdin, stdout:
                 if not isinstance(request, dict):
                     raise ValueError("not an object")
             except ValueError:
-                emit(encode_event("error", message="A request must be one JSON object on one line.", exit_code=2))
+                emit(encode_event(EventKind.ERROR, message="A request must be one JSON object on one line.", exit_code=2))
                 continue
             number += 1
-            if request.get("type") == "cancel":
+            if request.get("type") == Request.CANCEL:
                 protocol.cancel_before = number  # every earlier request still running or waiting
             requests.put((number, request))
         requests.put(None)
 
     threading.Thread(target=reader, daemon=True).start()
-    protocol.event("result", {"type": "ready"}, message="ready", requests=list(REQUESTS))
+    protocol.event("result", {"type": Request.READY.value}, message="ready", requests=list(REQUESTS))
     while True:
         if session.features_pending and not protocol.paused:   # idle: the scan's remaining windows, one at a time
             try:

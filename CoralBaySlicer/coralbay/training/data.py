@@ -24,6 +24,7 @@ from coralbay.errors import InputError, UsageError
 from coralbay.grid.model_grid import to_xyz
 from coralbay.grid.resample import same_grid
 from coralbay.inference.preprocess import prepare
+from coralbay.io.example_masks import read_mask
 from coralbay.io.examples import ExampleScan, read_examples
 from coralbay.io.label_maps import read_label_map
 from coralbay.io.labels import Label, LabelTable, distinct_color, find_label_table
@@ -284,7 +285,7 @@ def load_example_cases(folder: str | os.PathLike, preprocessing: dict, known: La
         image = read_volume(scan.scan)
         values = np.zeros(image.GetSize()[::-1], np.uint8)
         for structure in sorted(scan.structures, key=lambda s: s.value):
-            mask = scan.read_mask(structure)
+            mask = read_mask(structure)
             if mask.shape != values.shape:
                 raise InputError(f"The accepted mask {structure.mask} does not lie on the grid of its scan {scan.scan}.")
             values[mask] = table.by_name(structure.name).value

@@ -71,6 +71,8 @@ class _Modules:
 class EmulatedApplication:
     """`slicer.app`: paths, event processing, environment and the IO manager."""
 
+    applicationName = "Slicer"  # QCoreApplication::applicationName (slicer.util's message titles)
+
     def __init__(self, root: str) -> None:
         self.temporaryPath = os.path.join(root, "temp")
         self.cachePath = os.path.join(root, "cache")

@@ -1,9 +1,13 @@
-"""EMULATES PythonQt's `qt` module for the one Qt class the module's Logic uses: QTimer.
+"""EMULATES PythonQt's `qt` module for the Qt class the module's Logic uses, QTimer, and (from
+qt_widgets.py) the few widgets the Interactive section wires.
 
 The timer never fires by itself (there is no Qt event loop here): tests call `logic.poll()` or
-`logic.wait()` (which polls) as Slicer's event loop would on each timeout. Widgets (qt.QListWidgetItem,
-qt.QFileDialog...) are not emulated: the Widget class runs only in the in-Slicer self-test.
+`logic.wait()` (which polls) as Slicer's event loop would on each timeout. Other widgets
+(qt.QListWidgetItem, qt.QFileDialog...) are not emulated: the rest of the Widget class runs only in
+the in-Slicer self-test.
 """
+
+from qt_widgets import QComboBox, QKeySequence, QLabel, QMessageBox, QPushButton, QShortcut  # noqa: F401
 
 
 class QTimer:
