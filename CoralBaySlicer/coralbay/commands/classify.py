@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from coralbay.commands._common import (EPILOG, add_model_options, add_progress_option, float_list,
-                                       load_for_task, make_reporter, read_input)
+from coralbay.commands._common import (EPILOG, add_model_options, add_progress_option, add_series_option,
+                                       float_list, load_for_task, make_reporter, read_input)
 from coralbay.vocabulary import Task
 
 
@@ -19,7 +19,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Classify a CT volume with a classification bundle: encoder features are "
                     "pooled over sliding windows into one scan vector, or taken around --point.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("input", metavar="INPUT", help="CT volume file or DICOM series folder")
+    p.add_argument("input", metavar="INPUT", help="CT volume file, DICOM series folder or DICOM study folder")
+    add_series_option(p)
     p.add_argument("--output", "-o", required=True, metavar="REPORT.json", help="JSON report to write")
     add_model_options(p)
     p.add_argument("--point", type=float_list(3, "--point"), metavar="X,Y,Z",
@@ -45,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     reporter = make_reporter(args, STAGES)
     device = select_device(args.device)
     reporter.progress("load", 0.0, "reading input")
-    image = read_input(args.input, reporter)
+    image = read_input(args.input, reporter, args.series)
     bundle = load_for_task(args, Task.CLASSIFICATION, reporter)
     reporter.progress("load", 1.0, f"model {bundle.manifest.name} on {describe(device)}")
     report = classify_image(image, bundle, device, point_lps=args.point,

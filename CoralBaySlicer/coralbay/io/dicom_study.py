@@ -71,21 +71,31 @@ class SeriesCheck:
 
     @property
     def size(self) -> tuple[int, int, int] | None:
-        if self.geometry is None:
+        """(columns, rows, slices): measured, else as the first header states (a single slice...)."""
+        if self.geometry is not None:
+            return (*self.geometry.size, len(self.geometry.positions))
+        if not self.series.headers:
             return None
-        return (*self.geometry.size, len(self.geometry.positions))
+        first = self.series.headers[0]
+        columns, rows, frames = (_text(first, k) for k in ("Columns", "Rows", "NumberOfFrames"))
+        if not (columns.isdigit() and rows.isdigit()):
+            return None
+        slices = int(frames) if frames.isdigit() and len(self.series.files) == 1 else len(self.series.files)
+        return int(columns), int(rows), slices
 
     @property
     def spacing_mm(self) -> tuple[float, float, float] | None:
+        """(x, y, slice step) in mm, when the series' geometry could be measured."""
         if self.geometry is None:
             return None
         return (*self.geometry.pixel_spacing, round(self.geometry.median_step, 6))
 
-    def summary(self) -> dict:
-        """What `coralbay info` lists for the series (JSON-ready)."""
+    def summary(self, root: Path) -> dict:
+        """What `coralbay info` lists for the series (JSON-ready; folders relative to `root`)."""
         s = self.series
         return {"number": s.number, "uid": s.uid, "description": s.description, "modality": s.modality,
-                "folders": sorted({os.path.dirname(f) for f in s.files}), "files": len(s.files),
+                "folders": sorted({os.path.dirname(os.path.relpath(f, root)) or "." for f in s.files}),
+                "files": len(s.files),
                 "size": list(self.size) if self.size else None,
                 "spacing_mm": [round(v, 6) for v in self.spacing_mm] if self.spacing_mm else None,
                 "slices": self.size[2] if self.size else None,

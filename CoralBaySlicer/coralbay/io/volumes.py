@@ -170,6 +170,13 @@ def read_dicom_series(folder: Path, series: str | None = None) -> sitk.Image:
     return image
 
 
+def series_read(image: sitk.Image) -> dict[str, str]:
+    """Which DICOM series `image` was read from ({"series": number, "series_uid": UID}; {} for a file)."""
+    if not image.HasMetaDataKey(SERIES_UID_KEY):
+        return {}
+    return {"series": image.GetMetaData(SERIES_NUMBER_KEY), "series_uid": image.GetMetaData(SERIES_UID_KEY)}
+
+
 def _decode_series(folder: Path, geometry) -> sitk.Image:
     """Decode the validated files of `geometry` with ITK onto the measured (or resampled) grid."""
     if len(geometry.files) == 1:  # one multi-frame file (the series reader would add a 4th axis)
@@ -412,4 +419,5 @@ def volume_info(image: sitk.Image) -> dict:
         "note": image.GetMetaData(GEOMETRY_NOTE_KEY) if image.HasMetaDataKey(GEOMETRY_NOTE_KEY) else None,
         "orientation_warning": (image.GetMetaData(ORIENTATION_NOTE_KEY)
                                 if image.HasMetaDataKey(ORIENTATION_NOTE_KEY) else None),
+        "dicom_series": series_read(image) or None,
     }
