@@ -200,18 +200,17 @@ def _dicomdir_files(root: Path, real_root: Path, dicomdir: Path):
 
 def _file_records(records: Sequence, first: int, dicomdir: Path):
     """(record naming a file, its SERIES record or None), following the offsets of the hierarchy
-    (each record visited once, so cyclic offsets cannot loop); records outside the hierarchy
-    (orphans) follow with no series, as pydicom's FileSet includes them."""
+    (each record visited once, so cyclic offsets cannot loop). Records the offsets do not reach
+    (orphans, or offsets left stale by an editor) follow, each under the SERIES record before it
+    in the sequence, as writers store the hierarchy depth first."""
     by_offset = {getattr(r, "seq_item_tell", None): r for r in records}
     seen: set[int] = set()
     stack = [(first, None)]
     while stack:
         offset, series = stack.pop()
-        while offset and offset not in seen:
+        while offset in by_offset and offset not in seen:
             seen.add(offset)
-            record = by_offset.get(offset)
-            if record is None:
-                raise InputError(f"The DICOMDIR {dicomdir} is damaged (a record offset points to no record).")
+            record = by_offset[offset]
             current = record if _text(record, "DirectoryRecordType").upper() == "SERIES" else series
             if "ReferencedFileID" in record:
                 yield record, current
@@ -219,9 +218,12 @@ def _file_records(records: Sequence, first: int, dicomdir: Path):
             if lower:
                 stack.append((lower, current))
             offset = int(record.get("OffsetOfTheNextDirectoryRecord", 0) or 0)
+    series = None
     for offset, record in by_offset.items():
+        if _text(record, "DirectoryRecordType").upper() == "SERIES":
+            series = record
         if offset not in seen and "ReferencedFileID" in record:
-            yield record, None
+            yield record, series
 
 
 def _file_id(record, dicomdir: Path) -> list[str]:
@@ -232,7 +234,7 @@ def _file_id(record, dicomdir: Path) -> list[str]:
     parts = [p.strip() for v in values for p in str(v).replace("\\", "/").split("/")]
     shown = "\\".join(str(v) for v in values)
     if not parts or any(p in ("", ".", "..") or ":" in p for p in parts) or str(values[0]).startswith(("/", "\\")):
-        raise InputError(f"The DICOMDIR {dicomdir} names the file {shown!r}, which would lie outside the "
+        raise InputError(f"The DICOMDIR {dicomdir} names the file {shown}, which would lie outside the "
                          "study folder; the study is not read.")
     return parts
 
