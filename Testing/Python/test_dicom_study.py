@@ -114,17 +114,12 @@ def test_series_option_chooses_by_number_or_uid_and_refuses_unknown(nested_study
         read_volume(nested_study / "SE90" / "RGB0001", series="3")
 
 
-def test_two_regular_ct_series_need_a_choice_on_the_command_line(nested_study, cli, tiny_seg_bundle, tmp_path):
-    write_series(nested_study / "PATIENT" / "CT" / "SE5", "1.2.826.0.1.3680043.8.498.206", 5, "Abdomen 5mm")
+def test_segment_reads_the_series_named_on_the_command_line(nested_study, cli, tiny_seg_bundle, tmp_path):
+    write_series(nested_study / "PATIENT" / "CT" / "SE5", "1.2.826.0.1.3680043.8.498.206", 5, "Abdomen 5mm", count=4)
     out = tmp_path / "labels.nii.gz"
-    done = cli("segment", nested_study, "-m", tiny_seg_bundle, "-o", out, "--progress", "none")
-    assert done.returncode == 2, done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and "2 of them regular CT volumes; choose one with --series" in lines[0]
-    assert 'series 3 "Abdomen 2mm"' in lines[0] and 'series 5 "Abdomen 5mm"' in lines[0] and not out.exists()
     done = cli("segment", nested_study, "-m", tiny_seg_bundle, "-o", out, "--series", "5", "--progress", "none")
     assert done.returncode == 0, done.stderr
-    assert sitk.ReadImage(str(out)).GetSize() == (16, 16, 6)
+    assert sitk.ReadImage(str(out)).GetSize() == (16, 16, 4)  # the grid of series 5, not of series 3
 
 
 def test_info_lists_the_study(nested_study, cli):
@@ -284,31 +279,45 @@ def test_links_out_of_a_study_without_dicomdir_are_not_followed(nested_study, tm
 
 # ---- batch ------------------------------------------------------------------------------------
 
-def test_batch_reads_study_folders_as_cases_and_records_the_series(nested_study, tmp_path, tiny_seg_bundle, cli):
+def test_batch_reads_study_folders_as_cases_and_records_the_series(nested_study, tmp_path, tiny_seg_bundle):
+    """The batch steps in this process (the pool around them has its own tests in test_batch.py):
+    a folder cohort of studies, each case read with the same rule, the series in results.csv."""
+    from coralbay.batch.case import CaseJob, prepare_case, process_case
+    from coralbay.batch.cohort import read_cohort
+    from coralbay.batch.results import write_results
+    from coralbay.io.volumes import VOLUME_SUFFIXES
+
     cohort = tmp_path / "cohort"
     cohort.mkdir()
     shutil.move(str(nested_study), cohort / "study-a")
-    ambiguous = cohort / "study-b"
-    write_series(ambiguous / "A", CT_UID, 3, "Abdomen 2mm")
-    write_series(ambiguous / "B", TILTED_UID, 5, "Abdomen 2mm again")
+    write_series(cohort / "study-b" / "A", CT_UID, 3, "Abdomen 2mm")
+    write_series(cohort / "study-b" / "B", TILTED_UID, 5, "Abdomen 2mm again")
     output = tmp_path / "batch"
-    done = cli("batch", cohort, "-m", tiny_seg_bundle, "-o", output, "--progress", "none")
-    assert done.returncode == 1  # study-b failed: two regular CT volumes and no way to choose
+    (output / "cases").mkdir(parents=True)
+    job = CaseJob(str(output), str(tiny_seg_bundle), None, False, "cpu", None, None, False, 1.0, None, "m", "s")
+    records = [process_case(case, job, prepare_case(case, job)) for case in read_cohort(cohort, VOLUME_SUFFIXES)]
+    write_results(output, records, {"cohort": str(cohort)})
     rows = {row["id"]: row for row in csv.DictReader(open(output / "results.csv"))}
-    assert rows["study-a"]["status"] == "done"
+    assert rows["study-a"]["status"] == "done", rows["study-a"]["error"]
     assert rows["study-a"]["series"] == "3" and rows["study-a"]["series_uid"] == CT_UID
-    assert rows["study-b"]["status"] == "failed" and "choose one with --series" in rows["study-b"]["error"]
+    assert rows["study-b"]["status"] == "failed"  # two regular CT volumes and no way to choose
+    assert "2 of them regular CT volumes; choose one with --series" in rows["study-b"]["error"]
     assert sitk.ReadImage(str(output / "cases" / "study-a" / "labels.nii.gz")).GetSize() == (16, 16, 6)
+    if (output / "results.parquet").exists():  # pyarrow installed: the same columns, as text
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(output / "results.parquet")
+        assert table.column("series").to_pylist() == ["3", None]
 
 
 # ---- interact ---------------------------------------------------------------------------------
 
-def test_interact_opens_the_series_named_by_the_option_or_the_request(nested_study, tmp_path, cli):
+def test_interact_opens_the_series_named_by_the_option_or_the_request(nested_study, tmp_path, cli, tiny_seg_bundle):
     write_series(nested_study / "PATIENT" / "CT" / "SE5", "1.2.826.0.1.3680043.8.498.206", 5, "Abdomen 5mm")
     requests = [{"id": 1, "type": "open", "image": str(nested_study), "series": "42"},
                 {"id": 2, "type": "open", "image": str(nested_study)},
                 {"id": 3, "type": "quit"}]
-    done = cli("interact", "--model", "demo-phantom-seg", "--output-dir", tmp_path / "out", "--series", "5",
+    done = cli("interact", "--model", tiny_seg_bundle, "--output-dir", tmp_path / "out", "--series", "5",
                input="".join(json.dumps(r) + "\n" for r in requests))
     assert done.returncode == 0, done.stderr
     answers = {e["id"]: e for e in map(json.loads, done.stdout.splitlines())

@@ -90,7 +90,8 @@ def _write_parquet(path: Path, rows: list[dict], columns: list[str]) -> None:
         import pyarrow.parquet as pq
     except ImportError:
         return  # Parquet is an extra; the CSV holds the same table
-    text_columns = {"id", "status", "error", "image", "reference", "worker_host", "classification"}
+    text_columns = {"id", "status", "error", "image", "series", "series_uid", "reference", "worker_host",
+                    "classification"}
     arrays = {}
     for column in columns:
         values = [row.get(column) for row in rows]
