@@ -198,6 +198,17 @@ def test_dicom_seg_export_references_the_chosen_series_of_a_study(real_study, sh
     assert done.returncode == 2 and "--dicom-series" in done.stderr
 
 
+def test_compare_shows_the_chosen_series_of_a_study(real_study, shared_data, tmp_path):
+    from coralbay.review import compare_label_maps
+
+    labels = shared_data / "dcmqi" / "liver_spine_seg.nrrd"
+    with pytest.raises(UsageError, match="choose one with --series"):
+        compare_label_maps(labels, labels, tmp_path / "a", image_path=real_study)
+    metrics = compare_label_maps(labels, labels, tmp_path / "b", image_path=real_study, series="2")
+    assert [s["dice"] for s in metrics["structures"]] == [1.0, 1.0]
+    assert (tmp_path / "b" / "overview.png").is_file() and not (tmp_path / "a").exists()
+
+
 def generated_cd(tmp_path: Path) -> Path:
     """A generated study with a DICOMDIR: the regular CT (6 files) and a localizer."""
     source = tmp_path / "source"

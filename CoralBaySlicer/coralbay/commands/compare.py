@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from coralbay.commands._common import add_progress_option, make_reporter
+from coralbay.commands._common import add_progress_option, add_series_option, make_reporter
 
 
 def _tolerance(text: str) -> float:
@@ -37,6 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="surface Dice tolerance in mm (default 3)")
     p.add_argument("--dicom-series", metavar="DIR",
                    help="source DICOM series of a DICOM SEG input, when its own frames do not define a 3D grid")
+    add_series_option(p, help="which series of a DICOM study folder given as --image or --dicom-series: its "
+                              "SeriesNumber or SeriesInstanceUID (default: the only regular CT volume)")
     add_progress_option(p)
     p.set_defaults(run=run)
 
@@ -49,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
     metrics = compare_label_maps(args.prediction, args.reference, args.output, image_path=args.image,
                                  mapping_path=args.labels,
                                  tolerance_mm=DEFAULT_TOLERANCE_MM if args.tolerance is None else args.tolerance,
-                                 dicom_series=args.dicom_series, progress=reporter.progress)
+                                 dicom_series=args.dicom_series, series=args.series,
+                                 progress=reporter.progress)
     for message in metrics["warnings"]:
         reporter.log(message, level="warning")
     reporter.result(outputs={"review": str(args.output)}, structures=len(metrics["structures"]),
