@@ -259,6 +259,7 @@ def test_a_file_the_dicomdir_names_but_is_missing_gets_one_sentence(tmp_path, cl
         read_volume(cd)
 
 
+@pytest.mark.filterwarnings("ignore:Invalid value for VR CS")  # the hostile value itself
 def test_a_dicomdir_naming_a_file_outside_the_study_is_refused(tmp_path):
     cd = generated_cd(tmp_path)
     secret = tmp_path / "secret.dcm"
@@ -276,6 +277,20 @@ def test_a_dicomdir_naming_a_file_outside_the_study_is_refused(tmp_path):
     os.symlink(secret, cd / "LINK")
     with pytest.raises(InputError, match="a link to a file outside the study folder"):
         check_study(cd)
+
+
+def test_cyclic_or_damaged_dicomdir_records_end_in_a_result_or_one_sentence(tmp_path):
+    cd = generated_cd(tmp_path)
+    ds = pydicom.dcmread(cd / "DICOMDIR")
+    for record in ds.DirectoryRecordSequence:  # every record points back to itself (same lengths: offsets stay valid)
+        record.OffsetOfTheNextDirectoryRecord = record.seq_item_tell
+    ds.save_as(cd / "DICOMDIR")
+    assert series_read(read_volume(cd))["series_uid"] == CT_UID  # no endless loop; orphans are still read
+    data = (cd / "DICOMDIR").read_bytes()
+    (cd / "DICOMDIR").write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match="DICOMDIR") as error:
+        check_study(cd)
+    assert "\n" not in str(error.value) and ("damaged" in str(error.value) or "truncated" in str(error.value))
 
 
 def test_links_out_of_a_study_without_dicomdir_are_not_followed(nested_study, tmp_path):

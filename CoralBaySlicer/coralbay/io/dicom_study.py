@@ -124,7 +124,8 @@ def find_study(folder: str | os.PathLike) -> Study:
         raise InputError(f"The folder {root} cannot be listed ({exc.strerror}).") from None
     dicomdir = next((root / n for n in sorted(names) if n.upper() == "DICOMDIR" and (root / n).is_file()), None)
     if dicomdir is not None:
-        paths, missing, records, skipped = _dicomdir_files(root, real_root, dicomdir)
+        paths, missing, records = _dicomdir_files(root, real_root, dicomdir)
+        skipped: list[str] = []
     else:
         paths, skipped = _walk(root, real_root)
         missing, records = {}, {}
@@ -168,37 +169,38 @@ def _inside(path: Path, real_root: Path) -> bool:
 def _dicomdir_files(root: Path, real_root: Path, dicomdir: Path):
     """The files a DICOMDIR names, following its record hierarchy.
 
-    Returns (existing paths, {series UID or "": [missing names]}, {series UID: SERIES record},
-    skipped notes).
+    Returns (existing paths, {series UID or "": [missing names]}, {series UID: SERIES record}).
     """
     ds = read_header(dicomdir)
     if ds is None or "DirectoryRecordSequence" not in ds:
         raise InputError(f"The DICOMDIR {dicomdir} is not a DICOM directory file.")
-    try:
-        records = list(ds.DirectoryRecordSequence)
-        first = int(ds.get("OffsetOfTheFirstDirectoryRecordOfTheRootDirectoryEntity", 0) or 0)
-    except Exception:  # noqa: BLE001 - pydicom raises many types for damaged sequences
-        raise InputError(f"The DICOMDIR {dicomdir} is damaged (its directory records cannot be read).") from None
-    paths: list[Path] = []
+    paths: dict[Path, None] = {}  # insertion-ordered set
     missing: dict[str, list[str]] = {}
     series_records: dict[str, object] = {}
     listings: dict[Path, list[str]] = {}
-    for record, series in _file_records(records, first, dicomdir):
-        uid = _text(series, "SeriesInstanceUID") if series is not None else ""
-        if uid:
-            series_records.setdefault(uid, series)
-        parts = _file_id(record, dicomdir)
-        path = _resolve(root, real_root, parts, listings, dicomdir)
-        if path is None:
-            missing.setdefault(uid, []).append("/".join(parts))
-        elif path not in paths:
-            paths.append(path)
+    try:
+        records = list(ds.DirectoryRecordSequence)
+        first = int(ds.get("OffsetOfTheFirstDirectoryRecordOfTheRootDirectoryEntity", 0) or 0)
+        for record, series in _file_records(records, first):
+            uid = _text(series, "SeriesInstanceUID") if series is not None else ""
+            if uid:
+                series_records.setdefault(uid, series)
+            parts = _file_id(record, dicomdir)
+            path = _resolve(root, real_root, parts, listings, dicomdir)
+            if path is None:
+                missing.setdefault(uid, []).append("/".join(parts))
+            else:
+                paths[path] = None
+    except InputError:
+        raise
+    except Exception:  # noqa: BLE001 - pydicom raises many types for damaged records
+        raise InputError(f"The DICOMDIR {dicomdir} is damaged (its directory records cannot be read).") from None
     if not paths and not missing:
         raise InputError(f"The DICOMDIR {dicomdir} names no files.")
-    return paths, missing, series_records, []
+    return list(paths), missing, series_records
 
 
-def _file_records(records: Sequence, first: int, dicomdir: Path):
+def _file_records(records: Sequence, first: int):
     """(record naming a file, its SERIES record or None), following the offsets of the hierarchy
     (each record visited once, so cyclic offsets cannot loop). Records the offsets do not reach
     (orphans, or offsets left stale by an editor) follow, each under the SERIES record before it
