@@ -411,3 +411,14 @@ def write_detached(tmp_path: Path, header: str, data_line: str) -> Path:
     text = (NHDR + line + "\n") if header.endswith(".nhdr") else (MHD + line + "\n")
     (folder / header).write_text(text)
     return folder
+
+
+def test_a_data_file_name_with_a_nul_byte_or_a_link_loop_gets_one_sentence(tmp_path):
+    folder = write_detached(tmp_path, "image.nhdr", "data file: a\x00b.raw")
+    with pytest.raises(InputError, match=r"names an invalid data file \('a\\x00b.raw'\)"):
+        read_volume(folder / "image.nhdr")
+    os.symlink("loop-b", folder / "loop-a")
+    os.symlink("loop-a", folder / "loop-b")
+    (folder / "image.nhdr").write_text(NHDR + "data file: loop-a\n")
+    with pytest.raises(InputError, match=r"names an invalid data file \('loop-a'\)"):
+        read_volume(folder / "image.nhdr")

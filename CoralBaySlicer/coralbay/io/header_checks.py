@@ -86,7 +86,11 @@ def check_inside_header_folder(header: Path, name: str, path: Path) -> None:
     /etc/hostname, "../" of another patient's folder, or a link leading out), and ITK would read
     it as voxels. Links are followed before the check, so a link out of the folder is refused too.
     """
-    if not path.resolve().is_relative_to(header.parent.resolve()):
+    try:
+        inside = path.resolve().is_relative_to(header.parent.resolve())
+    except (OSError, ValueError, RuntimeError):  # a NUL byte in the name, a link loop
+        raise InputError(f"The header {header} names an invalid data file ({name.strip()[:80]!r}).") from None
+    if not inside:
         raise InputError(f"The header {header} names the data file {name.strip()[:200]}, which lies outside "
                          "the header's folder; only data files in that folder or below it are read.")
 
