@@ -117,9 +117,12 @@ def test_series_option_chooses_by_number_or_uid_and_refuses_unknown(nested_study
 def test_segment_reads_the_series_named_on_the_command_line(nested_study, cli, tiny_seg_bundle, tmp_path):
     write_series(nested_study / "PATIENT" / "CT" / "SE5", "1.2.826.0.1.3680043.8.498.206", 5, "Abdomen 5mm", count=4)
     out = tmp_path / "labels.nii.gz"
-    done = cli("segment", nested_study, "-m", tiny_seg_bundle, "-o", out, "--series", "5", "--progress", "none")
+    done = cli("segment", nested_study, "-m", tiny_seg_bundle, "-o", out, "--series", "5", "--progress", "jsonl")
     assert done.returncode == 0, done.stderr
     assert sitk.ReadImage(str(out)).GetSize() == (16, 16, 4)  # the grid of series 5, not of series 3
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["event"] == "result" and result["series"] == "5"
+    assert result["series_uid"] == "1.2.826.0.1.3680043.8.498.206"
 
 
 def test_info_lists_the_study(nested_study, cli):

@@ -37,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from coralbay.device import describe, select_device
     from coralbay.errors import InputError
     from coralbay.inference.classify import classify_image
+    from coralbay.io.volumes import series_read
 
     output = Path(args.output)
     if output.suffix.lower() != ".json":
@@ -52,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     report = classify_image(image, bundle, device, point_lps=args.point,
                             window_batch_size=args.window_batch, progress=reporter.progress)
     report["input"] = str(args.input)
+    report.update(series_read(image))  # which series of a DICOM folder was classified
     write_text_atomic(output, json.dumps(report, indent=2) + "\n")
     reporter.progress("write", 1.0, "done")
     reporter.result(outputs={"report": str(output)}, **report)

@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from coralbay.inference.segment import segment_image
     from coralbay.io.labels import label_table_path_for
     from coralbay.io.label_maps import write_label_map, write_probability_maps
-    from coralbay.io.volumes import check_output_path
+    from coralbay.io.volumes import check_output_path, series_read
 
     output = check_output_path(args.output)
     reporter = make_reporter(args, STAGES)
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     if args.probabilities:
         outputs["probabilities"] = str(write_probability_maps(result.probabilities or {}, args.probabilities))
     reporter.progress("write", 1.0, "done")
-    reporter.result(outputs=outputs, model=bundle.manifest.name, device=device.type,
+    reporter.result(outputs=outputs, **series_read(image), model=bundle.manifest.name, device=device.type,
                     structures=[lab.name for lab in result.label_table], stats=result.stats)
     if args.progress != "jsonl":
         print(f"Wrote {outputs['labels']}")
