@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from coralbay.errors import InputError
+from coralbay.errors import InputError, UsageError
 from coralbay.io.volumes import GEOMETRY_NOTE_KEY, read_volume, volume_info
 from fuzz_support import dicom_bytes, dicom_slice
 
@@ -287,11 +287,14 @@ def test_two_series_in_one_folder_are_listed(tmp_path):
     for path in other:
         path.rename(tmp_path / f"scout-{path.name}")
     shutil.rmtree(tmp_path / "tmp")
-    with pytest.raises(InputError) as error:
+    with pytest.raises(UsageError) as error:  # both are regular CT volumes: the user chooses (exit 2)
         read_volume(tmp_path)
     message = str(error.value)
-    assert "holds 2 DICOM image series" in message and "put each series in its own folder" in message
-    assert 'series 3 "Abdomen 2mm" (CT, 4 files' in message and 'series 4 "Scout" (CT, 2 files' in message
+    assert "holds 2 DICOM image series, 2 of them regular CT volumes; choose one with --series" in message
+    assert 'series 3 "Abdomen 2mm" (CT, 16 x 16 x 4: regular' in message
+    assert 'series 4 "Scout" (CT, 16 x 16 x 2: regular' in message
+    assert read_volume(tmp_path, series="4").GetSize()[2] == 2
+    assert read_volume(tmp_path, series="1.2.3.4.1").GetSize()[2] == 4
 
 
 def test_duplicate_positions_are_refused_naming_the_files(tmp_path):

@@ -74,6 +74,7 @@ class PreparedCase:
     cpu_seconds: float = 0.0
     error: str | None = None
     warning: str | None = None
+    series: dict | None = None         # the DICOM series read from a series or study folder
     prepared_ahead: bool = False       # by the local pool's look-ahead, while the previous case ran
 
 
@@ -119,6 +120,7 @@ def prepare_case(case: Case, job: CaseJob) -> PreparedCase:
     try:
         image = engine.read_volume(case.image)
         prepared.read_s = time.perf_counter() - start
+        prepared.series = engine.series_read(image)
         prepared.warning = engine.ct_intensity_warning(image)
         prepared.scan = engine.prepare_segmentation(image, _manifest(job.model, "segmentation", "--model"),
                                                     overlap=job.overlap)
@@ -178,6 +180,7 @@ def process_case(case: Case, job: CaseJob, prepared: PreparedCase) -> dict:
     """Segment (classify, compare) one prepared case and write its folder; returns its record."""
     record = _base_record(case, job)
     record["timings"]["read_s"] = round(prepared.read_s, 3)
+    record.update(prepared.series or {})
     if prepared.error is not None:
         record["error"] = prepared.error
         record["timings"]["total_s"] = round(prepared.seconds, 3)

@@ -20,10 +20,10 @@ from coralbay.io.labels import label_table_path_for
 from coralbay.io.label_maps import write_label_map
 from coralbay.review import DEFAULT_TOLERANCE_MM, compare_label_maps
 from coralbay.review.report import metrics_json_text
-from coralbay.io.volumes import VOLUME_SUFFIXES, ct_intensity_warning, read_volume
+from coralbay.io.volumes import VOLUME_SUFFIXES, ct_intensity_warning, read_volume, series_read
 
 __all__ = ["DEFAULT_TOLERANCE_MM", "LoadedBundle", "MANIFEST_NAME", "Prepared", "PreparedScan", "TEMP_MARKER", "VOLUME_SUFFIXES",
            "atomic_dir", "atomic_file", "classify_image", "classify_prepared", "compare_label_maps",
            "ct_intensity_warning", "engine_version", "label_table_path_for", "load_bundle", "metrics_json_text",
            "prepare_classification", "prepare_segmentation", "read_manifest", "read_volume", "resolve_model",
-           "segment_image", "segment_prepared", "select_device", "write_label_map", "write_text_atomic"]
+           "series_read", "segment_image", "segment_prepared", "select_device", "write_label_map", "write_text_atomic"]

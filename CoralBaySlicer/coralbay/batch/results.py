@@ -1,7 +1,8 @@
 """The cohort's tables and pictures: results.csv (+ results.parquet), summary.json, metrics.png.
 
 One row per case in cohort order: status (done, skipped = done by an earlier run and still valid,
-failed, pending = not reached before an interruption), the one-sentence error, timings, volumes
+failed, pending = not reached before an interruption), the one-sentence error, the DICOM series
+read from a series or study folder (`series` number, `series_uid`), timings, volumes
 per structure (`volume_ml:<name>`) and, with --compare, metrics per structure
 (`dice:<name>`, `hd95_mm:<name>`, ...). Floats are written with repr, so the CSV holds exactly
 the values of each case's review/metrics.json.
@@ -23,7 +24,8 @@ RESULTS_CSV = "results.csv"
 RESULTS_PARQUET = "results.parquet"
 SUMMARY_JSON = "summary.json"
 PLOT_PNG = "metrics.png"
-FIXED_COLUMNS = ("id", "status", "error", "warnings", "image", "reference", "attempts", "worker_host", "worker_pid",
+FIXED_COLUMNS = ("id", "status", "error", "warnings", "image", "series", "series_uid", "reference", "attempts",
+                 "worker_host", "worker_pid",
                  "model_load_s", "read_s", "segment_s", "preprocess_s", "inference_s", "restore_s",
                  "write_s", "classify_s", "compare_s", "total_s", "cpu_s",
                  "classification", "confidence")
@@ -37,7 +39,8 @@ def row_of(record: dict) -> dict[str, Any]:
     classification = record.get("classification") or {}
     row: dict[str, Any] = {"id": record["id"], "status": record["status"], "error": record.get("error"),
                            "warnings": " | ".join(record.get("warnings") or []) or None,
-                           "image": record.get("image"), "reference": record.get("reference"),
+                           "image": record.get("image"), "series": record.get("series"),
+                           "series_uid": record.get("series_uid"), "reference": record.get("reference"),
                            "attempts": record.get("attempts"), "worker_host": worker.get("host"),
                            "worker_pid": worker.get("pid"),
                            "classification": classification.get("prediction"),
@@ -89,7 +92,8 @@ def _write_parquet(path: Path, rows: list[dict], columns: list[str]) -> None:
         import pyarrow.parquet as pq
     except ImportError:
         return  # Parquet is an extra; the CSV holds the same table
-    text_columns = {"id", "status", "error", "warnings", "image", "reference", "worker_host", "classification"}
+    text_columns = {"id", "status", "error", "warnings", "image", "series", "series_uid", "reference", "worker_host",
+                    "classification"}
     arrays = {}
     for column in columns:
         values = [row.get(column) for row in rows]

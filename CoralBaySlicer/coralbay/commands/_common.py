@@ -132,11 +132,21 @@ def load_for_task(args: argparse.Namespace, task: Task, reporter):
     return bundle
 
 
-def read_input(path: str, reporter):
-    """Read the input volume and warn (not fail) when it does not look like CT in HU."""
+SERIES_HELP = ("which series of a DICOM study folder (a DICOMDIR, or series in subfolders) to read: its "
+               "SeriesNumber or SeriesInstanceUID; without it the only regular CT volume is read and named "
+               "on stderr ('coralbay info FOLDER' lists the series)")
+
+
+def add_series_option(p: argparse.ArgumentParser, help: str = SERIES_HELP) -> None:
+    p.add_argument("--series", metavar="N|UID", help=help)
+
+
+def read_input(path: str, reporter, series: str | None = None):
+    """Read the input volume (`series`: which series of a DICOM study) and warn (not fail) when it
+    does not look like CT in HU."""
     from coralbay.io.volumes import ct_intensity_warning, read_volume
 
-    image = read_volume(path)
+    image = read_volume(path, series)
     warning = ct_intensity_warning(image)
     if warning:
         reporter.log(warning, level="warning")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from coralbay.commands._common import (EPILOG, add_model_options, add_progress_option, float_list,
-                                       load_for_task, make_reporter, read_input)
+from coralbay.commands._common import (EPILOG, add_model_options, add_progress_option, add_series_option,
+                                       float_list, load_for_task, make_reporter, read_input)
 from coralbay.vocabulary import Task
 
 
@@ -19,7 +19,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Classify a CT volume with a classification bundle: encoder features are "
                     "pooled over sliding windows into one scan vector, or taken around --point.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("input", metavar="INPUT", help="CT volume file or DICOM series folder")
+    p.add_argument("input", metavar="INPUT", help="CT volume file, DICOM series folder or DICOM study folder")
+    add_series_option(p)
     p.add_argument("--output", "-o", required=True, metavar="REPORT.json", help="JSON report to write")
     add_model_options(p)
     p.add_argument("--point", type=float_list(3, "--point"), metavar="X,Y,Z",
@@ -41,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from coralbay.device import describe, select_device
     from coralbay.errors import UsageError
     from coralbay.inference.classify import classify_image
+    from coralbay.io.volumes import series_read
 
     output = Path(args.output)
     if output.suffix.lower() != ".json":
@@ -50,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     reporter = make_reporter(args, STAGES)
     device = select_device(args.device)
     reporter.progress("load", 0.0, "reading input")
-    image = read_input(args.input, reporter)
+    image = read_input(args.input, reporter, args.series)
     bundle = load_for_task(args, Task.CLASSIFICATION, reporter)
     reporter.progress("load", 1.0, f"model {bundle.manifest.name} on {describe(device)}")
     if args.estimate:  # what the Slicer panel asks before it starts a run
@@ -65,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
     report = classify_image(image, bundle, device, point_lps=args.point, allow_long_run=args.allow_long_run,
                             window_batch_size=args.window_batch, progress=reporter.progress)
     report["input"] = str(args.input)
+    report.update(series_read(image))  # which series of a DICOM folder was classified
     write_text_atomic(output, json.dumps(report, indent=2) + "\n")
     reporter.progress("write", 1.0, "done")
     reporter.result(outputs={"report": str(output)}, **report)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from coralbay.commands._common import add_progress_option, make_reporter
+from coralbay.commands._common import add_progress_option, add_series_option, make_reporter
 
 
 def _tolerance(text: str) -> float:
@@ -40,6 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--partial-reference", action="store_true",
                    help="compare even when the reference covers less than half of the prediction's field of "
                         "view (prediction voxels outside it count as compared with background)")
+    add_series_option(p, help="which series of a DICOM study folder given as --image or --dicom-series: its "
+                              "SeriesNumber or SeriesInstanceUID (default: the only regular CT volume)")
     add_progress_option(p)
     p.set_defaults(run=run)
 
@@ -52,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     metrics = compare_label_maps(args.prediction, args.reference, args.output, image_path=args.image,
                                  mapping_path=args.labels,
                                  tolerance_mm=DEFAULT_TOLERANCE_MM if args.tolerance is None else args.tolerance,
-                                 dicom_series=args.dicom_series, progress=reporter.progress,
+                                 dicom_series=args.dicom_series, series=args.series, progress=reporter.progress,
                                  partial_reference=args.partial_reference)
     for message in metrics["warnings"]:
         reporter.log(message, level="warning")

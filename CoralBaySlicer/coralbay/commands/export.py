@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from coralbay.commands._common import add_progress_option, make_reporter
+from coralbay.commands._common import add_progress_option, add_series_option, make_reporter
 from coralbay.export import FORMATS
 
 
@@ -19,7 +19,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--format", "-f", required=True, choices=FORMATS, help="output format")
     p.add_argument("--output", "-o", required=True, metavar="PATH",
                    help="output file (a folder for stl/obj)")
-    p.add_argument("--dicom-series", metavar="DIR", help="source DICOM series (required for dicom-seg)")
+    p.add_argument("--dicom-series", metavar="DIR",
+                   help="source DICOM series or study folder (required for dicom-seg)")
+    add_series_option(p, help="which series of the --dicom-series study folder: its SeriesNumber or "
+                              "SeriesInstanceUID (default: the only regular CT volume, named on stderr)")
     p.add_argument("--labels", dest="label_table", metavar="TABLE",
                    help="label table (JSON) naming the labels; overrides the input's own sidecar")
     p.add_argument("--algorithm-type", choices=("AUTOMATIC", "SEMIAUTOMATIC", "MANUAL"), default="AUTOMATIC",
@@ -33,7 +36,12 @@ def run(args: argparse.Namespace) -> int:
 
     reporter = make_reporter(args, stages={"export": 1.0})
     reporter.progress("export", 0.0, f"exporting {args.format}")
+    if args.series is not None and args.dicom_series is None:
+        from coralbay.errors import UsageError
+
+        raise UsageError("--series chooses a series of the --dicom-series folder; give --dicom-series DIR too.")
     path = export_labels(args.labels, args.format, args.output, dicom_series=args.dicom_series,
+                         series=args.series,
                          label_table=args.label_table,
                          warn=lambda message: reporter.log(message, level="warning"),
                          algorithm_type=args.algorithm_type)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from coralbay.commands._common import EPILOG, add_model_options
+from coralbay.commands._common import EPILOG, add_model_options, add_series_option
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -22,6 +22,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "(a restarted session restores the accepted structures found there)")
     p.add_argument("--propose-with", metavar="M", help="a segmentation model (e.g. one taught with 'coralbay "
                    "teach') whose segmentation starts each structure it knows, for the user to correct")
+    add_series_option(p, help="which series an 'open' request given a DICOM study folder reads (its "
+                              "SeriesNumber or SeriesInstanceUID; a request's own \"series\" wins); default: "
+                              "the only regular CT volume, named on stderr")
     p.set_defaults(run=run)
 
 
@@ -40,4 +43,4 @@ def run(args: argparse.Namespace) -> int:
     session = Session(bundle, cache_dir=args.cache or output / "feature-cache", examples_dir=args.examples,
                       device=str(device))
     proposals = ModelProposals(load_bundle(args.propose_with), device) if args.propose_with else None
-    return serve(session, output, proposals=proposals)
+    return serve(session, output, proposals=proposals, series=args.series)

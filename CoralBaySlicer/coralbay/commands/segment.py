@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from coralbay.commands._common import (EPILOG, add_model_options, add_progress_option, float_list,
-                                       load_for_task, make_reporter, overlap_value, read_input)
+from coralbay.commands._common import (EPILOG, add_model_options, add_progress_option, add_series_option,
+                                       float_list, load_for_task, make_reporter, overlap_value, read_input)
 from coralbay.vocabulary import Task
 
 STAGES = {"load": 0.05, "preprocess": 0.1, "inference": 0.7, "restore": 0.1, "write": 0.05}
@@ -18,7 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "segmentation bundle. The label map is written on exactly the input's grid, "
                     "with its label table (names, colours, terminology) beside it as "
                     "<name>.labels.json.", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("input", metavar="INPUT", help="CT volume file or DICOM series folder")
+    p.add_argument("input", metavar="INPUT", help="CT volume file, DICOM series folder or DICOM study folder")
+    add_series_option(p)
     p.add_argument("--output", "-o", required=True, metavar="LABELS",
                    help="label map to write (.nii.gz, .nii, .nrrd or .mha)")
     add_model_options(p)
@@ -41,13 +42,13 @@ def run(args: argparse.Namespace) -> int:
     from coralbay.inference.segment import segment_image
     from coralbay.io.labels import label_table_path_for
     from coralbay.io.label_maps import write_label_map, write_probability_maps
-    from coralbay.io.volumes import check_output_path
+    from coralbay.io.volumes import check_output_path, series_read
 
     output = check_output_path(args.output)
     reporter = make_reporter(args, STAGES)
     device = select_device(args.device)
     reporter.progress("load", 0.0, "reading input")
-    image = read_input(args.input, reporter)
+    image = read_input(args.input, reporter, args.series)
     bundle = load_for_task(args, Task.SEGMENTATION, reporter)
     structures = [s for s in args.structures.split(",")] if args.structures else None
     if structures:
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     if args.probabilities:
         outputs["probabilities"] = str(write_probability_maps(result.probabilities or {}, args.probabilities))
     reporter.progress("write", 1.0, "done")
-    reporter.result(outputs=outputs, model=bundle.manifest.name, device=device.type,
+    reporter.result(outputs=outputs, **series_read(image), model=bundle.manifest.name, device=device.type,
                     structures=[lab.name for lab in result.label_table], stats=result.stats)
     if args.progress != "jsonl":
         print(f"Wrote {outputs['labels']}")

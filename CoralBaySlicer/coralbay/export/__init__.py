@@ -57,9 +57,11 @@ def complete_table(table: LabelTable | None, values: list[int], warn: Callable[[
 def export_labels(labels_path: str | os.PathLike, fmt: str, output: str | os.PathLike,
                   dicom_series: str | os.PathLike | None = None,
                   label_table: LabelTable | str | os.PathLike | None = None,
-                  warn: Callable[[str], None] | None = None, algorithm_type: str = "AUTOMATIC") -> Path:
+                  warn: Callable[[str], None] | None = None, algorithm_type: str = "AUTOMATIC",
+                  series: str | None = None) -> Path:
     """Export a label input (label map, `.seg.nrrd` or DICOM SEG) to `fmt`; returns the output path.
 
+    `dicom_series` may be a study folder; `series` (SeriesNumber or UID) then chooses the series.
     `label_table` (a LabelTable or a table file) overrides the input's own names and colours.
     """
     from coralbay.io.label_maps import read_labels
@@ -74,7 +76,7 @@ def export_labels(labels_path: str | os.PathLike, fmt: str, output: str | os.Pat
         raise UsageError("A DICOM SEG export needs the source series it refers to: give --dicom-series DIR.")
     if dicom_series is not None and not Path(dicom_series).is_dir():
         raise InputError(f"The DICOM series folder {dicom_series} does not exist.")
-    source = read_labels(labels_path, dicom_series)  # the series also places a DICOM SEG input
+    source = read_labels(labels_path, dicom_series, series)  # the series also places a DICOM SEG input
     for message in source.warnings:
         warn(message)
     if not source.values:
@@ -98,7 +100,8 @@ def export_labels(labels_path: str | os.PathLike, fmt: str, output: str | os.Pat
     elif fmt == ExportFormat.DICOM_SEG:
         from coralbay.io.dicom_seg import write_dicom_seg
 
-        _, messages = write_dicom_seg(image, table, dicom_series, out, algorithm_type=algorithm_type)
+        _, messages = write_dicom_seg(image, table, dicom_series, out, algorithm_type=algorithm_type,
+                                      series=series)
         for message in messages:
             warn(message)
     else:

@@ -19,7 +19,7 @@ from coralbay.inference.sliding_window import BACKGROUND_LOGIT, blend_slabs, com
 from coralbay.io.example_masks import write_accepted
 from coralbay.io.label_maps import read_label_map
 from coralbay.io.labels import LabelTable, load_label_table
-from coralbay.io.volumes import read_volume, write_image
+from coralbay.io.volumes import read_volume, series_read, write_image
 from coralbay.model.digest import encoder_digest
 from coralbay.phantom import generate_phantom
 from coralbay.review.metrics import dice_from_counts
@@ -28,5 +28,5 @@ from coralbay.review.surface import surface_metrics
 __all__ = ["atomic_file", "write_text_atomic", "LoadedBundle", "load_bundle", "CoralBayError",
            "InputError", "UsageError", "BACKGROUND_LOGIT", "enable_fast_swin", "generate_phantom", "blend_slabs", "compute_importance_map", "plan_run", "plan_windows", "window_context", "WindowSettings", "LabelTable",
            "load_label_table", "grid_image", "prepare", "to_xyz", "to_zyx", "surface_metrics", "dice_from_counts",
-           "read_label_map", "read_volume", "same_grid", "write_image", "write_accepted",
+           "read_label_map", "read_volume", "series_read", "same_grid", "write_image", "write_accepted",
            "encoder_digest", "segment_image"]

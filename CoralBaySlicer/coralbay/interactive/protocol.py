@@ -25,7 +25,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from coralbay.interactive import prompts as P
-from coralbay.interactive.engine import CoralBayError, UsageError, read_volume, write_image
+from coralbay.interactive.engine import CoralBayError, UsageError, read_volume, series_read, write_image
 from coralbay.interactive.messages import REPORTS_FEATURES, EventKind, ProposedBy, Request, Stage
 from coralbay.interactive.proposals import ModelProposals, first_answer
 from coralbay.interactive.refine import Answer
@@ -43,8 +43,9 @@ class Protocol:
     """Turns request objects into session calls and events."""
 
     def __init__(self, session: Session, output_dir: Path, emit: Callable[[str], None],
-                 proposals: ModelProposals | None = None) -> None:
+                 proposals: ModelProposals | None = None, series: str | None = None) -> None:
         self.session = session
+        self.series = series  # which series of a DICOM study folder `open` reads (`interact --series`)
         self.proposals = proposals
         self.output_dir = output_dir
         self.emit = emit
@@ -99,7 +100,8 @@ class Protocol:
 
     # ------------------------------------------------------------------ requests
     def _open(self, r: dict) -> dict:
-        image = read_volume(r["image"])
+        series = r.get("series", self.series)
+        image = read_volume(r["image"], None if series is None else str(series))
 
         def progress(fraction: float, message: str) -> None:
             self.event(EventKind.PROGRESS, r, stage=Stage.FEATURES, fraction=round(fraction, 3), message=message)
@@ -114,7 +116,7 @@ class Protocol:
             raise Cancelled("Cancelled.") from None
         accepted = {s.name: s.value for s in self.session.structures.values() if s.accepted}
         self.opened = r
-        return {"feature_seconds": round(volume.seconds, 3), "from_cache": volume.from_cache,
+        return {**series_read(image), "feature_seconds": round(volume.seconds, 3), "from_cache": volume.from_cache,
                 "model_grid": list(volume.shape), "scan_id": self.session.scan_id,
                 "accepted": accepted, "examples_restored": restored, **self._feature_fields()}
 
@@ -219,7 +221,7 @@ class Protocol:
 
 
 def serve(session: Session, output_dir: Path, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout,
-          proposals: ModelProposals | None = None) -> int:
+          proposals: ModelProposals | None = None, series: str | None = None) -> int:
     """Read requests until "quit" or end of input; one event per line on `stdout`."""
     output_dir.mkdir(parents=True, exist_ok=True)
     lock = threading.Lock()
@@ -229,7 +231,7 @@ def serve(session: Session, output_dir: Path, stdin: TextIO = sys.stdin, stdout:
             stdout.write(line + "\n")
             stdout.flush()
 
-    protocol = Protocol(session, output_dir, emit, proposals)
+    protocol = Protocol(session, output_dir, emit, proposals, series)
     requests: queue.Queue = queue.Queue()
 
     def reader() -> None:

@@ -57,15 +57,8 @@ class DicomSeries:
     description: str
     modality: str
     files: tuple[str, ...]
-    skipped: tuple[str, ...] = ()  # other files of the folder and why they were left out
     headers: tuple = field(default=(), compare=False, repr=False)  # pydicom datasets, read once
-
-    def skipped_note(self) -> str:
-        """A phrase naming the skipped files (empty if none), to explain a surprising result."""
-        if not self.skipped:
-            return ""
-        shown = "; ".join(self.skipped[:3]) + ("; ..." if len(self.skipped) > 3 else "")
-        return f"{len(self.skipped)} other file(s) in the folder were left out: {shown}"
+    missing: tuple[str, ...] = ()  # files a DICOMDIR names for this series that are not there
 
     def label(self) -> str:
         name = f"series {self.number}" if self.number else "a series"
@@ -258,26 +251,34 @@ def scan_folder(folder: str | os.PathLike) -> tuple[list[DicomSeries], list[str]
     left out with the reason ("name (not DICOM)", "name (SEG object)", ...).
 
     Non-DICOM files and non-image objects (SEG, RTSTRUCT, SR, DICOMDIR...) are left out; a damaged
-    DICOM file raises InputError naming it.
+    DICOM file raises InputError naming it. (`dicom_study` finds series at any depth.)
     """
     folder = Path(folder)
-    groups: dict[str, dict] = {}
-    skipped: list[str] = []
     try:
         names = sorted(os.listdir(folder))
     except OSError as exc:
         raise InputError(f"The folder {folder} cannot be listed ({exc.strerror}).") from None
-    for name in names:
-        path = folder / name
-        if path.is_dir():
-            continue
+    return group_series([folder / name for name in names if not (folder / name).is_dir()], folder)
+
+
+@_quiet
+def group_series(paths: Sequence[Path], root: Path) -> tuple[list[DicomSeries], list[str]]:
+    """Read the header of each file and group the image slices by SeriesInstanceUID.
+
+    Returns the series (in order of first appearance) and the files left out with the reason,
+    named relative to `root` ("SE2/IM1 (not DICOM)"); a damaged DICOM file raises InputError.
+    """
+    groups: dict[str, dict] = {}
+    skipped: list[str] = []
+    for path in paths:
+        shown = os.path.relpath(path, root)
         if not path.is_file():  # FIFOs or devices would block a reader
-            skipped.append(f"{name} (not a regular file)")
+            skipped.append(f"{shown} (not a regular file)")
             continue
         ds = read_header(path)
         reason = "not DICOM" if ds is None else _not_volume_reason(ds)
         if reason:
-            skipped.append(f"{name} ({reason})")
+            skipped.append(f"{shown} ({reason})")
             continue
         uid = _text(ds, "SeriesInstanceUID")
         group = groups.setdefault(uid, {"files": [], "headers": []})
@@ -301,21 +302,6 @@ def _not_volume_reason(ds) -> str:
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         return "no pixel data"
     return ""
-
-
-def choose_series(folder: str | os.PathLike) -> DicomSeries:
-    """The single image series in `folder`; refuse none or several, listing them."""
-    series, skipped = scan_folder(folder)
-    if not series:
-        left_out = f" ({'; '.join(skipped[:3])}{'; ...' if len(skipped) > 3 else ''})" if skipped else ""
-        raise InputError(f"The folder {folder} holds no DICOM image series{left_out}.")
-    if len(series) > 1:
-        listing = "; ".join(s.label() for s in sorted(series, key=lambda s: (s.number, s.uid)))
-        raise InputError(f"The folder {folder} holds {len(series)} DICOM image series ({listing}); "
-                         "put each series in its own folder.")
-    chosen = series[0]
-    return DicomSeries(chosen.uid, chosen.number, chosen.description, chosen.modality, chosen.files,
-                       tuple(skipped), chosen.headers)
 
 
 # ---- one series -------------------------------------------------------------------------------

@@ -79,9 +79,10 @@ def _combine_segments(stack: np.ndarray, numbers: list[int], fractional: bool) -
     return labels, int(np.count_nonzero(covered > 1))
 
 
-def read_dicom_seg(path: str | os.PathLike, series_dir: str | os.PathLike | None = None
-                   ) -> tuple[sitk.Image, LabelTable, list[str]]:
-    """A DICOM SEG as (UInt16 label map, label table, warnings); label value = segment number."""
+def read_dicom_seg(path: str | os.PathLike, series_dir: str | os.PathLike | None = None,
+                   series: str | None = None) -> tuple[sitk.Image, LabelTable, list[str]]:
+    """A DICOM SEG as (UInt16 label map, label table, warnings); label value = segment number.
+    `series_dir` (a series or study folder, `series` choosing in a study) gives the grid."""
     import highdicom as hd
     import pydicom
 
@@ -104,7 +105,7 @@ def read_dicom_seg(path: str | os.PathLike, series_dir: str | os.PathLike | None
     fractional = seg.segmentation_type == hd.seg.SegmentationTypeValues.FRACTIONAL
     warnings: list[str] = []
     if series_dir is not None:
-        image, stack = _on_series_grid(seg, p, Path(series_dir), warnings)
+        image, stack = _on_series_grid(seg, p, Path(series_dir), warnings, series)
     else:
         image, stack = _on_own_grid(seg, p)
     labels, overlapping = _combine_segments(stack, numbers, fractional)
@@ -153,10 +154,11 @@ def _referenced_series(seg) -> set[str]:
     return {str(item.SeriesInstanceUID) for item in getattr(seg, "ReferencedSeriesSequence", [])}
 
 
-def _on_series_grid(seg, path: Path, series_dir: Path, warnings: list[str]) -> tuple[sitk.Image, np.ndarray]:
+def _on_series_grid(seg, path: Path, series_dir: Path, warnings: list[str], chosen: str | None = None
+                    ) -> tuple[sitk.Image, np.ndarray]:
     """The SEG on the grid of its source series, frames matched to source images by instance."""
-    series = read_volume(series_dir)
-    files = dicom_series_files(series_dir)
+    series = read_volume(series_dir, chosen)
+    files = dicom_series_files(series_dir, chosen)
     series_uid, instance_uids = _series_uids(files)
     referenced = _referenced_series(seg)
     if referenced and series_uid not in referenced:
@@ -231,8 +233,10 @@ def _refuse_other_region(labels: sitk.Image, series: sitk.Image, series_dir) -> 
 
 
 def write_dicom_seg(image: sitk.Image, table: LabelTable, series_dir: str | os.PathLike,
-                    output: str | os.PathLike, algorithm_type: str = "AUTOMATIC") -> tuple[Path, list[str]]:
-    """Write `image` (a label map on the series grid) as a DICOM SEG referencing that series."""
+                    output: str | os.PathLike, algorithm_type: str = "AUTOMATIC",
+                    series: str | None = None) -> tuple[Path, list[str]]:
+    """Write `image` (a label map on the series grid) as a DICOM SEG referencing that series (of
+    the study in `series_dir`, chosen by `series` as `read_volume` does)."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
@@ -240,13 +244,13 @@ def write_dicom_seg(image: sitk.Image, table: LabelTable, series_dir: str | os.P
     if algorithm_type not in ALGORITHM_TYPES:
         raise InputError(f"The segment algorithm type must be one of {', '.join(ALGORITHM_TYPES)}.")
     warnings: list[str] = []
-    files = dicom_series_files(series_dir)
+    files = dicom_series_files(series_dir, series)
     sources = [_source_header(f) for f in files]
     _check_referencable(sources, series_dir)
-    series = read_volume(series_dir)
-    if not same_grid(image, series):
-        _refuse_other_region(image, series, series_dir)
-        image = bring_onto_grid(image, series).image
+    source_volume = read_volume(series_dir, series)
+    if not same_grid(image, source_volume):
+        _refuse_other_region(image, source_volume, series_dir)
+        image = bring_onto_grid(image, source_volume).image
         warnings.append(f"The label map does not lie on the grid of the series in {series_dir}; it was "
                         "resampled onto it (nearest neighbour) for the DICOM SEG.")
     labels = sitk.GetArrayFromImage(image)  # (slice, row, column), slices in the order of `files`

@@ -71,12 +71,29 @@ def _data_files(header: Path, value: str, following: list[str], what: str) -> tu
     files = []
     for name in names:
         path = Path(name) if os.path.isabs(name) else folder / name
+        check_inside_header_folder(header, name, path)
         if not path.exists():
             raise InputError(f"The data file {path} named in {header} does not exist.")
         if not path.is_file() or path.resolve() == header.resolve():
             raise InputError(f"The data file {path} named in {header} is not a regular data file.")
         files.append(path)
     return tuple(files)
+
+
+def check_inside_header_folder(header: Path, name: str, path: Path) -> None:
+    """Refuse a detached data file outside the header's folder and its subfolders.
+
+    Why: a header received with a cohort could name any file (an absolute path such as
+    /etc/hostname, "../" of another patient's folder, or a link leading out), and ITK would read
+    it as voxels. Links are followed before the check, so a link out of the folder is refused too.
+    """
+    try:
+        inside = path.resolve().is_relative_to(header.parent.resolve())
+    except (OSError, ValueError, RuntimeError):  # a NUL byte in the name, a link loop
+        raise InputError(f"The header {header} names an invalid data file ({name.strip()[:80]!r}).") from None
+    if not inside:
+        raise InputError(f"The header {header} names the data file {name.strip()[:200]}, which lies outside "
+                         "the header's folder; only data files in that folder or below it are read.")
 
 
 def _nrrd_payload(path: Path) -> Payload:

@@ -66,8 +66,10 @@ def read_label_map(path: str | os.PathLike) -> sitk.Image:
     return sitk.Cast(image, sitk.sitkUInt16)
 
 
-def read_labels(path: str | os.PathLike, dicom_series: str | os.PathLike | None = None) -> LabelInput:
-    """Read a label map, `.seg.nrrd` or DICOM SEG (using `dicom_series` for a SEG's geometry)."""
+def read_labels(path: str | os.PathLike, dicom_series: str | os.PathLike | None = None,
+                series: str | None = None) -> LabelInput:
+    """Read a label map, `.seg.nrrd` or DICOM SEG (using `dicom_series` for a SEG's geometry: a
+    series folder, or a study folder with `series` choosing the series)."""
     p = Path(path)
     if not p.exists():
         raise InputError(f"The label input {p} does not exist.")
@@ -79,7 +81,7 @@ def read_labels(path: str | os.PathLike, dicom_series: str | os.PathLike | None 
         image, table, warnings = read_seg_nrrd(p)
         image, kind = check_volume(image, f"The segmentation {p}"), "Slicer segmentation"
     elif is_dicom_file(p):
-        image, table, warnings = read_dicom_seg(p, dicom_series)
+        image, table, warnings = read_dicom_seg(p, dicom_series, series)
         image, kind = check_volume(image, f"The DICOM SEG {p}"), "DICOM SEG"
     else:
         image, table, kind = read_label_map(p), find_label_table(p), "label map"

@@ -36,6 +36,8 @@ def _suffix(path: Path) -> str:
 
 GEOMETRY_NOTE_KEY = "coralbay:geometry_note"  # image metadata: how an irregular series was regularised
 ORIENTATION_NOTE_KEY = "coralbay:orientation_note"  # image metadata: the header states no orientation
+SERIES_NUMBER_KEY = "coralbay:dicom_series_number"  # image metadata: which series of a DICOM folder was read
+SERIES_UID_KEY = "coralbay:dicom_series_uid"
 SPACING_RANGE_MM = (1e-4, 1e4)  # outside this, a header is wrong, not a scanner (header_checks too)
 ORIGIN_LIMIT_MM = 1e7
 log = logging.getLogger("coralbay.io")
@@ -123,27 +125,27 @@ def _run_itk(action: Callable[[], T], failure: str) -> T:
     raise InputError(f"{failure} ({_itk_reason(error, native)}).") from None
 
 
-def _series_geometry(folder: str | os.PathLike):
-    """The validated, measured geometry of the one image series in `folder` (dicom_checks)."""
-    from coralbay.io.dicom_checks import check_series_geometry, choose_series  # lazy: pydicom
+def _series_geometry(folder: str | os.PathLike, series: str | None = None):
+    """The chosen series of the study in `folder` (`dicom_study`: `series` is a SeriesNumber or
+    SeriesInstanceUID, None for the automatic choice) and its validated, measured geometry."""
+    from coralbay.io.dicom_study import select_series  # lazy: pydicom
 
-    series = choose_series(folder)
-    try:
-        return check_series_geometry(series.files, series.headers)
-    except InputError as exc:
-        if not series.skipped:
-            raise
-        raise InputError(f"{str(exc).rstrip('.')}; {series.skipped_note()}.") from None
+    study, chosen = select_series(folder, series)
+    if chosen.error is not None:
+        if not study.skipped or not study.plain_series_folder:
+            raise chosen.error
+        raise InputError(f"{str(chosen.error).rstrip('.')}; {study.left_out()}.")
+    return chosen.series, chosen.geometry
 
 
-def dicom_series_files(folder: str | os.PathLike) -> list[str]:
-    """The files of the one DICOM series in `folder`, in the slice order of `read_dicom_series`.
+def dicom_series_files(folder: str | os.PathLike, series: str | None = None) -> list[str]:
+    """The files of the chosen DICOM series in `folder`, in the slice order of `read_dicom_series`.
 
     Why separate: DICOM SEG reading and writing must pair each slice of the volume with the
     SOP instance it came from. A series that `read_dicom_series` resamples (uneven spacing,
     gantry tilt) has no such pairing, so it is refused here with a sentence saying why.
     """
-    geometry = _series_geometry(folder)
+    _, geometry = _series_geometry(folder, series)
     if not geometry.regular:
         raise InputError(f"The DICOM series in {folder} has {geometry.irregularity()}; its volume is "
                          "resampled, so its slices cannot be paired with its files one by one (as a "
@@ -151,15 +153,32 @@ def dicom_series_files(folder: str | os.PathLike) -> list[str]:
     return list(geometry.files)
 
 
-def read_dicom_series(folder: Path) -> sitk.Image:
-    """Read the one DICOM image series in `folder` as a correct regular volume.
+def read_dicom_series(folder: Path, series: str | None = None) -> sitk.Image:
+    """Read one DICOM image series of the study in `folder` as a correct regular volume.
 
-    The series is found and validated with pydicom (`dicom_checks`), its pixels decoded by ITK in
-    the validated order, and its geometry set from the measured slice positions. Unevenly spaced
-    or sheared (gantry-tilted) stacks are resampled through physical space (`stack_resample`)
-    and say so in the image's GEOMETRY_NOTE_KEY metadata and in a logged warning.
+    The series is chosen (`series`: SeriesNumber or SeriesInstanceUID; None: the only one, or the
+    only regular CT volume, see `dicom_study`), validated with pydicom (`dicom_checks`), its pixels
+    decoded by ITK in the validated order, and its geometry set from the measured slice positions.
+    Unevenly spaced or sheared (gantry-tilted) stacks are resampled through physical space
+    (`stack_resample`) and say so in the image's GEOMETRY_NOTE_KEY metadata and in a logged
+    warning. The series read is named in the SERIES_NUMBER_KEY and SERIES_UID_KEY metadata.
     """
-    geometry = _series_geometry(folder)
+    chosen, geometry = _series_geometry(folder, series)
+    image = _decode_series(folder, geometry)
+    image.SetMetaData(SERIES_NUMBER_KEY, chosen.number)
+    image.SetMetaData(SERIES_UID_KEY, chosen.uid)
+    return image
+
+
+def series_read(image: sitk.Image) -> dict[str, str]:
+    """Which DICOM series `image` was read from ({"series": number, "series_uid": UID}; {} for a file)."""
+    if not image.HasMetaDataKey(SERIES_UID_KEY):
+        return {}
+    return {"series": image.GetMetaData(SERIES_NUMBER_KEY), "series_uid": image.GetMetaData(SERIES_UID_KEY)}
+
+
+def _decode_series(folder: Path, geometry) -> sitk.Image:
+    """Decode the validated files of `geometry` with ITK onto the measured (or resampled) grid."""
     if len(geometry.files) == 1:  # one multi-frame file (the series reader would add a 4th axis)
         reader = sitk.ImageFileReader()
         reader.SetFileName(geometry.files[0])
@@ -191,8 +210,9 @@ def read_dicom_series(folder: Path) -> sitk.Image:
     return regular
 
 
-def read_image_any(path: str | os.PathLike) -> sitk.Image:
-    """Read a file or DICOM folder without checks on dimension or content.
+def read_image_any(path: str | os.PathLike, series: str | None = None) -> sitk.Image:
+    """Read a file or DICOM folder (a series or a study: `series` chooses one, see
+    `read_dicom_series`) without checks on dimension or content.
 
     Files: the header is read first and checked (`header_checks`) before ITK allocates and reads
     the voxels, so a hostile header is refused instead of exhausting memory or blocking, and
@@ -203,7 +223,9 @@ def read_image_any(path: str | os.PathLike) -> sitk.Image:
     if not p.exists():
         raise InputError(f"The input {p} does not exist.")
     if p.is_dir():
-        return read_dicom_series(p)
+        return read_dicom_series(p, series)
+    if series is not None:
+        raise UsageError(f"--series chooses a series of a DICOM folder, but the input {p} is a file.")
     if not p.is_file():
         raise InputError(f"The input {p} is not a regular file.")
     if p.stat().st_size == 0:
@@ -258,10 +280,11 @@ def check_volume(image: sitk.Image, source: str) -> sitk.Image:
     return image
 
 
-def read_volume(path: str | os.PathLike) -> sitk.Image:
-    """Read and check a 3D scalar volume from a file or a DICOM series folder; warn when its
-    header states no orientation (its axes were then taken as LPS)."""
-    image = check_volume(read_image_any(path), f"The input {path}")
+def read_volume(path: str | os.PathLike, series: str | None = None) -> sitk.Image:
+    """Read and check a 3D scalar volume from a file or a DICOM folder (series or study; `series`
+    chooses one by SeriesNumber or SeriesInstanceUID); warn when its header states no orientation
+    (its axes were then taken as LPS)."""
+    image = check_volume(read_image_any(path, series), f"The input {path}")
     if image.HasMetaDataKey(ORIENTATION_NOTE_KEY):
         log.warning(image.GetMetaData(ORIENTATION_NOTE_KEY))
     return image
@@ -399,4 +422,5 @@ def volume_info(image: sitk.Image) -> dict:
         "note": image.GetMetaData(GEOMETRY_NOTE_KEY) if image.HasMetaDataKey(GEOMETRY_NOTE_KEY) else None,
         "orientation_warning": (image.GetMetaData(ORIENTATION_NOTE_KEY)
                                 if image.HasMetaDataKey(ORIENTATION_NOTE_KEY) else None),
+        "dicom_series": series_read(image) or None,
     }

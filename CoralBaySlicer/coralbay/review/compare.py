@@ -81,11 +81,13 @@ def compare_label_maps(pred_path: str | os.PathLike, ref_path: str | os.PathLike
                        mapping_path: str | os.PathLike | None = None,
                        tolerance_mm: float = DEFAULT_TOLERANCE_MM,
                        dicom_series: str | os.PathLike | None = None,
-                       progress: ProgressCallback | None = None, partial_reference: bool = False) -> dict:
+                       progress: ProgressCallback | None = None, partial_reference: bool = False,
+                       series: str | None = None) -> dict:
     """Compare `pred_path` with `ref_path`, write the review folder, return the metrics.json content.
 
     `dicom_series` gives the source series of DICOM SEG inputs (when `image_path` is a DICOM
-    folder and no series is given, that folder is used); `progress(stage, fraction, message)`.
+    folder and no series is given, that folder is used); `series` chooses the series when that
+    folder is a study; `progress(stage, fraction, message)`.
     A reference covering less than MIN_REFERENCE_COVERAGE of the prediction's field of view is
     refused unless `partial_reference` (the user knows it is partial).
     """
@@ -99,16 +101,16 @@ def compare_label_maps(pred_path: str | os.PathLike, ref_path: str | os.PathLike
     spec = load_mapping(mapping_path) if mapping_path else None
 
     report("read", 0.0, "reading the prediction")
-    pred = read_labels(pred_path, dicom_series)
+    pred = read_labels(pred_path, dicom_series, series)
     report("read", 0.5, "reading the reference")
-    ref = read_labels(ref_path, dicom_series)
+    ref = read_labels(ref_path, dicom_series, series)
     _refuse_empty(pred, "prediction")
     _refuse_empty(ref, "reference")
     ct = None
     if image_path is not None:
         from coralbay.io.volumes import read_volume
 
-        ct = read_volume(image_path)
+        ct = read_volume(image_path, series if Path(image_path).is_dir() else None)
     warnings = [*pred.warnings, *ref.warnings]
 
     report("resample", 0.0, "bringing the reference onto the prediction's grid")
