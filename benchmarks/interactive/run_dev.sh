@@ -14,6 +14,8 @@ OUT=benchmarks/interactive
 EVAL="$PY benchmarks/interactive/eval_with_slicer.py"
 COMMON="--model demo-phantom-seg --clicks $CLICKS --cache $W/cache ${EXTRA:-}"
 mkdir -p "$W"
+set -- $($PY benchmarks/interactive/stamp.py --now) "$@"   # the commit measured, fixed at the start
+export MEASURED_COMMIT=$1 MEASURED_DIRTY=$2; shift 2
 run() {  # run NAME ARGS...: one evaluation, then the stamp
   name=$1; shift
   $EVAL "$@" $COMMON --json "$OUT/dev-$name.json"

@@ -13,6 +13,8 @@ SEEDS=$($PY -c "import json; print(' '.join(map(str, json.load(open('benchmarks/
 OPTIONS=$($PY -c "import json; print(' '.join(json.load(open('benchmarks/interactive/test_set.json'))['phantom_options']))")
 STRUCTURES=$($PY -c "import json; print(','.join(json.load(open('benchmarks/interactive/test_set.json'))['structures']))")
 mkdir -p "$W"
+set -- $($PY benchmarks/interactive/stamp.py --now) "$@"   # the commit measured, fixed at the start
+export MEASURED_COMMIT=$1 MEASURED_DIRTY=$2; shift 2
 PAIRS=""
 for s in $SEEDS; do
   $PY -m coralbay phantom --seed $s --output "$W/p$s.nii.gz" --labels "$W/p$s-labels.nii.gz" $OPTIONS >/dev/null

@@ -12,13 +12,21 @@ import time
 from pathlib import Path
 
 
+def measured_commit() -> tuple[str, str]:
+    """HEAD now, and "yes" when tracked files differ from it."""
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                           text=True).stdout.strip()
+    return commit, "yes" if dirty else "no"
+
+
 def main(path: str, command: list[str]) -> None:
     out = Path(path)
     report = json.loads(out.read_text())
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                                text=True).stdout.strip())
-    report["run"] = {"commit": commit, "uncommitted_changes": dirty, "command": " ".join(command),
+    commit, dirty = os.environ.get("MEASURED_COMMIT"), os.environ.get("MEASURED_DIRTY")
+    if not commit:  # the runners set both when they start: HEAD may move while a long run goes on
+        commit, dirty = measured_commit()
+    report["run"] = {"commit": commit, "uncommitted_changes": dirty == "yes", "command": " ".join(command),
                      "finished_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
                      "machine": f"{platform.machine()}, {os.cpu_count()} CPUs visible, OMP_NUM_THREADS="
                                 f"{os.environ.get('OMP_NUM_THREADS', 'unset')}"}
@@ -28,4 +36,7 @@ def main(path: str, command: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2:])
+    if sys.argv[1:] == ["--now"]:   # the runners, at their start: MEASURED_COMMIT MEASURED_DIRTY
+        print(*measured_commit())
+    else:
+        main(sys.argv[1], sys.argv[2:])
