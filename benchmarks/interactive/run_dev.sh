@@ -25,9 +25,11 @@ PARTS=${*:-realct totalseg nodule phantoms}
 for part in $PARTS; do
   case $part in
     realct)  # 16 limb sarcoma CTs, label 1 = the clinician's GTV
-      PAIRS=""
-      for case in "$D"/realct_dev/sts_*; do PAIRS="$PAIRS $case/image.nii.gz $case/label.nii.gz"; done
-      run realct-c$CLICKS $PAIRS ;;
+      PAIRS=""   # CASES="sts_001 sts_008 ..." runs a subset (SUFFIX names its JSON), e.g. two halves side by side
+      for case in ${CASES:-$(cd "$D/realct_dev" && echo sts_*)}; do
+        PAIRS="$PAIRS $D/realct_dev/$case/image.nii.gz $D/realct_dev/$case/label.nii.gz"
+      done
+      run realct-c$CLICKS${SUFFIX:-} $PAIRS ;;
     totalseg)  # TotalSegmentator's example (another model's labels: agreement, not accuracy)
       run totalseg-c$CLICKS "$D/totalseg/example_ct_sm.nii.gz" "$D/totalseg/example_seg.nii.gz" \
         --structures kidney_left,kidney_right,liver,spleen,aorta,vertebrae_L1 ;;
