@@ -203,3 +203,16 @@ def test_eval_interactive_end_to_end_with_a_per_click_trace(tmp_path, cli):
                "--no-ours", "--json", missing)
     assert done.returncode == 2 and "eval_with_slicer.py" in done.stderr and done.stderr.count("\n") == 1
     assert not missing.exists()
+
+
+def test_the_earlier_protocol_stays_available(blob):
+    """--protocol ours: the tight 3D box, the earlier clicker, DSC_AUC as the mean Dice."""
+    pytest.importorskip("skimage", reason="the random walker needs scikit-image (the eval extra)")
+    image, hu, target = blob
+    protocol = S.PROTOCOLS["ours"]
+    box = protocol.box(target)
+    assert box == S.tight_box(target)
+    found = simulate_structure(BaselineMethod("random-walker", B.baseline("random-walker"), hu, (2.0, 1.0, 1.0)),
+                               target, image, protocol, 2, box)
+    assert found["trace"][0]["lower_zyx"] == list(box.lower_zyx)
+    assert found["dsc_auc"] == pytest.approx(np.mean(found["dice_per_click"]), abs=1e-4)
