@@ -2,7 +2,10 @@
 
     python benchmarks/interactive/report.py benchmarks/interactive/dev-realct-c5-a.json [more.json ...]
 
-Several files of the same run (e.g. realct_dev in two halves) are read as one set of structures.
+Several files are read as one set of structures: halves of one run, or runs of different methods
+on the same scans (e.g. a new `--no-baseline` run of ours beside the committed baselines): the
+methods of one structure (same scan and name) are put together; a method found twice for one
+structure keeps the later file's.
 Table 1: per method, means over every structure. Table 2: per structure name, Dice after 5 clicks
 per method (more than one case: the mean, and in brackets how many cases ours is more than 0.02
 below Grow from seeds).
@@ -59,7 +62,15 @@ def structure_rows(records: list[dict], methods: list[str], at: str = "5") -> li
 
 def main(paths: list[str]) -> None:
     reports = [json.loads(open(p).read()) for p in paths]
-    records = [r for report in reports for r in report["structures"]]
+    merged: dict[tuple[str, str], dict] = {}
+    for report in reports:
+        for record in report["structures"]:
+            key = (record["scan"], record["name"])
+            if key in merged:
+                merged[key]["methods"].update(record["methods"])
+            else:
+                merged[key] = {**record, "methods": dict(record["methods"])}
+    records = list(merged.values())
     methods = list(dict.fromkeys(m for report in reports for m in report["methods"]))
     runs = {report.get("run", {}).get("commit", "?")[:7] for report in reports}
     print(f"protocol {reports[0]['protocol']['name']}, box {reports[0]['box']}, {reports[0]['clicks']} clicks, "
