@@ -4,7 +4,7 @@
 
 Several files are read as one set of structures: halves of one run, or runs of different methods
 on the same scans (e.g. a new `--no-baseline` run of ours beside the committed baselines): the
-methods of one structure (same scan and label value) are put together; a method found twice for one
+methods of one structure (same scan file, by its folder and name, and label value) are put together; a method found twice for one
 structure keeps the later file's.
 Table 1: per method, means over every structure. Table 2: per structure name, Dice after 5 clicks
 per method (more than one case: the mean, and in brackets how many cases ours is more than 0.02
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -65,7 +66,7 @@ def main(paths: list[str]) -> None:
     merged: dict[tuple[str, str], dict] = {}
     for report in reports:
         for record in report["structures"]:
-            key = (record["scan"], record["value"])
+            key = ("/".join(Path(record["scan"]).parts[-2:]), record["value"])  # the same scan from another folder
             if key in merged:
                 merged[key]["methods"].update(record["methods"])
             else:
