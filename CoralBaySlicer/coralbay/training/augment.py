@@ -107,7 +107,8 @@ def augment(image: np.ndarray, target: np.ndarray, settings: AugmentSettings, rn
 def pool_crop_structure(sampler: CropSampler, k: int) -> int | None:
     """The structure the k-th pool crop of a case is centred on: each structure of the case in
     turn, then one crop anywhere (None), so that every structure, however small, gets the same
-    number of crops and the background far from all of them is seen too."""
+    number of crops and the background far from all of them is seen too. (The pool starts case i
+    at turn i, so a few crops per case still cover every structure over the cases.)"""
     classes = sorted(sampler.voxels)
     turn = k % (len(classes) + 1)
     return classes[turn] if turn < len(classes) else None

@@ -182,7 +182,7 @@ def build_crop_pool(network: nn.Module, samplers: list[CropSampler], settings: S
         for k in range(settings.feature_cache if crops is None else crops):
             rng = np.random.default_rng([settings.seed, stream, i, k])  # a stream of its own
             if settings.balanced_pool:
-                image, target = sampler.sample(rng, 0.0, pool_crop_structure(sampler, k))
+                image, target = sampler.sample(rng, 0.0, pool_crop_structure(sampler, k + i))
                 image, target = augment(image, target, settings.augment, rng, mirror)
                 x, y = torch.from_numpy(image)[None, None], torch.from_numpy(target)[None, None]
             else:

@@ -49,8 +49,8 @@ from coralbay.training.output import bundle_name
 
 TEACH_STEPS = 300          # most decoder steps (batch 2); the held-out crops usually stop it sooner (docs/interactive.md)
 INCREMENTAL_SHARE = 0.3    # an incremental teach's most steps, as a share of a first teach's
-CROPS_PER_SCAN = 8         # augmented crops per scan whose frozen encoder outputs are computed once
-HOLDOUT_CROPS = 2          # more crops per scan, never trained on, for the stopping rule
+CROPS_PER_SCAN = 4         # augmented crops per scan whose frozen encoder outputs are computed once
+HOLDOUT_CROPS = 1          # more crops per scan, never trained on, for the stopping rule
 CHECK_EVERY = 10           # steps between scores of the held-out crops
 PATIENCE = 4               # scores without improvement before stopping
 TEACH_LR = 1e-2            # peak learning rate (AdamW, warm-up then cosine): 1e-3 left the fresh output layer untrained in 150 steps (docs)
