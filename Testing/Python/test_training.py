@@ -300,10 +300,10 @@ def test_teach_pool_centres_crops_on_every_structure_and_held_out_crops_stop_tra
             assert torch.equal(result.network.decoder.decoder1.state_dict()[key], value), key
         return result
 
-    # A learning rate of zero cannot improve the held-out crops: stopped after the first score and
-    # `patience` scores without improvement, with the held-out Dice of what it kept.
+    # A learning rate of zero cannot improve the held-out crops: stopped after the score of where it
+    # started (step 0) and `patience` scores without improvement, keeping the starting weights.
     still = run(lr=0.0, patience=2)
-    assert still.stopped == "no-improvement" and still.steps_done == 3 and still.chosen_step == 1
+    assert still.stopped == "no-improvement" and still.steps_done == 2 and still.chosen_step == 0
     assert still.holdout is not None and set(still.holdout) <= {lab.name for lab in table}
     budget = run(lr=1e-3, time_budget_s=1e-6)
     assert budget.stopped == "time budget" and budget.steps_done == 1

@@ -382,6 +382,23 @@ def train_segmentation(network: nn.Module, cases: list[Case], val_cases: list[Ca
                 if pool is not None and settings.holdout_crops and not val_cases else None)
     stopped, stale, holdout = "steps", 0, None
     names = [lab.name for lab in table]
+
+    def score_holdout() -> float:
+        """Score the held-out crops; keep the weights if they are the best so far. The mean Dice."""
+        nonlocal best_score, best_step, best_state, holdout, stale
+        scores = holdout_dice(network, held_out, mode, len(table) + 1, device)
+        score = float(np.mean(list(scores.values()))) if scores else 0.0
+        if score > best_score + 1e-3:
+            best_score, best_step, stale = score, step, 0
+            holdout = {names[c - 1]: round(d, 4) for c, d in scores.items()}
+            best_state = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
+        else:
+            stale += 1
+        return score
+
+    if held_out is not None and step == 0:
+        score_holdout()  # where it starts: training never returns weights that score worse than that
+        stale = 0
     while step < settings.steps:
         network.train()
         rng = np.random.default_rng([settings.seed, step])
@@ -416,15 +433,7 @@ def train_segmentation(network: nn.Module, cases: list[Case], val_cases: list[Ca
         elapsed = time.perf_counter() - started
         out_of_time = bool(settings.time_budget_s) and elapsed >= settings.time_budget_s
         if held_out is not None and (step % settings.check_every == 0 or step == settings.steps or out_of_time):
-            scores = holdout_dice(network, held_out, mode, len(table) + 1, device)
-            score = float(np.mean(list(scores.values()))) if scores else 0.0
-            record["holdout_mean_dice"] = round(score, 4)
-            if score > best_score + 1e-3:
-                best_score, best_step, stale = score, step, 0
-                holdout = {names[c - 1]: round(d, 4) for c, d in scores.items()}
-                best_state = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
-            else:
-                stale += 1
+            record["holdout_mean_dice"] = round(score_holdout(), 4)
             if settings.patience and stale >= settings.patience:
                 stopped = "no-improvement"
         history.append(record)

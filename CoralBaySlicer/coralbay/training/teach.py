@@ -48,7 +48,8 @@ from coralbay.training.data import example_label_table
 from coralbay.training.output import bundle_name
 
 TEACH_STEPS = 300          # most decoder steps (batch 2); the held-out crops usually stop it sooner (docs/interactive.md)
-INCREMENTAL_SHARE = 0.3    # an incremental teach's most steps, as a share of a first teach's
+INCREMENTAL_SHARE = 0.3    # an incremental teach's most steps and learning rate, as a share of a first teach's
+                           # (the first test run, at the full rate without warm-up, lost Dice: docs)
 CROPS_PER_SCAN = 4         # augmented crops per scan whose frozen encoder outputs are computed once
 HOLDOUT_CROPS = 1          # more crops per scan, never trained on, for the stopping rule
 CHECK_EVERY = 10           # steps between scores of the held-out crops
@@ -135,11 +136,12 @@ def teach_bundle(request: TeachRequest, reporter: Reporter | None = None) -> Tra
     config = SegmentationTraining(
         output=output, examples=str(request.examples), init_from=request.start_from or request.base,
         init_parts="encoder" if request.fresh_decoder else ("all" if continued else "all-but-output"),
-        encoder="frozen", feature_cache=request.crops_per_scan, steps=steps, batch_size=2, lr=request.lr,
+        encoder="frozen", feature_cache=request.crops_per_scan, steps=steps, batch_size=2,
+        lr=request.lr * (INCREMENTAL_SHARE if continued else 1.0),
         class_weights="inverse-sqrt", balanced_pool=True, holdout_crops=HOLDOUT_CROPS, check_every=CHECK_EVERY,
         patience=PATIENCE, minutes=request.minutes, probe_init=not continued,
         frozen_modules=() if request.fresh_decoder else (FULL_RESOLUTION_BLOCK,),
-        warmup=0 if continued else min(20, steps), val_fraction=0.0, val_every=steps + 1,
+        warmup=min(20, steps), val_fraction=0.0, val_every=steps + 1,
         checkpoint_every=max(50, steps // 4), name=request.name,
         title=f"{request.name} (taught from accepted structures)",
         description=(f"Taught with coralbay teach from the structures a user accepted on {scans} scan(s): a "
