@@ -32,7 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="most decoder training steps of 2 crops (default 300, 90 with --from); training stops "
                         "sooner once held-out crops of the examples stop improving")
     p.add_argument("--minutes", type=positive_float, default=None, metavar="MIN",
-                   help="time budget of the training (it stops then, keeping the best weights so far)")
+                   help="time budget from the start of training, the encoder passes over the crops included "
+                        "(it stops after the step that spends it, keeping the best weights so far)")
     p.add_argument("--from", dest="start_from", metavar="TAUGHT",
                    help="incremental teach: start from a model taught before from some of these examples "
                         "(same encoder as --model), e.g. after accepting structures on one more scan")
