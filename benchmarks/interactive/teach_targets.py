@@ -9,10 +9,13 @@ Run from the repository root (the test set once, after tuning on the development
 Phantoms: the reference structures of example scans 10010-10014 are written as accepted examples
 (`teach.accept_reference`: the layout, scan id and record an interactive session writes on Accept;
 i.e. a user who corrected every structure perfectly). Then, each `coralbay teach` timed as a whole
-process (wall and CPU seconds, the 1-minute load average beside them):
-  - from scratch (decoder blocks from demo-phantom-seg, output layer new) on 1, 2, 3 and 5 scans;
-  - incremental: on 4 scans `--from` the 3-scan model, on 5 scans `--from` the 4-scan model
-    (the loop a user runs: accept on one more scan, teach again).
+process (wall and CPU seconds, the 1-minute load average beside them), as `--runs` lists them:
+  - scratch-N: from demo-phantom-seg (decoder blocks from it, output layer new) on N scans;
+  - incremental-N: on N scans `--from` the model of N-1 scans (incremental-(N-1), or scratch-1):
+    the loop a user runs (accept on one more scan, teach again).
+Parts run side by side (`--runs` split over processes) are combined with `--merge`, which
+computes the targets (mean and worst structure of scratch-5, the means along the loop, and the
+incremental-5 / scratch-5 time ratios).
 Every model segments the evaluation phantoms (development seeds, or the test seeds declared in
 teach_test_set.json) and is scored with the review package's Dice against the reference.
 
