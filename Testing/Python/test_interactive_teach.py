@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 
 from conftest import make_tiny_bundle, write_interactive_phantom
 
@@ -152,6 +153,66 @@ def test_teach_refuses_no_examples_and_examples_of_another_encoder(phantom, tiny
     assert not (tmp_path / "home" / "models" / "x").exists()
     bad_name = cli("teach", examples, "--model", tiny["other"], "--name", "My Organs", env=env)
     assert bad_name.returncode == 2 and "may hold only" in bad_name.stderr
+
+
+def _weights(bundle_dir: Path) -> dict:
+    return load_bundle(str(bundle_dir)).network.state_dict()
+
+
+def test_teach_records_its_examples_and_continues_incrementally(phantom, tiny, tmp_path, cli):
+    """The taught bundle records the examples it saw; `--from` continues a model taught before on the
+    same encoder (all its weights, the output layer too when the structures are the same), and is
+    refused for a model of another encoder."""
+    examples = tmp_path / "examples"
+    _accept_reference(examples, phantom, tiny["bundle"])
+    env = {"CORALBAY_HOME": str(tmp_path / "home")}
+    first = tmp_path / "first"
+    done = cli("teach", examples, "--model", tiny["bundle"], "--name", "first", "--output", first, "--steps", "2",
+               "--no-catalog", env=env)
+    assert done.returncode == 0, done.stderr
+    training = json.loads((first / "manifest.json").read_text())["metrics"]["training"]
+    scan_id = read_examples(examples)[0].scan_id
+    assert training["examples"] == [{"scan_id": scan_id, "structures": ["liver", "spleen"]}]
+    assert training["stopped"] == "steps" and set(training["holdout_dice"]) == {"liver", "spleen"}
+
+    # A learning rate of almost zero: the continued model is the one it started from, output layer included
+    # (a teach from the base model starts its output layer as a fresh linear probe instead).
+    later = tmp_path / "later"
+    done = cli("teach", examples, "--model", tiny["bundle"], "--name", "later", "--output", later, "--from", first,
+               "--steps", "1", "--lr", "1e-12", "--no-catalog", env=env)
+    assert done.returncode == 0, done.stderr
+    before, after, base = _weights(first), _weights(later), _weights(tiny["bundle"])
+    for key in ("decoder.out.conv.conv.weight", "decoder.decoder2.conv_block.conv1.conv.weight"):
+        assert torch.allclose(before[key], after[key], atol=1e-6), key
+    assert not torch.allclose(before["decoder.out.conv.conv.weight"], base["decoder.out.conv.conv.weight"][:3])
+    manifest = json.loads((later / "manifest.json").read_text())
+    assert "--from" in manifest["reproduce"] and "continued from" in manifest["description"]
+
+    refused = cli("teach", examples, "--model", tiny["bundle"], "--name", "x", "--from", tiny["other"],
+                  "--no-catalog", "--output", tmp_path / "x", env=env)
+    assert refused.returncode == 1 and "was not taught on the encoder" in refused.stderr
+    assert refused.stderr.count("\n") == 1 and not (tmp_path / "x").exists()
+
+
+def test_teach_warns_about_a_structure_too_small_to_learn_and_keeps_to_its_time_budget(phantom, tiny, tmp_path,
+                                                                                         cli):
+    bundle = load_bundle(str(tiny["bundle"]))
+    digest = encoder_digest(bundle.network)
+    examples = tmp_path / "examples"
+    speck = np.zeros(phantom["values"].shape, bool)
+    speck[20:22, 20:22, 20:22] = True  # 8 voxels of 3 mm: a few voxels on the 4 mm model grid
+    write_accepted(examples, "scan-a", str(phantom["ct"]), "liver", 1, phantom["values"] == 1, phantom["image"],
+                   bundle.manifest.name, digest)
+    write_accepted(examples, "scan-a", str(phantom["ct"]), "speck", 2, speck, phantom["image"],
+                   bundle.manifest.name, digest)
+    out = tmp_path / "taught"
+    done = cli("teach", examples, "--model", tiny["bundle"], "--name", "t", "--output", out, "--minutes", "1e-6",
+               "--no-catalog", env={"CORALBAY_HOME": str(tmp_path / "home")})
+    assert done.returncode == 0, done.stderr
+    assert "warning: speck covers only" in done.stderr and "unlikely to learn it" in done.stderr
+    training = json.loads((out / "manifest.json").read_text())["metrics"]["training"]
+    assert training["stopped"] == "time budget" and training["steps"] == 1
+    assert any(w.startswith("speck covers only") for w in training["warnings"])
 
 
 def test_eval_interactive_reads_a_totalsegmentator_labels_json(phantom, tmp_path, cli):

@@ -24,7 +24,7 @@ from coralbay.io.labels import Label, LabelTable, label_table_path_for
 from coralbay.model.build import ArchitectureSpec, build_network
 from coralbay.phantom import PHANTOM_LABELS, generate_phantom
 from coralbay.review.metrics import dice_per_structure
-from coralbay.training.augment import AugmentSettings, CropSampler, mirror_lookup, sample_batch
+from coralbay.training.augment import AugmentSettings, CropSampler, mirror_lookup, pool_crop_structure, sample_batch
 from coralbay.training.data import Case, find_pairs, parse_seeds, phantom_cases, plan_labels
 from coralbay.training.loss import segmentation_loss
 from coralbay.training.metrics import auroc
@@ -271,3 +271,39 @@ def test_train_cls_refuses_a_single_class_csv(tmp_path, capsys):
     code = main(["train-cls", "--csv", str(tmp_path / "one.csv"), "--output", str(tmp_path / "b"), "--progress", "none"])
     assert code == 1 and "only one class" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
+
+
+def test_teach_pool_centres_crops_on_every_structure_and_held_out_crops_stop_training():
+    """The teach settings: pool crops centred on each structure in turn (then one anywhere), and the
+    stopping rule from held-out crops of the training cases (no validation scan needed) or the
+    time budget, whichever ends training first."""
+    target = np.zeros((128, 128, 128), np.uint8)
+    target[:, :64] = 1
+    target[60:70, 80:90, 60:70] = 2
+    sampler = CropSampler(Case("synthetic", np.zeros(target.shape, np.float32), target), (64, 64, 64))
+    assert [pool_crop_structure(sampler, k) for k in range(6)] == [1, 2, None, 1, 2, None]
+    assert int(sampler.sample(np.random.default_rng(0), 0.0, structure=2)[1][32, 32, 32]) == 2
+
+    fields = _fields()
+    cases, plan = phantom_cases([4], fields["preprocessing"], **TINY)
+    table = plan.table
+    common = dict(augment=AugmentSettings(window=(64, 64, 64)), steps=20, batch_size=1, warmup_steps=1,
+                  encoder_mode="frozen", feature_cache=2, balanced_pool=True, holdout_crops=1, check_every=1,
+                  frozen_modules=("decoder.decoder1",))
+
+    def run(**settings):
+        torch.manual_seed(0)
+        net = build_network(ArchitectureSpec.from_manifest("segmentation", fields["architecture"], len(table) + 1))
+        before = net.decoder.decoder1.state_dict()
+        result = train_segmentation(net, cases, [], table, SegmentationSettings(**common, **settings), CPU)
+        for key, value in before.items():  # the frozen full-resolution block is kept as it started
+            assert torch.equal(result.network.decoder.decoder1.state_dict()[key], value), key
+        return result
+
+    # A learning rate of zero cannot improve the held-out crops: stopped after the score of where it
+    # started (step 0) and `patience` scores without improvement, keeping the starting weights.
+    still = run(lr=0.0, patience=2)
+    assert still.stopped == "no-improvement" and still.steps_done == 2 and still.chosen_step == 0
+    assert still.holdout is not None and set(still.holdout) <= {lab.name for lab in table}
+    budget = run(lr=1e-3, time_budget_s=1e-6)
+    assert budget.stopped == "time budget" and budget.steps_done == 1

@@ -29,7 +29,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--output", "-o", metavar="BUNDLE", help="bundle folder to write (default: "
                    "$CORALBAY_HOME/models/NAME); never replaces an existing one")
     p.add_argument("--steps", type=positive_int, default=None, metavar="N",
-                   help="decoder training steps of 2 crops (default 150)")
+                   help="most decoder training steps of 2 crops (default 300, 90 with --from); training stops "
+                        "sooner once held-out crops of the examples stop improving")
+    p.add_argument("--minutes", type=positive_float, default=None, metavar="MIN",
+                   help="time budget from the start of training, the encoder passes over the crops included "
+                        "(it stops after the step that spends it, keeping the best weights so far)")
+    p.add_argument("--from", dest="start_from", metavar="TAUGHT",
+                   help="incremental teach: start from a model taught before from some of these examples "
+                        "(same encoder as --model), e.g. after accepting structures on one more scan")
     p.add_argument("--lr", type=positive_float, default=None, help="peak learning rate (default 0.01)")
     p.add_argument("--fresh-decoder", action="store_true",
                    help="train every decoder block from random weights (default: start them from --model's "
@@ -44,16 +51,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from coralbay.training.api import SEG_STAGES
-    from coralbay.training.teach import TEACH_LR, TEACH_STEPS, TeachRequest, teach_bundle
+    from coralbay.training.teach import TEACH_LR, TeachRequest, teach_bundle
 
     request = TeachRequest(examples=Path(args.examples), base=args.model, name=args.name,
-                           output=Path(args.output) if args.output else None, steps=args.steps or TEACH_STEPS,
+                           output=Path(args.output) if args.output else None, steps=args.steps,
+                           minutes=args.minutes, start_from=args.start_from,
                            lr=args.lr or TEACH_LR, fresh_decoder=args.fresh_decoder, seed=args.seed, device=args.device, threads=args.threads,
                            add_to_catalog=not args.no_catalog)
     reporter = make_reporter(args, SEG_STAGES)
     result = teach_bundle(request, reporter)
     reporter.result(outputs={"bundle": str(result.bundle)}, metrics=result.metrics, name=args.name)
     if args.progress != "jsonl":
-        print(f"Taught {args.name}: wrote the bundle {result.bundle}"
+        training = result.metrics["training"]
+        print(f"Taught {args.name} in {training['steps']} steps (stopped: {training['stopped']}): wrote the bundle "
+              f"{result.bundle}"
               + ("" if args.no_catalog else " and added it to the catalog"))
     return 0

@@ -154,6 +154,9 @@ def train_segmentation_bundle(config: SegmentationTraining, reporter: Reporter |
         cases, val_cases = split_validation(cases, fraction, config.seed)
     reporter.log(f"{len(cases)} training and {len(val_cases)} validation cases; {len(table)} structures: "
                  f"{', '.join(lab.name for lab in table)}.")
+    warnings = scarce_structures(cases, table, settings.spacing_mm)
+    for warning in warnings:
+        reporter.log(warning, level="warning")
 
     source = (f"{len(cases)} synthetic phantoms" if config.phantoms
               else f"the structures a user accepted on {len(cases)} scans" if config.examples
@@ -173,7 +176,10 @@ def train_segmentation_bundle(config: SegmentationTraining, reporter: Reporter |
         weight_decay=config.weight_decay, warmup_steps=min(config.warmup, config.steps), encoder_mode=mode,
         feature_cache=max(0, config.feature_cache), class_weights=config.class_weights,
         val_every=config.val_every, val_overlap=settings.overlap, checkpoint_every=config.checkpoint_every,
-        seed=config.seed)
+        seed=config.seed, balanced_pool=config.balanced_pool, holdout_crops=config.holdout_crops,
+        check_every=config.check_every, patience=config.patience,
+        time_budget_s=config.minutes * 60 if config.minutes else None,
+        frozen_modules=tuple(config.frozen_modules), probe_init=config.probe_init)
     checkpoints = (Path(config.checkpoint_dir) if config.checkpoint_dir
                    else run.output.with_name(run.output.name + ".checkpoints"))
     resume = load_checkpoint_state(config.resume) if config.resume else None
@@ -187,12 +193,30 @@ def train_segmentation_bundle(config: SegmentationTraining, reporter: Reporter |
                                           "merge": config.merge,
                                           "preprocessing": preprocessing},
                                 progress=reporter.stage_callback("train"), log=reporter.log)
-    losses = [h["loss"] for h in result.history]
+    losses, reported = [h["loss"] for h in result.history], len(warnings)
+    first, last = (round(sum(part) / max(1, len(part)), 4) for part in (losses[:20], losses[-20:]))
+    if len(losses) >= 40 and last > LOSS_FALL_RATIO * first:
+        warnings.append(f"The training loss hardly fell ({first:.3f} over the first 20 steps, {last:.3f} over the "
+                        "last 20): the model is unlikely to be useful; check the examples.")
+    for name, dice in (result.holdout or {}).items():
+        if dice < USEFUL_DICE:
+            warnings.append(f"{name} reached Dice {dice:.2f} on held-out crops of the examples: the model is "
+                            f"unlikely to find it; accept {name} on more scans.")
+    for warning in warnings[reported:]:
+        reporter.log(warning, level="warning")
     metrics: dict = {"training": {
         "steps": result.steps_done, "chosen_step": result.chosen_step, "train_cases": len(cases),
-        "encoder": mode,
-        "loss_first_20_steps": round(sum(losses[:20]) / max(1, len(losses[:20])), 4),
-        "loss_last_20_steps": round(sum(losses[-20:]) / max(1, len(losses[-20:])), 4)}}
+        "encoder": mode, "stopped": result.stopped, "seconds": round(result.seconds, 1),
+        "loss_first_20_steps": first, "loss_last_20_steps": last}}
+    if result.holdout is not None:
+        metrics["training"]["holdout_dice"] = result.holdout
+    if config.examples:  # which examples the model saw (an incremental teach adds to them)
+        names = [lab.name for lab in table]
+        metrics["training"]["examples"] = [
+            {"scan_id": c.name, "structures": [names[int(v) - 1] for v in np.unique(c.target) if v]}
+            for c in cases + val_cases]
+    if warnings:
+        metrics["training"]["warnings"] = warnings
     if result.validation:
         metrics["validation"] = {**result.validation, "evaluated_on": "the model grid, by the training loop"}
     if config.test_phantoms:
@@ -205,6 +229,22 @@ def train_segmentation_bundle(config: SegmentationTraining, reporter: Reporter |
     if not config.keep_checkpoints and not config.checkpoint_dir:
         shutil.rmtree(checkpoints, ignore_errors=True)
     return done
+
+
+MIN_STRUCTURE_VOXELS = 100   # model-grid voxels of a structure over all examples, below which few crops differ
+LOSS_FALL_RATIO = 0.9        # the last 20 steps' loss above this share of the first 20's: "not learning"
+USEFUL_DICE = 0.5            # held-out Dice below which a taught structure is flagged
+
+
+def scarce_structures(cases: list, table, spacing_mm) -> list[str]:
+    """Warnings for structures with too few voxels on the model grid to learn from."""
+    counts = np.zeros(len(table) + 1, dtype=np.int64)
+    for case in cases:
+        counts += np.bincount(case.target.ravel(), minlength=len(table) + 1)[: len(table) + 1]
+    voxel_ml = float(np.prod(spacing_mm)) / 1000.0
+    return [f"{lab.name} covers only {int(n)} voxels of the model grid ({n * voxel_ml:.1f} ml) in the examples: "
+            f"the model is unlikely to learn it; accept it on more scans."
+            for lab, n in zip(table, counts[1:]) if n < MIN_STRUCTURE_VOXELS]
 
 
 def _classification_examples(config: ClassificationTraining) -> tuple[list, list, list[str]]:

@@ -66,11 +66,16 @@ class CropSampler:
         flat = self.target.reshape(-1)
         self.voxels = {int(c): np.flatnonzero(flat == c) for c in np.unique(flat) if c}
 
-    def sample(self, rng: np.random.Generator, foreground_prob: float) -> tuple[np.ndarray, np.ndarray]:
+    def sample(self, rng: np.random.Generator, foreground_prob: float,
+               structure: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """A crop centred on a random voxel of `structure` (a class index present in the case), else
+        with probability `foreground_prob` on one of a random structure, else anywhere."""
         shape = np.asarray(self.image.shape)
-        if self.voxels and rng.random() < foreground_prob:
+        if structure is None and self.voxels and rng.random() < foreground_prob:
             classes = sorted(self.voxels)
-            voxels = self.voxels[classes[int(rng.integers(len(classes)))]]
+            structure = classes[int(rng.integers(len(classes)))]
+        if structure is not None:
+            voxels = self.voxels[structure]
             centre = np.asarray(np.unravel_index(int(voxels[int(rng.integers(len(voxels)))]), self.image.shape))
         else:
             centre = np.asarray([int(rng.integers(n)) for n in shape])
@@ -97,6 +102,16 @@ def augment(image: np.ndarray, target: np.ndarray, settings: AugmentSettings, rn
     if rng.random() < settings.shift_prob:
         image += np.float32(rng.uniform(-settings.shift, settings.shift))
     return image, np.array(target, dtype=np.int64)
+
+
+def pool_crop_structure(sampler: CropSampler, k: int) -> int | None:
+    """The structure the k-th pool crop of a case is centred on: each structure of the case in
+    turn, then one crop anywhere (None), so that every structure, however small, gets the same
+    number of crops and the background far from all of them is seen too. (The pool starts case i
+    at turn i, so a few crops per case still cover every structure over the cases.)"""
+    classes = sorted(sampler.voxels)
+    turn = k % (len(classes) + 1)
+    return classes[turn] if turn < len(classes) else None
 
 
 def sample_batch(samplers: Sequence[CropSampler], settings: AugmentSettings, rng: np.random.Generator,

@@ -87,6 +87,13 @@ class SegmentationTraining(BundleTraining):
     checkpoint_every: int = 50
     keep_checkpoints: bool = False
     resume: Optional[Path] = None             # a last.pt checkpoint of the same run
+    minutes: Optional[float] = None           # time budget of the training loop (None: steps only)
+    balanced_pool: bool = False               # feature-cache crops centred on each structure in turn
+    holdout_crops: int = 0                    # more crops per case for the stopping rule (no validation cases)
+    patience: int = 0                         # checks without held-out improvement before stopping (0: never)
+    check_every: int = 10
+    frozen_modules: Sequence[str] = ()        # besides the encoder, e.g. ("decoder.decoder1",)
+    probe_init: bool = False                  # output layer started as a linear probe of the crop pool
 
 
 @dataclass

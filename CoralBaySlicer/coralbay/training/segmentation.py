@@ -36,7 +36,8 @@ from coralbay.inference.fast_swin import enable_fast_swin
 from coralbay.inference.sliding_window import sliding_window_logits
 from coralbay.io.labels import LabelTable
 from coralbay.review.metrics import dice_per_structure, mean_dice
-from coralbay.training.augment import AugmentSettings, CropSampler, mirror_lookup, sample_batch
+from coralbay.training.augment import (AugmentSettings, CropSampler, augment, mirror_lookup, pool_crop_structure,
+                                       sample_batch)
 from coralbay.training.data import Case
 from coralbay.training.loss import inverse_sqrt_weights, segmentation_loss
 
@@ -64,6 +65,22 @@ class SegmentationSettings:
     val_overlap: float = 0.5
     checkpoint_every: int = 50
     seed: int = 0
+    # The pool's crops centred on each structure of a case in turn (`augment.pool_crop_structure`)
+    # instead of at random: a small structure gets as many crops as the liver.
+    balanced_pool: bool = False
+    # A stopping rule from the training data itself (teach): `holdout_crops` more crops per case,
+    # never trained on, scored every `check_every` steps; training stops once their mean Dice has
+    # not improved for `patience` checks (0: never), and the best-scoring weights are kept.
+    holdout_crops: int = 0
+    check_every: int = 10
+    patience: int = 0
+    time_budget_s: float | None = None   # stop when spent; the learning-rate schedule runs on time then
+    # Modules kept as they start besides the encoder (e.g. "decoder.decoder1": on a CPU the weight
+    # gradients of its full-resolution convolutions cost about three quarters of a decoder step).
+    frozen_modules: tuple[str, ...] = ()
+    # Start the output layer as a class-balanced linear probe of the features it reads, fitted on
+    # the crop pool (linear probing before fine-tuning), instead of from random weights.
+    probe_init: bool = False
 
 
 @dataclass
@@ -74,22 +91,27 @@ class SegmentationResult:
     chosen_step: int = 0
     steps_done: int = 0
     seconds: float = 0.0
+    stopped: str = "steps"                 # why training ended: steps, no-improvement or time budget
+    holdout: dict | None = None            # per-structure Dice of the chosen weights on the held-out crops
 
 
-def lr_factor(step: int, settings: SegmentationSettings) -> float:
-    """Linear warm-up, then a cosine from 1 down to `min_lr_ratio` at the last step."""
+def lr_factor(step: int, settings: SegmentationSettings, elapsed_s: float = 0.0) -> float:
+    """Linear warm-up, then a cosine from 1 down to `min_lr_ratio` at the last step, or at the end
+    of the time budget when that comes first (so a budgeted run still ends on a small rate)."""
     if step < settings.warmup_steps:
         return (step + 1) / settings.warmup_steps
     span = max(1, settings.steps - settings.warmup_steps)
     progress = min(1.0, (step - settings.warmup_steps) / span)
+    if settings.time_budget_s:
+        progress = max(progress, min(1.0, elapsed_s / settings.time_budget_s))
     return settings.min_lr_ratio + (1 - settings.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 ENCODER_MODES = ("finetune", "convs", "frozen")
 
 
-def set_trainable(network: nn.Module, mode: str) -> list[nn.Parameter]:
-    """Freeze the parts `mode` keeps fixed; the parameters left to train."""
+def set_trainable(network: nn.Module, mode: str, also_frozen: tuple[str, ...] = ()) -> list[nn.Parameter]:
+    """Freeze the parts `mode` keeps fixed, and the modules named in `also_frozen`; the parameters left to train."""
     if mode not in ENCODER_MODES:
         raise ValueError(f"unknown encoder mode {mode!r}")
     frozen = {"finetune": None, "convs": network.encoder.swinViT, "frozen": network.encoder}[mode]
@@ -97,6 +119,9 @@ def set_trainable(network: nn.Module, mode: str) -> list[nn.Parameter]:
         p.requires_grad_(True)
     if frozen is not None:
         for p in frozen.parameters():
+            p.requires_grad_(False)
+    for name in also_frozen:
+        for p in network.get_submodule(name).parameters():
             p.requires_grad_(False)
     return [p for p in network.parameters() if p.requires_grad]
 
@@ -148,12 +173,20 @@ class CropPool:
 
 
 def build_crop_pool(network: nn.Module, samplers: list[CropSampler], settings: SegmentationSettings,
-                    mirror: np.ndarray | None, device: torch.device, progress: Progress | None = None) -> CropPool:
+                    mirror: np.ndarray | None, device: torch.device, progress: Progress | None = None,
+                    crops: int | None = None, stream: int = 1_000_003) -> CropPool:
+    """`crops` (default `feature_cache`) augmented crops per case with the frozen part's outputs;
+    `stream` keeps the held-out crops' random numbers apart from the training crops'."""
     inputs, targets, cached = [], [], []
     for i, sampler in enumerate(samplers):
-        for k in range(settings.feature_cache):
-            rng = np.random.default_rng([settings.seed, 1_000_003, i, k])  # a stream of its own
-            x, y = sample_batch([sampler], settings.augment, rng, 1, mirror)
+        for k in range(settings.feature_cache if crops is None else crops):
+            rng = np.random.default_rng([settings.seed, stream, i, k])  # a stream of its own
+            if settings.balanced_pool:
+                image, target = sampler.sample(rng, 0.0, pool_crop_structure(sampler, k + i))
+                image, target = augment(image, target, settings.augment, rng, mirror)
+                x, y = torch.from_numpy(image)[None, None], torch.from_numpy(target)[None, None]
+            else:
+                x, y = sample_batch([sampler], settings.augment, rng, 1, mirror)
             outputs = frozen_outputs(network, x.to(device), settings.encoder_mode)
             inputs.append(x)
             targets.append(y.to(torch.uint8))
@@ -161,6 +194,77 @@ def build_crop_pool(network: nn.Module, samplers: list[CropSampler], settings: S
         if progress:
             progress((i + 1) / len(samplers), f"caching frozen features of {sampler.name}")
     return CropPool(torch.cat(inputs), torch.cat(targets), [torch.cat(level) for level in zip(*cached)])
+
+
+PROBE_VOXELS_PER_CLASS = 4000
+
+
+def fit_output_layer(network: nn.Module, pool: CropPool, mode: str, num_classes: int, device: torch.device,
+                     seed: int) -> None:
+    """Set the 1x1x1 output layer to a class-balanced multinomial logistic regression on the features
+    it reads (up to `PROBE_VOXELS_PER_CLASS` voxels of each class from the pool's crops, each class
+    weighted equally): the fresh layer then starts where a few hundred steps would bring it, and
+    the blocks below are fine-tuned from a head that already separates every structure it can."""
+    rng = np.random.default_rng([seed, 3_000_017])
+    layer = network.decoder.out.conv.conv
+    seen: list[torch.Tensor] = []
+    hook = layer.register_forward_hook(lambda _m, inputs, _o: seen.append(inputs[0].detach().cpu()))
+    rows, labels = [], []
+    network.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(pool.inputs), 2):
+                part = slice(start, start + 2)
+                seen.clear()
+                forward_logits(network, pool.inputs[part].to(device), mode, [c[part].to(device) for c in pool.cached])
+                features = seen[0].movedim(1, -1).reshape(-1, seen[0].shape[1])
+                truth = pool.targets[part].reshape(-1).long()
+                for c in range(num_classes):
+                    where = torch.nonzero(truth == c).ravel().numpy()
+                    take = where if len(where) <= PROBE_VOXELS_PER_CLASS // 4 else rng.choice(
+                        where, PROBE_VOXELS_PER_CLASS // 4, replace=False)
+                    rows.append(features[take])
+                    labels.append(torch.full((len(take),), c))
+    finally:
+        hook.remove()
+    x, y = torch.cat(rows), torch.cat(labels)
+    counts = torch.bincount(y, minlength=num_classes).float()
+    weights = torch.where(counts > 0, counts.sum() / (num_classes * counts.clamp(min=1)), torch.zeros(()))
+    mean, std = x.mean(0), x.std(0).clamp(min=1e-6)
+    w = torch.zeros(num_classes, x.shape[1], requires_grad=True)
+    b = torch.zeros(num_classes, requires_grad=True)
+    optimizer = torch.optim.LBFGS([w, b], lr=1, max_iter=200, line_search_fn="strong_wolfe")
+    standard = (x - mean) / std
+
+    def closure():
+        optimizer.zero_grad()
+        loss = nn.functional.cross_entropy(standard @ w.T + b, y, weight=weights) + 1e-4 * (w ** 2).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    with torch.no_grad():  # undo the standardisation: logits = W (x - mean) / std + b
+        scaled = w / std
+        layer.weight.copy_(scaled.reshape(layer.weight.shape).to(layer.weight.device))
+        layer.bias.copy_((b - scaled @ mean).to(layer.bias.device))
+
+
+def holdout_dice(network: nn.Module, pool: CropPool, mode: str, num_classes: int,
+                 device: torch.device) -> dict[int, float]:
+    """Dice per class (index -> Dice) over all held-out crops together, for classes they contain."""
+    network.eval()
+    overlap, predicted, present = (np.zeros(num_classes) for _ in range(3))
+    with torch.no_grad():
+        for start in range(0, len(pool.inputs), 2):
+            part = slice(start, start + 2)
+            logits = forward_logits(network, pool.inputs[part].to(device), mode,
+                                    [c[part].to(device) for c in pool.cached])
+            guess = logits.argmax(dim=1).cpu().numpy().ravel()
+            truth = pool.targets[part].numpy().ravel().astype(np.int64)
+            overlap += np.bincount(truth[guess == truth], minlength=num_classes)[:num_classes]
+            predicted += np.bincount(guess, minlength=num_classes)[:num_classes]
+            present += np.bincount(truth, minlength=num_classes)[:num_classes]
+    return {c: float(2 * overlap[c] / (predicted[c] + present[c])) for c in range(1, num_classes) if present[c]}
 
 
 def validate(network: nn.Module, cases: list[Case], table: LabelTable, windows: WindowSettings,
@@ -215,9 +319,10 @@ def train_segmentation(network: nn.Module, cases: list[Case], val_cases: list[Ca
     network.to(device)
     enable_fast_swin(network)  # only the no-grad passes use it (feature cache, validation)
     mode = settings.encoder_mode
-    trainable = set_trainable(network, mode)
+    trainable = set_trainable(network, mode, settings.frozen_modules)
     optimizer = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=settings.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, settings))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, settings, time.perf_counter() - started))
     weights = (inverse_sqrt_weights([c.target for c in cases], len(table) + 1)
                if settings.class_weights == "inverse-sqrt" else None)
     loss_fn = segmentation_loss(weights.to(device) if weights is not None else None)
@@ -255,7 +360,8 @@ def train_segmentation(network: nn.Module, cases: list[Case], val_cases: list[Ca
         key = {"cases": [c.name for c in cases], "data": _plain(data_key or {}),
                "settings": _plain(asdict(settings)), "pool": 1}
         for name in ("steps", "val_every", "checkpoint_every", "lr", "weight_decay", "warmup_steps",
-                     "min_lr_ratio", "batch_size", "class_weights", "max_grad_norm", "val_overlap"):
+                     "min_lr_ratio", "batch_size", "class_weights", "max_grad_norm", "val_overlap",
+                     "holdout_crops", "check_every", "patience", "time_budget_s"):
             key["settings"].pop(name)
         pool_file = checkpoint_dir / "feature-cache.pt" if checkpoint_dir is not None else None
         pool = CropPool.load(pool_file, key) if pool_file is not None and pool_file.is_file() else None
@@ -267,6 +373,32 @@ def train_segmentation(network: nn.Module, cases: list[Case], val_cases: list[Ca
                 pool.save(pool_file, key)
         elif log:
             log(f"Reused the feature cache {pool_file}.")
+    if pool is not None and settings.probe_init and resume is None:
+        fit_output_layer(network, pool, mode, len(table) + 1, device, settings.seed)
+        if log:
+            log("Started the output layer as a linear probe of the decoder's features on the crop pool.")
+    held_out = (build_crop_pool(network, samplers, settings, mirror, device, crops=settings.holdout_crops,
+                                stream=2_000_003)
+                if pool is not None and settings.holdout_crops and not val_cases else None)
+    stopped, stale, holdout = "steps", 0, None
+    names = [lab.name for lab in table]
+
+    def score_holdout() -> float:
+        """Score the held-out crops; keep the weights if they are the best so far. The mean Dice."""
+        nonlocal best_score, best_step, best_state, holdout, stale
+        scores = holdout_dice(network, held_out, mode, len(table) + 1, device)
+        score = float(np.mean(list(scores.values()))) if scores else 0.0
+        if score > best_score + 1e-3:
+            best_score, best_step, stale = score, step, 0
+            holdout = {names[c - 1]: round(d, 4) for c, d in scores.items()}
+            best_state = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
+        else:
+            stale += 1
+        return score
+
+    if held_out is not None and step == 0:
+        score_holdout()  # where it starts: training never returns weights that score worse than that
+        stale = 0
     while step < settings.steps:
         network.train()
         rng = np.random.default_rng([settings.seed, step])
@@ -298,18 +430,36 @@ def train_segmentation(network: nn.Module, cases: list[Case], val_cases: list[Ca
             if log:
                 log(f"step {step}: validation mean Dice {score:.3f} "
                     f"({', '.join(f'{k} {v:.2f}' for k, v in result['dice'].items() if v is not None)})")
+        elapsed = time.perf_counter() - started
+        out_of_time = bool(settings.time_budget_s) and elapsed >= settings.time_budget_s
+        if held_out is not None and (step % settings.check_every == 0 or step == settings.steps or out_of_time):
+            record["holdout_mean_dice"] = round(score_holdout(), 4)
+            if settings.patience and stale >= settings.patience:
+                stopped = "no-improvement"
         history.append(record)
         if progress:
             recent = np.mean([h["loss"] for h in history[-20:]])
-            progress(step / settings.steps, f"step {step}/{settings.steps} loss {recent:.3f}")
-        if step % settings.checkpoint_every == 0 or step == settings.steps:
+            fraction = step / settings.steps
+            if settings.time_budget_s:
+                fraction = max(fraction, min(1.0, elapsed / settings.time_budget_s))
+            progress(fraction if stopped == "steps" else 1.0, f"step {step}/{settings.steps} loss {recent:.3f}"
+                     + (f", held-out Dice {record['holdout_mean_dice']:.3f}" if "holdout_mean_dice" in record else ""))
+        if out_of_time and stopped == "steps":
+            stopped = "time budget"
+        if step % settings.checkpoint_every == 0 or step == settings.steps or stopped != "steps":
             checkpoint()
+        if stopped != "steps":
+            if log:
+                log(f"Stopped at step {step}: " + ("the held-out crops' Dice has not improved for "
+                                                   f"{settings.patience * settings.check_every} steps."
+                                                   if stopped == "no-improvement" else "the time budget is spent."))
+            break
 
     if best_state is not None:
         network.load_state_dict(best_state)
     network.eval()
     return SegmentationResult(network, history, validation, best_step if best_state is not None else step,
-                              step, time.perf_counter() - started)
+                              step, time.perf_counter() - started, stopped, holdout)
 
 
 def _plain(obj):
