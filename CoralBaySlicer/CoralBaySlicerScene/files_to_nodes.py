@@ -13,6 +13,8 @@ import numpy as np
 import vtk
 
 import slicer
+from coralbay.errors import InputError
+from coralbay.io.header_checks import check_compressed_data, check_header
 from coralbay.io.labels import LabelTable
 from CoralBaySlicerLib import results, segments
 from CoralBaySlicerScene.scene_guard import nodeIDs, removeNodesAddedSince, sceneUnchanged
@@ -40,8 +42,19 @@ def importLabelMap(labelsFile, name: str, geometryVolume, segmentationNode=None)
     return segmentationNode
 
 
+def verifiedFile(path) -> str:
+    """`path` once its header and whole compressed stream are checked (the engine's own reader
+    check): Slicer's readers, like ITK's, take a file cut short as valid and fill the rest with
+    zeros. A damaged file raises ResultError with the engine's sentence."""
+    try:
+        check_compressed_data(check_header(path))
+    except (InputError, OSError) as error:
+        raise results.ResultError(str(error)) from None
+    return str(path)
+
+
 def _importLabelMapNodes(labelsFile, name: str, geometryVolume, segmentationNode):
-    labelMap = slicer.util.loadLabelVolume(str(labelsFile), {"name": f"{name} labels", "show": False})
+    labelMap = slicer.util.loadLabelVolume(verifiedFile(labelsFile), {"name": f"{name} labels", "show": False})
     colorNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLColorTableNode", f"{name} colors")
     imported = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
     try:
@@ -96,13 +109,13 @@ def describeSegment(segment, name: str, color, value: int, terminology=None) -> 
 def labelMapArray(path) -> np.ndarray:
     """The voxels (z, y, x) of a label map file, read with Slicer's reader; no node stays."""
     with sceneUnchanged():
-        labelMap = slicer.util.loadLabelVolume(str(path), {"show": False})
+        labelMap = slicer.util.loadLabelVolume(verifiedFile(path), {"show": False})
         return slicer.util.arrayFromVolume(labelMap).copy()  # the node goes on leaving
 
 
 def loadDistanceMap(path, name: str):
     """The signed surface-distance map as a blue-red overlay in the slice views."""
-    node = slicer.util.loadVolume(str(path), {"name": name, "show": False})
+    node = slicer.util.loadVolume(verifiedFile(path), {"name": name, "show": False})
     forgetTemporaryFile(node)
     display = node.GetDisplayNode()
     display.SetAndObserveColorNodeID("vtkMRMLColorTableNodeFileDivergingBlueRed.txt")

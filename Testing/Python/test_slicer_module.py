@@ -435,9 +435,18 @@ def test_import_replaces_a_chosen_segmentation_and_a_failed_import_changes_nothi
     assert _segment_ids(chosen.GetSegmentation()) == ids_before
     broken = tmp_path / "broken.nrrd"
     broken.write_bytes(b"NRRD0004\nnot a header\n")
-    with pytest.raises(RuntimeError, match="Failed to load"):
+    with pytest.raises(RuntimeError):
         _files_to_nodes().importLabelMap(broken, "third", ct, chosen)
     assert _nodes() == before
+    # An engine output cut short (an interrupted copy) is refused with the engine's sentence, not read
+    # with zeros for its missing half as Slicer's reader would.
+    whole = tmp_path / "whole.nii.gz"
+    sitk.WriteImage(sitk.ReadImage(str(nodule)), str(whole), True)
+    cut = tmp_path / "cut.nii.gz"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(results.ResultError, match="cut short"):
+        _files_to_nodes().importLabelMap(cut, "fourth", ct, chosen)
+    assert _nodes() == before and _segment_ids(chosen.GetSegmentation()) == ids_before
 
 
 def test_a_one_structure_label_map_keeps_its_table_name_and_code(module, shared_data, tmp_path):
