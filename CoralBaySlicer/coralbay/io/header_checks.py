@@ -364,9 +364,25 @@ def check_fits_in_memory(what: str, nbytes: int) -> None:
     (A finer estimate of what a whole run needs belongs to the run; this only stops headers
     that no computer of this size could ever read.)
     """
-    import psutil
-
-    memory = psutil.virtual_memory().total
-    if nbytes > memory:
+    memory = physical_memory_bytes()
+    if memory is not None and nbytes > memory:
         raise InputError(f"{what} would need {nbytes / 2**30:.3g} GiB, more than this computer's "
                          f"memory ({memory / 2**30:.3g} GiB).")
+
+
+def physical_memory_bytes() -> int | None:
+    """This computer's physical memory, from the standard library only (the Slicer module checks
+    engine outputs with this file before the engine's packages are installed); None if unknown."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        pass
+    try:  # Windows
+        import ctypes
+
+        kilobytes = ctypes.c_ulonglong()
+        if ctypes.windll.kernel32.GetPhysicallyInstalledSystemMemory(ctypes.byref(kilobytes)):
+            return kilobytes.value * 1024
+    except (AttributeError, OSError):
+        pass
+    return None
