@@ -115,14 +115,23 @@ TEACH_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")  # the engine's catalog na
 
 
 def teach_args(examples: PathLike, model: str, name: str, *, device: str = "auto",
-               steps: int | None = None) -> list[str]:
-    """`teach EXAMPLES --model M --name NAME`: a model taught from the accepted structures, added to the catalog."""
+               steps: int | None = None, start_from: str | None = None,
+               minutes: float | None = None) -> list[str]:
+    """`teach EXAMPLES --model M --name NAME`: a model taught from the accepted structures, added to the
+    catalog; `start_from` (a model taught before, `--from`) makes it an incremental teach that builds on
+    it, `minutes` a time budget."""
     name = (name or "").strip()
     if not TEACH_NAME.fullmatch(name):
         raise ValueError("Name the model to teach with lower-case letters, digits, '.', '_' or '-' (e.g. my-organs).")
     args = ["teach", str(examples), *model_args(model, device, None), "--name", name]
     if steps is not None:
         args += ["--steps", str(int(steps))]
+    if start_from:
+        args += ["--from", str(start_from)]
+    if minutes is not None:
+        if not minutes > 0:
+            raise ValueError("The teach time budget must be a positive number of minutes.")
+        args += ["--minutes", f"{float(minutes):g}"]
     return args + ["--progress", "jsonl"]
 
 

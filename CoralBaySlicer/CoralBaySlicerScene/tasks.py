@@ -188,10 +188,11 @@ class TaskLogic:
         return ctNode, truthNode
 
     def teachModel(self, name: str, model: str, device: str = "auto", examplesFolder=None, steps=None,
-                   onDone=None) -> Job:
+                   onDone=None, startFrom: str | None = None, minutes: float | None = None) -> Job:
         """Teach a segmentation model from the accepted structures (`coralbay teach`) as a background
         job; the engine adds it to the catalog, so it is in `availableModels()` when the job succeeds.
-        The job's value is the new model's name."""
+        The job's value is the new model's name. `startFrom` (a model taught before) makes it an
+        incremental teach that builds on that model; `minutes` is a time budget."""
         examples = pathlib.Path(examplesFolder or self.examplesFolder())
         if not has_examples(examples):
             raise ValueError("There are no accepted structures to teach from yet; accept structures in the "
@@ -200,7 +201,8 @@ class TaskLogic:
             raise ValueError(f"A model named {name.strip()} is already in the catalog; choose another name.")
 
         def writeInputs(folder):
-            return commands.teach_args(examples, model, name, device=device, steps=steps)
+            return commands.teach_args(examples, model, name, device=device, steps=steps, start_from=startFrom,
+                                       minutes=minutes)
 
         def readOutputs(run):
             return name.strip()

@@ -133,7 +133,7 @@ def _engine_has(command: str) -> bool:
     return importlib.util.find_spec(f"coralbay.commands.{command}") is not None
 
 
-@pytest.mark.parametrize("command", ["segment", "classify", "compare", "export", "phantom"])
+@pytest.mark.parametrize("command", ["segment", "classify", "compare", "export", "phantom", "teach"])
 def test_command_lines_parse_with_the_real_engine(command):
     """Every command line the module builds is accepted by the engine's own parser."""
     if not _engine_has(command):
@@ -148,6 +148,8 @@ def test_command_lines_parse_with_the_real_engine(command):
         "compare": lambda: commands.compare_args("p.nrrd", "r.nrrd", "out", image="ct.nrrd"),
         "export": lambda: commands.export_args("l.nrrd", "seg.nrrd", "x.seg.nrrd"),
         "phantom": lambda: commands.phantom_args(3, "ct.nrrd", "l.nrrd", spacing_mm=2, direction="RAS"),
+        "teach": lambda: commands.teach_args("examples", "m", "my-organs", device="CPU", start_from="my-organs-1",
+                                             minutes=2.5),
     }[command]()
     args = build_parser().parse_args(built)
     assert args.command == command and callable(args.run)
@@ -157,6 +159,8 @@ def test_command_lines_parse_with_the_real_engine(command):
             0.95, [-10, -20.5, 0, 1, 1, 1], "a", "cpu", "o/n@r")  # negative first values parse
     if command == "classify":
         assert args.point == [-1, 2, -3] and args.device in ("cuda", "mps") and args.backbone == "w.safetensors"
+    if command == "teach":  # an incremental teach from the model taught before, with a time budget
+        assert (args.start_from, args.minutes, args.name) == ("my-organs-1", 2.5, "my-organs")
 
 
 # -- results ----------------------------------------------------------------------------------------
