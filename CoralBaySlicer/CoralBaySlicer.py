@@ -33,8 +33,10 @@ from coralbay.vocabulary import JobState
 from CoralBaySlicerLib import commands, coordinates, dependencies, paths, sample_data
 from CoralBaySlicerLib.jobs import Job
 from CoralBaySlicerLib.process import EngineBusyError
+from CoralBaySlicerLib.remote_runner import ENGINE_CHOICES
 from CoralBaySlicerScene import selftest
 from CoralBaySlicerScene.engine_jobs import MODULE_DIR, EngineJobs
+from CoralBaySlicerScene.engine_section import EngineSection
 from CoralBaySlicerScene.install import InstallLogic
 from CoralBaySlicerScene.interactive import InteractiveLogic
 from CoralBaySlicerScene.interactive_section import InteractiveSection
@@ -124,6 +126,11 @@ class CoralBaySlicerParameterNode:
     interactivePropose: bool = True  # a structure starts from the engine's automatic proposal, if any
     proposeWith: str = ""  # a segmentation model proposing structures (engine --propose-with); "": examples only
     exportFolder: pathlib.Path = pathlib.Path.home()
+    # The Engine section (the token is not here: it stays in memory, see engine_section.py)
+    engine: Annotated[str, Choice(list(ENGINE_CHOICES))] = "Local"
+    remoteUrl: str = ""
+    remoteCaFile: str = ""
+    remoteFingerprint: str = ""
 
 
 #
@@ -161,6 +168,7 @@ class CoralBaySlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.models = ModelSection(self.ui, self.logic, parameterNode, self.onLog, self.updateButtons)
         self.interactive = InteractiveSection(self.ui, self.logic, parameterNode, self.dependenciesReady,
                                               self.updateButtons)
+        self.engine = EngineSection(self.ui, self.logic, parameterNode)
         for button, slot in ((self.ui.segmentButton, self.onSegment), (self.ui.classifyButton, self.onClassify),
                              (self.ui.cancelButton, self.onCancel), (self.ui.compareButton, self.onCompare),
                              (self.ui.jumpToWorstErrorButton, self.onJumpToWorstError),

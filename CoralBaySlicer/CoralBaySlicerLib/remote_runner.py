@@ -18,6 +18,7 @@ from typing import Iterator, Sequence
 from CoralBaySlicerLib.remote_client import RemoteEngine, RemoteError, RemoteJob
 from CoralBaySlicerLib.remote_session import RemoteInteractiveSession
 
+ENGINE_CHOICES = ("Local", "Remote")
 REMOTE_TASKS = {"segment": "segment", "classify": "classify"}
 LOCAL_WORKFLOWS = ("compare", "export", "phantom", "teach")
 LOCAL_ONLY_SENTENCE = ("On the remote engine Segment, Classify and Interactive run on the server; "

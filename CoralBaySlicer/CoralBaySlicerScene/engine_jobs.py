@@ -25,7 +25,7 @@ from CoralBaySlicerLib import paths
 from CoralBaySlicerLib.interactive_session import InteractiveSession
 from CoralBaySlicerLib.jobs import Job, JobController
 from CoralBaySlicerLib.process import EngineBusyError, EngineRunner
-from CoralBaySlicerLib.remote_client import RemoteEngine
+from CoralBaySlicerLib.remote_client import RemoteEngine, RemoteError
 from CoralBaySlicerLib.remote_runner import LOCAL_ONLY_SENTENCE, RemoteRunner
 from CoralBaySlicerScene.scene_guard import keepSceneOnFailure
 
@@ -37,6 +37,13 @@ REMOTE_PURPOSES = ("segmentation", "classification")
 def cacheFolder(*parts: str) -> pathlib.Path:
     """A folder of CoralBay's under Slicer's cache (features, examples, the phantom...)."""
     return pathlib.Path(slicer.app.cachePath, "CoralBay", *parts)
+
+
+def remoteEngine(url: str, token: str, caFile: str = "", fingerprint: str = "") -> RemoteEngine:
+    """The client for the Engine section's settings; a missing CA file is one sentence (RemoteError)."""
+    if caFile and not os.path.isfile(caFile):
+        raise RemoteError(f"The CA file {caFile} was not found; give the ca.pem from your administrator.")
+    return RemoteEngine(url, token, ca_file=caFile or None, fingerprint=fingerprint or None)
 
 
 class EngineJobs:
@@ -80,8 +87,7 @@ class EngineJobs:
     def useRemoteEngine(cls, url: str, token: str, caFile: str = "", fingerprint: str = "") -> str:
         """Send segment, classify and interactive work to a server; returns the sentence saying which
         workflows stay local. Raises RemoteError (one sentence) for an unusable address or token."""
-        engine = RemoteEngine(url, token, ca_file=caFile or None, fingerprint=fingerprint or None)
-        cls._remote = RemoteRunner(engine, temp_root=os.path.join(slicer.app.temporaryPath, "CoralBay"))
+        cls._remote = RemoteRunner(remoteEngine(url, token, caFile, fingerprint), temp_root=os.path.join(slicer.app.temporaryPath, "CoralBay"))
         return LOCAL_ONLY_SENTENCE
 
     @classmethod
@@ -95,7 +101,7 @@ class EngineJobs:
     @staticmethod
     def testConnection(url: str, token: str, caFile: str = "", fingerprint: str = "") -> str:
         """One sentence: who the server says we are and its models, or why it cannot be reached."""
-        return RemoteEngine(url, token, ca_file=caFile or None, fingerprint=fingerprint or None).test_connection()
+        return remoteEngine(url, token, caFile, fingerprint).test_connection()
 
     def jobRunner(self, purpose: str):
         """The runner of a job: the server's for segment and classify when Remote is chosen, else local."""

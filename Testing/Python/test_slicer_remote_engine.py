@@ -10,11 +10,12 @@ import pytest
 
 pytest.importorskip("starlette", reason="the serve extra (starlette, uvicorn, cryptography) is not installed")
 
-from conftest import write_interactive_phantom  # noqa: E402
+from conftest import REPO, write_interactive_phantom  # noqa: E402
 from serve_support import add_user, start_server  # noqa: E402
 from test_slicer_module import _segment_names, module  # noqa: E402,F401 (fixture)
 
 TIMEOUT_S = 180
+UI_FILE = REPO / "Resources" / "UI" / "CoralBaySlicer.ui"
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +112,40 @@ def test_interactive_open_click_accept_remote_equals_local(module, server, tmp_p
     finally:
         logic.useLocalEngine()
     assert local.any() and np.array_equal(local, remote)
+
+
+def test_engine_section_connects_tests_and_says_what_runs_where(module, server):
+    """The panel's Engine section (Qt emulated, Logic real) against the server: Test connection shows
+    the server's sentence, a wrong token one sentence without the token, Remote switches the Logic,
+    an unusable setting falls back to Local and says why."""
+    import ui_loader
+    from CoralBaySlicerLib.remote_runner import ENGINE_CHOICES, LOCAL_ONLY_SENTENCE
+    from CoralBaySlicerScene.engine_section import LOCAL_SENTENCE, EngineSection
+
+    ui = ui_loader.childWidgetVariables(UI_FILE)
+    ui.engineComboBox.addItems(ENGINE_CHOICES)  # what the parameter node's Choice fills in
+    logic = module.CoralBaySlicerLogic()
+    EngineSection(ui, logic, logic.getParameterNode)
+    ui.remoteUrlLineEdit.text, ui.remoteTokenLineEdit.text = server["url"], "not-the-token"
+    ui.testConnectionButton.click()
+    refused = ui.engineStatusLabel.text
+    assert refused and "\n" not in refused and "not-the-token" not in refused and logic.remoteEngine() is None
+
+    ui.remoteTokenLineEdit.text = server["token"]
+    ui.testConnectionButton.click()
+    assert "alice" in ui.engineStatusLabel.text and "tiny-seg" in ui.engineStatusLabel.text
+    try:
+        ui.engineComboBox.activate(ENGINE_CHOICES.index("Remote"))
+        assert ui.engineStatusLabel.text == LOCAL_ONLY_SENTENCE and logic.remoteEngine() is not None
+        ui.remoteCaFileLineEdit.text = "/nonexistent/ca.pem"
+        ui.remoteCaFileLineEdit.emit("editingFinished()")
+        assert "was not found" in ui.engineStatusLabel.text and logic.remoteEngine() is None
+        ui.remoteCaFileLineEdit.text = ""
+        ui.remoteCaFileLineEdit.emit("editingFinished()")
+        assert logic.remoteEngine() is not None
+    finally:
+        ui.engineComboBox.activate(ENGINE_CHOICES.index("Local"))
+    assert ui.engineStatusLabel.text == LOCAL_SENTENCE and logic.remoteEngine() is None
 
 
 def test_a_wrong_token_is_one_sentence(module, server):
