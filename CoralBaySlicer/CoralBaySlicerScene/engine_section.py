@@ -16,10 +16,11 @@ LOCAL_SENTENCE = "The engine runs on this computer."
 
 
 class EngineSection:
-    """Given the panel's `ui`, the logic and a function returning the parameter node (or None)."""
+    """Given the panel's `ui`, the logic and `changed()`, called when the engine changed (the model
+    list then comes from the other engine)."""
 
-    def __init__(self, ui, logic, parameterNode) -> None:
-        self.ui, self.logic, self.parameterNode = ui, logic, parameterNode
+    def __init__(self, ui, logic, changed) -> None:
+        self.ui, self.logic, self.changed = ui, logic, changed
         ui.engineComboBox.connect("currentIndexChanged(int)", lambda index: self.apply())
         for field in (ui.remoteUrlLineEdit, ui.remoteTokenLineEdit, ui.remoteCaFileLineEdit,
                       ui.remoteFingerprintLineEdit):
@@ -33,15 +34,19 @@ class EngineSection:
 
     def apply(self) -> None:
         """Make the Logic use the chosen engine; an unusable remote setting leaves the local one."""
+        before = self.logic.remoteEngine()
         if self.ui.engineComboBox.currentText != "Remote":
             self.logic.useLocalEngine()
             self.ui.engineStatusLabel.text = _(LOCAL_SENTENCE)
-            return
-        try:
-            self.ui.engineStatusLabel.text = self.logic.useRemoteEngine(*self._settings())
-        except RemoteError as exc:
-            self.logic.useLocalEngine()
-            self.ui.engineStatusLabel.text = _("Not connected, the engine runs on this computer: {error}").format(error=exc)
+        else:
+            try:
+                self.ui.engineStatusLabel.text = self.logic.useRemoteEngine(*self._settings())
+            except RemoteError as exc:
+                self.logic.useLocalEngine()
+                self.ui.engineStatusLabel.text = _("Not connected, the engine runs on this computer: {error}").format(
+                    error=exc)
+        if before is not None or self.logic.remoteEngine() is not None:
+            self.changed()
 
     def onTestConnection(self) -> None:
         try:

@@ -125,7 +125,8 @@ def test_engine_section_connects_tests_and_says_what_runs_where(module, server):
     ui = ui_loader.childWidgetVariables(UI_FILE)
     ui.engineComboBox.addItems(ENGINE_CHOICES)  # what the parameter node's Choice fills in
     logic = module.CoralBaySlicerLogic()
-    EngineSection(ui, logic, logic.getParameterNode)
+    changes = []
+    EngineSection(ui, logic, lambda: changes.append(logic.availableModels()))
     ui.remoteUrlLineEdit.text, ui.remoteTokenLineEdit.text = server["url"], "not-the-token"
     ui.testConnectionButton.click()
     refused = ui.engineStatusLabel.text
@@ -137,6 +138,7 @@ def test_engine_section_connects_tests_and_says_what_runs_where(module, server):
     try:
         ui.engineComboBox.activate(ENGINE_CHOICES.index("Remote"))
         assert ui.engineStatusLabel.text == LOCAL_ONLY_SENTENCE and logic.remoteEngine() is not None
+        assert [m.name for m in changes[-1]] == ["tiny-seg"] and changes[-1][0].segments  # the server's models
         ui.remoteCaFileLineEdit.text = "/nonexistent/ca.pem"
         ui.remoteCaFileLineEdit.emit("editingFinished()")
         assert "was not found" in ui.engineStatusLabel.text and logic.remoteEngine() is None
