@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import tempfile
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
+from CoralBaySlicerLib.process import OneRunAtATime
 from CoralBaySlicerLib.remote_client import RemoteEngine, RemoteError, RemoteJob
 from CoralBaySlicerLib.remote_session import RemoteInteractiveSession
 
@@ -115,7 +115,7 @@ class RemoteRun:
             self._on_close(self)
 
 
-class RemoteRunner:
+class RemoteRunner(OneRunAtATime):
     """`process.EngineRunner`'s interface on a server: one run at a time, each in its own folder."""
 
     python = ""   # no local engine process; `openSession` below ignores the command line's interpreter
@@ -125,35 +125,15 @@ class RemoteRunner:
         self.temp_root = Path(temp_root) if temp_root else None
         self.current: RemoteRun | None = None
 
-    @property
-    def busy(self) -> bool:
-        return self.current is not None
-
     def command(self, args: Sequence[str]) -> list[str]:
         return [str(a) for a in args]
 
     def environment(self) -> dict[str, str]:
         return {}
 
-    @contextlib.contextmanager
-    def prepare(self, purpose: str = "run") -> Iterator[RemoteRun]:
-        from CoralBaySlicerLib.process import EngineBusyError
-
-        if self.current is not None:
-            raise EngineBusyError("Another CoralBay run is still in progress: wait for it or cancel it first.")
-        if self.temp_root is not None:
-            self.temp_root.mkdir(parents=True, exist_ok=True)
-        folder = Path(tempfile.mkdtemp(prefix="CoralBay-remote-", dir=str(self.temp_root) if self.temp_root else None))
-        run = self.current = RemoteRun(self.engine, folder, self._release)
-        try:
-            yield run
-        except BaseException:
-            run.cancel()
-            raise
-
-    def _release(self, run: RemoteRun) -> None:
-        if self.current is run:
-            self.current = None
+    def prepare(self, purpose: str = "run") -> contextlib.AbstractContextManager[RemoteRun]:
+        """Reserve the engine and create the run's private folder (`process.OneRunAtATime`'s rules)."""
+        return self._reserve(purpose, lambda folder: RemoteRun(self.engine, folder, self._release))
 
     def open_session(self, argv: Sequence[str], cwd: str | Path) -> RemoteInteractiveSession:
         """The interactive session for a `coralbay interact` command line: its model on the server."""
