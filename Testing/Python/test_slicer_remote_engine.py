@@ -1,6 +1,6 @@
-"""The panel's Engine choice on REAL slicer-core: the module's Logic with Remote chosen sends segment
-and interactive work to a real `coralbay serve` on 127.0.0.1 and gives the local engine's answers
-(same labels, same masks); a wrong token is one sentence; compare/export/teach stay local.
+"""The panel's Engine choice on REAL slicer-core: the module's Logic with Remote chosen sends segment,
+classify and interactive work to a real `coralbay serve` on 127.0.0.1 and gives the local engine's answers
+(same labels, same probabilities, same masks); a wrong token is one sentence; compare/export/teach stay local.
 One server, the tiny bundle, the small interactive phantom."""
 
 from __future__ import annotations
@@ -19,14 +19,15 @@ UI_FILE = REPO / "Resources" / "UI" / "CoralBaySlicer.ui"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny_seg_bundle):
+def server(tmp_path_factory, tiny_seg_bundle, tiny_cls_bundle):
     folder = tmp_path_factory.mktemp("slicer-remote")
     ct, labels = write_interactive_phantom(folder / "phantom")
     state = folder / "state"
     state.mkdir()
     token = add_user(state, "alice")
-    running = start_server(state, [tiny_seg_bundle])
-    yield {"url": running.url, "token": token, "ct": ct, "labels": labels, "bundle": tiny_seg_bundle, "folder": folder}
+    running = start_server(state, [tiny_seg_bundle, tiny_cls_bundle])
+    yield {"url": running.url, "token": token, "ct": ct, "labels": labels, "bundle": tiny_seg_bundle,
+           "classifier": tiny_cls_bundle, "folder": folder}
     running.stop()
 
 
@@ -72,6 +73,33 @@ def test_segment_through_the_remote_engine_gives_the_local_labels(module, server
     scene = slicer.mrmlScene.GetSceneXMLString()
     assert "vtkMRMLScriptedModuleNode" in scene or "ScriptedModule" in scene
     assert server["token"] not in scene
+
+
+def _classify(logic, ct, model, point):
+    job = logic.classify(ct, model, device="CPU", pointNode=point)
+    logic.wait(TIMEOUT_S)
+    assert job.state == "succeeded", (job.error, job.full_log())
+    return job.value[1].rows
+
+
+def test_classify_around_a_point_through_the_remote_engine_gives_the_local_report(module, server):
+    import slicer
+
+    ct = slicer.util.loadVolume(str(server["ct"]), {"name": "CT"})
+    b = [0.0] * 6
+    ct.GetRASBounds(b)
+    point = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "lesion")
+    point.AddControlPoint([(b[0] + b[1]) / 2 + 10, (b[2] + b[3]) / 2, (b[4] + b[5]) / 2])
+    logic = module.CoralBaySlicerLogic()
+    local = _classify(logic, ct, str(server["classifier"]), point)
+    logic.useRemoteEngine(server["url"], server["token"])
+    try:
+        remote = _classify(logic, ct, "tiny-cla", point)
+    finally:
+        logic.useLocalEngine()
+    assert [name for name, _p in remote] == [name for name, _p in local]
+    assert sorted(name for name, _p in local) == ["negative", "positive"]
+    assert [p for _n, p in remote] == pytest.approx([p for _n, p in local], abs=1e-6)
 
 
 def _click_and_accept(logic, ct, lps, folder):
@@ -134,11 +162,11 @@ def test_engine_section_connects_tests_and_says_what_runs_where(module, server):
 
     ui.remoteTokenLineEdit.text = server["token"]
     ui.testConnectionButton.click()
-    assert "alice" in ui.engineStatusLabel.text and "tiny-seg" in ui.engineStatusLabel.text
+    assert "alice" in ui.engineStatusLabel.text and "tiny-cla" in ui.engineStatusLabel.text
     try:
         ui.engineComboBox.activate(ENGINE_CHOICES.index("Remote"))
         assert ui.engineStatusLabel.text == LOCAL_ONLY_SENTENCE and logic.remoteEngine() is not None
-        assert [m.name for m in changes[-1]] == ["tiny-seg"] and changes[-1][0].segments  # the server's models
+        assert sorted(m.name for m in changes[-1]) == ["tiny-cla", "tiny-seg"]  # the server's models
         ui.remoteCaFileLineEdit.text = "/nonexistent/ca.pem"
         ui.remoteCaFileLineEdit.emit("editingFinished()")
         assert "was not found" in ui.engineStatusLabel.text and logic.remoteEngine() is None
