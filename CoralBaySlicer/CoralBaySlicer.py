@@ -33,8 +33,11 @@ from coralbay.vocabulary import JobState
 from CoralBaySlicerLib import commands, coordinates, dependencies, paths, sample_data
 from CoralBaySlicerLib.jobs import Job
 from CoralBaySlicerLib.process import EngineBusyError
+from CoralBaySlicerLib.remote_client import RemoteError
+from CoralBaySlicerLib.remote_runner import ENGINE_CHOICES
 from CoralBaySlicerScene import selftest
 from CoralBaySlicerScene.engine_jobs import MODULE_DIR, EngineJobs
+from CoralBaySlicerScene.engine_section import EngineSection
 from CoralBaySlicerScene.install import InstallLogic
 from CoralBaySlicerScene.interactive import InteractiveLogic
 from CoralBaySlicerScene.interactive_section import InteractiveSection
@@ -124,6 +127,11 @@ class CoralBaySlicerParameterNode:
     interactivePropose: bool = True  # a structure starts from the engine's automatic proposal, if any
     proposeWith: str = ""  # a segmentation model proposing structures (engine --propose-with); "": examples only
     exportFolder: pathlib.Path = pathlib.Path.home()
+    # The Engine section (the token is not here: it stays in memory, see engine_section.py)
+    engine: Annotated[str, Choice(list(ENGINE_CHOICES))] = "Local"
+    remoteUrl: str = ""
+    remoteCaFile: str = ""
+    remoteFingerprint: str = ""
 
 
 #
@@ -159,8 +167,9 @@ class CoralBaySlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         parameterNode = lambda: self._parameterNode  # noqa: E731
         self.models = ModelSection(self.ui, self.logic, parameterNode, self.onLog, self.updateButtons)
-        self.interactive = InteractiveSection(self.ui, self.logic, parameterNode, self.dependenciesReady,
+        self.interactive = InteractiveSection(self.ui, self.logic, parameterNode, lambda: self.engineReady(remote=True),
                                               self.updateButtons)
+        self.engine = EngineSection(self.ui, self.logic, self.models.refresh)
         for button, slot in ((self.ui.segmentButton, self.onSegment), (self.ui.classifyButton, self.onClassify),
                              (self.ui.cancelButton, self.onCancel), (self.ui.compareButton, self.onCompare),
                              (self.ui.jumpToWorstErrorButton, self.onJumpToWorstError),
@@ -261,11 +270,11 @@ class CoralBaySlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = _("Cancelled.")
         self.updateButtons()
 
-    def startJob(self, start, onDone=None, needsModel: bool = True) -> None:
+    def startJob(self, start, onDone=None, needsModel: bool = True, remote: bool = False) -> None:
         """Run `start(onDone)` (which starts a logic job) once the dependencies are there (`needsModel`:
         PyTorch and the rest), reporting refusals (busy, bad input) in one sentence; `onDone(value)`
         runs when the job succeeds."""
-        if needsModel and not self.dependenciesReady():
+        if needsModel and not self.engineReady(remote):
             return
         self.ui.progressBar.value = 0
 
@@ -276,9 +285,14 @@ class CoralBaySlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             start(done)
         except EngineBusyError as exc:
             slicer.util.warningDisplay(str(exc))
-        except (ValueError, FileNotFoundError, dependencies.DependencyError) as exc:
+        except (ValueError, FileNotFoundError, dependencies.DependencyError, RemoteError) as exc:
             slicer.util.errorDisplay(str(exc))
         self.updateButtons()
+
+    def engineReady(self, remote: bool = False) -> bool:
+        """A workflow the remote engine runs (`remote`) needs nothing installed here when Remote is
+        chosen; otherwise the local engine's dependencies must be there."""
+        return (remote and self.logic.remoteEngine() is not None) or self.dependenciesReady()
 
     def dependenciesReady(self) -> bool:
         """Offer to install what the engine still needs; False if the user declines or it fails."""
@@ -301,7 +315,7 @@ class CoralBaySlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.startJob(lambda done: self.logic.segment(
             p.inputVolume, p.model, device=p.device, overlap=p.overlap, roiNode=p.roi, structures=structures,
             backbone=p.backbone, outputSegmentation=p.segmentation, onDone=done),
-            onDone=lambda node: setattr(p, "segmentation", node))
+            onDone=lambda node: setattr(p, "segmentation", node), remote=True)
 
     def onClassify(self) -> None:
         p = self._parameterNode
@@ -311,7 +325,7 @@ class CoralBaySlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             p.classificationTable = tableNode
             self.ui.classificationLabel.text = classification.summary()
         self.startJob(lambda done: self.logic.classify(p.inputVolume, p.model, device=p.device, pointNode=p.point,
-                                                       backbone=p.backbone, onDone=done), onDone=show)
+                                                       backbone=p.backbone, onDone=done), onDone=show, remote=True)
 
     def onCompare(self) -> None:
         p = self._parameterNode

@@ -301,7 +301,41 @@ class EngineRun:
         return self._closed
 
 
-class EngineRunner:
+class OneRunAtATime:
+    """The one-run-at-a-time rule shared by the local runner and the remote one
+    (`remote_runner.RemoteRunner`): `current` is the open run, each run gets a new private folder
+    under `temp_root`, and a run releases the runner when it closes (`_release`)."""
+
+    temp_root: Path | None = None
+    current = None
+
+    @property
+    def busy(self) -> bool:
+        return self.current is not None
+
+    @contextlib.contextmanager
+    def _reserve(self, purpose: str, make_run) -> Iterator:
+        """Raises EngineBusyError while another run is open. If the `with` body raises (for example
+        while writing the input volume), the run is cancelled: its folder removed, the runner released."""
+        if self.current is not None:
+            raise EngineBusyError("Another CoralBay run is still in progress: wait for it or cancel it first.")
+        if self.temp_root is not None:
+            self.temp_root.mkdir(parents=True, exist_ok=True)
+        folder = Path(tempfile.mkdtemp(prefix=f"CoralBay-{_safe(purpose)}-",
+                                       dir=str(self.temp_root) if self.temp_root else None))
+        run = self.current = make_run(folder)
+        try:
+            yield run
+        except BaseException:
+            run.cancel()
+            raise
+
+    def _release(self, run) -> None:
+        if self.current is run:
+            self.current = None
+
+
+class EngineRunner(OneRunAtATime):
     """Starts engine commands (`<python> -m coralbay ...`), one at a time.
 
     `python` is Slicer's `PythonSlicer` inside Slicer (any Python with the engine's dependencies
@@ -317,10 +351,6 @@ class EngineRunner:
         self.temp_root = Path(temp_root) if temp_root else None
         self.current: EngineRun | None = None
 
-    @property
-    def busy(self) -> bool:
-        return self.current is not None
-
     def command(self, args: Sequence[str]) -> list[str]:
         return [self.python, "-m", "coralbay", *map(str, args)]
 
@@ -332,31 +362,9 @@ class EngineRunner:
         env["PYTHONIOENCODING"] = "utf-8"
         return env
 
-    @contextlib.contextmanager
-    def prepare(self, purpose: str = "run") -> Iterator[EngineRun]:
-        """Reserve the engine and create the run's private folder.
-
-        Raises EngineBusyError while another run is open. If the `with` body raises (for example
-        while writing the input volume), the folder is removed and the engine released.
-        """
-        if self.current is not None:
-            raise EngineBusyError("Another CoralBay run is still in progress: wait for it or cancel it first.")
-        if self.temp_root is not None:
-            self.temp_root.mkdir(parents=True, exist_ok=True)
-        folder = Path(tempfile.mkdtemp(prefix=f"CoralBay-{_safe(purpose)}-",
-                                       dir=str(self.temp_root) if self.temp_root else None))
-        run = EngineRun(folder, self.environment(), self._release)
-        self.current = run
-        try:
-            yield run
-        except BaseException:
-            run.cancel()
-            raise
-
-    def _release(self, run: EngineRun) -> None:
-        if self.current is run:
-            self.current = None
-
+    def prepare(self, purpose: str = "run") -> contextlib.AbstractContextManager[EngineRun]:
+        """Reserve the engine and create the run's private folder (see `OneRunAtATime._reserve`)."""
+        return self._reserve(purpose, lambda folder: EngineRun(folder, self.environment(), self._release))
 
 def _safe(text: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in text)[:32] or "run"

@@ -13,6 +13,7 @@ import qt
 import slicer
 from slicer.i18n import tr as _
 from coralbay.interactive.messages import EventKind, Request
+from CoralBaySlicerLib.remote_client import RemoteError
 
 # (key sequence, what it does, method of InteractiveSection); shown in the panel and docs/slicer.md
 SHORTCUTS = (
@@ -73,7 +74,7 @@ class InteractiveSection:
         """Run a logic request, reporting a refusal (no session, no structure, bad input) in one sentence."""
         try:
             action()
-        except (ValueError, FileNotFoundError) as exc:
+        except (ValueError, FileNotFoundError, RemoteError) as exc:
             slicer.util.errorDisplay(str(exc))
         self.showStatus()
         self.changed()

@@ -31,10 +31,12 @@ class Review:
 
 
 class TaskLogic:
-    """Part of the module's Logic (needs `_start`, see engine_jobs.EngineJobs)."""
+    """Part of the module's Logic (needs `_start` and `remoteEngine`, see engine_jobs.EngineJobs)."""
 
     def availableModels(self):
-        return models.list_models()
+        """The catalog's models, or the server's when the Remote engine is chosen (chosen by name there)."""
+        remote = self.remoteEngine()
+        return models.entries(remote.models()) if remote is not None else models.list_models()
 
     def addModel(self, bundleFolder: str):
         return models.add_model(bundleFolder)

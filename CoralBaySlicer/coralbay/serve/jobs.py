@@ -64,7 +64,7 @@ def _job_options(body: dict) -> list[str]:
         if body.get("task") != "classify" or not isinstance(point, list) or len(point) != 3 or not all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in point):
             raise InputError("A job's point is three finite numbers (mm, LPS), for classify only.")
-        argv += ["--point", ",".join(str(float(v)) for v in point)]
+        argv.append("--point=" + ",".join(str(float(v)) for v in point))  # "=": the first value may be negative
     return argv
 
 
