@@ -270,10 +270,10 @@ class CoralBaySlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = _("Cancelled.")
         self.updateButtons()
 
-    def startJob(self, start, onDone=None, needsModel: bool = True, remote: bool = False) -> None:
+    def startJob(self, start, onDone=None, needsModel: bool = True, remote: bool = False, onFailed=None) -> None:
         """Run `start(onDone)` (which starts a logic job) once the dependencies are there (`needsModel`:
         PyTorch and the rest), reporting refusals (busy, bad input) in one sentence; `onDone(value)`
-        runs when the job succeeds."""
+        runs when the job succeeds, `onFailed(job)` when it fails."""
         if needsModel and not self.engineReady(remote):
             return
         self.ui.progressBar.value = 0
@@ -281,6 +281,8 @@ class CoralBaySlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         def done(job: Job) -> None:
             if job.state == JobState.SUCCEEDED and onDone:
                 onDone(job.value)
+            elif job.state == JobState.FAILED and onFailed:
+                onFailed(job)
         try:
             start(done)
         except EngineBusyError as exc:
@@ -317,15 +319,23 @@ class CoralBaySlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             backbone=p.backbone, outputSegmentation=p.segmentation, onDone=done),
             onDone=lambda node: setattr(p, "segmentation", node), remote=True)
 
-    def onClassify(self) -> None:
+    def onClassify(self, allowLongRun: bool = False) -> None:
         p = self._parameterNode
 
         def show(value) -> None:
             tableNode, classification = value
             p.classificationTable = tableNode
             self.ui.classificationLabel.text = classification.summary()
+
+        def confirmLongRun(job) -> None:
+            """The engine estimated the run over a minute and started nothing: ask, then run again."""
+            if job.needs_confirmation and slicer.util.confirmOkCancelDisplay(
+                    _("{estimate} Run it anyway? (Choose a point first to classify only the region around it.)").format(
+                        estimate=job.error), _("Long classification")):
+                self.onClassify(allowLongRun=True)  # the refused run has already released the runner
         self.startJob(lambda done: self.logic.classify(p.inputVolume, p.model, device=p.device, pointNode=p.point,
-                                                       backbone=p.backbone, onDone=done), onDone=show, remote=True)
+                                                       backbone=p.backbone, onDone=done, allowLongRun=allowLongRun),
+                      onDone=show, remote=True, onFailed=confirmLongRun)
 
     def onCompare(self) -> None:
         p = self._parameterNode

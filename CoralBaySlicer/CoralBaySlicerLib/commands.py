@@ -69,11 +69,15 @@ def segment_args(input_path: PathLike, model: str, output: PathLike, *, device: 
 
 
 def classify_args(input_path: PathLike, model: str, output: PathLike, *, device: str = "auto",
-                  point_lps: Point | None = None, backbone: str | None = None) -> list[str]:
-    """`classify INPUT --model M --output REPORT.json [--point X,Y,Z]` with JSON-lines progress."""
+                  point_lps: Point | None = None, backbone: str | None = None,
+                  allow_long_run: bool = False) -> list[str]:
+    """`classify INPUT --model M --output REPORT.json [--point X,Y,Z]` with JSON-lines progress; a run
+    estimated over a minute is refused (needs_confirmation) unless `allow_long_run` (the user confirmed)."""
     args = ["classify", str(input_path), *model_args(model, device, backbone), "--output", str(output)]
     if point_lps is not None:
         args.append("--point=" + format_coordinates(point_lps))  # "=": the first value may be negative
+    if allow_long_run:
+        args.append("--allow-long-run")
     return args + ["--progress", "jsonl"]
 
 

@@ -31,6 +31,7 @@ class Job:
     state: JobState = JobState.RUNNING
     value: Any = None       # what read_outputs returned (nodes, tables...)
     error: str | None = None
+    needs_confirmation: bool = False  # failed only because the user must confirm the run (ask, run again)
     log: list[str] = field(default_factory=list)
 
     @property
@@ -136,6 +137,7 @@ class JobController:
             else:
                 job.state = run.state
                 job.error = run.error
+                job.needs_confirmation = bool(getattr(run, "needs_confirmation", False))
         except Exception as exc:  # noqa: BLE001 - reading outputs failed: report it, leave no files
             job.state = JobState.FAILED
             job.error = str(exc) or type(exc).__name__

@@ -240,6 +240,12 @@ class EngineRun:
         self.state = JobState.FAILED
         self.error = self._failure_sentence(returncode)
 
+    @property
+    def needs_confirmation(self) -> bool:
+        """The engine refused a run the user must confirm first (a long classification): ask, then run
+        again with the confirming option."""
+        return bool(self._error_event and self._error_event.get("needs_confirmation"))
+
     def _failure_sentence(self, returncode: int) -> str:
         if self._error_event and str(self._error_event.get("message", "")).strip():
             return str(self._error_event["message"]).strip()

@@ -66,10 +66,12 @@ class TaskLogic:
         return self._start("segmentation", writeInputs, readOutputs, onDone)
 
     def classify(self, inputVolume, model: str, device: str = "auto", pointNode=None, backbone: str = "",
-                 onDone=None) -> Job:
+                 onDone=None, allowLongRun: bool = False) -> Job:
         """Classify the scan (or the region around the point's first control point).
 
-        The job's value is (table node, results.Classification)."""
+        The job's value is (table node, results.Classification). A run the engine estimates longer
+        than a minute fails at once with `job.needs_confirmation` and the estimate as its error, unless
+        `allowLongRun` (the user confirmed it: the panel asks and runs again)."""
         N.checkInputVolume(inputVolume)
         point = N.pointLPS(pointNode, inputVolume) if pointNode else None
 
@@ -77,7 +79,7 @@ class TaskLogic:
             source = folder / "input.nrrd"
             N.writeVolume(inputVolume, source)
             return commands.classify_args(source, model, folder / "report.json", device=device, point_lps=point,
-                                          backbone=backbone)
+                                          backbone=backbone, allow_long_run=allowLongRun)
 
         def readOutputs(run):
             report = results.read_classification(results.output_path(run.result, "report", run.folder / "report.json"))

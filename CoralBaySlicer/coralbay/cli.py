@@ -16,7 +16,7 @@ from typing import Sequence
 
 from coralbay import __version__
 from coralbay.commands._common import EPILOG
-from coralbay.errors import CoralBayError
+from coralbay.errors import ConfirmationNeeded, CoralBayError
 from coralbay.progress import encode_event
 
 # Each module defines `register(subparsers)`, which adds its parser and sets `run=callable(args)`.
@@ -77,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = args.run(args)
         return int(result or 0)
     except CoralBayError as exc:
-        return _fail(str(exc), exc.exit_code, jsonl)
+        return _fail(str(exc), exc.exit_code, jsonl, needs_confirmation=isinstance(exc, ConfirmationNeeded))
     except KeyboardInterrupt:
         return _fail("Interrupted.", 130, jsonl)
     except BrokenPipeError:
@@ -103,9 +103,10 @@ def _stdout_closed() -> int:
     return EXIT_STDOUT_CLOSED
 
 
-def _fail(message: str, code: int, jsonl: bool) -> int:
+def _fail(message: str, code: int, jsonl: bool, needs_confirmation: bool = False) -> int:
     if jsonl:
-        print(encode_event("error", message=message, exit_code=code), flush=True)
+        extra = {"needs_confirmation": True} if needs_confirmation else {}
+        print(encode_event("error", message=message, exit_code=code, **extra), flush=True)
     print(f"coralbay: error: {message}", file=sys.stderr, flush=True)
     return code
 

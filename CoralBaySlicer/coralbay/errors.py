@@ -27,6 +27,12 @@ class BundleError(CoralBayError):
     """A model bundle is missing, malformed, tampered with, or does not fit its architecture."""
 
 
+class ConfirmationNeeded(CoralBayError):
+    """A run the user must confirm before it starts, e.g. one estimated longer than a minute (exit
+    code 1). Its JSON-lines error event says `needs_confirmation`, so a program (the Slicer panel)
+    can ask the user and run again with the confirming option instead of parsing the sentence."""
+
+
 class DeviceError(CoralBayError):
     """The requested compute device is not available."""
 

@@ -795,6 +795,21 @@ def test_classify_end_to_end_adds_only_its_table(module, phantom, tiny_bundles):
     assert sum(p for _name, p in classification.rows) == pytest.approx(1.0, abs=1e-3)
 
 
+def test_a_whole_scan_classification_of_hours_is_not_started_without_confirmation(module, phantom):
+    """The demo classifier is made for the region around a point; over the whole sample phantom it
+    needs thousands of windows. The engine estimates the run and starts nothing; the job says it
+    needs the user's confirmation (the panel asks, then runs with allowLongRun)."""
+    ct, _study = _load_ct(phantom[0])
+    logic = module.CoralBaySlicerLogic()
+    before = _nodes()
+    job = logic.classify(ct, "demo-phantom-cls", device="CPU")
+    assert "--allow-long-run" not in job.run.argv
+    logic.wait(TIMEOUT_S)
+    assert job.state == "failed" and job.needs_confirmation, (job.state, job.error)
+    assert "windows" in job.error and "--point" in job.error
+    assert _nodes() == before
+
+
 def test_cancel_at_the_first_progress_event_kills_the_engine_and_changes_nothing(module, phantom, tiny_bundles):
     ct, _study = _load_ct(phantom[0])
     logic = module.CoralBaySlicerLogic()

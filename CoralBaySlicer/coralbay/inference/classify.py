@@ -19,7 +19,7 @@ import torch
 
 from coralbay.bundle.loader import LoadedBundle
 from coralbay.bundle.manifest import Manifest
-from coralbay.errors import CoralBayError, InputError
+from coralbay.errors import ConfirmationNeeded, CoralBayError, InputError
 from coralbay.inference.fast_swin import enable_fast_swin
 from coralbay.inference.preprocess import Prepared, prepare
 from coralbay.inference.sliding_window import plan_windows, sliding_window_embeddings, window_context
@@ -84,7 +84,7 @@ def refuse_long_run(estimate: RunEstimate, point_lps: Sequence[float] | None, ma
     region = manifest.inference.point_region_mm
     hint = (f"; the model {manifest.name} is made for the {' x '.join(f'{r:g}' for r in region)} mm region around "
             "a point, which --point classifies" if point_lps is None and region else "")
-    raise CoralBayError(f"This classification needs {estimate.describe()}{hint}; confirm a run that long "
+    raise ConfirmationNeeded(f"This classification needs {estimate.describe()}{hint}; confirm a run that long "
                         "with --allow-long-run.")
 
 
