@@ -52,6 +52,7 @@ REQUIREMENTS: tuple[Requirement, ...] = (
     Requirement("matplotlib", "matplotlib==3.9.4"),
     Requirement("psutil", "psutil==7.0.0"),
     Requirement("tqdm", "tqdm==4.67.1"),
+    Requirement("maxflow", "PyMaxflow==1.3.2"),
 )
 
 # Imported by the engine but shipped with Slicer itself (never installed by this module).
