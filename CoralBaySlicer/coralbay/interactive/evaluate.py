@@ -1,38 +1,175 @@
-"""`coralbay eval-interactive`: the simulated user on every structure of reference label maps.
+"""`coralbay eval-interactive`: the simulated user on every structure of reference label maps, for
+our interactive session and each classical baseline, every method clicking on its own errors.
 
-For each scan (in order) and each structure of its reference: start the structure (with
-`--sequence`, the first answer is the automatic proposal learned from the earlier scans'
-accepted structures), optionally a box, then the clicks of `simulate.next_click`; after the last
-click the structure is accepted (with the reference mask when asked to, see `accept_reference`),
-so it is negative evidence for the next structure and, with `--sequence`, an example for later
-scans. The random-walker baseline answers the same clicks.
+Per structure and method: the box (unless `--no-box`), then `clicks` clicks, each placed by the
+protocol (`simulate.PROTOCOLS`) on that method's last answer. The record keeps a trace of every
+step (prompt kind and position, Dice, NSD, seconds), Dice / NSD after each click, DSC_AUC, the
+final Dice / NSD, and how often a click made Dice fall by more than 0.02 (`monotonicity`).
 
-Clicks to reach a Dice: 0 when the automatic proposal already reaches it (the user accepts what
-is shown without clicking), else the first click count after which the answer does; the figure
-that ignores the proposal (the first click always counted) is kept beside it.
+Our session: after the last click the structure is accepted (negative evidence for the next
+structure and, with `--sequence`, an example for later scans); with `--sequence` a structure the
+session has seen on earlier scans starts from its proposal (recorded, not counted as a step).
+Between clicks the session computes its remaining feature windows untimed, as `interact` does
+while the user looks at the answer.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Callable, Protocol as Interface, Sequence
 
 import numpy as np
 import SimpleITK as sitk
 
+from coralbay.interactive import baselines as B
 from coralbay.interactive import prompts as P
 from coralbay.interactive import simulate as S
 from coralbay.interactive.engine import LabelTable
 from coralbay.interactive.session import Session
 
 Log = Callable[[str], None]
+OURS = "ours"
+REPORT_AFTER = (1, 3, 5, 10)
+TARGETS = (0.85, 0.90)
+FALL = 0.02
 
 
-def evaluate_case(session: Session, image: sitk.Image, reference: np.ndarray, table: LabelTable,
-                  names: Sequence[str] | None, clicks: int, use_box: bool, baseline: bool,
-                  window_hu: tuple[float, float], scan_name: str, log: Log) -> tuple[list[dict], float]:
-    volume = session.open_scan(image, scan_name)
-    spacing = tuple(image.GetSpacing()[::-1])
+class Method(Interface):
+    """One interactive method as the simulated user sees it: start a structure, answer prompts."""
+
+    name: str
+
+    def start(self, name: str, value: int) -> None: ...
+
+    def answer(self, prompt: S.VoxelBox | S.Click) -> np.ndarray: ...
+
+    def finish(self) -> None: ...
+
+
+class SessionMethod:
+    """Our interactive session."""
+
+    name = OURS
+
+    def __init__(self, session: Session, image: sitk.Image) -> None:
+        self.session, self.image = session, image
+
+    def start(self, name: str, value: int) -> None:
+        self.session.start(name, value)
+
+    def proposal(self, name: str) -> np.ndarray | None:
+        found = self.session.propose(name)
+        return None if found is None else found.mask
+
+    def answer(self, prompt: S.VoxelBox | S.Click) -> np.ndarray:
+        if isinstance(prompt, S.VoxelBox):
+            given: P.Prompt = P.Box(tuple(prompt.lower_zyx[::-1]), tuple(v + 1 for v in prompt.upper_zyx[::-1]))
+        else:
+            given = P.point(self.image, prompt.lps, prompt.positive)
+        return self.session.prompt(given).mask
+
+    def pause(self) -> None:
+        self.session.compute_features()
+
+    def finish(self) -> None:
+        structure = self.session.structures[self.session.current]
+        if structure.mask is not None and structure.mask.any():
+            self.session.accept(structure.name)
+
+
+@dataclass
+class BaselineMethod:
+    """A classical baseline: answers the prompts so far from scratch (it keeps no state)."""
+
+    name: str
+    segment: B.Baseline
+    hu: np.ndarray
+    spacing: tuple[float, float, float]
+    prompts: B.Prompts = field(default_factory=B.Prompts)
+
+    def start(self, name: str, value: int) -> None:
+        self.prompts = B.Prompts()
+
+    def answer(self, prompt: S.VoxelBox | S.Click) -> np.ndarray:
+        if isinstance(prompt, S.VoxelBox):
+            self.prompts.box = prompt
+        else:
+            self.prompts.clicks.append(prompt)
+        return self.segment(self.hu, self.spacing, self.prompts)
+
+    def finish(self) -> None:
+        pass
+
+
+def _step(kind: str, prompt: S.VoxelBox | S.Click | None, mask: np.ndarray, reference: np.ndarray,
+          protocol: S.Protocol, spacing: tuple[float, float, float], seconds: float) -> dict:
+    entry: dict = {"prompt": kind}
+    if isinstance(prompt, S.VoxelBox):
+        entry.update(prompt.to_dict())
+    elif isinstance(prompt, S.Click):
+        entry.update(voxel_zyx=list(prompt.voxel_zyx), lps=[round(c, 2) for c in prompt.lps])
+    entry.update(dice=round(S.dice(mask, reference), 4), nsd=round(protocol.nsd(mask, reference, spacing), 4),
+                 seconds=round(seconds, 3))
+    return entry
+
+
+def simulate_structure(method: Method, reference: np.ndarray, image: sitk.Image, protocol: S.Protocol,
+                       clicks: int, box: S.VoxelBox | None) -> dict:
+    """One method on one structure: the box (if any), then `clicks` clicks on its own errors."""
+    spacing = tuple(float(s) for s in image.GetSpacing()[::-1])
+    trace: list[dict] = []
+    prediction = None
+    if box is not None:
+        start = time.perf_counter()
+        prediction = method.answer(box)
+        trace.append(_step("box", box, prediction, reference, protocol, spacing, time.perf_counter() - start))
+    for _ in range(clicks):
+        click = protocol.click(prediction, reference, image)
+        if click is None:   # perfect: the user has nothing to click; the answer stays (as the official run)
+            trace.append({**trace[-1], "prompt": "none", "seconds": 0.0})
+            continue
+        start = time.perf_counter()
+        prediction = method.answer(click)
+        seconds = time.perf_counter() - start
+        trace.append(_step("positive" if click.positive else "negative", click, prediction, reference, protocol,
+                           spacing, seconds))
+        if hasattr(method, "pause"):
+            method.pause()
+    method.finish()
+    click_steps = trace[1:] if box is not None else trace
+    dice_clicks = [t["dice"] for t in click_steps]
+    before = [trace[0]["dice"]] if box is not None else [None]
+    falls = S.monotonicity([before + dice_clicks], FALL)
+    auc = protocol.dsc_auc(dice_clicks)
+    return {"trace": trace,
+            "dice_after_box": trace[0]["dice"] if box is not None else None,
+            "dice_after": {str(n): (dice_clicks[n - 1] if len(dice_clicks) >= n else None) for n in REPORT_AFTER},
+            "nsd_after": {str(n): (click_steps[n - 1]["nsd"] if len(click_steps) >= n else None) for n in REPORT_AFTER},
+            "dice_per_click": dice_clicks,
+            "dsc_auc": None if auc is None else round(auc, 4),
+            "final_dsc": trace[-1]["dice"] if trace else None, "final_nsd": trace[-1]["nsd"] if trace else None,
+            "clicks_counted": falls["clicks"], "falls": falls["falls"],
+            "seconds_per_click": [t["seconds"] for t in click_steps if t["prompt"] != "none"]}
+
+
+def _clicks_to_reach(curve: list[float], target: float) -> int | None:
+    return next((i + 1 for i, d in enumerate(curve) if d >= target), None)
+
+
+def evaluate_case(session: Session | None, image: sitk.Image, reference: np.ndarray, table: LabelTable,
+                  names: Sequence[str] | None, clicks: int, use_box: bool, baselines: Sequence[str],
+                  protocol: S.Protocol, scan_name: str, log: Log) -> tuple[list[dict], float | None]:
+    """Every method on every structure of one scan; our session is skipped when `session` is None."""
+    spacing = tuple(float(s) for s in image.GetSpacing()[::-1])
+    feature_seconds = None
+    if session is not None:
+        feature_seconds = session.open_scan(image, scan_name).seconds
+        hu = session.hu
+    else:
+        hu = sitk.GetArrayFromImage(image).astype(np.float32)
+    methods: list[Method] = [SessionMethod(session, image)] if session is not None else []
+    methods += [BaselineMethod(name, B.baseline(name), hu, spacing) for name in baselines]
     results = []
     for label in table:
         if names and label.name not in names:
@@ -40,108 +177,87 @@ def evaluate_case(session: Session, image: sitk.Image, reference: np.ndarray, ta
         ref = reference == label.value
         if not ref.any():
             continue
-        session.start(label.name, label.value)
-        ours, theirs = S.Curve(), S.Curve()
-        given: list[S.Click] = []
-        prediction = None
-        box_zyx = None
+        box = protocol.box(ref) if use_box else None
         record: dict = {"name": label.name, "value": int(label.value), "scan": scan_name,
-                        "reference_voxels": int(ref.sum())}
-        start = time.perf_counter()
-        proposal = session.propose(label.name)
-        if proposal is not None:
-            prediction = proposal.mask
-            record["proposal_dice"] = round(S.dice(prediction, ref), 4)
-            record["proposal_seconds"] = round(time.perf_counter() - start, 3)
-        if use_box:
-            lower, upper = S.reference_box_lps(ref, image)
-            start = time.perf_counter()
-            answer = session.prompt(P.box(image, lower, upper))
-            record["box_seconds"] = round(time.perf_counter() - start, 3)
-            prediction = answer.mask
-            record["dice_after_box"] = round(S.dice(prediction, ref), 4)
-            where = np.argwhere(ref)
-            box_zyx = (where.min(0), where.max(0) + 1)
-        for _ in range(clicks):
-            click = S.next_click(prediction, ref, image)
-            if click is None:  # perfect: the user stops; the curve stays where it is
-                ours.dice.append(ours.dice[-1] if ours.dice else 1.0)
-                ours.nsd.append(ours.nsd[-1] if ours.nsd else 1.0)
-                continue
-            given.append(click)
-            start = time.perf_counter()
-            answer = session.prompt(P.point(image, click.lps, click.positive))
-            ours.seconds.append(time.perf_counter() - start)
-            # a user looks at each answer before the next click; `interact` computes the remaining
-            # feature windows in that pause (one at a time), so the simulated user gets them too
-            session.compute_features()
-            prediction = answer.mask
-            ours.dice.append(S.dice(prediction, ref))
-            ours.nsd.append(S.nsd(prediction, ref, spacing))
-            if baseline:
+                        "reference_voxels": int(ref.sum()), "box": None if box is None else box.to_dict(), "methods": {}}
+        for method in methods:
+            method.start(label.name, label.value)
+            proposal_dice = None
+            if isinstance(method, SessionMethod):
                 start = time.perf_counter()
-                rw = S.random_walker_answer(session.hu, spacing, given, box_zyx, window_hu)
-                theirs.seconds.append(time.perf_counter() - start)
-                theirs.dice.append(S.dice(rw, ref))
-                theirs.nsd.append(S.nsd(rw, ref, spacing))
-        summary = S.curve_summary(ours)
-        record.update(summary)
-        record["seconds_per_interaction"] = [round(t, 3) for t in ours.seconds]
-        for target in TARGETS:
-            reached = S.clicks_to_reach(ours.dice, target)
-            record[f"clicks_to_dice_{target:.2f}_from_first_click"] = reached
-            proposed = record.get("proposal_dice")
-            record[f"clicks_to_dice_{target:.2f}"] = 0 if proposed is not None and proposed >= target else reached
-        if baseline:
-            other = S.curve_summary(theirs)
-            record.update({"baseline_" + k: v for k, v in other.items()})
-            record["baseline_seconds_per_interaction"] = [round(t, 3) for t in theirs.seconds]
-        structure = session.structures[label.name]
-        if structure.mask is not None and structure.mask.any():
-            session.accept(label.name)
-        log(f"{scan_name} {label.name}: Dice after 1/3/5/10 clicks {summary['dice_after']}"
-            + (f", baseline {record['baseline_dice_after']}" if baseline else "")
-            + (f", proposal {record['proposal_dice']}" if "proposal_dice" in record else ""))
+                proposal = method.proposal(label.name)
+                if proposal is not None:
+                    proposal_dice = round(S.dice(proposal, ref), 4)
+                    record["proposal"] = {"dice": proposal_dice, "seconds": round(time.perf_counter() - start, 3)}
+            found = simulate_structure(method, ref, image, protocol, clicks, box)
+            for target in TARGETS:
+                reached = _clicks_to_reach(found["dice_per_click"], target)
+                found[f"clicks_to_dice_{target:.2f}_from_first_click"] = reached
+                found[f"clicks_to_dice_{target:.2f}"] = (0 if proposal_dice is not None and proposal_dice >= target
+                                                         else reached)
+            record["methods"][method.name] = found
+        log(f"{scan_name} {label.name}: Dice after box + 1/3/5/10 clicks "
+            + "; ".join(f"{m}: {r['dice_after_box']} {list(r['dice_after'].values())}" for m, r in record["methods"].items()))
         results.append(record)
-    return results, volume.seconds
+    return results, feature_seconds
 
 
-TARGETS = (0.85, 0.90)
+def _mean(values: list) -> float | None:
+    known = [v for v in values if v is not None and not np.isnan(v)]
+    return round(float(np.mean(known)), 4) if known else None
+
+
+def method_summary(records: list[dict]) -> dict:
+    """Per method, over all structures: mean Dice after the box and after each reported click
+    count, mean DSC_AUC, final DSC / NSD, monotonicity, median and p95 seconds per click."""
+    out: dict = {}
+    for name in dict.fromkeys(m for r in records for m in r["methods"]):
+        mine = [r["methods"][name] for r in records if name in r["methods"]]
+        seconds = [t for m in mine for t in m["seconds_per_click"]]
+        counted, falls = sum(m["clicks_counted"] for m in mine), sum(m["falls"] for m in mine)
+        out[name] = {
+            "structures": len(mine),
+            "mean_dice_after_box": _mean([m["dice_after_box"] for m in mine]),
+            "mean_dice_after": {n: _mean([m["dice_after"][n] for m in mine]) for n in mine[0]["dice_after"]},
+            "mean_nsd_after": {n: _mean([m["nsd_after"][n] for m in mine]) for n in mine[0]["nsd_after"]},
+            "mean_dsc_auc": _mean([m["dsc_auc"] for m in mine]),
+            "mean_final_dsc": _mean([m["final_dsc"] for m in mine]),
+            "mean_final_nsd": _mean([m["final_nsd"] for m in mine]),
+            "monotonicity": {"clicks": counted, "falls": falls, "drop_threshold": FALL,
+                             "share": round(falls / counted, 4) if counted else None},
+            "median_seconds_per_click": round(float(np.median(seconds)), 3) if seconds else None,
+            "p95_seconds_per_click": round(float(np.percentile(seconds, 95)), 3) if seconds else None,
+        }
+    return out
+
+
+def mean_by_structure(records: list[dict]) -> dict:
+    """Per structure name and method: mean Dice after the box and after each reported click count."""
+    out: dict = {}
+    for name in dict.fromkeys(r["name"] for r in records):
+        out[name] = {key: {"cases": value["structures"], "dice_after_box": value["mean_dice_after_box"],
+                           "dice_after": value["mean_dice_after"], "dsc_auc": value["mean_dsc_auc"]}
+                     for key, value in method_summary([r for r in records if r["name"] == name]).items()}
+    return out
 
 
 def scan_summary(records: list[dict], clicks: int) -> list[dict]:
-    """Per scan, in order: mean clicks to Dice 0.85 / 0.90 over its structures (clicks + 1 when not
-    reached), also with the first click always counted, and the mean Dice of the proposals."""
+    """Our session per scan, in order (what `--sequence` is for): mean clicks to Dice 0.85 / 0.90
+    over its structures (clicks + 1 when not reached; 0 when the proposal already reaches it), also
+    with the first click always counted, and the mean Dice of the proposals."""
     out = []
     for scan in dict.fromkeys(r["scan"] for r in records):
-        mine = [r for r in records if r["scan"] == scan]
+        mine = [r for r in records if r["scan"] == scan and OURS in r["methods"]]
+        if not mine:
+            continue
         entry: dict = {"scan": scan, "structures": len(mine)}
         for target in TARGETS:
             for suffix in ("", "_from_first_click"):
                 key = f"clicks_to_dice_{target:.2f}{suffix}"
-                values = [clicks + 1 if r[key] is None else r[key] for r in mine]
+                values = [clicks + 1 if r["methods"][OURS][key] is None else r["methods"][OURS][key] for r in mine]
                 entry["mean_" + key] = round(float(np.mean(values)), 2)
-        proposals = [r["proposal_dice"] for r in mine if "proposal_dice" in r]
+        proposals = [r["proposal"]["dice"] for r in mine if "proposal" in r]
         entry["proposals"] = len(proposals)
         entry["mean_proposal_dice"] = round(float(np.mean(proposals)), 4) if proposals else None
         out.append(entry)
-    return out
-
-
-def mean_curves(records: list[dict]) -> dict:
-    """Mean Dice / NSD after each reported click count, per structure name, both methods."""
-    out: dict = {}
-    for name in dict.fromkeys(r["name"] for r in records):
-        mine = [r for r in records if r["name"] == name]
-        entry = {}
-        for key in ("dice_after", "nsd_after", "baseline_dice_after", "baseline_nsd_after"):
-            if key not in mine[0]:
-                continue
-            entry[key] = {n: (round(float(np.mean([r[key][n] for r in mine if r[key][n] is not None])), 4)
-                              if any(r[key][n] is not None for r in mine) else None)
-                          for n in mine[0][key]}
-        seconds = [t for r in mine for t in r["seconds_per_interaction"]]
-        entry["median_seconds_per_interaction"] = round(float(np.median(seconds)), 3) if seconds else None
-        entry["cases"] = len(mine)
-        out[name] = entry
     return out
