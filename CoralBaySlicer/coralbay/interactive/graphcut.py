@@ -38,9 +38,9 @@ LOCAL_FACTOR = 3.0           # a click's window reaches this many times its dist
 LOCAL_MIN_MM = 15.0          # ... plus this
 LOCAL_MAX_MM = 80.0          # ... at most
 GRABCUT_ROUNDS = 3           # fixed rounds of model refit and cut for a box's first answer
-SMOOTHING = 10.0             # lambda: pairwise weight (mm); chosen on the real dev set, see docs/interactive.md
-BOX_PRIOR = 2.0              # log-odds at a box's centre of a shape prior (0 on the inscribed ellipsoid)
-CLICK_PRIOR = 2.0            # log-odds for the click's label at the click, falling to 0 at CLICK_REACH x its depth
+SMOOTHING = 1.0              # lambda: pairwise weight (mm); chosen on the real dev set, see docs/interactive.md
+BOX_PRIOR = 4.0              # log-odds at a box's centre of a shape prior (0 on the inscribed ellipsoid)
+CLICK_PRIOR = 4.0            # log-odds for the click's label at the click, falling to 0 at CLICK_REACH x its depth
 CLICK_REACH = 1.5
 KEEP_PREVIOUS = 0.5          # unary cost of changing a voxel's previous label inside a click's window
 HARD = 1e9
@@ -300,10 +300,10 @@ def _connected_to(mask: np.ndarray, seeds: np.ndarray) -> np.ndarray:
 def solve(hu: np.ndarray, spacing_zyx, prompts: Prompts, previous: np.ndarray | None = None,
           forbidden: np.ndarray | None = None, learned=None, smoothing: float = SMOOTHING,
           keep_previous: float = KEEP_PREVIOUS, box_strength: float = BOX_PRIOR,
-          click_strength: float = CLICK_PRIOR) -> np.ndarray:
+          click_strength: float = CLICK_PRIOR, last: Click | None = None) -> np.ndarray:
     """The answer for `prompts` given the previous answer (bool mask on the input grid, z y x).
 
-    The last click is the new one: with a previous answer it is answered as a local edit (module
+    `last`, the click just given: with a previous answer it is answered as a local edit (module
     docstring); otherwise the whole region (box or clicks) is solved, with GRABCUT_ROUNDS rounds for
     a box. `learned(region) -> log-odds or None` is the learned term for a region, already weighted.
     """
@@ -312,7 +312,6 @@ def solve(hu: np.ndarray, spacing_zyx, prompts: Prompts, previous: np.ndarray | 
     out = np.zeros(shape, bool) if previous is None else previous.copy()
     if not prompts.has_positive() and (previous is None or not previous.any()):
         return out
-    last = prompts.clicks[-1] if prompts.clicks else None
     local_edit = last is not None and previous is not None and previous.any()
     if local_edit:
         depth = distance_to_border(previous, last.voxel, spacing, (LOCAL_MAX_MM - LOCAL_MIN_MM) / LOCAL_FACTOR)
