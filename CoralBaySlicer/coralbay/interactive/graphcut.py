@@ -41,8 +41,8 @@ GRABCUT_ROUNDS = 3           # fixed rounds of model refit and cut for a box's f
 SMOOTHING = 1.0              # lambda: pairwise weight (mm); chosen on the real dev set, see docs/interactive.md
 BOX_PRIOR = 4.0              # log-odds at a box's centre of a shape prior (0 on the inscribed ellipsoid)
 CLICK_PRIOR = 4.0            # log-odds for the click's label at the click, falling to 0 at CLICK_REACH x its depth
-CLICK_REACH = 1.5
-KEEP_PREVIOUS = 0.5          # unary cost of changing a voxel's previous label inside a click's window
+CLICK_REACH = 3.0
+KEEP_PREVIOUS = 0.0          # unary cost of changing a voxel's previous label inside a click's window
 HARD = 1e9
 DENSITY_FLOOR = 1e-4         # mixed into each density: no intensity is impossible
 
