@@ -28,8 +28,9 @@ from coralbay.interactive import priors as PR
 from coralbay.interactive import prompts as P
 from coralbay.interactive import region
 from coralbay.interactive.accepted import accepted_on_scan, earlier_example_rows, example_rows, model_mask_on
+from coralbay.interactive.draws import keyed_rng
 from coralbay.interactive.engine import LoadedBundle, UsageError, encoder_digest, write_accepted
-from coralbay.interactive.features import FeatureVolume, LazyFeatures, open_features
+from coralbay.interactive.features import FeatureVolume, LazyFeatures, WorkingRegion, open_features
 from coralbay.interactive.refine import (CANDIDATE_LOGIT, Answer, full_resolution_mask, local_edit, resample_logits,
                                         uncertainty_and_next_click)
 
@@ -89,7 +90,8 @@ class Session:
         self.device = device
         self.hidden = hidden
         self.local_edits = local_edits
-        self.rng = np.random.default_rng(seed)
+        self.seed = seed
+        self.rng = np.random.default_rng(seed)   # re-keyed per answer (see `evidence`)
         self.examples = Examples()
         self.image: sitk.Image | None = None
         self.scan_id = ""
@@ -114,7 +116,6 @@ class Session:
         if not self.lazy:
             self.features.finish(progress, cancelled)
         volume = self.features.volume
-        self._table_version = -1
         self.image = image
         self.scan_path = scan_path
         self.scan_id = volume.key[:16]
@@ -128,8 +129,9 @@ class Session:
         self.accepted_model = np.zeros(volume.shape, bool)
         # One draw of weak negatives per scan: redrawing them at every click moved the answer
         # for no reason the user gave (see docs/interactive.md).
-        self.background = heads.random_background(volume.shape, self.rng, np.zeros(0, np.int64),
-                                                  2 * heads.BACKGROUND_SAMPLES)
+        # Keyed by the scan, not drawn from a shared generator: the same after a restart (`draws`).
+        self.background = heads.random_background(volume.shape, keyed_rng(self.seed, "background", volume.key),
+                                                  np.zeros(0, np.int64), 2 * heads.BACKGROUND_SAMPLES)
         # index -> physical -> model index, one matrix each way (affine grids)
         self._input_to_model = _index_map(image, volume.grid)
         if self.examples_dir is not None:
@@ -138,12 +140,19 @@ class Session:
 
     @property
     def table(self) -> heads.FeatureTable:
-        """The head's feature table, rebuilt when windows were added since (standardised over the
-        voxels with features; over all of them once complete, as the eager table)."""
-        if self._table_version != self.features.version or not hasattr(self, "_table"):
-            covered = None if self.features.complete else self.features.covered
-            self._table = heads.FeatureTable(self.volume, covered)
-            self._table_version = self.features.version
+        """The head's feature table over the whole scan (its features completed first)."""
+        return self._table_on(None)
+
+    def _table_on(self, region: WorkingRegion | None) -> heads.FeatureTable:
+        """The head's feature table standardised over an answer's working region (None: the whole
+        scan), rebuilt only when the region changed: a function of the region, not of the windows
+        computed meanwhile (issue 25)."""
+        key = None if region is None or region.everything else region.key
+        if key is None:
+            self.features.finish(self.feature_progress, self.cancelled)
+        if getattr(self, "_table_key", None) != (self.volume.key, key):
+            self._table = heads.FeatureTable(self.volume, None if key is None else region.mask)
+            self._table_key = (self.volume.key, key)
         return self._table
 
     @property
@@ -385,6 +394,8 @@ class Session:
 
     def evidence(self, structure: Structure) -> tuple[heads.Evidence, list[tuple[int, int, int]], tuple | None]:
         shape = self.volume.shape
+        # The draws of this answer are keyed by what it answers, so a replay draws the same (`draws`).
+        self.rng = keyed_rng(self.seed, "answer", self.scan_id, structure.name, len(structure.prompts))
         ev = heads.Evidence()
         self._positive_model, self._negative_model = [], []
         anchors: list[tuple[int, int, int]] = []
@@ -458,7 +469,7 @@ class Session:
 
     def answer(self, structure: Structure) -> Answer:
         """Train the head on the structure's evidence (and learned examples) and sharpen its answer."""
-        self._features_for(structure)
+        region = self._working_region(structure)
         ev, anchors, box = self.evidence(structure)
         extra = None
         if self.examples.knows(structure.name):
@@ -473,17 +484,17 @@ class Session:
         if extra is not None:  # rows of other scans lie far from this scan's prompts
             extra = tuple(heads.far_from_prompts(rows) for rows in extra)
         while True:
-            table = self.table.with_distances(stack(self._positive_model), stack(self._negative_model),
-                                              tuple(self.volume.grid.GetSpacing()))
-            head = heads.fit_head(table, ev.within(self.features.covered), hidden=self.hidden, extra=extra)
+            table = self._table_on(region).with_distances(stack(self._positive_model), stack(self._negative_model),
+                                                          tuple(self.volume.grid.GetSpacing()))
+            head = heads.fit_head(table, ev.within(region.mask), hidden=self.hidden, extra=extra)
             logits = heads.predict(table, head, self.volume.shape)
-            if self.features.complete:
+            if region.everything:
                 break
-            logits[~self.features.covered] = -10.0
-            # The head's answer reaching voxels without features: compute their windows and answer
-            # again, so the answer is never cut off where features end.
-            edge = self._edge_of_answer(logits)
-            if not len(edge) or not self.features.ensure(edge, self.feature_progress, self.cancelled):
+            logits[~region.mask] = -10.0
+            # The head's answer reaching the region's edge: add the windows there and answer again,
+            # so the answer is never cut off where the region ends (whatever was computed meanwhile).
+            edge = self._edge_of_answer(logits, region.mask)
+            if not len(edge) or not region.grow(edge):
                 break
         mask = full_resolution_mask(logits, self.volume.grid, self.image, self.hu, anchors,
                                     self.accepted_input if self.accepted_input.any() else None,
@@ -502,10 +513,10 @@ class Session:
         uncertainty, click, positive = uncertainty_and_next_click(logits, self.volume.grid)
         return Answer(mask, uncertainty, click, positive)
 
-    def _features_for(self, structure: Structure) -> None:
-        """Compute the windows holding the structure's prompts (lazy features), nearest first."""
-        if self.features.complete:
-            return
+    def _working_region(self, structure: Structure) -> WorkingRegion:
+        """The model voxels the answer may use: settled by the windows holding the structure's prompts
+        (computed now if lazy), the same set whether other windows are in or not (`features`);
+        the whole scan for an answer without prompts or seeds (a proposal from examples alone)."""
         voxels = [self.model_voxels(np.asarray([s.voxel])) for s in structure.active_seeds()]
         for p in structure.prompts:
             if isinstance(p, P.Point):
@@ -522,12 +533,12 @@ class Session:
                 axes = [np.linspace(a, b, max(2, (b - a) // 16 + 2)).round().astype(int)
                         for a, b in zip(m.min(0), m.max(0))]
                 voxels.append(np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3))
-        if voxels:
-            self.features.ensure(np.concatenate(voxels), self.feature_progress, self.cancelled)
+        return self.features.working_region(np.concatenate(voxels) if voxels else None,
+                                            self.feature_progress, self.cancelled)
 
-    def _edge_of_answer(self, logits: np.ndarray) -> np.ndarray:
-        """Model voxels without features next to the head's candidate region (the part the
-        full-resolution step would keep: components at the positive prompts)."""
+    def _edge_of_answer(self, logits: np.ndarray, within: np.ndarray | None = None) -> np.ndarray:
+        """Model voxels outside `within` (default: without features) next to the head's candidate
+        region (the part the full-resolution step would keep: components at the positive prompts)."""
         candidates = logits > CANDIDATE_LOGIT
         labelled, count = ndimage.label(candidates)
         if count == 0:
@@ -538,7 +549,8 @@ class Session:
         if not keep.size:
             return np.zeros((0, 3), int)
         region = np.isin(labelled, keep)
-        edge = ndimage.binary_dilation(region, iterations=2) & ~self.features.covered
+        outside = ~(self.features.covered if within is None else within)
+        edge = ndimage.binary_dilation(region, iterations=2) & outside
         return np.argwhere(edge)
 
     def _combined(self, structure: Structure, head_mask: np.ndarray, box: tuple | None) -> np.ndarray:
@@ -570,7 +582,7 @@ class Session:
 
     # ---------------------------------------------------------------- learning from the user
     def _keep_example(self, structure: Structure, model_mask: np.ndarray) -> None:
-        rows = example_rows(self.table, model_mask, self.rng)
+        rows = example_rows(self.table, model_mask, keyed_rng(self.seed, "examples", self.scan_id, structure.name))
         if rows is None:
             return
         self.examples.add(structure.name, *rows, PR.prior_of(structure.mask, self.hu_smooth, self.image,
@@ -593,7 +605,7 @@ class Session:
             return 0
         count = 0
         for name, positive, negative, prior in earlier_example_rows(self.examples_dir, self.bundle, self.cache_dir,
-                                                             self.device, self.encoder_sha256, self.rng,
+                                                             self.device, self.encoder_sha256, self.seed,
                                                              progress, cancelled):
             self.examples.add(name, positive, negative, prior)
             count += 1
