@@ -22,6 +22,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from coralbay.interactive import head as heads
+from coralbay.interactive.draws import keyed_rng
 from coralbay.interactive.engine import CoralBayError, LoadedBundle, read_volume, to_xyz
 from coralbay.interactive.features import scan_features
 from coralbay.io.examples import ExampleScan, read_example_scan, read_examples
@@ -89,7 +90,7 @@ def accepted_on_scan(examples_dir: str | os.PathLike, scan_id: str, shape_zyx: t
 
 
 def earlier_example_rows(examples_dir: str | os.PathLike, bundle: LoadedBundle, cache_dir, device: str,
-                         encoder_sha256: str, rng: np.random.Generator,
+                         encoder_sha256: str, seed: int,
                          progress: Callable[[float, str], None] | None = None,
                          cancelled: Callable[[], bool] | None = None
                          ) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
@@ -115,7 +116,9 @@ def earlier_example_rows(examples_dir: str | os.PathLike, bundle: LoadedBundle, 
             mask = scan.read_mask(structure)
             if mask.shape != shape:
                 continue
-            rows = example_rows(table, model_mask_on(mask, image, volume.grid), rng)
+            # keyed as the live session keys them when the structure is accepted: the same rows
+            rows = example_rows(table, model_mask_on(mask, image, volume.grid),
+                                keyed_rng(seed, "examples", scan.scan_id, structure.name))
             if rows is not None:
                 yield (structure.name, *rows)
     if progress:

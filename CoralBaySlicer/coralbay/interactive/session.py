@@ -29,6 +29,7 @@ from coralbay.interactive import graphcut as G
 from coralbay.interactive import head as heads
 from coralbay.interactive import prompts as P
 from coralbay.interactive.accepted import accepted_on_scan, earlier_example_rows, example_rows, model_mask_on
+from coralbay.interactive.draws import keyed_rng
 from coralbay.interactive.engine import LoadedBundle, UsageError, encoder_digest, write_accepted
 from coralbay.interactive.features import FeatureVolume, LazyFeatures, open_features
 from coralbay.interactive.refine import CANDIDATE_LOGIT, Answer, full_resolution_mask, uncertainty_and_next_click
@@ -84,8 +85,7 @@ class Session:
         self.examples_dir = Path(examples_dir) if examples_dir else None
         self.device = device
         self.hidden = hidden
-        self.seed = seed
-        self.rng = np.random.default_rng(seed)
+        self.seed = seed       # every random draw is keyed by it and by what it is about (`draws`)
         self.examples = Examples()
         self._examples_restored = False
         self._encoder_sha256: str | None = None
@@ -105,7 +105,7 @@ class Session:
         self._input_to_model = np.zeros((3, 4))
         self._model_to_input: tuple[np.ndarray, np.ndarray] = (np.zeros(0, np.int64), np.zeros(0, bool))
         self._table: heads.FeatureTable | None = None
-        self._table_version = -1
+        self._table_key: str | None = None
         # Set by a front end: windows computed for an answer report progress and stop when cancelled.
         self.feature_progress: Callable[[float, str], None] | None = None
         self.cancelled: Callable[[], bool] | None = None
@@ -124,7 +124,7 @@ class Session:
         if not self.lazy:
             self.features.finish(progress, cancelled)
         volume = self.features.volume
-        self._table_version = -1
+        self._table = None
         self.image = image
         self.scan_path = scan_path
         self.scan_id = volume.key[:16]
@@ -135,11 +135,10 @@ class Session:
         self.current = None
         self.accepted_input = np.zeros(self.hu.shape, bool)
         self.accepted_model = np.zeros(volume.shape, bool)
-        # One draw of weak negatives per scan (for the head of a proposal), from a generator
-        # seeded per scan: the same scan gets the same draw whatever happened before.
-        self.rng = np.random.default_rng([self.seed, int(self.scan_id[:8], 16)])
-        self.background = heads.random_background(volume.shape, self.rng, np.zeros(0, np.int64),
-                                                  2 * heads.BACKGROUND_SAMPLES)
+        # One draw of weak negatives per scan (for the head of a proposal), keyed by the scan: the
+        # same after a restart, whatever happened before (`draws`).
+        self.background = heads.random_background(volume.shape, keyed_rng(self.seed, "background", volume.key),
+                                                  np.zeros(0, np.int64), 2 * heads.BACKGROUND_SAMPLES)
         # index -> physical -> model index, one matrix each way (affine grids)
         self._input_to_model = _index_map(image, volume.grid)
         self._model_to_input = _model_samples(image, volume.grid)
@@ -149,12 +148,12 @@ class Session:
 
     @property
     def table(self) -> heads.FeatureTable:
-        """The head's feature table, rebuilt when windows were added since (standardised over the
-        voxels with features; over all of them once complete, as the eager table)."""
-        if self._table_version != self.features.version or self._table is None:
-            covered = None if self.features.complete else self.features.covered
-            self._table = heads.FeatureTable(self.volume, covered)
-            self._table_version = self.features.version
+        """The head's feature table over the whole scan (its features completed first), standardised
+        over all of it: a function of the scan, not of the windows computed so far (issue 25)."""
+        self.features.finish(self.feature_progress, self.cancelled)
+        if self._table is None or self._table_key != self.volume.key:
+            self._table = heads.FeatureTable(self.volume, None)
+            self._table_key = self.volume.key
         return self._table
 
     @property
@@ -329,6 +328,7 @@ class Session:
         """The head's labelled model voxels from the structure's prompts: (evidence, positive and
         negative model voxels, positive input voxels)."""
         shape = self.volume.shape
+        rng = keyed_rng(self.seed, "answer", self.scan_id, structure.name, len(structure.prompts))
         ev = heads.Evidence()
         positive_model: list[np.ndarray] = []
         negative_model: list[np.ndarray] = []
@@ -343,7 +343,7 @@ class Session:
                     anchors.append(v)
         if self.accepted_model.any():
             finished = np.flatnonzero(self.accepted_model.ravel())
-            ev.add(self.rng.choice(finished, size=min(finished.size, heads.FINISHED_SAMPLES), replace=False), 0, 1.0)
+            ev.add(rng.choice(finished, size=min(finished.size, heads.FINISHED_SAMPLES), replace=False), 0, 1.0)
         exclude = np.concatenate(ev.index) if ev.index else np.zeros(0, np.int64)
         total_positive = sum(float(w.sum()) for w, lab in zip(ev.weight, ev.label) if lab[0] == 1)
         background = self.background[~np.isin(self.background, exclude)][:heads.BACKGROUND_SAMPLES]
@@ -423,7 +423,7 @@ class Session:
 
     # ---------------------------------------------------------------- learning from the user
     def _keep_example(self, structure: Structure, model_mask: np.ndarray) -> None:
-        rows = example_rows(self.table, model_mask, self.rng)
+        rows = example_rows(self.table, model_mask, keyed_rng(self.seed, "examples", self.scan_id, structure.name))
         if rows is None:
             return
         self.examples.add(structure.name, *rows)
@@ -445,7 +445,7 @@ class Session:
             return 0
         count = 0
         for name, positive, negative in earlier_example_rows(self.examples_dir, self.bundle, self.cache_dir,
-                                                             self.device, self.encoder_sha256, self.rng,
+                                                             self.device, self.encoder_sha256, self.seed,
                                                              progress, cancelled):
             self.examples.add(name, positive, negative)
             count += 1
