@@ -25,7 +25,7 @@ window, not on the scan's size.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import maxflow
 import numpy as np
@@ -201,15 +201,12 @@ def _labels(shape: tuple[int, ...], region: Region, spacing: np.ndarray, prompts
             inside = voxels - origin
             inside = inside[np.all((inside >= 0) & (inside < np.asarray(local)), axis=1)]
             target[tuple(inside.T)] = True
-    if prompts.box is not None:
-        lower, upper = (np.asarray(b) - origin for b in prompts.box)
-        in_box = np.zeros(local, bool)
-        in_box[tuple(slice(max(0, int(a)), max(0, int(b))) for a, b in zip(lower, upper))] = True
-        fixed_bg |= ~in_box
-    if forbidden is not None:
+    fixed_fg &= ~fixed_bg          # a negative ball over a positive one: the later user said no
+    if prompts.box is not None:    # the box is hard, except where a positive click says otherwise
+        fixed_bg |= _outside_box(local, region, prompts.box) & ~fixed_fg
+    if forbidden is not None:      # accepted structures are never taken
         fixed_bg |= forbidden[region]
-    fixed_fg &= ~fixed_bg if prompts.box is not None else np.ones(local, bool)
-    fixed_bg &= ~fixed_fg
+        fixed_fg &= ~fixed_bg
     return Labels(fixed_fg, fixed_bg, fixed_fg.astype(np.float64), fixed_bg.astype(np.float64))
 
 
@@ -313,6 +310,11 @@ def solve(hu: np.ndarray, spacing_zyx, prompts: Prompts, previous: np.ndarray | 
     if not prompts.has_positive() and (previous is None or not previous.any()):
         return out
     local_edit = last is not None and previous is not None and previous.any()
+    if local_edit and prompts.box is not None and not _in_box(last.voxel, prompts.box):
+        # A click outside the box (the official box holds the middle slice's extent only): a
+        # positive one says the structure reaches beyond it, a negative one corrects what such a
+        # click added, so this click's window ignores the box.
+        prompts = replace(prompts, box=None)
     if local_edit:
         depth = distance_to_border(previous, last.voxel, spacing, (LOCAL_MAX_MM - LOCAL_MIN_MM) / LOCAL_FACTOR)
         region = click_window(shape, spacing, last, depth)
@@ -397,11 +399,18 @@ def solve(hu: np.ndarray, spacing_zyx, prompts: Prompts, previous: np.ndarray | 
 
 def _box_outside(labels: Labels, prompts: Prompts, region: Region, shape: tuple[int, ...]) -> np.ndarray:
     """The region's voxels outside the box (False everywhere without a box)."""
-    local = labels.fixed_bg.shape
     if prompts.box is None:
-        return np.zeros(local, bool)
+        return np.zeros(labels.fixed_bg.shape, bool)
+    return _outside_box(labels.fixed_bg.shape, region, prompts.box)
+
+
+def _outside_box(local: tuple[int, ...], region: Region, box: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     origin = np.asarray([s.start for s in region])
-    lower, upper = (np.asarray(b) - origin for b in prompts.box)
+    lower, upper = (np.asarray(b) - origin for b in box)
     in_box = np.zeros(local, bool)
     in_box[tuple(slice(max(0, int(a)), max(0, int(b))) for a, b in zip(lower, upper))] = True
     return ~in_box
+
+
+def _in_box(voxel: tuple[int, int, int], box: tuple[np.ndarray, np.ndarray]) -> bool:
+    return all(int(a) <= v < int(b) for v, a, b in zip(voxel, *box))
