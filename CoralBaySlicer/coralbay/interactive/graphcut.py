@@ -306,15 +306,15 @@ def solve(hu: np.ndarray, spacing_zyx, prompts: Prompts, previous: np.ndarray | 
     """
     spacing = np.asarray(spacing_zyx, float)
     shape = hu.shape
-    out = np.zeros(shape, bool) if previous is None else previous.copy()
     if not prompts.has_positive() and (previous is None or not previous.any()):
-        return out
+        return np.zeros(shape, bool) if previous is None else previous.copy()
     local_edit = last is not None and previous is not None and previous.any()
     if local_edit and prompts.box is not None and not _in_box(last.voxel, prompts.box):
         # A click outside the box (the official box holds the middle slice's extent only): a
         # positive one says the structure reaches beyond it, a negative one corrects what such a
         # click added, so this click's window ignores the box.
         prompts = replace(prompts, box=None)
+    depth = 0.0
     if local_edit:
         depth = distance_to_border(previous, last.voxel, spacing, (LOCAL_MAX_MM - LOCAL_MIN_MM) / LOCAL_FACTOR)
         region = click_window(shape, spacing, last, depth)
@@ -333,68 +333,73 @@ def solve(hu: np.ndarray, spacing_zyx, prompts: Prompts, previous: np.ndarray | 
     if local_edit and click_strength:
         prior = click_prior(region, spacing, last, depth, click_strength)
         term = prior if term is None else term + prior
-    inside = np.ones(values.shape, bool) & ~labels.fixed_bg
     if local_edit:
-        before = previous[region]
-        faces = np.zeros(values.shape, bool)
-        for a, s in enumerate(region):
-            index = [slice(None)] * 3
-            if s.start > 0:
-                index[a] = 0
-                faces[tuple(index)] = True
-            if s.stop < shape[a]:
-                index[a] = -1
-                faces[tuple(index)] = True
-        fixed_fg = labels.fixed_fg | (faces & before) | (before & last.positive)
-        fixed_bg = (labels.fixed_bg | (faces & ~before) | (~before & (not last.positive))) & ~fixed_fg
-        # each model: half from the clicks' balls (what the user just pointed at), half from the
-        # previous answer's side of the window
-        ring = labels.fixed_bg & _box_outside(labels, prompts, region, shape)
-        fg = _balanced(labels.fixed_fg * 1.0, 1.0) + _balanced(before * 1.0, 1.0)
-        bg = _balanced((labels.fixed_bg & ~ring) * 1.0, 1.0) + _balanced((~before & ~ring) * 1.0, 1.0) \
-            + _balanced(ring * 1.0, 0.5)
-        labels = Labels(fixed_fg, fixed_bg, fg, bg)
-        fg_cost, bg_cost = _costs(values, labels, bandwidth, term)
-        fg_cost = fg_cost + keep_previous * (~before)
-        bg_cost = bg_cost + keep_previous * before
-        answer = cut(fg_cost, bg_cost, pairwise, fixed_fg, fixed_bg)
-        seeds = np.zeros(values.shape, bool)
-        seeds[_ball(values.shape, np.asarray(last.voxel) - [s.start for s in region], spacing)] = True
-        if last.positive:
-            answer = before | _connected_to(answer & ~before, seeds)
-        else:
-            removed = before & ~answer
-            answer = before & ~_connected_to(removed, seeds)
-        out[region] = answer
+        out = previous.copy()
+        out[region] = _edit(values, labels, pairwise, bandwidth, term, previous[region],
+                            _faces(region, shape), prompts, region, shape, spacing, last, keep_previous)
         return out
-    # a whole answer: a box's GrabCut rounds, or clicks alone
-    fg = labels.fixed_fg * 4.0 + (inside * 1.0 if prompts.box is not None else 0.0)
-    bg = labels.fixed_bg.astype(np.float64)
-    if prompts.box is None:    # clicks alone: the region's faces stand for the surroundings
-        faces = np.zeros(values.shape, bool)
-        for a in range(3):
-            index = [slice(None)] * 3
-            index[a] = 0
+    out = np.zeros(shape, bool)
+    out[region] = _whole(values, labels, pairwise, bandwidth, term, prompts.box is not None,
+                         _faces(region, None))
+    return out
+
+
+def _faces(region: Region, shape: tuple[int, ...] | None) -> np.ndarray:
+    """The region's outer faces (local mask); with `shape`, only those not on the volume's edge."""
+    faces = np.zeros(tuple(s.stop - s.start for s in region), bool)
+    for axis, s in enumerate(region):
+        index = [slice(None)] * 3
+        if shape is None or s.start > 0:
+            index[axis] = 0
             faces[tuple(index)] = True
-            index[a] = -1
+        if shape is None or s.stop < shape[axis]:
+            index[axis] = -1
             faces[tuple(index)] = True
-        bg = bg + faces
-    rounds = GRABCUT_ROUNDS if prompts.box is not None else 1
+    return faces
+
+
+def _edit(values: np.ndarray, labels: Labels, pairwise: list[np.ndarray], bandwidth: float,
+          term: np.ndarray | None, before: np.ndarray, faces: np.ndarray, prompts: Prompts, region: Region,
+          shape: tuple[int, ...], spacing: np.ndarray, last: Click, keep_previous: float) -> np.ndarray:
+    """A click's local edit of the previous answer `before` in its window (module docstring)."""
+    fixed_fg = labels.fixed_fg | (faces & before) | (before & last.positive)
+    fixed_bg = (labels.fixed_bg | (faces & ~before) | (~before & (not last.positive))) & ~fixed_fg
+    # each model: half from the clicks' balls (what the user just pointed at), half from the
+    # previous answer's side of the window
+    ring = labels.fixed_bg & _box_outside(labels, prompts, region, shape)
+    fg = _balanced(labels.fixed_fg * 1.0, 1.0) + _balanced(before * 1.0, 1.0)
+    bg = _balanced((labels.fixed_bg & ~ring) * 1.0, 1.0) + _balanced((~before & ~ring) * 1.0, 1.0) \
+        + _balanced(ring * 1.0, 0.5)
+    fg_cost, bg_cost = _costs(values, Labels(fixed_fg, fixed_bg, fg, bg), bandwidth, term)
+    fg_cost = fg_cost + keep_previous * (~before)
+    bg_cost = bg_cost + keep_previous * before
+    answer = cut(fg_cost, bg_cost, pairwise, fixed_fg, fixed_bg)
+    seeds = np.zeros(values.shape, bool)
+    seeds[_ball(values.shape, np.asarray(last.voxel) - [s.start for s in region], spacing)] = True
+    if last.positive:          # what it added, where connected to the click
+        return before | _connected_to(answer & ~before, seeds)
+    return before & ~_connected_to(before & ~answer, seeds)   # what it removed, where connected
+
+
+def _whole(values: np.ndarray, labels: Labels, pairwise: list[np.ndarray], bandwidth: float,
+           term: np.ndarray | None, boxed: bool, faces: np.ndarray) -> np.ndarray:
+    """A fresh answer in its region: a box's GrabCut rounds, or clicks alone (the region's faces
+    standing for the surroundings); the component holding the positive prompts."""
+    fg = labels.fixed_fg * 4.0 + ((~labels.fixed_bg) * 1.0 if boxed else 0.0)
+    bg = labels.fixed_bg.astype(np.float64) + (0.0 if boxed else faces)
     answer = np.zeros(values.shape, bool)
-    for _ in range(rounds):
+    for _ in range(GRABCUT_ROUNDS if boxed else 1):
         labels.fg_samples, labels.bg_samples = fg, bg
         fg_cost, bg_cost = _costs(values, labels, bandwidth, term)
         answer = cut(fg_cost, bg_cost, pairwise, labels.fixed_fg, labels.fixed_bg)
         fg = labels.fixed_fg * 4.0 + answer
         bg = labels.fixed_bg + (~answer & ~labels.fixed_bg) * 1.0
     if labels.fixed_fg.any():
-        answer = _connected_to(answer, labels.fixed_fg)
-    elif answer.any():
-        labelled, count = ndimage.label(answer, structure=np.ones((3, 3, 3)))
-        answer = labelled == (1 + int(np.argmax(np.bincount(labelled.ravel())[1:])))
-    out[:] = False
-    out[region] = answer
-    return out
+        return _connected_to(answer, labels.fixed_fg)
+    if answer.any():
+        labelled, _ = ndimage.label(answer, structure=np.ones((3, 3, 3)))
+        return labelled == (1 + int(np.argmax(np.bincount(labelled.ravel())[1:])))
+    return answer
 
 
 def _box_outside(labels: Labels, prompts: Prompts, region: Region, shape: tuple[int, ...]) -> np.ndarray:
