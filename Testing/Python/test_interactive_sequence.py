@@ -1,5 +1,5 @@
 """Across scans: a structure accepted on one scan is proposed on the next from the examples kept
-(the head trained on the earlier scan's feature rows), entered as a segment to refine, which the
+(the head trained on the earlier scan's feature rows), the answer before any prompt, which the
 user's clicks then edit locally like any answer.
 
 Two small phantoms (3 mm) stored in different orientations; the demo encoder, in process (no
@@ -15,6 +15,7 @@ import SimpleITK as sitk
 from coralbay.bundle.loader import load_bundle
 from coralbay.interactive import prompts as P
 from coralbay.interactive import simulate as S
+from coralbay.interactive.engine import UsageError
 from coralbay.interactive.session import Session
 from coralbay.phantom import generate_phantom
 
@@ -46,7 +47,7 @@ def test_a_known_structure_is_proposed_and_edited_locally(session_after_one_scan
     structure = session.start("kidney_left", KIDNEY_LEFT)
     proposal = session.propose("kidney_left")
     assert proposal is not None and proposal.mask.any()
-    assert [p.kind for p in structure.prompts] == ["segment"] and structure.proposal
+    assert not structure.prompts and structure.proposal and structure.before_prompts is not None
     reference = labels == KIDNEY_LEFT
     assert S.dice(proposal.mask, reference) > 0.2    # it found the kidney's tissue, not an empty or random mask
     # a negative click in the largest false part removes only the part it points at
@@ -64,9 +65,10 @@ def test_a_known_structure_is_proposed_and_edited_locally(session_after_one_scan
     lps = image.TransformIndexToPhysicalPoint([int(v) for v in click[::-1]])
     edited = session.prompt(P.point(image, lps, True)).mask
     assert not (proposal.mask & ~edited).any() and edited[click]
-    # undo twice: back to the proposal, then to nothing (the proposal was its first prompt)
+    # undo: back to the proposal, which no prompt made (nothing more to undo)
     assert np.array_equal(session.undo().mask, proposal.mask)
-    assert not session.undo().mask.any()
+    with pytest.raises(UsageError):
+        session.undo()
 
 
 def test_an_unknown_structure_gets_no_proposal(session_after_one_scan):

@@ -260,8 +260,8 @@ class Session:
         nothing the head trained on them finds).
 
         The head trained on the earlier scans' rows answers over the whole scan; its largest
-        component is entered as a segment to refine, so the user's clicks edit it locally as any
-        answer. Undoing that segment goes back to nothing.
+        component is the structure's answer before any prompt (`before_prompts`): the user's clicks
+        then edit it locally as any answer, and undo of the first click comes back to it.
         """
         structure = self.structure(name)
         if not self.examples.knows(structure.name) or structure.prompts:
@@ -273,8 +273,11 @@ class Session:
         if not mask.any():
             return None
         structure.proposal = True
-        structure.before_prompts = None
-        return self.prompt(P.Segment(np.argwhere(mask)), structure.name)
+        logits = self._mask_logits(mask)
+        structure.mask, structure.logits = mask, logits
+        structure.before_prompts = (mask, logits)
+        uncertainty, click_lps, positive = uncertainty_and_next_click(logits, self.volume.grid)
+        return Answer(mask, uncertainty, click_lps, positive)
 
     def accept(self, name: str | None = None) -> Structure:
         """Freeze the structure: it becomes negative evidence for the others and an example."""
