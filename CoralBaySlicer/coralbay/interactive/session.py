@@ -32,7 +32,7 @@ from coralbay.interactive.accepted import accepted_on_scan, earlier_example_rows
 from coralbay.interactive.draws import keyed_rng
 from coralbay.interactive.engine import LoadedBundle, UsageError, encoder_digest, write_accepted
 from coralbay.interactive.features import FeatureVolume, LazyFeatures, open_features
-from coralbay.interactive.refine import CANDIDATE_LOGIT, Answer, full_resolution_mask, uncertainty_and_next_click
+from coralbay.interactive.refine import Answer, full_resolution_mask, uncertainty_and_next_click
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _.()-]{0,63}")
 MASK_LOGIT = 4.0       # the model-grid logits shown for an answer: +- this, blurred (uncertainty at its border)
