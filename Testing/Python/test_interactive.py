@@ -76,7 +76,7 @@ class Engine:
         self.proc.wait(timeout=30)
 
 
-def test_clicks_raise_dice_and_beat_the_random_walker(small_phantom, tmp_path):
+def test_clicks_raise_dice_then_undo_redo_and_accept(small_phantom, tmp_path):
     ct, labels = small_phantom
     image = sitk.ReadImage(str(ct))
     reference = sitk.GetArrayFromImage(sitk.ReadImage(str(labels))) == 1  # liver

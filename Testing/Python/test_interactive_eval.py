@@ -162,29 +162,37 @@ def test_seeds_box_outside_is_background_and_clicks_are_balls():
 
 
 def test_eval_interactive_end_to_end_with_a_per_click_trace(tmp_path, cli):
-    """Our session and the random walker on a small phantom, official protocol: trace, summary,
-    monotonicity; --no-box starts with a positive click; a missing baseline is named with how to get it."""
-    pytest.importorskip("skimage", reason="the random walker needs scikit-image (the eval extra)")
-    from conftest import write_interactive_phantom
+    """Through the Slicer harness: our session, Grow from seeds and the random walker on a small
+    phantom, official protocol: trace, summary, monotonicity. Plain `coralbay eval-interactive`:
+    --no-box starts with a positive click; Grow from seeds asked for is named with how to get it."""
+    import subprocess
+    import sys
 
+    from conftest import cli_env, write_interactive_phantom
+
+    pytest.importorskip("slicer", reason="Slicer's Grow from seeds needs slicer-core (the test extra)")
+    pytest.importorskip("skimage", reason="the random walker needs scikit-image (the eval extra)")
     ct, labels = write_interactive_phantom(tmp_path / "ph")
     out = tmp_path / "eval.json"
-    done = cli("eval-interactive", ct, labels, "--model", "demo-phantom-seg", "--structures", "spleen,kidney_left",
-               "--clicks", "2", "--baselines", "random-walker", "--cache", tmp_path / "cache", "--json", out, timeout=600)
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks/interactive/eval_with_slicer.py"), str(ct), str(labels),
+                           "--model", "demo-phantom-seg", "--structures", "spleen", "--clicks", "2",
+                           "--cache", str(tmp_path / "cache"), "--json", str(out)],
+                          capture_output=True, text=True, env=cli_env(), timeout=600)
     assert done.returncode == 0, done.stderr
     result = json.loads(out.read_text())
-    assert result["protocol"]["name"] == "official" and result["methods"] == ["ours", "random-walker"]
-    assert [s["name"] for s in result["structures"]] == ["spleen", "kidney_left"]
-    for structure in result["structures"]:
-        for method in ("ours", "random-walker"):
-            found = structure["methods"][method]
-            assert [t["prompt"] for t in found["trace"]][0] == "box" and len(found["trace"]) == 3
-            assert all(0.0 <= t["dice"] <= 1.0 and t["seconds"] >= 0 for t in found["trace"])
-            assert found["final_dsc"] == found["trace"][-1]["dice"]
-    for method in ("ours", "random-walker"):
+    methods = ["ours", "grow-from-seeds", "random-walker"]
+    assert result["protocol"]["name"] == "official" and result["methods"] == methods
+    structure = result["structures"][0]
+    assert structure["name"] == "spleen" and structure["box"]["lower_zyx"] <= structure["box"]["upper_zyx"]
+    for method in methods:
+        found = structure["methods"][method]
+        assert [t["prompt"] for t in found["trace"]][0] == "box" and len(found["trace"]) == 3
+        assert all(0.0 <= t["dice"] <= 1.0 and t["seconds"] >= 0 for t in found["trace"])
+        assert found["final_dsc"] == found["trace"][-1]["dice"]
         summary = result["summary"][method]
-        assert summary["monotonicity"]["clicks"] == 4 and 0.0 <= summary["monotonicity"]["share"] <= 1.0
+        assert summary["monotonicity"]["clicks"] == 2 and 0.0 <= summary["monotonicity"]["share"] <= 1.0
         assert summary["mean_dice_after"]["1"] is not None and summary["mean_dsc_auc"] is not None
+    assert result["summary"]["grow-from-seeds"]["mean_dice_after"]["1"] > 0.5
     done = cli("eval-interactive", ct, labels, "--model", "demo-phantom-seg", "--structures", "spleen", "--no-box",
                "--no-ours", "--clicks", "2", "--baselines", "random-walker", "--json", out)
     assert done.returncode == 0, done.stderr
@@ -197,19 +205,14 @@ def test_eval_interactive_end_to_end_with_a_per_click_trace(tmp_path, cli):
     assert not missing.exists()
 
 
-def test_the_slicer_harness_runs_grow_from_seeds(tmp_path):
-    import subprocess
-    import sys
-
-    from conftest import cli_env, write_interactive_phantom
-
-    pytest.importorskip("slicer", reason="Slicer's Grow from seeds needs slicer-core (the test extra)")
-    ct, labels = write_interactive_phantom(tmp_path / "ph")
-    out = tmp_path / "eval.json"
-    done = subprocess.run([sys.executable, str(REPO / "benchmarks/interactive/eval_with_slicer.py"), str(ct), str(labels),
-                           "--model", "demo-phantom-seg", "--structures", "spleen", "--no-ours", "--clicks", "2",
-                           "--json", str(out)], capture_output=True, text=True, env=cli_env(), timeout=300)
-    assert done.returncode == 0, done.stderr
-    result = json.loads(out.read_text())
-    assert result["methods"][0] == "grow-from-seeds"
-    assert result["summary"]["grow-from-seeds"]["mean_dice_after"]["1"] > 0.5
+def test_the_earlier_protocol_stays_available(blob):
+    """--protocol ours: the tight 3D box, the earlier clicker, DSC_AUC as the mean Dice."""
+    pytest.importorskip("skimage", reason="the random walker needs scikit-image (the eval extra)")
+    image, hu, target = blob
+    protocol = S.PROTOCOLS["ours"]
+    box = protocol.box(target)
+    assert box == S.tight_box(target)
+    found = simulate_structure(BaselineMethod("random-walker", B.baseline("random-walker"), hu, (2.0, 1.0, 1.0)),
+                               target, image, protocol, 2, box)
+    assert found["trace"][0]["lower_zyx"] == list(box.lower_zyx)
+    assert found["dsc_auc"] == pytest.approx(np.mean(found["dice_per_click"]), abs=1e-4)

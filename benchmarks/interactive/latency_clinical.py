@@ -3,7 +3,7 @@
 The volume is built from a real scan, TotalSegmentator's example (../shared/data/totalseg,
 122 x 101 x 30 at 3 mm, 366 x 303 x 90 mm): resampled to 0.8 x 0.8 x 1.5 mm (linear for the CT,
 nearest for its labels), then mirrored (numpy "symmetric" padding) out to 512 x 512 x 300 voxels,
-the scan centred; the labels stay only in the original copy, so every click lands on real anatomy
+the scan centred (457 x 379 x 60 voxels of real anatomy in the middle); the labels stay only in the original copy, so every click lands on real anatomy
 and the mirrored copies only make the scan as large as a clinical one. A benchmark, not a test:
 absolute seconds, with the machine and its load in the JSON.
 
@@ -45,8 +45,8 @@ SIZE_XYZ = (512, 512, 300)
 STRUCTURES = {"liver": 5, "kidney_left": 3}   # TotalSegmentator's values (labels.json)
 
 
-def clinical_scan(ct_path: Path, labels_path: Path) -> tuple[sitk.Image, np.ndarray]:
-    """The real scan at 0.8 x 0.8 x 1.5 mm, mirrored out to 512 x 512 x 300; its labels (zyx)."""
+def clinical_scan(ct_path: Path, labels_path: Path, size_xyz: tuple[int, int, int] = SIZE_XYZ) -> tuple[sitk.Image, np.ndarray]:
+    """The real scan at 0.8 x 0.8 x 1.5 mm, mirrored (or cropped) to `size_xyz`; its labels (zyx)."""
     ct, labels = sitk.ReadImage(str(ct_path)), sitk.ReadImage(str(labels_path))
     size = [int(round(n * s / t)) for n, s, t in zip(ct.GetSize(), ct.GetSpacing(), SPACING_XYZ)]
     grid = sitk.Image(size, sitk.sitkUInt8)
@@ -55,14 +55,16 @@ def clinical_scan(ct_path: Path, labels_path: Path) -> tuple[sitk.Image, np.ndar
     grid.SetDirection(ct.GetDirection())
     hu = sitk.GetArrayFromImage(sitk.Resample(ct, grid, sitk.Transform(), sitk.sitkLinear, -1024.0, sitk.sitkFloat32))
     lab = sitk.GetArrayFromImage(sitk.Resample(labels, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0))
-    before = [(max(0, t - n) // 2) for t, n in zip(SIZE_XYZ[::-1], hu.shape)]
-    pad = [(b, max(0, t - n) - b) for b, t, n in zip(before, SIZE_XYZ[::-1], hu.shape)]
-    big_hu = np.pad(hu, pad, mode="symmetric")[tuple(slice(0, t) for t in SIZE_XYZ[::-1])]
-    big_lab = np.pad(lab, pad, mode="constant")[tuple(slice(0, t) for t in SIZE_XYZ[::-1])]
+    # index of the new volume's first voxel on the resampled grid (negative: mirrored voxels before it)
+    first = [(n - t) // 2 for t, n in zip(size_xyz[::-1], hu.shape)]
+    pad = [(max(0, -f), max(0, f + t - n)) for f, t, n in zip(first, size_xyz[::-1], hu.shape)]
+    window = tuple(slice(f + p[0], f + p[0] + t) for f, p, t in zip(first, pad, size_xyz[::-1]))
+    big_hu = np.pad(hu, pad, mode="symmetric")[window]
+    big_lab = np.pad(lab, pad, mode="constant")[window]
     image = sitk.GetImageFromArray(big_hu.astype(np.int16))
     image.SetSpacing(SPACING_XYZ)
     image.SetDirection(ct.GetDirection())
-    corner = np.asarray(ct.GetDirection()).reshape(3, 3) @ (-np.asarray(before[::-1]) * np.asarray(SPACING_XYZ))
+    corner = np.asarray(ct.GetDirection()).reshape(3, 3) @ (np.asarray(first[::-1]) * np.asarray(SPACING_XYZ))
     image.SetOrigin(tuple(np.asarray(ct.GetOrigin()) + corner))
     return image, big_lab
 
@@ -73,8 +75,10 @@ def main() -> None:
     parser.add_argument("--clicks", type=int, default=10, help="clicks per structure (default 10: 20 in all)")
     parser.add_argument("--pause-features", action="store_true", help="finish feature windows between clicks")
     parser.add_argument("--model", default="demo-phantom-seg")
+    parser.add_argument("--size", default="512,512,300", help="voxels x,y,z (smaller only to try the script)")
     args = parser.parse_args()
-    image, labels = clinical_scan(DATA / "totalseg/example_ct_sm.nii.gz", DATA / "totalseg/example_seg.nii.gz")
+    size = tuple(int(v) for v in args.size.split(","))
+    image, labels = clinical_scan(DATA / "totalseg/example_ct_sm.nii.gz", DATA / "totalseg/example_seg.nii.gz", size)
     load = os.getloadavg()
     session = Session(load_bundle(args.model), cache_dir=None)
     method = SessionMethod(session, image)

@@ -1,5 +1,9 @@
 #!/bin/sh
-# The interactive benchmark (docs/interactive.md): held-out phantoms, --sequence, real CT.
+# SUPERSEDED (issue #20) by run_dev.sh (development data) and run_test.sh (the declared test set):
+# this made the earlier tables of docs/interactive.md "Benchmark" with the earlier evaluator (same
+# clicks for both methods, the old random walker; phantoms 10000-10006 are development data, not
+# held-out). Today's eval-interactive writes another JSON layout, which table.py does not read.
+# The interactive benchmark (docs/interactive.md): phantoms, --sequence, real CT.
 # Run from the repository root; writes benchmarks/interactive/*.json. Two chains run side by side
 # (2 cores); ~20 min on this shared CPU.
 set -e

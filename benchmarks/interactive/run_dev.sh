@@ -4,6 +4,8 @@
 # our session against Slicer's Grow from seeds and the random walker, each on its own errors.
 # Run from the repository root:   sh benchmarks/interactive/run_dev.sh [realct] [totalseg] [nodule] [phantoms]
 # (no names: all four). Writes benchmarks/interactive/dev-*.json, each stamped with the commit it measured.
+# While tuning our method: EXTRA=--no-baseline SUFFIX=-mine (the baselines do not change with it;
+# their curves are in the committed dev-*.json); CLICKS=10 for 10 clicks.
 set -e
 PY=${PY:-.venv/bin/python}
 export PYTHONPATH=$PWD/CoralBaySlicer:$PWD/benchmarks OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
@@ -29,12 +31,13 @@ for part in $PARTS; do
       for case in ${CASES:-$(cd "$D/realct_dev" && echo sts_*)}; do
         PAIRS="$PAIRS $D/realct_dev/$case/image.nii.gz $D/realct_dev/$case/label.nii.gz"
       done
-      run realct-c$CLICKS${SUFFIX:-} $PAIRS ;;
+      echo '{"1": "GTV_Mass"}' > "$W/realct-labels.json"   # the name in each case's labels.txt
+      run realct-c$CLICKS${SUFFIX:-} $PAIRS --labels-table "$W/realct-labels.json" ;;
     totalseg)  # TotalSegmentator's example (another model's labels: agreement, not accuracy)
-      run totalseg-c$CLICKS "$D/totalseg/example_ct_sm.nii.gz" "$D/totalseg/example_seg.nii.gz" \
+      run totalseg-c$CLICKS${SUFFIX:-} "$D/totalseg/example_ct_sm.nii.gz" "$D/totalseg/example_seg.nii.gz" \
         --structures kidney_left,kidney_right,liver,spleen,aorta,vertebrae_L1 ;;
     nodule)
-      run lung-nodule-c$CLICKS "$D/pyradiomics/lung1_image.nrrd" "$D/pyradiomics/lung1_label.nrrd" ;;
+      run lung-nodule-c$CLICKS${SUFFIX:-} "$D/pyradiomics/lung1_image.nrrd" "$D/pyradiomics/lung1_label.nrrd" ;;
     phantoms)  # dev phantom seeds (the method was tuned on these: development, never "held-out")
       PAIRS=""
       for s in 10000 10001 10002; do
@@ -42,7 +45,7 @@ for part in $PARTS; do
           --spacing 2 --size-mm 240,200,140 --lesions no >/dev/null
         PAIRS="$PAIRS $W/p$s.nii.gz $W/p$s-labels.nii.gz"
       done
-      run phantoms-c$CLICKS $PAIRS --structures liver,spleen,kidney_left,kidney_right,aorta,vertebrae,lung ;;
+      run phantoms-c$CLICKS${SUFFIX:-} $PAIRS --structures liver,spleen,kidney_left,kidney_right,aorta,vertebrae,lung ;;
     *) echo "unknown part $part (realct, totalseg, nodule, phantoms)" >&2; exit 2 ;;
   esac
 done

@@ -128,13 +128,5 @@ def _baselines(args: argparse.Namespace, B) -> list[str]:
         return names
     for name in B.DEFAULT_BASELINES:
         if not B.available(name):
-            print(f"Skipping the {name} baseline. " + str(_reason(B, name)), file=sys.stderr)
+            print(f"Skipping the {name} baseline. {B.how_to_get(name)}", file=sys.stderr)
     return [name for name in B.DEFAULT_BASELINES if B.available(name)]
-
-
-def _reason(B, name: str) -> str:
-    try:
-        B.baseline(name)
-    except Exception as error:  # the registry's one sentence on how to get it
-        return str(error)
-    return ""

@@ -113,14 +113,19 @@ def register_baseline(name: str, baseline: Baseline) -> None:
     _REGISTRY[name] = baseline
 
 
+def how_to_get(name: str) -> str:
+    """One sentence on how to make baseline `name` available."""
+    if name in _HOW_TO_GET:
+        return _HOW_TO_GET[name]
+    known = ", ".join(sorted(set(_REGISTRY) | set(_HOW_TO_GET)))
+    return f"Unknown baseline {name!r}; the baselines are: {known}."
+
+
 def baseline(name: str) -> Baseline:
     """The registered baseline `name`, or a UsageError that says how to get it."""
     if name in _REGISTRY:
         return _REGISTRY[name]
-    if name in _HOW_TO_GET:
-        raise UsageError(_HOW_TO_GET[name])
-    known = ", ".join(sorted(set(_REGISTRY) | set(_HOW_TO_GET)))
-    raise UsageError(f"Unknown baseline {name!r}; the baselines are: {known}.")
+    raise UsageError(how_to_get(name))
 
 
 def available(name: str) -> bool:

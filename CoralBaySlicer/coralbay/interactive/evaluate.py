@@ -44,6 +44,9 @@ class Method(Interface):
 
     def answer(self, prompt: S.VoxelBox | S.Click) -> np.ndarray: ...
 
+    def pause(self) -> None:
+        """What the method does while the user looks at an answer (untimed)."""
+
     def finish(self) -> None: ...
 
 
@@ -98,6 +101,9 @@ class BaselineMethod:
             self.prompts.clicks.append(prompt)
         return self.segment(self.hu, self.spacing, self.prompts)
 
+    def pause(self) -> None:
+        pass
+
     def finish(self) -> None:
         pass
 
@@ -134,8 +140,7 @@ def simulate_structure(method: Method, reference: np.ndarray, image: sitk.Image,
         seconds = time.perf_counter() - start
         trace.append(_step("positive" if click.positive else "negative", click, prediction, reference, protocol,
                            spacing, seconds))
-        if hasattr(method, "pause"):
-            method.pause()
+        method.pause()
     method.finish()
     click_steps = trace[1:] if box is not None else trace
     dice_clicks = [t["dice"] for t in click_steps]
