@@ -394,8 +394,9 @@ class Session:
 
     def evidence(self, structure: Structure) -> tuple[heads.Evidence, list[tuple[int, int, int]], tuple | None]:
         shape = self.volume.shape
-        # The draws of this answer are keyed by what it answers, so a replay draws the same (`draws`).
-        self.rng = keyed_rng(self.seed, "answer", self.scan_id, structure.name, len(structure.prompts))
+        # This answer's draws are keyed by the scan and the prompt count, not drawn from a generator
+        # shared with everything before: a replay draws the same, and so do equal prompts (`draws`).
+        self.rng = keyed_rng(self.seed, "answer", self.scan_id, len(structure.prompts))
         ev = heads.Evidence()
         self._positive_model, self._negative_model = [], []
         anchors: list[tuple[int, int, int]] = []
