@@ -146,12 +146,11 @@ def test_a_click_before_the_features_are_complete_equals_the_click_after(wide, d
 class Engine:
     """`coralbay interact` as a real subprocess, driven over JSON lines."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, cache: Path) -> None:
         env = {**os.environ, "PYTHONPATH": str(REPO / "CoralBaySlicer"), "OMP_NUM_THREADS": "1"}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "coralbay", "interact", "--model", "demo-phantom-seg", "--device", "cpu",
-             "--output-dir", str(folder / "out"), "--cache", str(folder / "cache"),
-             "--examples", str(folder / "examples")],
+             "--output-dir", str(folder / "out"), "--cache", str(cache), "--examples", str(folder / "examples")],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=REPO)
         self.counter = 0
         self.watchdog = threading.Timer(TIMEOUT_S, self.proc.kill)
@@ -212,7 +211,8 @@ def test_replay_after_sigkill_equals_the_uninterrupted_answers(small, tmp_path):
     """The uninterrupted run: a structure clicked with nothing accepted, then the liver accepted and
     a second structure clicked. The interrupted run: SIGKILLed during a click, and again between
     requests after the accept; each restart re-opens the scan and replays the structure in
-    progress as the Slicer module does (same folders: the accepted liver comes back from disk)."""
+    progress as the Slicer module does (same folders: the accepted liver comes back from disk, the
+    features and the reference projection from the cache the uninterrupted run wrote)."""
     clicks = small["clicks"]
     first, second = STRUCTURE, "kidney_again"
 
@@ -221,7 +221,8 @@ def test_replay_after_sigkill_equals_the_uninterrupted_answers(small, tmp_path):
         engine.ask("point", name=ACCEPTED, lps=small["accepted_click"], positive=True)
         engine.ask("accept", name=ACCEPTED)
 
-    engine = Engine(tmp_path / "uninterrupted")
+    cache = tmp_path / "cache"     # shared, as on one machine: the interrupted runs read what this one wrote
+    engine = Engine(tmp_path / "uninterrupted", cache)
     try:
         engine.ask("open", image=small["ct"])
         engine.ask("start", name=first, propose=False)
@@ -231,9 +232,10 @@ def test_replay_after_sigkill_equals_the_uninterrupted_answers(small, tmp_path):
         after_accept = [engine.click(second, *c) for c in clicks]
     finally:
         engine.quit()
+    assert len(list((cache / "projections").glob("*.npz"))) == 1, "the reference projection is kept for a restart"
 
     folder = tmp_path / "interrupted"
-    engine = Engine(folder)
+    engine = Engine(folder, cache)
     try:
         engine.ask("open", image=small["ct"])
         engine.ask("start", name=first, propose=False)
@@ -242,7 +244,7 @@ def test_replay_after_sigkill_equals_the_uninterrupted_answers(small, tmp_path):
         engine.kill()                                   # during a click
     finally:
         engine.quit()
-    engine = Engine(folder)                             # the same folders, as the Slicer module restarts it
+    engine = Engine(folder, cache)                      # the same folders, as the Slicer module restarts it
     try:
         assert engine.ask("open", image=small["ct"])["accepted"] == {}
         engine.ask("start", name=first, propose=False)
@@ -254,7 +256,7 @@ def test_replay_after_sigkill_equals_the_uninterrupted_answers(small, tmp_path):
         engine.kill()                                   # between requests, a structure accepted
     finally:
         engine.quit()
-    engine = Engine(folder)
+    engine = Engine(folder, cache)
     try:
         assert list(engine.ask("open", image=small["ct"])["accepted"]) == [ACCEPTED]
         engine.ask("start", name=second, propose=False)
