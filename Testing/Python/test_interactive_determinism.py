@@ -61,16 +61,12 @@ def _deepest_lps(image: sitk.Image, mask: np.ndarray) -> list[float]:
 
 
 def _fixed_clicks(image: sitk.Image, reference: np.ndarray) -> list[tuple[list[float], bool]]:
-    """Three prompts fixed by the reference alone (the same for every run): the structure's deepest
-    point, a negative click 12 mm outside it, and a positive click at its farthest voxel from the first."""
-    first = _deepest_lps(image, reference)
+    """Two prompts fixed by the reference alone (the same for every run): the structure's deepest
+    point, then a negative click 12 mm outside it (an answer that starts from a previous one)."""
     ring = ndimage.binary_dilation(reference, iterations=3) & ~reference
-    outside = np.argwhere(ring)[len(np.argwhere(ring)) // 2]
-    inside = np.argwhere(ndimage.binary_erosion(reference))
-    start = np.asarray(image.TransformPhysicalPointToIndex(first))[::-1]
-    far = inside[int(np.argmax(((inside - start) ** 2).sum(1)))]
-    lps = lambda zyx: list(image.TransformIndexToPhysicalPoint(tuple(int(v) for v in zyx[::-1])))  # noqa: E731
-    return [(first, True), (lps(outside), False), (lps(far), True)]
+    outside = np.argwhere(ring)[int(np.count_nonzero(ring)) // 2]
+    return [(_deepest_lps(image, reference), True),
+            (list(image.TransformIndexToPhysicalPoint(tuple(int(v) for v in outside[::-1]))), False)]
 
 
 @pytest.fixture(scope="module")
@@ -203,7 +199,7 @@ def small(tmp_path_factory) -> dict:
     table = {e["name"]: e["value"] for e in json.loads((folder / "labels.labels.json").read_text())["labels"]}
     image = sitk.ReadImage(str(ct))
     label_array = sitk.GetArrayFromImage(sitk.ReadImage(str(labels)))
-    return {"ct": str(ct), "clicks": _fixed_clicks(image, label_array == table[STRUCTURE])[:2],
+    return {"ct": str(ct), "clicks": _fixed_clicks(image, label_array == table[STRUCTURE]),
             "accepted_click": _deepest_lps(image, label_array == table[ACCEPTED])}
 
 
