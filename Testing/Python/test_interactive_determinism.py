@@ -7,10 +7,11 @@ contract keeps holding whatever the method becomes:
   background windows) or read from the cache give identical answers, voxel for voxel;
 - the real `coralbay interact` engine SIGKILLed (between requests and during a click), restarted
   with the same folders and the prompts replayed, gives the uninterrupted answers voxel for voxel,
-  with and without a structure accepted before.
+  undo included, with and without a structure accepted before.
 
-Real engine: the bundled demo encoder (4 mm grid, 64^3 windows at overlap 0.5) on a phantom wide
-enough for several windows (400 mm across), so that lazy features really are partial.
+Real engine: the bundled demo encoder (4 mm grid, 64^3 windows at overlap 0.5); the feature tests
+on a phantom wide enough for three windows (400 mm across), so that lazy features really are
+partial, the SIGKILL test on the small phantom of the other interactive tests (four processes).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +38,7 @@ from coralbay.interactive.session import Session
 REPO = Path(__file__).resolve().parents[2]
 STRUCTURE = "kidney_left"
 ACCEPTED = "liver"
-TIMEOUT_S = 240
+TIMEOUT_S = 300   # an engine that stops answering is killed, and the test fails, after this long
 
 
 @pytest.fixture(scope="module")
@@ -59,16 +61,12 @@ def _deepest_lps(image: sitk.Image, mask: np.ndarray) -> list[float]:
 
 
 def _fixed_clicks(image: sitk.Image, reference: np.ndarray) -> list[tuple[list[float], bool]]:
-    """Three prompts fixed by the reference alone (the same for every run): the structure's deepest
-    point, a negative click 12 mm outside it, and a positive click at its farthest voxel from the first."""
-    first = _deepest_lps(image, reference)
+    """Two prompts fixed by the reference alone (the same for every run): the structure's deepest
+    point, then a negative click 12 mm outside it (an answer that starts from a previous one)."""
     ring = ndimage.binary_dilation(reference, iterations=3) & ~reference
-    outside = np.argwhere(ring)[len(np.argwhere(ring)) // 2]
-    inside = np.argwhere(ndimage.binary_erosion(reference))
-    start = np.asarray(image.TransformPhysicalPointToIndex(first))[::-1]
-    far = inside[int(np.argmax(((inside - start) ** 2).sum(1)))]
-    lps = lambda zyx: list(image.TransformIndexToPhysicalPoint(tuple(int(v) for v in zyx[::-1])))  # noqa: E731
-    return [(first, True), (lps(outside), False), (lps(far), True)]
+    outside = np.argwhere(ring)[int(np.count_nonzero(ring)) // 2]
+    return [(_deepest_lps(image, reference), True),
+            (list(image.TransformIndexToPhysicalPoint(tuple(int(v) for v in outside[::-1]))), False)]
 
 
 @pytest.fixture(scope="module")
@@ -123,14 +121,20 @@ def test_eager_lazy_partial_and_cached_features_give_identical_answers(wide, dem
 
 
 def test_a_click_before_the_features_are_complete_equals_the_click_after(wide, demo):
-    before = Session(demo)
-    before.open_scan(wide["image"])
-    early = _answers(before, wide)
-    after = Session(demo)
-    after.open_scan(wide["image"])
-    after.compute_features()
-    assert not after.features_pending
-    _assert_same(early, _answers(after, wide), "clicked before the features were complete")
+    """One session: a structure clicked before any window is computed, then every window, then
+    another structure given the same click: the same mask (the answer's draws, region and
+    features depend on the prompts, not on the name nor on the time of the click)."""
+    session = Session(demo)
+    session.open_scan(wide["image"])
+    lps, positive = wide["clicks"][0]
+    session.start("early")
+    assert session.features.fraction == 0.0
+    early = session.prompt(P.point(wide["image"], lps, positive)).mask.copy()
+    session.compute_features()
+    assert not session.features_pending
+    session.start("late")
+    late = session.prompt(P.point(wide["image"], lps, positive)).mask
+    _assert_same([early], [late], "clicked before the features were complete")
 
 
 # ------------------------------------------------------------------------ the real engine, SIGKILLed
@@ -138,14 +142,16 @@ def test_a_click_before_the_features_are_complete_equals_the_click_after(wide, d
 class Engine:
     """`coralbay interact` as a real subprocess, driven over JSON lines."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, cache: Path) -> None:
         env = {**os.environ, "PYTHONPATH": str(REPO / "CoralBaySlicer"), "OMP_NUM_THREADS": "1"}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "coralbay", "interact", "--model", "demo-phantom-seg", "--device", "cpu",
-             "--output-dir", str(folder / "out"), "--cache", str(folder / "cache"),
-             "--examples", str(folder / "examples")],
+             "--output-dir", str(folder / "out"), "--cache", str(cache), "--examples", str(folder / "examples")],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=REPO)
         self.counter = 0
+        self.watchdog = threading.Timer(TIMEOUT_S, self.proc.kill)
+        self.watchdog.daemon = True
+        self.watchdog.start()
         self.until(lambda e: e.get("request") == "ready")
 
     def send(self, kind: str, **fields) -> int:
@@ -167,8 +173,11 @@ class Engine:
         assert event["event"] == "result", event
         return event
 
-    def click(self, lps: list[float], positive: bool) -> np.ndarray:
-        event = self.ask("point", name=STRUCTURE, lps=lps, positive=positive)
+    def click(self, name: str, lps: list[float], positive: bool) -> np.ndarray:
+        return self.mask_of(self.ask("point", name=name, lps=lps, positive=positive))
+
+    @staticmethod
+    def mask_of(event: dict) -> np.ndarray:
         return sitk.GetArrayFromImage(sitk.ReadImage(event["mask"])) > 0
 
     def kill(self) -> None:
@@ -176,58 +185,85 @@ class Engine:
         self.proc.wait(timeout=30)
 
     def quit(self) -> None:
+        self.watchdog.cancel()
         if self.proc.poll() is None:
             self.send("quit")
             self.proc.wait(timeout=60)
 
 
-def _begin(engine: Engine, wide: dict, accept_first: bool) -> None:
-    engine.ask("open", image=str(wide["ct"]))
-    if accept_first:
+@pytest.fixture(scope="module")
+def small(tmp_path_factory) -> dict:
+    """The small phantom of the other interactive tests (one window): four engine processes stay cheap."""
+    folder = tmp_path_factory.mktemp("determinism-small")
+    ct, labels = write_interactive_phantom(folder)
+    table = {e["name"]: e["value"] for e in json.loads((folder / "labels.labels.json").read_text())["labels"]}
+    image = sitk.ReadImage(str(ct))
+    label_array = sitk.GetArrayFromImage(sitk.ReadImage(str(labels)))
+    return {"ct": str(ct), "clicks": _fixed_clicks(image, label_array == table[STRUCTURE]),
+            "accepted_click": _deepest_lps(image, label_array == table[ACCEPTED])}
+
+
+def test_replay_after_sigkill_equals_the_uninterrupted_answers(small, tmp_path):
+    """The uninterrupted run: a structure clicked with nothing accepted, then the liver accepted and
+    a second structure clicked. The interrupted run: SIGKILLed during a click, and again between
+    requests after the accept; each restart re-opens the scan and replays the structure in
+    progress as the Slicer module does (same folders: the accepted liver comes back from disk, the
+    features and the reference projection from the cache the uninterrupted run wrote)."""
+    clicks = small["clicks"]
+    first, second = STRUCTURE, "kidney_again"
+
+    def accept_liver(engine: Engine) -> None:
         engine.ask("start", name=ACCEPTED, propose=False)
-        engine.ask("point", name=ACCEPTED, lps=wide["accepted_click"], positive=True)
+        engine.ask("point", name=ACCEPTED, lps=small["accepted_click"], positive=True)
         engine.ask("accept", name=ACCEPTED)
-    engine.ask("start", name=STRUCTURE, value=wide["value"], propose=False)
 
-
-@pytest.mark.parametrize("accept_first", [False, True], ids=["no-accepted", "after-accept"])
-def test_replay_after_sigkill_equals_the_uninterrupted_answers(wide, tmp_path, accept_first):
-    clicks = wide["clicks"]
-    engine = Engine(tmp_path / "uninterrupted")
+    cache = tmp_path / "cache"     # shared, as on one machine: the interrupted runs read what this one wrote
+    engine = Engine(tmp_path / "uninterrupted", cache)
     try:
-        _begin(engine, wide, accept_first)
-        expected = [engine.click(lps, positive) for lps, positive in clicks]
+        engine.ask("open", image=small["ct"])
+        engine.ask("start", name=first, propose=False)
+        plain = [engine.click(first, *c) for c in clicks]
+        accept_liver(engine)
+        engine.ask("start", name=second, propose=False)
+        after_accept = [engine.click(second, *c) for c in clicks]
     finally:
         engine.quit()
+    assert len(list((cache / "projections").glob("*.npz"))) == 1, "the reference projection is kept for a restart"
 
-    folder = tmp_path / "killed"
-    engine = Engine(folder)
+    folder = tmp_path / "interrupted"
+    engine = Engine(folder, cache)
     try:
-        _begin(engine, wide, accept_first)
-        first = engine.click(*clicks[0])
-        engine.kill()                                   # between requests
-    finally:
-        engine.quit()
-    engine = Engine(folder)                              # the same folders, as the Slicer module restarts it
-    try:
-        opened = engine.ask("open", image=str(wide["ct"]))
-        assert list(opened["accepted"]) == ([ACCEPTED] if accept_first else []), opened["accepted"]
-        engine.ask("start", name=STRUCTURE, value=wide["value"], propose=False)
-        replayed = [engine.click(*clicks[0])]
-        engine.send("point", name=STRUCTURE, lps=clicks[1][0], positive=clicks[1][1])
+        engine.ask("open", image=small["ct"])
+        engine.ask("start", name=first, propose=False)
+        before_kill = engine.click(first, *clicks[0])
+        engine.send("point", name=first, lps=clicks[1][0], positive=clicks[1][1])
         engine.kill()                                   # during a click
     finally:
         engine.quit()
-    engine = Engine(folder)
+    engine = Engine(folder, cache)                      # the same folders, as the Slicer module restarts it
     try:
-        engine.ask("open", image=str(wide["ct"]))
-        engine.ask("start", name=STRUCTURE, value=wide["value"], propose=False)
-        again = [engine.click(lps, positive) for lps, positive in clicks]
-        undone = engine.ask("undo", name=STRUCTURE)
-        undone_mask = sitk.GetArrayFromImage(sitk.ReadImage(undone["mask"])) > 0
+        assert engine.ask("open", image=small["ct"])["accepted"] == {}
+        engine.ask("start", name=first, propose=False)
+        replayed = [engine.click(first, *c) for c in clicks]
+        undone = engine.mask_of(engine.ask("undo", name=first))
+        accept_liver(engine)
+        engine.ask("start", name=second, propose=False)
+        second_before_kill = engine.click(second, *clicks[0])
+        engine.kill()                                   # between requests, a structure accepted
     finally:
         engine.quit()
-    _assert_same(expected[:1], [first], "before the kill")
-    _assert_same(expected[:1], replayed, "replayed after a kill between requests")
-    _assert_same(expected, again, "replayed after a kill during a click")
-    _assert_same(expected[1:2], [undone_mask], "undo after the restart")
+    engine = Engine(folder, cache)
+    try:
+        assert list(engine.ask("open", image=small["ct"])["accepted"]) == [ACCEPTED]
+        engine.ask("start", name=second, propose=False)
+        replayed_after_accept = [engine.click(second, *c) for c in clicks]
+        undone_after_accept = engine.mask_of(engine.ask("undo", name=second))
+    finally:
+        engine.quit()
+
+    _assert_same(plain[:1], [before_kill], "before the kill")
+    _assert_same(plain, replayed, "replayed after a kill during a click")
+    _assert_same(plain[:1], [undone], "undo after the restart")
+    _assert_same(after_accept[:1], [second_before_kill], "after the accept, before the kill")
+    _assert_same(after_accept, replayed_after_accept, "replayed after a kill, a structure accepted")
+    _assert_same(after_accept[:1], [undone_after_accept], "undo after the restart, a structure accepted")

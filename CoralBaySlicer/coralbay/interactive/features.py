@@ -18,7 +18,8 @@ the voxels first) and restricts an answer to a `WorkingRegion` (see `LazyFeature
 Cache: one `.npz` per (scan content, encoder weights, preprocessing, recipe), written atomically,
 read with `allow_pickle=False`, only ever holding a complete volume; the file holds its own key
 and a sha256 of its arrays, and a file
-that does not match (corrupt, other weights, other recipe) is recomputed, never trusted.
+that does not match (corrupt, other weights, other recipe) is recomputed, never trusted. The
+reference projection is kept beside them (`projections/`), checked the same way.
 """
 
 from __future__ import annotations
@@ -146,19 +147,28 @@ def _padded(array: np.ndarray, plan) -> torch.Tensor:
     return volume
 
 
-def reference_projection(bundle: LoadedBundle, device: torch.device | str = "cpu") -> Projection:
+def reference_projection(bundle: LoadedBundle, device: torch.device | str = "cpu",
+                         cache_dir: str | os.PathLike | None = None) -> Projection:
     """The encoder's projection, fitted on a fixed synthetic scan (phantom seed 0 at the bundle's spacing).
 
     Why not the scan itself: the head learns across scans (accepted structures of earlier scans
     are examples for later ones), which needs every scan's features in the same space; a fixed
     reference makes the projection a function of the encoder and preprocessing alone, so the cache
-    key stays (scan, encoder, preprocessing). Cost: one small phantom and 4 windows per process.
+    key stays (scan, encoder, preprocessing). Cost: one small phantom and 4 windows, once per
+    process, or none when `cache_dir` holds it: kept there beside the features, so a restarted
+    engine starts sooner and projects with the very same matrix (checked like the features).
     """
     manifest = bundle.manifest
     infer = manifest.inference
     window = tuple(int(v) for v in infer["window_size"])
     digest = encoder_digest(bundle.network) + json.dumps([manifest.preprocessing.to_dict(), window], sort_keys=True)
     if digest in _PROJECTIONS:
+        return _PROJECTIONS[digest]
+    key = hashlib.sha256(json.dumps([digest, RECIPE, COMPONENTS, PCA_WINDOWS, PCA_SAMPLES]).encode()).hexdigest()
+    path = Path(cache_dir) / "projections" / f"{key[:32]}.npz" if cache_dir is not None else None
+    stored = _read_checked(path, key, ("block_scale", "mean", "basis"), "projection cache") if path else None
+    if stored is not None:
+        _PROJECTIONS[digest] = Projection(*(torch.from_numpy(stored[n]) for n in ("block_scale", "mean", "basis")))
         return _PROJECTIONS[digest]
     phantom = generate_phantom(0, spacing=float(max(manifest.preprocessing["spacing_mm"])), lesions=False,
                                direction="LPS")
@@ -169,8 +179,11 @@ def reference_projection(bundle: LoadedBundle, device: torch.device | str = "cpu
     with torch.inference_mode():
         maps = [[m.cpu() for m in encoder(padded[s][None, None].to(device))]
                 for s in _fit_windows(padded, plan)]
-    _PROJECTIONS[digest] = Projection.fit(maps, COMPONENTS, np.random.default_rng(0))
-    return _PROJECTIONS[digest]
+    projection = _PROJECTIONS[digest] = Projection.fit(maps, COMPONENTS, np.random.default_rng(0))
+    if path is not None:
+        _write_checked(path, key, {"block_scale": projection.block_scale.numpy(), "mean": projection.mean.numpy(),
+                                   "basis": projection.basis.numpy()})
+    return projection
 
 
 _PROJECTIONS: dict[str, Projection] = {}
@@ -372,7 +385,7 @@ class LazyFeatures:
             return
         start = time.perf_counter()
         enable_fast_swin(self.bundle.network)
-        projection = reference_projection(self.bundle, self.device)
+        projection = reference_projection(self.bundle, self.device, self.cache_dir)
         encoder = self.bundle.network.encoder.to(self.device).eval()
         if self._weights is None:
             self._weights = compute_importance_map(self.settings.size, mode=str(self.settings.blend),
@@ -490,9 +503,9 @@ def _grid_from_record(record: np.ndarray) -> sitk.Image:
     return grid
 
 
-def _content_digest(features: np.ndarray, intensity: np.ndarray, grid: np.ndarray) -> str:
+def _content_digest(*arrays: np.ndarray) -> str:
     h = hashlib.sha256()
-    for a in (features, intensity, grid):
+    for a in arrays:
         h.update(np.ascontiguousarray(a).tobytes())
     return h.hexdigest()
 
@@ -501,39 +514,55 @@ def cache_path(folder: str | os.PathLike, key: str) -> Path:
     return Path(folder) / f"features-{key[:32]}.npz"
 
 
-def write_cache(folder: str | os.PathLike, volume: FeatureVolume) -> Path:
-    """Write the features atomically (a crash leaves the old file or none, never half of one)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    target = cache_path(folder, volume.key)
-    grid = _grid_record(volume.grid)
-    digest = _content_digest(volume.features, volume.intensity, grid)
+def _write_checked(target: Path, key: str, arrays: dict[str, np.ndarray]) -> Path:
+    """Arrays with their key and a sha256 of their content, written atomically (a crash leaves the
+    old file or none, never half of one)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    digest = _content_digest(*arrays.values())
     with atomic_file(target) as tmp:
         with open(tmp, "wb") as handle:
-            np.savez(handle, features=volume.features, intensity=volume.intensity, grid=grid,
-                     key=np.frombuffer(volume.key.encode(), np.uint8),
+            np.savez(handle, **arrays, key=np.frombuffer(key.encode(), np.uint8),
                      digest=np.frombuffer(digest.encode(), np.uint8))
     return target
 
 
-def read_cache(folder: str | os.PathLike, key: str) -> FeatureVolume | None:
-    """The cached features for `key`, or None when absent, unreadable, corrupt or from other inputs."""
-    path = cache_path(folder, key)
+def _read_checked(path: Path, key: str, names: tuple[str, ...], what: str) -> dict[str, np.ndarray] | None:
+    """The arrays `names` of a `_write_checked` file, or None when absent, unreadable, of another
+    key or not matching its digest (logged: the caller recomputes, never trusts it)."""
     if not path.is_file():
         return None
     try:
         with np.load(path, allow_pickle=False) as data:
             stored_key = bytes(data["key"]).decode()
             stored_digest = bytes(data["digest"]).decode()
-            features, intensity, grid = data["features"], data["intensity"], data["grid"]
+            arrays = {name: data[name] for name in names}
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError, UnicodeDecodeError, io.UnsupportedOperation) as exc:
-        log.warning(f"The feature cache {path.name} is unreadable ({type(exc).__name__}); recomputing it.")
+        log.warning(f"The {what} {path.name} is unreadable ({type(exc).__name__}); recomputing it.")
         return None
     if stored_key != key:
-        log.warning(f"The feature cache {path.name} was made from other inputs or weights; recomputing it.")
+        log.warning(f"The {what} {path.name} was made from other inputs or weights; recomputing it.")
         return None
-    if (features.ndim != 4 or features.shape[1:] != intensity.shape or grid.shape != (18,)
-            or _content_digest(features, intensity, grid) != stored_digest):
+    if _content_digest(*arrays.values()) != stored_digest:
+        log.warning(f"The {what} {path.name} is corrupt; recomputing it.")
+        return None
+    return arrays
+
+
+def write_cache(folder: str | os.PathLike, volume: FeatureVolume) -> Path:
+    """Write the features atomically (a crash leaves the old file or none, never half of one)."""
+    return _write_checked(cache_path(folder, volume.key), volume.key,
+                          {"features": volume.features, "intensity": volume.intensity,
+                           "grid": _grid_record(volume.grid)})
+
+
+def read_cache(folder: str | os.PathLike, key: str) -> FeatureVolume | None:
+    """The cached features for `key`, or None when absent, unreadable, corrupt or from other inputs."""
+    path = cache_path(folder, key)
+    arrays = _read_checked(path, key, ("features", "intensity", "grid"), "feature cache")
+    if arrays is None:
+        return None
+    features, intensity, grid = arrays["features"], arrays["intensity"], arrays["grid"]
+    if features.ndim != 4 or features.shape[1:] != intensity.shape or grid.shape != (18,):
         log.warning(f"The feature cache {path.name} is corrupt; recomputing it.")
         return None
     return FeatureVolume(features, intensity, _grid_from_record(grid), key, 0.0, True)

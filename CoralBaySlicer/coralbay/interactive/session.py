@@ -331,7 +331,9 @@ class Session:
         """The head's labelled model voxels from the structure's prompts: (evidence, positive and
         negative model voxels, positive input voxels)."""
         shape = self.volume.shape
-        rng = keyed_rng(self.seed, "answer", self.scan_id, structure.name, len(structure.prompts))
+        # This answer's draws are keyed by the scan and the prompt count, not drawn from a generator
+        # shared with everything before: a replay draws the same, and so do equal prompts (`draws`).
+        rng = keyed_rng(self.seed, "answer", self.scan_id, len(structure.prompts))
         ev = heads.Evidence()
         positive_model: list[np.ndarray] = []
         negative_model: list[np.ndarray] = []
