@@ -52,8 +52,9 @@ REQUIREMENTS: tuple[Requirement, ...] = (
     Requirement("matplotlib", "matplotlib==3.9.4"),
     Requirement("psutil", "psutil==7.0.0"),
     Requirement("tqdm", "tqdm==4.67.1"),
-    Requirement("skimage", "scikit-image==0.24.0"),  # the Interactive section (last for Python 3.9)
+    Requirement("skimage", "scikit-image==0.24.0"),  # a core dependency of the engine (last for Python 3.9)
     Requirement("contourpy", "contourpy==1.3.0"),  # review overview (matplotlib's, imported directly)
+    Requirement("maxflow", "PyMaxflow==1.3.2"),
 )
 
 # Imported by the engine but shipped with Slicer itself (never installed by this module).

@@ -22,10 +22,9 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from coralbay.interactive import head as heads
+from coralbay.interactive.draws import keyed_rng
 from coralbay.interactive.engine import CoralBayError, LoadedBundle, read_volume, to_xyz
 from coralbay.interactive.features import scan_features
-from coralbay.interactive.priors import Prior, body_box, prior_of
-from coralbay.interactive.region import smoothed_hu
 from coralbay.io.example_masks import read_mask
 from coralbay.io.examples import ExampleScan, read_example_scan, read_examples
 
@@ -92,11 +91,11 @@ def accepted_on_scan(examples_dir: str | os.PathLike, scan_id: str, shape_zyx: t
 
 
 def earlier_example_rows(examples_dir: str | os.PathLike, bundle: LoadedBundle, cache_dir, device: str,
-                         encoder_sha256: str, rng: np.random.Generator,
+                         encoder_sha256: str, seed: int,
                          progress: Callable[[float, str], None] | None = None,
                          cancelled: Callable[[], bool] | None = None
-                         ) -> Iterator[tuple[str, np.ndarray, np.ndarray, Prior | None]]:
-    """(structure name, positive rows, negative rows, position/HU prior) of every accepted structure
+                         ) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """(structure name, positive rows, negative rows) of every accepted structure
     under `examples_dir`.
 
     A scan that can no longer be read (moved, deleted) is skipped with a warning: its masks stay on
@@ -114,14 +113,14 @@ def earlier_example_rows(examples_dir: str | os.PathLike, bundle: LoadedBundle, 
         volume = scan_features(image, bundle, cache_dir, device, cancelled=cancelled)
         table = heads.FeatureTable(volume)
         shape = tuple(image.GetSize())[::-1]
-        smooth = smoothed_hu(sitk.GetArrayFromImage(image), tuple(image.GetSpacing()[::-1]))
-        box = body_box(smooth, image)
         for structure in scan.structures:
             mask = read_mask(structure)
             if mask.shape != shape:
                 continue
-            rows = example_rows(table, model_mask_on(mask, image, volume.grid), rng)
+            # keyed as the live session keys them when the structure is accepted: the same rows
+            rows = example_rows(table, model_mask_on(mask, image, volume.grid),
+                                keyed_rng(seed, "examples", scan.scan_id, structure.name))
             if rows is not None:
-                yield (structure.name, *rows, prior_of(mask, smooth, image, box))
+                yield (structure.name, *rows)
     if progress:
         progress(1.0, f"examples of {len(scans)} earlier scan(s)")

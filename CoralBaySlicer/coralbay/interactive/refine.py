@@ -23,7 +23,6 @@ from coralbay.interactive.engine import grid_image
 CANDIDATE_LOGIT = -3.0       # model voxels above this may belong to the structure
 INTENSITY_GAIN = 0.7         # weight of the intensity log-likelihood ratio (logit units)
 LLR_CLIP = 4.0
-LOCAL_EDIT_RADIUS = 3        # input voxels cut around a negative click the head did not follow
 
 
 @dataclass
@@ -118,32 +117,6 @@ def full_resolution_mask(logits_xyz: np.ndarray, grid: sitk.Image, image: sitk.I
         inside = np.isin(components, list(keep))
     mask[window] = inside
     return mask
-
-
-def local_edit(previous: np.ndarray, proposed: np.ndarray, voxel_zyx: tuple[int, int, int],
-               positive: bool) -> np.ndarray:
-    """A click changes the answer where it points, not everywhere.
-
-    Positive: the previous mask plus the proposed region connected to the click. Negative: the
-    previous mask minus the region connected to the click that the new answer no longer holds
-    (or, if the new answer still holds the click, a small cube around it). Why: the head is
-    retrained at every click, so its answer far from the click can move for no reason the user
-    gave. Off by default (`Session(local_edits=False)`): in one measurement (docs) it did not
-    beat the global answer.
-    """
-    if positive:
-        components, _ = ndimage.label(proposed)
-        label = components[voxel_zyx]
-        return previous | (components == label) if label else previous
-    removed = previous & ~proposed
-    components, _ = ndimage.label(removed)
-    label = components[voxel_zyx]
-    if label:
-        return previous & ~(components == label)
-    # the new answer still claims the click: cut a ball of LOCAL_EDIT_RADIUS voxels around it
-    cut = np.zeros(previous.shape, bool)
-    cut[tuple(slice(max(0, c - LOCAL_EDIT_RADIUS), c + LOCAL_EDIT_RADIUS + 1) for c in voxel_zyx)] = True
-    return previous & ~cut
 
 
 def uncertainty_and_next_click(logits_xyz: np.ndarray, grid: sitk.Image

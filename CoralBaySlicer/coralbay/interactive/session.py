@@ -4,8 +4,10 @@ State: the loaded bundle (once per process), the scan and its cached features, t
 the scan (each with its prompt history, undo/redo stacks and current mask), and the examples kept
 from accepted structures (feature rows of the structure and of its surroundings, by structure
 name). Why rows and not masks: the head learns across scans from them without recomputing any
-scan's features, and a later scan's first answer for a known structure is an automatic proposal,
-seeded where the structure lay on the earlier scans and in its HU band (`priors`).
+scan's features, and a later scan's first answer for a known structure is an automatic proposal
+(the head trained on those rows; the user's clicks then edit it as any answer).
+How an answer is made: `graphcut` (an exact energy minimum in a working region; the prompts are
+hard constraints and a click edits the previous answer locally), see docs/interactive.md.
 Features are projected with one projection per encoder (see `features`), so rows of different
 scans live in the same space. Accepted structures are also written, if an examples folder is
 given, as labelled examples: `<folder>/<scan id>/<structure>.nii.gz` beside `example.json`
@@ -23,18 +25,17 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from coralbay.interactive import graphcut as G
 from coralbay.interactive import head as heads
-from coralbay.interactive import priors as PR
 from coralbay.interactive import prompts as P
-from coralbay.interactive import region
 from coralbay.interactive.accepted import accepted_on_scan, earlier_example_rows, example_rows, model_mask_on
+from coralbay.interactive.draws import keyed_rng
 from coralbay.interactive.engine import LoadedBundle, UsageError, encoder_digest, write_accepted
 from coralbay.interactive.features import FeatureVolume, LazyFeatures, open_features
-from coralbay.interactive.refine import (CANDIDATE_LOGIT, Answer, full_resolution_mask, local_edit, resample_logits,
-                                        uncertainty_and_next_click)
+from coralbay.interactive.refine import Answer, full_resolution_mask, uncertainty_and_next_click
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _.()-]{0,63}")
-SEED_DROP_MM = 10.0    # see Session._drop_seeds
+MASK_LOGIT = 4.0       # the model-grid logits shown for an answer: +- this, blurred (uncertainty at its border)
 
 
 @dataclass
@@ -49,13 +50,12 @@ class Structure:
     logits: np.ndarray | None = None        # model grid (X, Y, Z)
     accepted: bool = False
     proposal: bool = False                  # the mask came from the examples alone
-    seeds: list[PR.Seed] = field(default_factory=list)   # the proposal's own clicks (see `priors`)
-    dropped: dict[int, int] = field(default_factory=dict)  # seed index -> prompt count when a click dropped it
 
-    def active_seeds(self) -> list[PR.Seed]:
-        """The proposal's seeds not dropped by the prompts given so far."""
-        n = len(self.prompts)
-        return [s for i, s in enumerate(self.seeds) if self.dropped.get(i, n + 1) > n]
+    def previous_mask(self) -> np.ndarray | None:
+        """The answer before the last prompt (the proposal before the first one), or None."""
+        if len(self.prompts) >= 2 and len(self.history) >= len(self.prompts) - 1:
+            return self.history[len(self.prompts) - 2][0]
+        return self.before_prompts[0] if self.before_prompts is not None else None
 
 
 @dataclass
@@ -64,13 +64,10 @@ class Examples:
 
     positive: dict[str, list[np.ndarray]] = field(default_factory=dict)
     negative: dict[str, list[np.ndarray]] = field(default_factory=dict)
-    priors: dict[str, list[PR.Prior]] = field(default_factory=dict)   # newest first
 
-    def add(self, name: str, positive: np.ndarray, negative: np.ndarray, prior: PR.Prior | None = None) -> None:
+    def add(self, name: str, positive: np.ndarray, negative: np.ndarray) -> None:
         self.positive.setdefault(name, []).append(positive)
         self.negative.setdefault(name, []).append(negative)
-        if prior is not None:
-            self.priors.setdefault(name, []).insert(0, prior)
 
     def knows(self, name: str) -> bool:
         return bool(self.positive.get(name))
@@ -81,21 +78,34 @@ class Session:
 
     def __init__(self, bundle: LoadedBundle, cache_dir: str | Path | None = None,
                  examples_dir: str | Path | None = None, device: str = "cpu", hidden: int = 0,
-                 seed: int = 0, local_edits: bool = False, lazy: bool = True) -> None:
+                 seed: int = 0, lazy: bool = True) -> None:
         self.bundle = bundle
         self.lazy = lazy
         self.cache_dir = cache_dir
         self.examples_dir = Path(examples_dir) if examples_dir else None
         self.device = device
         self.hidden = hidden
-        self.local_edits = local_edits
-        self.rng = np.random.default_rng(seed)
+        self.seed = seed       # every random draw is keyed by it and by what it is about (`draws`)
         self.examples = Examples()
+        self._examples_restored = False
+        self._encoder_sha256: str | None = None
         self.image: sitk.Image | None = None
         self.scan_id = ""
         self.scan_path = ""
         self.structures: dict[str, Structure] = {}
         self.current: str | None = None
+        # per scan, set by open_scan
+        self.features: LazyFeatures | None = None
+        self.volume: FeatureVolume | None = None
+        self.hu = np.zeros((0, 0, 0), np.float32)
+        self.spacing_zyx = np.ones(3)
+        self.accepted_input = np.zeros((0, 0, 0), bool)
+        self.accepted_model = np.zeros((0, 0, 0), bool)
+        self.background = np.zeros(0, np.int64)
+        self._input_to_model = np.zeros((3, 4))
+        self._model_to_input: tuple[np.ndarray, np.ndarray] = (np.zeros(0, np.int64), np.zeros(0, bool))
+        self._table: heads.FeatureTable | None = None
+        self._table_key: str | None = None
         # Set by a front end: windows computed for an answer report progress and stop when cancelled.
         self.feature_progress: Callable[[float, str], None] | None = None
         self.cancelled: Callable[[], bool] | None = None
@@ -107,43 +117,43 @@ class Session:
         """Make `image` the scan; structures start afresh.
 
         Features come from the cache when complete there; else (lazy) none is computed yet: each
-        answer computes the windows it needs (`_features_for`), `compute_features` the rest between
-        requests. Not lazy: every window now, as before.
+        answer needs none (`graphcut` works on the scan's intensities); a proposal or an accept
+        computes all of them, `compute_features` the rest between requests. Not lazy: every window now, as before.
         """
-        self.features: LazyFeatures = open_features(image, self.bundle, self.cache_dir, self.device)
+        self.features = open_features(image, self.bundle, self.cache_dir, self.device)
         if not self.lazy:
             self.features.finish(progress, cancelled)
         volume = self.features.volume
-        self._table_version = -1
+        self._table = None
         self.image = image
         self.scan_path = scan_path
         self.scan_id = volume.key[:16]
         self.volume = volume
         self.hu = sitk.GetArrayFromImage(image).astype(np.float32)
-        self.hu_smooth = region.smoothed_hu(self.hu, tuple(image.GetSpacing()[::-1]))
-        self.click_regions: dict[str, dict] = {}   # per structure: click -> its grown region
+        self.spacing_zyx = np.asarray(image.GetSpacing()[::-1], float)
         self.structures = {}
         self.current = None
         self.accepted_input = np.zeros(self.hu.shape, bool)
         self.accepted_model = np.zeros(volume.shape, bool)
-        # One draw of weak negatives per scan: redrawing them at every click moved the answer
-        # for no reason the user gave (see docs/interactive.md).
-        self.background = heads.random_background(volume.shape, self.rng, np.zeros(0, np.int64),
-                                                  2 * heads.BACKGROUND_SAMPLES)
+        # One draw of weak negatives per scan (for the head of a proposal), keyed by the scan: the
+        # same after a restart, whatever happened before (`draws`).
+        self.background = heads.random_background(volume.shape, keyed_rng(self.seed, "background", volume.key),
+                                                  np.zeros(0, np.int64), 2 * heads.BACKGROUND_SAMPLES)
         # index -> physical -> model index, one matrix each way (affine grids)
         self._input_to_model = _index_map(image, volume.grid)
+        self._model_to_input = _model_samples(image, volume.grid)
         if self.examples_dir is not None:
             self._restore_accepted()
         return volume
 
     @property
     def table(self) -> heads.FeatureTable:
-        """The head's feature table, rebuilt when windows were added since (standardised over the
-        voxels with features; over all of them once complete, as the eager table)."""
-        if self._table_version != self.features.version or not hasattr(self, "_table"):
-            covered = None if self.features.complete else self.features.covered
-            self._table = heads.FeatureTable(self.volume, covered)
-            self._table_version = self.features.version
+        """The head's feature table over the whole scan (its features completed first), standardised
+        over all of it: a function of the scan, not of the windows computed so far (issue 25)."""
+        self.features.finish(self.feature_progress, self.cancelled)
+        if self._table is None or self._table_key != self.volume.key:
+            self._table = heads.FeatureTable(self.volume, None)
+            self._table_key = self.volume.key
         return self._table
 
     @property
@@ -209,7 +219,6 @@ class Session:
         if structure.accepted:
             raise UsageError(f"The structure {structure.name} is accepted; start a new one to change it.")
         structure.prompts.append(prompt)
-        self._drop_seeds(structure, prompt)
         try:
             answer = self.answer(structure)
         except InterruptedError:      # cancelled while computing feature windows: as if never given
@@ -217,45 +226,6 @@ class Session:
             raise
         structure.undone.clear()
         return answer
-
-    def _drop_seeds(self, structure: Structure, prompt: P.Prompt) -> None:
-        """A click that says the proposal is in the wrong place removes the proposal's seeds there.
-
-        Negative, in the answer, near a seed (within its depth plus SEED_DROP_MM) and at least 3/4 as
-        deep in the answer as the seed was in its candidate region: that seed's part is
-        wrong (a user, like the simulated one, clicks the middle of a wrong part; a click on a
-        border sliver or a thin leak is shallow and leaves the seed to the region step's split).
-        Positive, farther than SEED_DROP_MM from the answer, for a structure that had one part on
-        every earlier scan: the proposal found the wrong organ (a neighbour, the other side), so
-        all its seeds go and the click starts the structure afresh.
-        """
-        n = len(structure.prompts)
-        for i in [i for i in list(structure.dropped) if structure.dropped[i] >= n]:
-            del structure.dropped[i]          # drops of prompts undone and replaced
-        if not isinstance(prompt, P.Point) or structure.mask is None or not structure.active_seeds():
-            return
-        v = np.asarray(self.input_voxel(prompt.lps))
-        spacing = np.asarray(self.image.GetSpacing()[::-1])
-        live = [i for i, s in enumerate(structure.seeds) if structure.dropped.get(i, n + 1) > n - 1]
-        if not prompt.positive:
-            if not structure.mask[tuple(v)]:
-                return
-            reach_mm = max(structure.seeds[i].depth_mm for i in live)
-            depth = _depth_at(structure.mask, tuple(int(c) for c in v), spacing, reach_mm)
-            for i in live:
-                seed = structure.seeds[i]
-                if (depth >= 0.75 * seed.depth_mm
-                        and np.linalg.norm((v - seed.voxel) * spacing) <= seed.depth_mm + SEED_DROP_MM):
-                    structure.dropped[i] = n
-            return
-        priors = self.examples.priors.get(structure.name, [])
-        if not priors or max(p.parts for p in priors) > 1 or structure.mask[tuple(v)]:
-            return
-        reach = np.ceil(SEED_DROP_MM / spacing).astype(int)
-        near = tuple(slice(max(0, int(c - r)), int(c + r + 1)) for c, r in zip(v, reach))
-        if not structure.mask[near].any():
-            for i in live:
-                structure.dropped[i] = n
 
     def undo(self, name: str | None = None) -> Answer:
         """Back to the answer before the last prompt (kept, not recomputed: undo restores what was seen)."""
@@ -286,55 +256,28 @@ class Session:
         return Answer(structure.mask, uncertainty, click, positive)
 
     def propose(self, name: str | None = None) -> Answer | None:
-        """An automatic proposal from the examples of earlier scans, or None: a new name, or nothing
-        confident where the structure lay before.
+        """An automatic proposal from the examples of earlier scans, or None (a new name, or
+        nothing the head trained on them finds).
 
-        The head trained on the earlier scans' rows says what looks like the structure; the priors
-        (where its parts lay in the body, its HU band) pick where: one seed per part (`priors`),
-        each then answered as a click would be. A structure too spread in HU for one band (the
-        vertebrae's cortical bone and marrow) gets no proposal: the head's alone (Dice 0.70-0.84)
-        cost more clicks than none (docs/interactive.md). Examples restored without priors fall
-        back to the head's largest component, entered as a segment to refine.
+        The head trained on the earlier scans' rows answers over the whole scan; its largest
+        component is the structure's answer before any prompt (`before_prompts`): the user's clicks
+        then edit it locally as any answer, and undo of the first click comes back to it.
         """
         structure = self.structure(name)
-        if not self.examples.knows(structure.name):
+        if not self.examples.knows(structure.name) or structure.prompts:
             return None
         self.features.finish(self.feature_progress, self.cancelled)   # the head on the examples answers everywhere
+        logits, anchors = self._head_logits(structure)
+        mask = full_resolution_mask(logits, self.volume.grid, self.image, self.hu, anchors,
+                                    self.accepted_input if self.accepted_input.any() else None)
+        if not mask.any():
+            return None
         structure.proposal = True
-        known = self.examples.priors.get(structure.name, [])
-        priors = [p for p in known if PR.growable(p)]
-        if known and not priors:
-            return None
-        if not priors:
-            answer = self.answer(structure)
-            if structure.prompts or not answer.mask.any():
-                return answer
-            # Entered as a segment to refine (as a --propose-with model's proposal is): the user's
-            # clicks then correct it instead of the head starting over from a negative click alone.
-            # That segment is the proposal; undoing it goes back to nothing, not to the head's answer.
-            structure.before_prompts = None
-            return self.prompt(P.Segment(np.argwhere(answer.mask)), structure.name)
-        self.answer(structure)                       # the head on the examples alone
-        box = self.volume_box()
-        head = resample_logits(structure.logits, self.volume.grid, self.image, np.zeros(3, int),
-                               np.asarray(self.image.GetSize()))
-        forbidden = self.accepted_input if self.accepted_input.any() else None
-        structure.seeds = PR.find_seeds(priors, head, self.hu_smooth, self.image, box, forbidden)
-        structure.dropped = {}
-        if not structure.seeds:
-            structure.proposal = False
-            structure.mask, structure.logits = None, None
-            structure.history.clear()
-            structure.before_prompts = None
-            return None
-        return self.answer(structure)
-
-    def volume_box(self) -> tuple[np.ndarray, np.ndarray]:
-        """The body's bounding box on this scan (LPS), computed once per scan."""
-        if getattr(self, "_body_box_of", None) != self.scan_id:
-            self._body_box = PR.body_box(self.hu_smooth, self.image)
-            self._body_box_of = self.scan_id
-        return self._body_box
+        logits = self._mask_logits(mask)
+        structure.mask, structure.logits = mask, logits
+        structure.before_prompts = (mask, logits)
+        uncertainty, click_lps, positive = uncertainty_and_next_click(logits, self.volume.grid)
+        return Answer(mask, uncertainty, click_lps, positive)
 
     def accept(self, name: str | None = None) -> Structure:
         """Freeze the structure: it becomes negative evidence for the others and an example."""
@@ -383,198 +326,112 @@ class Session:
         x, y, z = P.inside_index(self.image, lps)
         return (z, y, x)
 
-    def evidence(self, structure: Structure) -> tuple[heads.Evidence, list[tuple[int, int, int]], tuple | None]:
+    def _head_evidence(self, structure: Structure) -> tuple[heads.Evidence, list[np.ndarray], list[np.ndarray],
+                                                            list[tuple[int, int, int]]]:
+        """The head's labelled model voxels from the structure's prompts: (evidence, positive and
+        negative model voxels, positive input voxels)."""
         shape = self.volume.shape
+        # This answer's draws are keyed by the scan and the prompt count, not drawn from a generator
+        # shared with everything before: a replay draws the same, and so do equal prompts (`draws`).
+        rng = keyed_rng(self.seed, "answer", self.scan_id, len(structure.prompts))
         ev = heads.Evidence()
-        self._positive_model, self._negative_model = [], []
-        anchors: list[tuple[int, int, int]] = []
+        positive_model: list[np.ndarray] = []
         negative_model: list[np.ndarray] = []
-        box = None
-        n_positive_clicks = 0
-        for seed in structure.active_seeds():   # the proposal's own clicks count as positive clicks
-            m = self.model_voxels(np.asarray([seed.voxel]))
-            ev.add(heads.ball_indices(shape, m), 1, 1.0)
-            self._positive_model.append(m)
-            anchors.append(seed.voxel)
-            n_positive_clicks += 1
+        anchors: list[tuple[int, int, int]] = []
         for p in structure.prompts:
             if isinstance(p, P.Point):
                 v = self.input_voxel(p.lps)
                 m = self.model_voxels(np.asarray([v]))
                 ev.add(heads.ball_indices(shape, m), int(p.positive), 1.0)
-                (self._positive_model if p.positive else self._negative_model).append(m)
+                (positive_model if p.positive else negative_model).append(m)
                 if p.positive:
                     anchors.append(v)
-                    n_positive_clicks += 1
-                else:
-                    negative_model.append(m)
-            elif isinstance(p, P.Scribble):
-                if len(p.positive):
-                    ev.add(np.ravel_multi_index(self.model_voxels(p.positive).T, shape), 1, 2.0)
-                    anchors += [tuple(int(c) for c in v) for v in p.positive[:: max(1, len(p.positive) // 20)]]
-                    self._positive_model.append(self.model_voxels(p.positive))
-                if len(p.negative):
-                    m = self.model_voxels(p.negative)
-                    self._negative_model.append(m)
-                    ev.add(np.ravel_multi_index(m.T, shape), 0, 2.0)
-                    negative_model.append(m)
-            elif isinstance(p, P.Segment):
-                m = np.unique(np.ravel_multi_index(self.model_voxels(p.voxels).T, shape))
-                ev.add(self.rng.choice(m, size=min(len(m), 3000), replace=False), 1, 2.0)
-                anchors += [tuple(int(c) for c in v) for v in p.voxels[:: max(1, len(p.voxels) // 20)]]
-            elif isinstance(p, P.Box):
-                box = (np.asarray(p.lower), np.asarray(p.upper))
-                inside = np.zeros(shape, bool)
-                corners = np.asarray([[x, y, z] for x in (box[0][0], box[1][0] - 1) for y in (box[0][1], box[1][1] - 1)
-                                      for z in (box[0][2], box[1][2] - 1)])
-                m = self.model_voxels(corners[:, ::-1])
-                lo, hi = m.min(0), m.max(0) + 1
-                inside[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = True
-                outside = np.flatnonzero(~inside.ravel())
-                if outside.size:
-                    ev.add(self.rng.choice(outside, size=min(outside.size, 4000), replace=False), 0, 1.0)
-                centre = (lo + hi) // 2
-                if not any(isinstance(q, P.Point) and q.positive for q in structure.prompts):
-                    ev.add(heads.ball_indices(shape, centre[None]), 1, 0.5)
         if self.accepted_model.any():
             finished = np.flatnonzero(self.accepted_model.ravel())
-            ev.add(self.rng.choice(finished, size=min(finished.size, heads.FINISHED_SAMPLES), replace=False), 0, 1.0)
-        previous = structure.logits
-        if previous is not None and structure.mask is not None and heads.PREVIOUS_WEIGHT > 0:
-            keep = previous > 0
-            for m in negative_model:
-                near = np.zeros(shape, bool)
-                near[tuple(m.T)] = True
-                keep &= ~ndimage.binary_dilation(near, iterations=3)
-            idx = np.flatnonzero(keep.ravel())
-            if idx.size:
-                ev.add(self.rng.choice(idx, size=min(idx.size, heads.PREVIOUS_SAMPLES), replace=False), 1,
-                       heads.PREVIOUS_WEIGHT * max(1, n_positive_clicks))
+            ev.add(rng.choice(finished, size=min(finished.size, heads.FINISHED_SAMPLES), replace=False), 0, 1.0)
         exclude = np.concatenate(ev.index) if ev.index else np.zeros(0, np.int64)
         total_positive = sum(float(w.sum()) for w, lab in zip(ev.weight, ev.label) if lab[0] == 1)
         background = self.background[~np.isin(self.background, exclude)][:heads.BACKGROUND_SAMPLES]
         ev.add(background, 0, heads.BACKGROUND_WEIGHT * max(total_positive, 1.0))
-        return ev, anchors, box
+        return ev, positive_model, negative_model, anchors
+
+    def _head_logits(self, structure: Structure) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
+        """The online head's logits on the model grid (all features computed), trained on the
+        structure's examples from earlier scans and its point prompts; and the positive clicks."""
+        ev, positive_model, negative_model, anchors = self._head_evidence(structure)
+        extra = None
+        if self.examples.knows(structure.name):   # rows of other scans lie far from this scan's prompts
+            extra = tuple(heads.far_from_prompts(np.concatenate(rows)) for rows in
+                          (self.examples.positive[structure.name], self.examples.negative[structure.name]))
+        stack = lambda parts: np.concatenate(parts) if parts else np.zeros((0, 3), int)  # noqa: E731
+        table = self.table.with_distances(stack(positive_model), stack(negative_model),
+                                          tuple(self.volume.grid.GetSpacing()))
+        head = heads.fit_head(table, ev, hidden=self.hidden, extra=extra)
+        return heads.predict(table, head, self.volume.shape), anchors
+
+    def graph_prompts(self, structure: Structure) -> G.Prompts:
+        """The structure's prompts on the input grid (z, y, x), as the graph cut takes them."""
+        out = G.Prompts()
+        positive, negative = [], []
+        for p in structure.prompts:
+            if isinstance(p, P.Point):
+                out.clicks.append(G.Click(self.input_voxel(p.lps), p.positive))
+            elif isinstance(p, P.Box):
+                out.box = (np.asarray(p.lower[::-1]), np.asarray(p.upper[::-1]))
+            elif isinstance(p, P.Scribble):
+                positive.append(p.positive)
+                negative.append(p.negative)
+        if positive:
+            out.positive_voxels = np.concatenate(positive).reshape(-1, 3)
+            out.negative_voxels = np.concatenate(negative).reshape(-1, 3)
+        return out
 
     def answer(self, structure: Structure) -> Answer:
-        """Train the head on the structure's evidence (and learned examples) and sharpen its answer."""
-        self._features_for(structure)
-        ev, anchors, box = self.evidence(structure)
-        extra = None
-        if self.examples.knows(structure.name):
-            pos = np.concatenate(self.examples.positive[structure.name])
-            neg = np.concatenate(self.examples.negative[structure.name])
-            extra = (pos, neg)
-        if not ev.has(1) and extra is None:
-            structure.mask = np.zeros(self.hu.shape, bool)
-            structure.logits = np.full(self.volume.shape, -10.0, np.float32)
-            return Answer(structure.mask, np.zeros(self.volume.shape, np.float32), None, None)
-        stack = lambda parts: np.concatenate(parts) if parts else np.zeros((0, 3), int)  # noqa: E731
-        if extra is not None:  # rows of other scans lie far from this scan's prompts
-            extra = tuple(heads.far_from_prompts(rows) for rows in extra)
-        while True:
-            table = self.table.with_distances(stack(self._positive_model), stack(self._negative_model),
-                                              tuple(self.volume.grid.GetSpacing()))
-            head = heads.fit_head(table, ev.within(self.features.covered), hidden=self.hidden, extra=extra)
-            logits = heads.predict(table, head, self.volume.shape)
-            if self.features.complete:
-                break
-            logits[~self.features.covered] = -10.0
-            # The head's answer reaching voxels without features: compute their windows and answer
-            # again, so the answer is never cut off where features end.
-            edge = self._edge_of_answer(logits)
-            if not len(edge) or not self.features.ensure(edge, self.feature_progress, self.cancelled):
-                break
-        mask = full_resolution_mask(logits, self.volume.grid, self.image, self.hu, anchors,
-                                    self.accepted_input if self.accepted_input.any() else None,
-                                    allowed_box=box)
-        mask = self._combined(structure, mask, box)
+        """The structure's mask after its last prompt (`graphcut`): a click edits the previous
+        answer near it; a box or scribble answers afresh; a segment to refine is the answer."""
+        forbidden = self.accepted_input if self.accepted_input.any() else None
         last = structure.prompts[-1] if structure.prompts else None
-        previous = structure.history[len(structure.prompts) - 2][0] if len(structure.prompts) >= 2 else None
-        if self.local_edits and isinstance(last, P.Point) and previous is not None:
-            mask = local_edit(previous, mask, self.input_voxel(last.lps), last.positive)
+        previous = structure.previous_mask()
+        if isinstance(last, P.Segment):
+            mask = np.zeros(self.hu.shape, bool)
+            mask[tuple(last.voxels.T)] = True
+            if forbidden is not None:
+                mask &= ~forbidden
+        else:
+            prompts = self.graph_prompts(structure)
+            click = prompts.clicks[-1] if isinstance(last, P.Point) else None
+            if click is None:
+                previous = None
+                segments = [p for p in structure.prompts if isinstance(p, P.Segment)]
+                if segments:         # a box or scribble after a segment: start from the segment
+                    previous = np.zeros(self.hu.shape, bool)
+                    previous[tuple(segments[-1].voxels.T)] = True
+            mask = G.solve(self.hu, self.spacing_zyx, prompts, previous, forbidden, last=click)
+        logits = self._mask_logits(mask)
         structure.mask, structure.logits = mask, logits
         if structure.prompts:
             del structure.history[len(structure.prompts) - 1:]
             structure.history.append((mask, logits))
         else:   # an answer without prompts (a proposal): what undo of the first prompt returns to
             structure.before_prompts = (mask, logits)
-        uncertainty, click, positive = uncertainty_and_next_click(logits, self.volume.grid)
-        return Answer(mask, uncertainty, click, positive)
+        uncertainty, click_lps, positive = uncertainty_and_next_click(logits, self.volume.grid)
+        return Answer(mask, uncertainty, click_lps, positive)
 
-    def _features_for(self, structure: Structure) -> None:
-        """Compute the windows holding the structure's prompts (lazy features), nearest first."""
-        if self.features.complete:
-            return
-        voxels = [self.model_voxels(np.asarray([s.voxel])) for s in structure.active_seeds()]
-        for p in structure.prompts:
-            if isinstance(p, P.Point):
-                voxels.append(self.model_voxels(np.asarray([self.input_voxel(p.lps)])))
-            elif isinstance(p, P.Scribble):
-                voxels += [self.model_voxels(v) for v in (p.positive, p.negative) if len(v)]
-            elif isinstance(p, P.Segment):
-                voxels.append(self.model_voxels(p.voxels))
-            elif isinstance(p, P.Box):
-                lower, upper = np.asarray(p.lower), np.asarray(p.upper) - 1
-                corners = np.asarray([[x, y, z] for x in (lower[0], upper[0]) for y in (lower[1], upper[1])
-                                      for z in (lower[2], upper[2])])
-                m = self.model_voxels(corners[:, ::-1])
-                axes = [np.linspace(a, b, max(2, (b - a) // 16 + 2)).round().astype(int)
-                        for a, b in zip(m.min(0), m.max(0))]
-                voxels.append(np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3))
-        if voxels:
-            self.features.ensure(np.concatenate(voxels), self.feature_progress, self.cancelled)
-
-    def _edge_of_answer(self, logits: np.ndarray) -> np.ndarray:
-        """Model voxels without features next to the head's candidate region (the part the
-        full-resolution step would keep: components at the positive prompts)."""
-        candidates = logits > CANDIDATE_LOGIT
-        labelled, count = ndimage.label(candidates)
-        if count == 0:
-            return np.zeros((0, 3), int)
-        positives = [m for m in self._positive_model if len(m)]
-        keep = np.unique(labelled[tuple(np.concatenate(positives).T)]) if positives else np.arange(1, count + 1)
-        keep = keep[keep > 0]
-        if not keep.size:
-            return np.zeros((0, 3), int)
-        region = np.isin(labelled, keep)
-        edge = ndimage.binary_dilation(region, iterations=2) & ~self.features.covered
-        return np.argwhere(edge)
-
-    def _combined(self, structure: Structure, head_mask: np.ndarray, box: tuple | None) -> np.ndarray:
-        """The head's answer united with the clicks' grown regions (`region.combined`)."""
-        points = [p for p in structure.prompts if isinstance(p, P.Point)]
-        positives = [self.input_voxel(p.lps) for p in points if p.positive]
-        negatives = [self.input_voxel(p.lps) for p in points if not p.positive]
-        forbidden = self.accepted_input if self.accepted_input.any() else None
-        spacing = tuple(self.image.GetSpacing()[::-1])
-        priors = [p for p in self.examples.priors.get(structure.name, []) if PR.growable(p)]
-        if priors:   # a known structure: a border click grows from the structure's tissue beside it
-            positives = [PR.snapped(v, priors[0], self.hu_smooth, spacing, forbidden) for v in positives]
-            head_mask = head_mask & PR.in_span(self.hu_smooth, priors[0])
-        positives = [s.voxel for s in structure.active_seeds()] + positives
-        for name in [n for n, s in self.structures.items() if s.accepted and n in self.click_regions]:
-            del self.click_regions[name]   # a full-grid mask per click: keep them only while in use
-        cache = self.click_regions.setdefault(structure.name, {})
-        previous = structure.history[len(structure.prompts) - 2][0] if len(structure.prompts) >= 2 else None
-        pieces = region.first_shell(self.hu_smooth, spacing, cache, positives, forbidden)
-        if box is not None and pieces is not None:
-            pieces = pieces.copy()
-            pieces[~_box_mask(pieces.shape, box)] = 0
-        grown = region.grown_answer(self.hu_smooth, spacing, cache, positives, negatives,
-                                    forbidden, previous, pieces, head_mask)
-        if box is not None:
-            grown &= _box_mask(grown.shape, box)
-        out = region.combined(head_mask, grown, self.hu_smooth, spacing, positives, negatives, pieces is not None)
-        return out & ~forbidden if forbidden is not None else out   # accepted work is never overwritten
+    def _mask_logits(self, mask: np.ndarray) -> np.ndarray:
+        """The answer on the model grid as logits (+-MASK_LOGIT, sampled at the model voxels'
+        centres, blurred by one model voxel): the uncertainty and next click follow its border."""
+        index, inside = self._model_to_input
+        sampled = np.zeros(inside.shape, bool)
+        sampled[inside] = mask.ravel()[index[inside]]
+        logits = np.where(sampled, MASK_LOGIT, -MASK_LOGIT).astype(np.float32).reshape(self.volume.shape)
+        return ndimage.gaussian_filter(logits, 1.0)
 
     # ---------------------------------------------------------------- learning from the user
     def _keep_example(self, structure: Structure, model_mask: np.ndarray) -> None:
-        rows = example_rows(self.table, model_mask, self.rng)
+        rows = example_rows(self.table, model_mask, keyed_rng(self.seed, "examples", self.scan_id, structure.name))
         if rows is None:
             return
-        self.examples.add(structure.name, *rows, PR.prior_of(structure.mask, self.hu_smooth, self.image,
-                                                             self.volume_box()))
+        self.examples.add(structure.name, *rows)
         if self.examples_dir is not None:
             write_accepted(self.examples_dir, self.scan_id, self.scan_path, structure.name, structure.value,
                            structure.mask, self.image, self.bundle.manifest.name, self.encoder_sha256)
@@ -582,7 +439,7 @@ class Session:
     @property
     def encoder_sha256(self) -> str:
         """The encoder's digest (recorded with each example, so other encoders' examples are refused)."""
-        if not hasattr(self, "_encoder_sha256"):
+        if self._encoder_sha256 is None:
             self._encoder_sha256 = encoder_digest(self.bundle.network)
         return self._encoder_sha256
 
@@ -592,33 +449,27 @@ class Session:
         if self.examples_dir is None or self._examples_restored:
             return 0
         count = 0
-        for name, positive, negative, prior in earlier_example_rows(self.examples_dir, self.bundle, self.cache_dir,
-                                                             self.device, self.encoder_sha256, self.rng,
+        for name, positive, negative in earlier_example_rows(self.examples_dir, self.bundle, self.cache_dir,
+                                                             self.device, self.encoder_sha256, self.seed,
                                                              progress, cancelled):
-            self.examples.add(name, positive, negative, prior)
+            self.examples.add(name, positive, negative)
             count += 1
         self._examples_restored = True
         return count
 
-    _examples_restored = False
 
-
-def _depth_at(mask: np.ndarray, voxel: tuple[int, int, int], spacing: np.ndarray, reach_mm: float) -> float:
-    """How deep (mm) `voxel` lies in `mask`, measured up to `reach_mm` (a box around it, not the whole grid)."""
-    reach = np.ceil(reach_mm / spacing).astype(int) + 1
-    box = tuple(slice(max(0, c - r), c + r + 1) for c, r in zip(voxel, reach))
-    local = mask[box]
-    if local.all():
-        return float(reach_mm)
-    depth = ndimage.distance_transform_edt(local, sampling=spacing)
-    return float(min(depth[tuple(c - b.start for c, b in zip(voxel, box))], reach_mm))
-
-
-def _box_mask(shape: tuple[int, ...], box: tuple) -> np.ndarray:
-    """The box prompt's voxels (input grid, z y x) as a mask."""
-    inside = np.zeros(shape, bool)
-    inside[tuple(slice(int(a), int(b)) for a, b in zip(box[0][::-1], box[1][::-1]))] = True
-    return inside
+def _model_samples(image: sitk.Image, grid: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
+    """For each model voxel (X, Y, Z order, flattened): the flat input index (z, y, x) nearest its
+    centre, and whether that lies inside the input volume."""
+    size = np.asarray(grid.GetSize())
+    xyz = np.stack(np.meshgrid(*[np.arange(n) for n in size], indexing="ij"), -1).reshape(-1, 3)
+    to_input = np.linalg.inv(np.vstack([_index_map(image, grid), [0, 0, 0, 1]]))[:3]
+    idx = np.round(np.c_[xyz, np.ones(len(xyz))] @ to_input.T).astype(np.int64)
+    shape = np.asarray(image.GetSize())
+    inside = np.all((idx >= 0) & (idx < shape), axis=1)
+    idx = np.clip(idx, 0, shape - 1)
+    flat = (idx[:, 2] * shape[1] + idx[:, 1]) * shape[0] + idx[:, 0]
+    return flat, inside
 
 
 def _index_map(image: sitk.Image, grid: sitk.Image) -> np.ndarray:
