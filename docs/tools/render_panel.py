@@ -101,7 +101,7 @@ def main() -> int:
     if models is not None:
         models.addItems([f"demo-phantom-seg (segmentation, {len(DEMO_STRUCTURES)} structures)",
                          "demo-phantom-cls (classification)"])
-    for name, items in (("deviceComboBox", ["auto", "GPU", "CPU"]),
+    for name, items in (("deviceComboBox", ["auto", "GPU", "CPU"]), ("engineComboBox", ["Local", "Remote"]),
                         ("exportFormatComboBox", ["seg.nrrd", "nifti", "nrrd", "dicom-seg", "stl", "obj"])):
         combo = panel.findChild(QtWidgets.QComboBox, name)
         if combo is not None:
