@@ -267,3 +267,23 @@ def test_replay_after_sigkill_equals_the_uninterrupted_answers(small, tmp_path):
     _assert_same(after_accept[:1], [second_before_kill], "after the accept, before the kill")
     _assert_same(after_accept, replayed_after_accept, "replayed after a kill, a structure accepted")
     _assert_same(after_accept[:1], [undone_after_accept], "undo after the restart, a structure accepted")
+
+
+def test_examples_from_several_scans_are_held_in_the_same_order_whatever_order_they_were_accepted():
+    """A restarted engine reloads accepted structures scan by scan (scan-id order); the live session
+    accepted them in the user's order. The head is fitted on the rows in the order they are held, so
+    both must hold them alike; accepting a structure again on a scan replaces its rows there."""
+    from coralbay.interactive.session import Examples
+
+    rng = np.random.default_rng(0)
+    rows = {scan: (rng.normal(size=(4, 3)), rng.normal(size=(5, 3))) for scan in ("scan-b", "scan-a", "scan-c")}
+    live, restored = Examples(), Examples()
+    for scan in ("scan-b", "scan-a", "scan-c"):  # the user's order
+        live.add("liver", scan, *rows[scan])
+    live.add("liver", "scan-a", *rows["scan-a"])  # accepted again on scan-a: replaced, not doubled
+    for scan in sorted(rows):  # what a restart reads from disk
+        restored.add("liver", scan, *rows[scan])
+    for held in (Examples.positive, Examples.negative):
+        assert len(held(live, "liver")) == 3
+        assert all(np.array_equal(a, b) for a, b in zip(held(live, "liver"), held(restored, "liver")))
+    assert live.names() == ["liver"] and live.knows("liver") and not live.knows("spleen")

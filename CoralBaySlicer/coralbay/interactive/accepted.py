@@ -94,8 +94,8 @@ def earlier_example_rows(examples_dir: str | os.PathLike, bundle: LoadedBundle, 
                          encoder_sha256: str, seed: int,
                          progress: Callable[[float, str], None] | None = None,
                          cancelled: Callable[[], bool] | None = None
-                         ) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
-    """(structure name, positive rows, negative rows) of every accepted structure
+                         ) -> Iterator[tuple[str, str, np.ndarray, np.ndarray]]:
+    """(structure name, scan id, positive rows, negative rows) of every accepted structure
     under `examples_dir`.
 
     A scan that can no longer be read (moved, deleted) is skipped with a warning: its masks stay on
@@ -121,6 +121,6 @@ def earlier_example_rows(examples_dir: str | os.PathLike, bundle: LoadedBundle, 
             rows = example_rows(table, model_mask_on(mask, image, volume.grid),
                                 keyed_rng(seed, "examples", scan.scan_id, structure.name))
             if rows is not None:
-                yield (structure.name, *rows)
+                yield (structure.name, scan.scan_id, *rows)
     if progress:
         progress(1.0, f"examples of {len(scans)} earlier scan(s)")

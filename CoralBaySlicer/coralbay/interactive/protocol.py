@@ -193,7 +193,7 @@ class Protocol:
                 "structures": [{"name": s.name, "value": s.value, "accepted": s.accepted,
                                 "prompts": len(s.prompts), "can_undo": bool(s.prompts),
                                 "can_redo": bool(s.undone)} for s in self.session.structures.values()],
-                "known_structures": sorted(self.session.examples.positive)}
+                "known_structures": self.session.examples.names()}
 
     # ------------------------------------------------------------------ helpers
     def _image(self) -> sitk.Image:

@@ -60,17 +60,29 @@ class Structure:
 
 @dataclass
 class Examples:
-    """Feature rows learned from accepted structures, by structure name."""
+    """Feature rows learned from accepted structures, by structure name and scan.
 
-    positive: dict[str, list[np.ndarray]] = field(default_factory=dict)
-    negative: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    Why per scan, read in scan-id order: a restarted engine reloads them from disk scan by scan,
+    so a live session and a restarted one must hold the same rows in the same order whatever order
+    they were accepted in (the head's fit depends on the order of its rows); a structure accepted
+    again on a scan replaces its rows there, as its mask on disk is replaced."""
 
-    def add(self, name: str, positive: np.ndarray, negative: np.ndarray) -> None:
-        self.positive.setdefault(name, []).append(positive)
-        self.negative.setdefault(name, []).append(negative)
+    rows: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)
+
+    def add(self, name: str, scan_id: str, positive: np.ndarray, negative: np.ndarray) -> None:
+        self.rows.setdefault(name, {})[scan_id] = (positive, negative)
 
     def knows(self, name: str) -> bool:
-        return bool(self.positive.get(name))
+        return bool(self.rows.get(name))
+
+    def names(self) -> list[str]:
+        return sorted(self.rows)
+
+    def positive(self, name: str) -> list[np.ndarray]:
+        return [self.rows[name][scan][0] for scan in sorted(self.rows[name])]
+
+    def negative(self, name: str) -> list[np.ndarray]:
+        return [self.rows[name][scan][1] for scan in sorted(self.rows[name])]
 
 
 class Session:
@@ -362,7 +374,7 @@ class Session:
         extra = None
         if self.examples.knows(structure.name):   # rows of other scans lie far from this scan's prompts
             extra = tuple(heads.far_from_prompts(np.concatenate(rows)) for rows in
-                          (self.examples.positive[structure.name], self.examples.negative[structure.name]))
+                          (self.examples.positive(structure.name), self.examples.negative(structure.name)))
         stack = lambda parts: np.concatenate(parts) if parts else np.zeros((0, 3), int)  # noqa: E731
         table = self.table.with_distances(stack(positive_model), stack(negative_model),
                                           tuple(self.volume.grid.GetSpacing()))
@@ -431,7 +443,7 @@ class Session:
         rows = example_rows(self.table, model_mask, keyed_rng(self.seed, "examples", self.scan_id, structure.name))
         if rows is None:
             return
-        self.examples.add(structure.name, *rows)
+        self.examples.add(structure.name, self.scan_id, *rows)
         if self.examples_dir is not None:
             write_accepted(self.examples_dir, self.scan_id, self.scan_path, structure.name, structure.value,
                            structure.mask, self.image, self.bundle.manifest.name, self.encoder_sha256)
@@ -449,10 +461,10 @@ class Session:
         if self.examples_dir is None or self._examples_restored:
             return 0
         count = 0
-        for name, positive, negative in earlier_example_rows(self.examples_dir, self.bundle, self.cache_dir,
+        for name, scan_id, positive, negative in earlier_example_rows(self.examples_dir, self.bundle, self.cache_dir,
                                                              self.device, self.encoder_sha256, self.seed,
                                                              progress, cancelled):
-            self.examples.add(name, positive, negative)
+            self.examples.add(name, scan_id, positive, negative)
             count += 1
         self._examples_restored = True
         return count
