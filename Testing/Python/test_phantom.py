@@ -255,9 +255,11 @@ def test_bad_options_give_one_sentence_and_write_nothing(tmp_path, capsys, extra
     assert list(tmp_path.iterdir()) == []
 
 
+# docs/cli.md's one exit-code rule: an output named wrongly (an extension the format cannot write, a
+# missing parent folder, one file for both outputs) is a wrong command line, exit 2, in every command.
 @pytest.mark.parametrize("ct, labels, code", [
-    ("ct.txt", "labels.nii.gz", 1),
-    ("missing/ct.nii.gz", "labels.nii.gz", 1),
+    ("ct.txt", "labels.nii.gz", 2),
+    ("missing/ct.nii.gz", "labels.nii.gz", 2),
     ("same.nii.gz", "same.nii.gz", 2),
 ])
 def test_bad_output_paths_are_refused_before_writing(tmp_path, capsys, ct, labels, code):
