@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from conftest import cli_env, run_cli
+from conftest import cli_env, run_cli, write_interactive_phantom
 
 START_TIMEOUT_S = 120
 
@@ -80,3 +80,12 @@ def nrrd_copy(source: Path, target: Path, compress: bool = True) -> Path:
     sitk.WriteImage(sitk.ReadImage(str(source)), str(target), compress)
     return target
 
+
+def served_phantom(folder: Path, models: list[Path], users: tuple[str, ...]) -> tuple[RunningServer, dict, Path, Path]:
+    """A small phantom beside a running server that offers `models` to `users`:
+    (server, {user: token}, ct, labels). The caller stops the server."""
+    ct, labels = write_interactive_phantom(folder / "phantom")
+    state = folder / "state"
+    state.mkdir()
+    tokens = {name: add_user(state, name) for name in users}
+    return start_server(state, models), tokens, ct, labels

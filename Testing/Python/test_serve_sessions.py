@@ -19,8 +19,8 @@ pytest.importorskip("starlette", reason="the serve extra (starlette, uvicorn, cr
 
 import SimpleITK as sitk  # noqa: E402
 
-from conftest import write_interactive_phantom, ENGINE_DIR, cli_env, run_cli  # noqa: E402
-from serve_support import add_user, nrrd_copy, start_server  # noqa: E402
+from conftest import ENGINE_DIR, cli_env, run_cli  # noqa: E402
+from serve_support import nrrd_copy, served_phantom, start_server  # noqa: E402
 
 from CoralBaySlicerLib.interactive_session import InteractiveSession, interact_argv  # noqa: E402
 from CoralBaySlicerLib.remote_client import RemoteEngine, RemoteError, RemoteJob  # noqa: E402
@@ -33,11 +33,8 @@ import sys  # noqa: E402
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, tiny_seg_bundle, tiny_cls_bundle):
     folder = tmp_path_factory.mktemp("serve-sessions")
-    ct, labels = write_interactive_phantom(folder / "phantom")
+    server, tokens, ct, labels = served_phantom(folder, [tiny_seg_bundle, tiny_cls_bundle], ("alice", "bob"))
     state = folder / "state"
-    state.mkdir()
-    tokens = {name: add_user(state, name) for name in ("alice", "bob")}
-    server = start_server(state, [tiny_seg_bundle, tiny_cls_bundle])
     world = {"folder": folder, "ct": ct, "labels": labels, "scan": nrrd_copy(ct, folder / "ct.nrrd"), "state": state,
              "tokens": tokens, "server": server, "bundles": [tiny_seg_bundle, tiny_cls_bundle]}
     yield world

@@ -10,8 +10,8 @@ import pytest
 
 pytest.importorskip("starlette", reason="the serve extra (starlette, uvicorn, cryptography) is not installed")
 
-from conftest import REPO, write_interactive_phantom  # noqa: E402
-from serve_support import add_user, start_server  # noqa: E402
+from conftest import REPO  # noqa: E402
+from serve_support import served_phantom  # noqa: E402
 from test_slicer_module import _segment_names, module  # noqa: E402,F401 (fixture)
 
 TIMEOUT_S = 180
@@ -21,12 +21,8 @@ UI_FILE = REPO / "Resources" / "UI" / "CoralBaySlicer.ui"
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_seg_bundle, tiny_cls_bundle):
     folder = tmp_path_factory.mktemp("slicer-remote")
-    ct, labels = write_interactive_phantom(folder / "phantom")
-    state = folder / "state"
-    state.mkdir()
-    token = add_user(state, "alice")
-    running = start_server(state, [tiny_seg_bundle, tiny_cls_bundle])
-    yield {"url": running.url, "token": token, "ct": ct, "labels": labels, "bundle": tiny_seg_bundle,
+    running, tokens, ct, labels = served_phantom(folder, [tiny_seg_bundle, tiny_cls_bundle], ("alice",))
+    yield {"url": running.url, "token": tokens["alice"], "ct": ct, "labels": labels, "bundle": tiny_seg_bundle,
            "classifier": tiny_cls_bundle, "folder": folder}
     running.stop()
 
