@@ -52,10 +52,14 @@ REQUIREMENTS: tuple[Requirement, ...] = (
     Requirement("matplotlib", "matplotlib==3.9.4"),
     Requirement("psutil", "psutil==7.0.0"),
     Requirement("tqdm", "tqdm==4.67.1"),
-    Requirement("skimage", "scikit-image==0.24.0"),  # a core dependency of the engine (last for Python 3.9)
     Requirement("contourpy", "contourpy==1.3.0"),  # review overview (matplotlib's, imported directly)
     Requirement("maxflow", "PyMaxflow==1.3.2"),
 )
+
+# The engine commands the module runs (`commands.py`, `interactive_session.interact_argv`): the
+# installer installs what these import, nothing more (scikit-image, for instance, is only
+# eval-interactive's random-walker baseline, which the module never runs).
+SLICER_COMMANDS = ("segment", "classify", "compare", "export", "phantom", "interact", "teach")
 
 # Imported by the engine but shipped with Slicer itself (never installed by this module).
 PROVIDED_BY_SLICER = ("numpy", "scipy", "SimpleITK", "vtk", "pydicom")

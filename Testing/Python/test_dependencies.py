@@ -6,7 +6,8 @@ promise is checked in two parts that can fail:
 - statically: every third-party module that any engine file imports resolves (through the
   installed distributions' metadata) to a core dependency in pyproject.toml, or is an optional
   module of `coralbay.errors.OPTIONAL_EXTRAS` whose extra lists it; and the Slicer installer's
-  list covers every core dependency the engine imports that Slicer does not ship;
+  list covers every core dependency that the engine code the module runs imports and Slicer does
+  not ship, and nothing only other commands need (scikit-image);
 - for real: the commands run in a child Python in which the optional packages cannot be
   imported (an import hook hides them, as if never installed), and answer with one sentence
   naming the extra and exit code 2.
@@ -77,17 +78,77 @@ def test_every_engine_import_is_installed_by_the_install_path_that_offers_it():
     assert not problems, problems
 
 
-def test_the_slicer_installer_installs_what_the_engine_imports():
-    """Slicer's Python has no scikit-image: the Interactive section needs it from the installer."""
+def _imported_names(path: Path) -> set[str]:
+    """Every module name a file imports (top level or inside functions), `from a import b` as a and a.b."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names |= {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
+    return names
+
+
+def _engine_file(name: str) -> Path | None:
+    path = ENGINE_DIR.joinpath(*name.split("."))
+    return path / "__init__.py" if (path / "__init__.py").exists() else (
+        path.with_suffix(".py") if path.with_suffix(".py").exists() else None)
+
+
+def slicer_side_imports() -> tuple[dict[str, set[str]], set[Path]]:
+    """Third-party modules (-> importing files) of every engine file the Slicer module can run: the
+    engine commands it starts (`dependencies.SLICER_COMMANDS`) and the engine modules its own files
+    import, followed through every `coralbay` import, including those inside functions."""
+    slicer_files = [ENGINE_DIR / "CoralBaySlicer.py", *(ENGINE_DIR / "CoralBaySlicerScene").glob("*.py"),
+                    *(ENGINE_DIR / "CoralBaySlicerLib").glob("*.py")]
+    todo = [ENGINE_DIR / "coralbay" / "commands" / f"{c}.py" for c in dependencies.SLICER_COMMANDS]
+    todo += [f for path in slicer_files for name in _imported_names(path) if name.startswith("coralbay.")
+             for f in [_engine_file(name)] if f]
+    seen: set[Path] = set()
+    found: dict[str, set[str]] = {}
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for name in _imported_names(path):
+            parts = name.split(".")
+            if parts[0] == "coralbay":
+                todo += [f for i in range(1, len(parts) + 1) for f in [_engine_file(".".join(parts[:i]))] if f]
+            elif parts[0] not in sys.stdlib_module_names and parts[0] not in HARNESS:
+                found.setdefault(parts[0], set()).add(str(path.relative_to(ENGINE_DIR)))
+    return found, seen
+
+
+def test_the_slicer_commands_are_those_the_module_runs():
+    """`SLICER_COMMANDS` is exactly the commands the module's command lines start."""
+    from CoralBaySlicerLib import commands
+    from CoralBaySlicerLib.interactive_session import interact_argv
+
+    started = {commands.segment_args("ct.nrrd", "m", "out.nii.gz")[0], commands.classify_args("ct.nrrd", "m", "r.json")[0],
+               commands.compare_args("a.nii.gz", "b.nii.gz", "out")[0], commands.export_args("a.nii.gz", "nifti", "o")[0],
+               commands.phantom_args(1, "ct.nrrd", "l.nii.gz")[0], commands.teach_args("ex", "m", "mine")[0],
+               interact_argv("python", "m", "out", "ex")[3]}
+    assert started == set(dependencies.SLICER_COMMANDS)
+
+
+def test_the_slicer_installer_installs_what_the_module_runs_and_no_more():
+    """Slicer's Python lacks the engine's pinned packages: the installer brings each one that the
+    engine code the module runs imports (e.g. PyMaxflow for the interactive graph cut), and not
+    scikit-image, which only eval-interactive's random-walker baseline imports."""
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     core = _requirement_names(project["dependencies"])
     distributions = importlib.metadata.packages_distributions()
     installed = {r.distribution for r in dependencies.REQUIREMENTS}
     shipped = {_normal(m) for m in dependencies.PROVIDED_BY_SLICER} | set(dependencies.PROTECTED)
-    needed = {_normal(d) for module in engine_imports() if module not in OPTIONAL_EXTRAS
+    imports, files = slicer_side_imports()
+    needed = {_normal(d) for module in imports if module not in OPTIONAL_EXTRAS
               for d in distributions.get(module, []) if _normal(d) in core}
-    assert "scikit-image" in needed
+    assert {"pymaxflow", "monai", "highdicom"} <= needed  # the walk reaches interact, segment and export
     assert needed - shipped <= installed, sorted(needed - shipped - installed)
+    assert "skimage" in engine_imports() and "skimage" not in imports
+    assert ENGINE_DIR / "coralbay" / "interactive" / "baselines.py" not in files
+    assert "scikit-image" not in installed
 
 
 # A child Python in which some packages look uninstalled: an import hook raises the same
