@@ -120,12 +120,31 @@ def _unique(name: str, seen: set[str]) -> str:
     return candidate
 
 
+def find_label(known: LabelTable | None, name: str) -> Label | None:
+    """The label of `known` named `name` (ignoring case and surrounding blanks), or None."""
+    wanted = name.strip().lower()
+    return next((lab for lab in known if lab.name.lower() == wanted), None) if known is not None else None
+
+
 def structure_appearance(name: str, known: LabelTable | None, index: int) -> tuple[tuple[float, float, float], str | None]:
     """Colour (0..1) and terminology entry string (or None) of a structure named in the Interactive
     section: those of the label of that name (ignoring case) in `known`, else a distinct colour."""
-    label = None
-    if known is not None:
-        label = next((lab for lab in known if lab.name.lower() == name.strip().lower()), None)
+    label = find_label(known, name)
     color = label.color if label is not None else distinct_color(index)
     entry = label.terminology.slicer_string() if label is not None and label.terminology is not None else None
     return (color[0] / 255.0, color[1] / 255.0, color[2] / 255.0), entry
+
+
+_SIDES = ("left", "right")
+
+
+def slicer_label_candidates(name: str) -> list[str]:
+    """The `3dSlicerLabel`s a structure name may have in Slicer's terminologies, best first: the name
+    as typed, in lower case, with blanks for '_' and '-', and with a side moved to the front
+    ("kidney_left" -> "left kidney", the form of Slicer's general anatomy list)."""
+    typed = " ".join(name.split())
+    words = typed.lower().replace("_", " ").replace("-", " ").split()
+    candidates = [typed, typed.lower(), " ".join(words)]
+    if len(words) > 1 and words[-1] in _SIDES:
+        candidates.append(" ".join([words[-1], *words[:-1]]))
+    return [c for i, c in enumerate(candidates) if c and c not in candidates[:i]]

@@ -18,6 +18,7 @@ from coralbay.io.header_checks import check_compressed_data, check_header
 from coralbay.io.labels import LabelTable
 from CoralBaySlicerLib import results, segments
 from CoralBaySlicerScene.scene_guard import nodeIDs, removeNodesAddedSince, sceneUnchanged
+from CoralBaySlicerScene.terminology import terminologyEntry
 
 
 def importLabelMap(labelsFile, name: str, geometryVolume, segmentationNode=None):
@@ -85,8 +86,8 @@ def _importLabelMapNodes(labelsFile, name: str, geometryVolume, segmentationNode
     for index in range(segmentation.GetNumberOfSegments()):
         segment = segmentation.GetNthSegment(index)
         s = byValue.get(segment.GetLabelValue())
-        if s is not None:
-            describeSegment(segment, s.name, s.color, s.value, s.terminology)
+        if s is not None:  # a structure the table does not code gets Slicer's terminology, if it has one
+            describeSegment(segment, s.name, s.color, s.value, s.terminology or terminologyEntry(s.name))
     if segmentationNode is not None:
         segmentationNode.GetSegmentation().DeepCopy(segmentation)
         segmentationNode.CreateDefaultDisplayNodes()

@@ -19,11 +19,12 @@ from typing import Any, Optional
 
 import slicer
 from coralbay.interactive.messages import Event, EventKind, Request
-from CoralBaySlicerLib import models, segments
+from CoralBaySlicerLib import models
 from CoralBaySlicerLib.interactive_session import forget_scan, forget_unused_scans, interact_argv, keep_scan
 from CoralBaySlicerScene import interactive_segments as S
 from CoralBaySlicerScene import nodes_to_files as N
 from CoralBaySlicerScene.engine_jobs import cacheFolder
+from CoralBaySlicerScene.terminology import structureAppearance
 
 
 @dataclass
@@ -55,8 +56,9 @@ class InteractiveState:
         return self.folder / f"{kind}-{self.files}.nrrd"
 
     def appearance(self, name: str, index: int):
-        """Colour and terminology entry of a structure: the model's label of that name, else a distinct colour."""
-        return segments.structure_appearance(name, self.known, index)
+        """Colour and terminology entry of a structure: the model's label of that name, Slicer's
+        terminology for a name it does not code, else a distinct colour."""
+        return structureAppearance(name, self.known, index)
 
 
 class InteractiveLogic:

@@ -17,7 +17,8 @@ import vtk
 from coralbay.interactive import simulate as S
 from conftest import write_interactive_phantom
 from CoralBaySlicerLib import coordinates
-from test_slicer_module import _added, _nodes, _segment_ids, _segment_names, module  # noqa: F401 (fixture)
+from test_slicer_module import (  # noqa: F401 (fixture)
+    _added, _load_test_terminology, _nodes, _segment_ids, _segment_names, module)
 
 TIMEOUT_S = 180
 
@@ -158,6 +159,14 @@ def test_interactive_clicks_strokes_undo_accept_on_real_markups_and_segments(mod
     assert logic.waitInteractive(late, TIMEOUT_S)["name"] == "spleen"
     _answer(logic, started)
     assert _segment_names(output) == ["liver"]
+
+    # the model codes kidney_left itself; a name it does not know, typed, takes the code and the
+    # recommended colour of Slicer's loaded terminology (a context written by the test)
+    context = _load_test_terminology(folder)
+    assert context not in logic.interactive.terminology and "64033007" in logic.interactive.terminology
+    _answer(logic, logic.startStructure("Gallbladder"))
+    assert logic.interactive.terminology.startswith(f"{context}~SCT^123037004^Anatomical Structure~SCT^28231008^")
+    assert logic.interactive.color == pytest.approx((139 / 255, 150 / 255, 98 / 255))
 
     logic.closeInteractive()
     assert _segment_names(output) == ["liver"] and logic.interactive is None and not logic.interactiveTimer.isActive()

@@ -234,6 +234,18 @@ def test_terminology_survives_slicer_round_trip():
     assert segments.terminology_from_slicer_string("ctx~^^~^^~^^") is None
 
 
+def test_slicer_label_candidates_try_the_forms_of_slicers_anatomy_lists():
+    """Slicer's terminologies name sides first, in lower case, with blanks ("left kidney")."""
+    assert segments.slicer_label_candidates("kidney_left") == ["kidney_left", "kidney left", "left kidney"]
+    assert segments.slicer_label_candidates(" Adrenal-Gland  RIGHT ") == [
+        "Adrenal-Gland RIGHT", "adrenal-gland right", "adrenal gland right", "right adrenal gland"]
+    assert segments.slicer_label_candidates("liver") == ["liver"]
+    assert segments.slicer_label_candidates("left") == ["left"] and segments.slicer_label_candidates("  ") == []
+    table = LabelTable([Label(1, "Liver", (1, 2, 3))])
+    assert segments.find_label(table, " liver ").value == 1 and segments.find_label(table, "spleen") is None
+    assert segments.find_label(None, "liver") is None
+
+
 def test_label_table_for_segments_keeps_remembered_values(tmp_path):
     kidney = Terminology(("SCT", "123037004", "Anatomical Structure"), ("SCT", "64033007", "Kidney"))
     values = segments.export_values(["4", None, "4", "x", "2"])  # repeated and broken tags are reassigned

@@ -136,6 +136,50 @@ def _segment_names(node) -> list[str]:
     return [seg.GetSegment(i).GetName() for i in _segment_ids(seg)]
 
 
+TEST_TERMINOLOGY = "CoralBay test terminology"
+SCT_ANATOMY = {"CodeMeaning": "Anatomical Structure", "CodingSchemeDesignator": "SCT", "CodeValue": "123037004"}
+
+
+def _sct(meaning: str, value: str, label: str | None = None, rgb=None, **more) -> dict:
+    entry = {"CodeMeaning": meaning, "CodingSchemeDesignator": "SCT", "CodeValue": value, **more}
+    if label:
+        entry["3dSlicerLabel"] = label
+    if rgb:
+        entry["recommendedDisplayRGBValue"] = list(rgb)
+    return entry
+
+
+def _load_test_terminology(folder: Path) -> str:
+    """A handful of entries in the DCMQI segment-context schema that Slicer's terminology files use
+    (sides as type modifiers carrying the `3dSlicerLabel`, as in Slicer's general anatomy list),
+    written here and loaded through the real Terminologies logic; returns the context name."""
+    import slicer
+
+    sides = lambda organ, rgb: [_sct("Left", "7771000", f"left {organ}", rgb),  # noqa: E731
+                                _sct("Right", "24028007", f"right {organ}", rgb)]
+    document = {
+        "SegmentationCategoryTypeContextName": TEST_TERMINOLOGY,
+        "@schema": "https://raw.githubusercontent.com/qiicr/dcmqi/master/doc/segment-context-schema.json#",
+        "SegmentationCodes": {"Category": [{**SCT_ANATOMY, "Type": [
+            _sct("Spleen", "78961009", "spleen", (157, 108, 162)),
+            _sct("Gallbladder", "28231008", "gallbladder", (139, 150, 98)),
+            _sct("Liver", "10200004", "liver", (1, 2, 3)),
+            _sct("Kidney", "64033007", Modifier=sides("kidney", (185, 102, 83))),
+            _sct("Adrenal gland", "23451007", Modifier=sides("adrenal gland", (249, 186, 150))),
+        ]}]},
+    }
+    path = folder / "test.term.json"
+    path.write_text(json.dumps(document))
+    assert slicer.modules.terminologies.logic().LoadTerminologyFromFile(str(path)) == TEST_TERMINOLOGY
+    return TEST_TERMINOLOGY
+
+
+def _terminology(segment) -> str:
+    tag = vtk.reference("")
+    assert segment.GetTag(segment.GetTerminologyEntryTagName(), tag)
+    return str(tag)
+
+
 def _mask(segmentation_node, segment_id, reference) -> np.ndarray:
     import slicer
 
@@ -409,6 +453,38 @@ def test_engine_label_map_becomes_named_segments_under_the_input_study(module, s
     hierarchy = _scene().GetSubjectHierarchyNode()
     assert hierarchy.GetItemParent(hierarchy.GetItemByDataNode(segmentation)) == study
     assert isinstance(segmentation.GetDisplayNode(), slicer.vtkMRMLSegmentationDisplayNode)
+
+
+def test_structures_the_label_table_does_not_code_take_slicers_terminology(module, shared_data, tmp_path):
+    """A bundle's label without a code gets the entry of Slicer's loaded terminology whose
+    3dSlicerLabel matches its name (kidney_left -> "left kidney": Kidney, modifier Left); the table's
+    own code and colour win where it has them; a name no terminology knows keeps no code. The codes
+    reach the label table written back for the engine."""
+    _load_test_terminology(tmp_path)
+    labels = _totalseg_labels(tmp_path, shared_data)
+    table = load_label_table(tmp_path / "totalseg.labels.json")
+    ct, _study = _load_ct(shared_data / "totalseg" / "example_ct_sm.nii.gz")
+    segmentation = _files_to_nodes().importLabelMap(labels, "TotalSegmentator", ct)
+    seg = segmentation.GetSegmentation()
+    segment = lambda name: seg.GetSegment(seg.GetSegmentIdBySegmentName(name))  # noqa: E731
+
+    assert {"spleen", "kidney_left", "kidney_right", "liver", "stomach"} <= set(_segment_names(segmentation))
+    assert _terminology(segment("spleen")).startswith(f"{TEST_TERMINOLOGY}~SCT^123037004^Anatomical Structure~"
+                                                      "SCT^78961009^Spleen~^^~")
+    assert "~SCT^64033007^Kidney~SCT^7771000^Left~" in _terminology(segment("kidney_left"))
+    assert "~SCT^64033007^Kidney~SCT^24028007^Right~" in _terminology(segment("kidney_right"))
+    assert TEST_TERMINOLOGY not in _terminology(segment("liver"))  # the bundle's code, not Slicer's
+    assert "^Tissue~" in _terminology(segment("stomach"))  # no entry: Slicer's placeholder, no code
+    assert segment("spleen").GetColor() == pytest.approx(tuple(c / 255 for c in table.by_name("spleen").color))
+
+    out = tmp_path / "for-engine" / "prediction.nrrd"
+    out.parent.mkdir()
+    _nodes_to_files().writeSegmentationAsLabelMap(segmentation, out, ct)
+    written = load_label_table(out.parent / "prediction.labels.json")
+    assert written.by_name("spleen").terminology == Terminology(("SCT", "123037004", "Anatomical Structure"),
+                                                                ("SCT", "78961009", "Spleen"))
+    assert written.by_name("kidney_left").terminology.modifier == ("SCT", "7771000", "Left")
+    assert written.by_name("liver").terminology == LIVER and written.by_name("stomach").terminology is None
 
 
 def test_import_replaces_a_chosen_segmentation_and_a_failed_import_changes_nothing(module, shared_data, tmp_path):
