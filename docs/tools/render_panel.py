@@ -9,6 +9,10 @@ the names a user sees after loading the sample phantom.
 
     python -m venv /tmp/qt && /tmp/qt/bin/pip install PyQt5==5.15.11
     QT_QPA_PLATFORM=offscreen /tmp/qt/bin/python docs/tools/render_panel.py
+    QT_QPA_PLATFORM=offscreen /tmp/qt/bin/python docs/tools/render_panel.py --scan /tmp/panel-scan.png
+
+With `--scan OUT`, the panel shows the nodes of docs/tools/render_slice_views.py (the TotalSegmentator
+example CT, its interactive segmentation) and is written to OUT for that figure.
 """
 
 import ast
@@ -28,6 +32,8 @@ SAMPLE_NODES = {"inputVolumeSelector": "CoralBay phantom CT", "referenceSelector
                 "pointSelector": "None", "interactivePositiveSelector": "include", "interactiveNegativeSelector": "exclude",
                 "interactiveStrokesSelector": "None", "structureComboBox": "liver", "interactiveBoxSelector": "None",
                 "refineSegmentSelector": "None", "proposeWithComboBox": "accepted examples only"}
+SCAN_NODES = {**SAMPLE_NODES, "inputVolumeSelector": "example_ct_sm", "referenceSelector": "None",
+              "outputSegmentationSelector": "example_ct_sm interactive"}
 
 
 def shortcuts_text() -> str:
@@ -85,15 +91,19 @@ def plain_qt_ui(text: str) -> str:
     return re.sub(r"<header>[^<]*</header>", "<header>render_panel.h</header>", text)
 
 
-def main() -> int:
-    app = QtWidgets.QApplication(sys.argv)
+def main(argv: list) -> int:
+    scan = argv[:1] == ["--scan"] and len(argv) == 2
+    if argv and not scan:
+        print("usage: render_panel.py [--scan OUT.png]", file=sys.stderr)
+        return 2
+    app = QtWidgets.QApplication(sys.argv[:1])
     sys.path.insert(0, str(Path(__file__).resolve().parent))  # uic imports the stand-ins as `render_panel`
     sys.modules.setdefault("render_panel", sys.modules[__name__])
     source = (REPO / "Resources" / "UI" / "CoralBaySlicer.ui").read_text(encoding="utf-8")
     plain = Path("/tmp/CoralBaySlicer-plain.ui")
     plain.write_text(plain_qt_ui(source), encoding="utf-8")
     panel = uic.loadUi(str(plain))
-    for name, label in SAMPLE_NODES.items():
+    for name, label in (SCAN_NODES if scan else SAMPLE_NODES).items():
         combo = panel.findChild(QtWidgets.QComboBox, name)
         if combo is not None:
             combo.addItem(label)
@@ -121,7 +131,7 @@ def main() -> int:
     panel.resize(460, panel.sizeHint().height())
     panel.show()
     app.processEvents()
-    out = REPO / "docs" / "images" / "CoralBaySlicer-panel.png"
+    out = Path(argv[1]) if scan else REPO / "docs" / "images" / "CoralBaySlicer-panel.png"
     if not panel.grab().save(str(out)):
         print(f"could not write {out}", file=sys.stderr)
         return 1
@@ -130,4 +140,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,165 @@
+"""Render docs/images/CoralBaySlicer-scan.png: the panel beside three slice views of a real CT with
+an interactive result, the views drawn by Slicer's own slice code (slicer-core), not by hand.
+
+What is real: slicer-core's MRML scene, volume and segmentation nodes, the module's Logic running a
+real `coralbay interact` engine (demo bundle) on the TotalSegmentator example CT
+(`../shared/data/totalseg/example_ct_sm.nii.gz`, or under $CORALBAY_SHARED_DATA), clicks placed as control points of markups point
+lists, the liver accepted into a segmentation node; each view is `vtkMRMLSliceLogic`'s resliced and
+blended image of the CT (abdomen window) with `vtkMRMLSegmentationsDisplayableManager2D` drawing the
+segments (fill and outline) on an offscreen VTK render window, as a slice view of Slicer does.
+The clicks come from the simulated user of `coralbay eval-interactive`, aimed at TotalSegmentator's
+own liver label (another model's output: the Dice printed is agreement with it, not accuracy).
+What is not Slicer's: the Qt application (Testing/Python/slicer_emulation stands in for it), the
+view frames and titles (drawn here), and the panel (rendered from the .ui by render_panel.py).
+
+    QT_QPA_PLATFORM=offscreen /tmp/qt/bin/python docs/tools/render_panel.py --scan /tmp/panel-scan.png
+    PYTHONPATH=CoralBaySlicer:Testing/Python OMP_NUM_THREADS=2 python docs/tools/render_slice_views.py /tmp/panel-scan.png
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from PIL import Image, ImageDraw, ImageFont
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(REPO / "Testing" / "Python" / "slicer_emulation"), str(REPO / "CoralBaySlicer")]
+SCAN = Path(os.environ.get("CORALBAY_SHARED_DATA", REPO.parent / "shared" / "data")) / "totalseg"
+LIVER_VALUE = 5  # TotalSegmentator's liver in labels.json
+CLICKS = 4
+BAR, GAP = 20, 6  # a view's title bar and the space between views (pixels)
+DISPLAYABLE_MANAGERS = ("vtkMRMLSegmentationsDisplayableManager2D",  # registered by the Segmentations module
+                        "vtkMRMLMarkupsDisplayableManager")  # by the Markups module: the clicks
+WINDOW_HU = (-175.0, 250.0)  # eva's abdomen window
+
+
+def interactive_liver(logic, ct, folder: Path) -> tuple:
+    """A session of the module's Logic: clicks on the liver as markups control points, then Accept.
+    Returns the output segmentation, the last click (RAS) and the Dice with TotalSegmentator's liver."""
+    import slicer
+
+    from coralbay.interactive import simulate as S
+    from CoralBaySlicerLib import coordinates
+
+    image = sitk.ReadImage(str(SCAN / "example_ct_sm.nii.gz"))
+    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(SCAN / "example_seg.nii.gz"))) == LIVER_VALUE
+    points = {True: slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "include"),
+              False: slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "exclude")}
+    logic.waitInteractive(logic.startInteractive(ct, "demo-phantom-seg", device="CPU",
+                                                 examplesFolder=folder / "examples"), 600)
+    logic.waitInteractive(logic.startStructure("liver", propose=False), 600)
+    prediction, last = None, None
+    for _ in range(CLICKS):
+        click = S.next_click(prediction, truth, image)
+        if click is None:
+            break
+        last = coordinates.lps_to_ras(click.lps)
+        points[click.positive].AddControlPoint(list(last))
+        for requestId in logic.addInteractivePoints(points[click.positive], click.positive):
+            logic.waitInteractive(requestId, 600)
+        state = logic.interactive
+        prediction = slicer.util.arrayFromSegmentBinaryLabelmap(state.segmentation, state.previewId, ct) > 0
+    dice = S.dice(prediction, truth)
+    output = logic.interactive.segmentation
+    logic.waitInteractive(logic.interactiveAccept(), 600)
+    logic.closeInteractive()
+    return output, last, dice
+
+
+def render_view(app, layoutName: str, size: int, throughRAS) -> Image.Image:
+    """One slice view through a point: the slice logic's blended image under the segmentations
+    displayable manager."""
+    import slicer
+    import vtk
+    from vtk.util import numpy_support
+
+    sliceNode = next(n for n in slicer.util.getNodesByClass("vtkMRMLSliceNode") if n.GetLayoutName() == layoutName)
+    logic = slicer.vtkMRMLSliceLogic()
+    logic.SetMRMLApplicationLogic(app.applicationLogic)
+    logic.SetMRMLScene(slicer.mrmlScene)
+    logic.SetSliceNode(sliceNode)
+    logic.ResizeSliceNode(size, size)
+    logic.FitSliceToAll()
+    sliceNode.JumpSliceByOffsetting(*throughRAS)
+    factory = slicer.vtkMRMLSliceViewDisplayableManagerFactory.GetInstance()
+    factory.SetMRMLApplicationLogic(app.applicationLogic)
+    for name in DISPLAYABLE_MANAGERS:
+        if not factory.IsDisplayableManagerRegistered(name):
+            factory.RegisterDisplayableManager(name)
+    renderer, window = vtk.vtkRenderer(), vtk.vtkRenderWindow()
+    window.SetOffScreenRendering(1)
+    window.SetSize(size, size)
+    window.AddRenderer(renderer)
+    interactor = vtk.vtkGenericRenderWindowInteractor()
+    interactor.SetRenderWindow(window)
+    mapper = vtk.vtkImageMapper()  # how ctkVTKSliceView shows the slice logic's image (vtkLightBoxRendererManager)
+    mapper.SetInputConnection(logic.GetImageDataConnection())
+    mapper.SetColorWindow(255)
+    mapper.SetColorLevel(127.5)
+    actor = vtk.vtkActor2D()
+    actor.SetMapper(mapper)
+    renderer.AddViewProp(actor)
+    group = factory.InstantiateDisplayableManagers(renderer)
+    group.SetMRMLDisplayableNode(sliceNode)
+    window.Render()
+    grab = vtk.vtkWindowToImageFilter()
+    grab.SetInput(window)
+    grab.Update()
+    pixels = numpy_support.vtk_to_numpy(grab.GetOutput().GetPointData().GetScalars()).reshape(size, size, -1)
+    return Image.fromarray(np.ascontiguousarray(pixels[::-1, :, :3]))
+
+
+def compose(panel: Image.Image, views: dict, out: Path) -> None:
+    """The module panel on the left, the slice views stacked on the right, as tall as the panel."""
+    colours = {"Red": (243, 74, 51), "Yellow": (237, 213, 76), "Green": (110, 176, 75)}
+    size = next(iter(views.values()))[1].width
+    figure = Image.new("RGB", (panel.width + GAP + size, panel.height), (40, 40, 40))
+    figure.paste(panel.convert("RGB"), (0, 0))
+    draw, font = ImageDraw.Draw(figure), ImageFont.load_default(size=BAR - 4)
+    for index, (layoutName, (orientation, view)) in enumerate(views.items()):
+        top, left = index * (size + BAR + GAP), panel.width + GAP
+        draw.rectangle([left, top, left + size - 1, top + BAR - 1], fill=colours[layoutName])
+        draw.text((left + 4, top + 1), f"{layoutName}: {orientation}", fill=(0, 0, 0), font=font)
+        figure.paste(view, (left, top + BAR))
+    figure.save(out, optimize=True)
+
+
+def main(argv: list) -> int:
+    if len(argv) != 1:
+        print("usage: render_slice_views.py PANEL.png (from render_panel.py --scan)", file=sys.stderr)
+        return 2
+    import application
+
+    app = application.start()
+    import slicer
+
+    import CoralBaySlicer
+
+    CoralBaySlicer.CoralBaySlicerLogic.engineExecutable = sys.executable
+    logic = CoralBaySlicer.CoralBaySlicerLogic()
+    ct = slicer.util.loadVolume(str(SCAN / "example_ct_sm.nii.gz"), {"name": "example_ct_sm"})
+    display = ct.GetDisplayNode()
+    display.AutoWindowLevelOff()
+    display.SetWindowLevelMinMax(*WINDOW_HU)
+    with tempfile.TemporaryDirectory(prefix="coralbay-views-") as folder:
+        output, lastClick, dice = interactive_liver(logic, ct, Path(folder))
+    print(f"liver after {CLICKS} clicks: Dice {dice:.3f} with TotalSegmentator's liver label")
+    output.GetDisplayNode().SetVisibility(True)
+    slicer.util.setSliceViewerLayers(background=ct, foreground=None, label=None)
+    panel = Image.open(argv[0])
+    size = (panel.height - 2 * GAP) // 3 - BAR
+    views = {name: (orientation, render_view(app, name, size, lastClick))
+             for name, orientation in (("Red", "axial"), ("Yellow", "sagittal"), ("Green", "coronal"))}
+    out = REPO / "docs" / "images" / "CoralBaySlicer-scan.png"
+    compose(panel, views, out)
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
