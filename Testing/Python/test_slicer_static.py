@@ -342,3 +342,20 @@ def test_screenshot_urls_name_real_png_files_of_the_repository():
 @pytest.mark.parametrize("path", [UI_FILE, CMAKE_FILE, S4EXT_FILE, ICON_FILE, MODULE_FILE, JSON_FILE, LICENSE_FILE])
 def test_extension_files_exist(path):
     assert path.is_file()
+
+
+def test_every_public_name_of_the_logic_is_in_the_scripting_section_of_the_docs():
+    """The scripting API is the Logic's public names (its parts' too): each is named in docs/slicer.md
+    'Scripting and where the code is', so a new or renamed method cannot slip in unlisted."""
+    parts = ("CoralBaySlicerLogic", "EngineJobs", "InstallLogic", "TaskLogic", "InteractiveLogic")
+    files = [MODULE_FILE, *sorted((MODULE_FILE.parent / "CoralBaySlicerScene").glob("*.py"))]
+    public = {item.name for path in files for node in ast.parse(path.read_text(encoding="utf-8")).body
+              if isinstance(node, ast.ClassDef) and node.name in parts
+              for item in node.body if isinstance(item, ast.FunctionDef) and not item.name.startswith("_")}
+    doc = (REPO / "docs" / "slicer.md").read_text(encoding="utf-8")
+    section = doc[doc.index("## Scripting and where the code is"):]
+    section = section[:section.index("Where each panel behaviour lives")]
+    named = set(re.findall(r"`(\w+)", section))
+    named |= {f"interactive{w}" for w in ("Redo", "Accept") if f"/ `{w}`" in section}  # "`interactiveUndo` / `Redo`"
+    assert {"segment", "startInteractive", "addInteractiveBox", "useRemoteEngine"} <= public
+    assert not sorted(public - named), f"Logic methods docs/slicer.md does not list: {sorted(public - named)}"
