@@ -104,6 +104,16 @@ def test_interactive_clicks_strokes_undo_accept_on_real_markups_and_segments(mod
     strokes = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "strokes")
     strokes.SetReferenceImageGeometryParameterFromVolumeNode(ct)
     stroke_id = strokes.GetSegmentation().AddEmptySegment("", "stroke")
+    # box and refine through the Logic: refused in one sentence before anything is sent
+    with pytest.raises(ValueError, match="Draw a box"):
+        logic.addInteractiveBox(None)
+    with pytest.raises(ValueError, match="Choose the segment to send"):
+        logic.refineSegment(None, "")
+    with pytest.raises(ValueError, match="The segment stroke is empty: choose a segment with voxels"):
+        logic.refineSegment(strokes, stroke_id)
+    with pytest.raises(ValueError, match="The segment stroke is empty: paint a stroke first"):
+        logic.addInteractiveStroke(strokes, stroke_id, True)
+    assert not logic.interactive.session.busy
     painted = np.zeros(liver.shape, np.uint8)
     inside = np.argwhere(liver & ~previews[2])
     painted[tuple(inside[: max(1, len(inside) // 4)].T)] = 1
@@ -141,6 +151,7 @@ def test_interactive_clicks_strokes_undo_accept_on_real_markups_and_segments(mod
     _answer(logic, sent[0])
     assert logic.interactive.session.restarts == 1
     assert _segment_names(output) == ["liver", "spleen (preview)"]
+    assert logic.nextStructureName(["liver", "spleen", "kidney_left"]) == "kidney_left"  # accepted, in progress
     assert np.array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(output, liver_id, ct) > 0, final)
     # ... and the new engine process has the liver accepted again (restored from the examples folder):
     # it is negative evidence for the spleen and is in the engine's label map of accepted structures.
