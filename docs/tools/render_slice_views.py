@@ -1,5 +1,6 @@
-"""Render docs/images/CoralBaySlicer-scan.png: the panel beside three slice views of a real CT with
-an interactive result, the views drawn by Slicer's own slice code (slicer-core), not by hand.
+"""Render docs/images/CoralBaySlicer-scan.png (the panel beside three slice views of a real CT with
+an interactive result) and docs/images/interactive-edit.png (the axial view after each click of that
+edit), the views drawn by Slicer's own slice code (slicer-core), not by hand.
 
 What is real: slicer-core's MRML scene, volume and segmentation nodes, the module's Logic running a
 real `coralbay interact` engine (demo bundle) on the TotalSegmentator example CT
@@ -33,13 +34,15 @@ SCAN = Path(os.environ.get("CORALBAY_SHARED_DATA", REPO.parent / "shared" / "dat
 LIVER_VALUE = 5  # TotalSegmentator's liver in labels.json
 CLICKS = 4
 BAR, GAP = 20, 6  # a view's title bar and the space between views (pixels)
+FRAME = 400  # pixels of each frame of the edit
 DISPLAYABLE_MANAGERS = ("vtkMRMLSegmentationsDisplayableManager2D",  # registered by the Segmentations module
                         "vtkMRMLMarkupsDisplayableManager")  # by the Markups module: the clicks
 WINDOW_HU = (-175.0, 250.0)  # eva's abdomen window
 
 
-def interactive_liver(logic, ct, folder: Path) -> tuple:
+def interactive_liver(logic, ct, folder: Path, frame) -> tuple:
     """A session of the module's Logic: clicks on the liver as markups control points, then Accept.
+    `frame(ras, positive, dice, ml)` runs after each answer (the preview segment is in the scene).
     Returns the output segmentation, the last click (RAS) and the Dice with TotalSegmentator's liver."""
     import slicer
 
@@ -50,6 +53,7 @@ def interactive_liver(logic, ct, folder: Path) -> tuple:
     truth = sitk.GetArrayFromImage(sitk.ReadImage(str(SCAN / "example_seg.nii.gz"))) == LIVER_VALUE
     points = {True: slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "include"),
               False: slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "exclude")}
+    points[True].GetDisplayNode().SetSelectedColor(0.2, 0.9, 0.2)  # include green, exclude red (Slicer's default)
     logic.waitInteractive(logic.startInteractive(ct, "demo-phantom-seg", device="CPU",
                                                  examplesFolder=folder / "examples"), 600)
     logic.waitInteractive(logic.startStructure("liver", propose=False), 600)
@@ -60,10 +64,12 @@ def interactive_liver(logic, ct, folder: Path) -> tuple:
             break
         last = coordinates.lps_to_ras(click.lps)
         points[click.positive].AddControlPoint(list(last))
+        answer = {}
         for requestId in logic.addInteractivePoints(points[click.positive], click.positive):
-            logic.waitInteractive(requestId, 600)
+            answer = logic.waitInteractive(requestId, 600)
         state = logic.interactive
         prediction = slicer.util.arrayFromSegmentBinaryLabelmap(state.segmentation, state.previewId, ct) > 0
+        frame(last, click.positive, S.dice(prediction, truth), answer.get("volume_ml"))
     dice = S.dice(prediction, truth)
     output = logic.interactive.segmentation
     logic.waitInteractive(logic.interactiveAccept(), 600)
@@ -129,6 +135,19 @@ def compose(panel: Image.Image, views: dict, out: Path) -> None:
     figure.save(out, optimize=True)
 
 
+def compose_frames(frames: list, out: Path) -> None:
+    """The Red view after each click side by side, each titled with the click and its answer."""
+    size = frames[0][0].width
+    figure = Image.new("RGB", (len(frames) * (size + GAP) - GAP, size + BAR), (40, 40, 40))
+    draw, font = ImageDraw.Draw(figure), ImageFont.load_default(size=BAR - 6)
+    for index, (view, title) in enumerate(frames):
+        left = index * (size + GAP)
+        draw.rectangle([left, 0, left + size - 1, BAR - 1], fill=(243, 74, 51))
+        draw.text((left + 4, 2), title, fill=(0, 0, 0), font=font)
+        figure.paste(view, (left, BAR))
+    figure.save(out, optimize=True)
+
+
 def main(argv: list) -> int:
     if len(argv) != 1:
         print("usage: render_slice_views.py PANEL.png (from render_panel.py --scan)", file=sys.stderr)
@@ -146,11 +165,18 @@ def main(argv: list) -> int:
     display = ct.GetDisplayNode()
     display.AutoWindowLevelOff()
     display.SetWindowLevelMinMax(*WINDOW_HU)
-    with tempfile.TemporaryDirectory(prefix="coralbay-views-") as folder:
-        output, lastClick, dice = interactive_liver(logic, ct, Path(folder))
-    print(f"liver after {CLICKS} clicks: Dice {dice:.3f} with TotalSegmentator's liver label")
-    output.GetDisplayNode().SetVisibility(True)
     slicer.util.setSliceViewerLayers(background=ct, foreground=None, label=None)
+    frames = []
+
+    def frame(ras, positive: bool, dice: float, ml) -> None:
+        title = f"click {len(frames) + 1} ({'include' if positive else 'exclude'}): Dice {dice:.3f}, {float(ml):.0f} ml"
+        frames.append((render_view(app, "Red", FRAME, ras), title))
+        print(title)
+    with tempfile.TemporaryDirectory(prefix="coralbay-views-") as folder:
+        output, lastClick, dice = interactive_liver(logic, ct, Path(folder), frame)
+    print(f"liver after {CLICKS} clicks: Dice {dice:.3f} with TotalSegmentator's liver label")
+    compose_frames(frames, REPO / "docs" / "images" / "interactive-edit.png")
+    output.GetDisplayNode().SetVisibility(True)
     panel = Image.open(argv[0])
     size = (panel.height - 2 * GAP) // 3 - BAR
     views = {name: (orientation, render_view(app, name, size, lastClick))
