@@ -487,6 +487,56 @@ def test_structures_the_label_table_does_not_code_take_slicers_terminology(modul
     assert written.by_name("liver").terminology == LIVER and written.by_name("stomach").terminology is None
 
 
+def _offscreen_rendering_works() -> bool:
+    """VTK can draw offscreen here (Mesa's EGL or an X display): probed in a child process, as a broken
+    OpenGL setup can abort the process that tries."""
+    import subprocess
+
+    probe = ("import vtk; w = vtk.vtkRenderWindow(); w.SetOffScreenRendering(1); w.SetSize(8, 8); "
+             "r = vtk.vtkRenderer(); w.AddRenderer(r); r.SetBackground(1, 0, 0); w.Render(); "
+             "g = vtk.vtkWindowToImageFilter(); g.SetInput(w); g.Update(); "
+             "print(g.GetOutput().GetPointData().GetScalars().GetRange(0))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    return result.returncode == 0 and "255" in result.stdout
+
+
+def test_an_imported_segmentation_shows_in_the_slice_views(module, shared_data, tmp_path):
+    """'Shown in 2D': the slice view drawn by slicer-core (vtkMRMLSliceLogic's image under the
+    segmentations displayable manager, slicer_emulation/slice_views.render) tints the liver's pixels
+    with its colour, and only where the liver is; hidden, the segmentation is not drawn."""
+    if not _offscreen_rendering_works():
+        pytest.skip("VTK cannot render offscreen on this machine (no EGL or X display)")
+    import slice_views
+    import slicer
+
+    labels = _totalseg_labels(tmp_path, shared_data)
+    ct, _study = _load_ct(shared_data / "totalseg" / "example_ct_sm.nii.gz")
+    slicer.util.setSliceViewerLayers(background=ct)
+    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(labels))) == 5  # TotalSegmentator's liver
+    k, j, i = (int(v) for v in np.argwhere(truth).mean(axis=0).round())
+    matrix = vtk.vtkMatrix4x4()
+    ct.GetIJKToRASMatrix(matrix)
+    centre = [sum(matrix.GetElement(r, c) * v for c, v in enumerate((i, j, k, 1))) for r in range(3)]
+    plain = slice_views.render("Red", 200, centre).astype(int)
+    segmentation = _files_to_nodes().importLabelMap(labels, "TotalSegmentator", ct)
+    shown = slice_views.render("Red", 200, centre).astype(int)
+    segmentation.GetDisplayNode().SetVisibility(False)
+    hidden = slice_views.render("Red", 200, centre).astype(int)
+
+    assert plain.std() > 10  # the CT itself is drawn
+    assert np.array_equal(hidden, plain)
+    changed = np.abs(shown - plain).sum(axis=2) > 30
+    assert 0.05 < changed.mean() < 0.6 and not changed[:10, :10].any()  # segments drawn; the air around is not
+    xy_to_ras = vtk.vtkMatrix4x4()
+    xy_to_ras.DeepCopy(next(n for n in slicer.util.getNodesByClass("vtkMRMLSliceNode")
+                            if n.GetLayoutName() == "Red").GetXYToRAS())
+    xy_to_ras.Invert()
+    x, y = (int(round(v)) for v in xy_to_ras.MultiplyPoint([*centre, 1.0])[:2])
+    colour = np.array(load_label_table(tmp_path / "totalseg.labels.json").by_name("liver").color)
+    before, after = plain[200 - 1 - y, x], shown[200 - 1 - y, x]  # rows are top first, XY bottom first
+    assert changed[200 - 1 - y, x] and np.all(np.sign(after - before) == np.sign(colour - before)), (before, after, colour)
+
+
 def test_import_replaces_a_chosen_segmentation_and_a_failed_import_changes_nothing(module, shared_data, tmp_path):
     import slicer
 

@@ -24,7 +24,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import SimpleITK as sitk
 from PIL import Image, ImageDraw, ImageFont
 
@@ -35,8 +34,6 @@ LIVER_VALUE = 5  # TotalSegmentator's liver in labels.json
 CLICKS = 4
 BAR, GAP = 20, 6  # a view's title bar and the space between views (pixels)
 FRAME = 400  # pixels of each frame of the edit
-DISPLAYABLE_MANAGERS = ("vtkMRMLSegmentationsDisplayableManager2D",  # registered by the Segmentations module
-                        "vtkMRMLMarkupsDisplayableManager")  # by the Markups module: the clicks
 WINDOW_HU = (-175.0, 250.0)  # eva's abdomen window
 
 
@@ -77,47 +74,11 @@ def interactive_liver(logic, ct, folder: Path, frame) -> tuple:
     return output, last, dice
 
 
-def render_view(app, layoutName: str, size: int, throughRAS) -> Image.Image:
-    """One slice view through a point: the slice logic's blended image under the segmentations
-    displayable manager."""
-    import slicer
-    import vtk
-    from vtk.util import numpy_support
+def render_view(layoutName: str, size: int, throughRAS) -> Image.Image:
+    """One slice view through a point, drawn by slicer-core (see slicer_emulation/slice_views.render)."""
+    import slice_views
 
-    sliceNode = next(n for n in slicer.util.getNodesByClass("vtkMRMLSliceNode") if n.GetLayoutName() == layoutName)
-    logic = slicer.vtkMRMLSliceLogic()
-    logic.SetMRMLApplicationLogic(app.applicationLogic)
-    logic.SetMRMLScene(slicer.mrmlScene)
-    logic.SetSliceNode(sliceNode)
-    logic.ResizeSliceNode(size, size)
-    logic.FitSliceToAll()
-    sliceNode.JumpSliceByOffsetting(*throughRAS)
-    factory = slicer.vtkMRMLSliceViewDisplayableManagerFactory.GetInstance()
-    factory.SetMRMLApplicationLogic(app.applicationLogic)
-    for name in DISPLAYABLE_MANAGERS:
-        if not factory.IsDisplayableManagerRegistered(name):
-            factory.RegisterDisplayableManager(name)
-    renderer, window = vtk.vtkRenderer(), vtk.vtkRenderWindow()
-    window.SetOffScreenRendering(1)
-    window.SetSize(size, size)
-    window.AddRenderer(renderer)
-    interactor = vtk.vtkGenericRenderWindowInteractor()
-    interactor.SetRenderWindow(window)
-    mapper = vtk.vtkImageMapper()  # how ctkVTKSliceView shows the slice logic's image (vtkLightBoxRendererManager)
-    mapper.SetInputConnection(logic.GetImageDataConnection())
-    mapper.SetColorWindow(255)
-    mapper.SetColorLevel(127.5)
-    actor = vtk.vtkActor2D()
-    actor.SetMapper(mapper)
-    renderer.AddViewProp(actor)
-    group = factory.InstantiateDisplayableManagers(renderer)
-    group.SetMRMLDisplayableNode(sliceNode)
-    window.Render()
-    grab = vtk.vtkWindowToImageFilter()
-    grab.SetInput(window)
-    grab.Update()
-    pixels = numpy_support.vtk_to_numpy(grab.GetOutput().GetPointData().GetScalars()).reshape(size, size, -1)
-    return Image.fromarray(np.ascontiguousarray(pixels[::-1, :, :3]))
+    return Image.fromarray(slice_views.render(layoutName, size, throughRAS))
 
 
 def compose(panel: Image.Image, views: dict, out: Path) -> None:
@@ -154,7 +115,7 @@ def main(argv: list) -> int:
         return 2
     import application
 
-    app = application.start()
+    application.start()
     import slicer
 
     import CoralBaySlicer
@@ -170,7 +131,7 @@ def main(argv: list) -> int:
 
     def frame(ras, positive: bool, dice: float, ml) -> None:
         title = f"click {len(frames) + 1} ({'include' if positive else 'exclude'}): Dice {dice:.3f}, {float(ml):.0f} ml"
-        frames.append((render_view(app, "Red", FRAME, ras), title))
+        frames.append((render_view("Red", FRAME, ras), title))
         print(title)
     with tempfile.TemporaryDirectory(prefix="coralbay-views-") as folder:
         output, lastClick, dice = interactive_liver(logic, ct, Path(folder), frame)
@@ -179,7 +140,7 @@ def main(argv: list) -> int:
     output.GetDisplayNode().SetVisibility(True)
     panel = Image.open(argv[0])
     size = (panel.height - 2 * GAP) // 3 - BAR
-    views = {name: (orientation, render_view(app, name, size, lastClick))
+    views = {name: (orientation, render_view(name, size, lastClick))
              for name, orientation in (("Red", "axial"), ("Yellow", "sagittal"), ("Green", "coronal"))}
     out = REPO / "docs" / "images" / "CoralBaySlicer-scan.png"
     compose(panel, views, out)
