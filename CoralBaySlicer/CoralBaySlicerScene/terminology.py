@@ -17,6 +17,7 @@ import vtk
 import slicer
 from CoralBaySlicerLib import segments
 
+
 def loadedTerminologies() -> list:
     """Names of the terminology contexts loaded in Slicer, in the logic's order."""
     names = vtk.vtkStringArray()
