@@ -68,8 +68,7 @@ def test_clicks_only_add_or_only_remove_and_stay_local(scan):
             assert not (answer & ~previous).any() and not answer[click_zyx]
         changed = np.argwhere(answer != previous)
         if len(changed):   # only inside the click's window
-            distance = G.distance_to_border(previous, click_zyx, np.asarray(SPACING),
-                                            (G.LOCAL_MAX_MM - G.LOCAL_MIN_MM) / G.LOCAL_FACTOR)
+            distance = G.distance_to_border(previous, click_zyx, np.asarray(SPACING), G.DEPTH_CAP_MM)
             window = G.click_window(hu.shape, np.asarray(SPACING), click, distance)
             assert all(all(s.start <= c < s.stop for c, s in zip(v, window)) for v in changed)
         # the same prompts and previous answer give the same mask

@@ -17,7 +17,7 @@ constraints a solver cannot overrule:
   structures background.
 
 Local edits: after a click the cut is solved only in a window around it (its size from how far the
-click lies from the previous answer's border); outside the window the previous answer stays, and
+click lies from the previous answer's border, narrower for a positive click); outside the window the previous answer stays, and
 inside, a positive click can only add to it and a negative one only remove from it (the other label
 is fixed). So a click never undoes what the user saw elsewhere, and a click's cost depends on the
 window, not on the scan's size.
@@ -34,14 +34,20 @@ from scipy import ndimage
 CLICK_RADIUS_MM = 2.0        # a click is a ball of this radius (at least its own voxel)
 RING_VOXELS = 2              # background ring just outside a box
 POINT_MARGIN_MM = 30.0       # working region around a click when there is no box and no answer yet
-LOCAL_FACTOR = 3.0           # a click's window reaches this many times its distance to the answer's border ...
-LOCAL_MIN_MM = 15.0          # ... plus this
-LOCAL_MAX_MM = 80.0          # ... at most
+# A click's window: FACTOR x its distance to the previous answer's border + MIN, at most MAX_MM.
+# A positive click's window is the narrower: what it adds can run on into a neighbour of the same
+# intensity (low-contrast CT at 3 mm: a kidney into the spleen), while what a negative click removes
+# is closed off by the answer's own border. Chosen on the development sets together (realct_dev,
+# the TotalSegmentator example, phantoms 10000-10002; docs/interactive.md).
+POSITIVE_FACTOR, POSITIVE_MIN_MM = 1.0, 5.0
+NEGATIVE_FACTOR, NEGATIVE_MIN_MM = 2.0, 10.0
+LOCAL_MAX_MM = 80.0
+DEPTH_CAP_MM = 35.0          # distances to the border are measured up to this (bounds a click's cost)
 GRABCUT_ROUNDS = 3           # fixed rounds of model refit and cut for a box's first answer
-SMOOTHING = 1.0              # lambda: pairwise weight (mm); chosen on the real dev set, see docs/interactive.md
-BOX_PRIOR = 4.0              # log-odds at a box's centre of a shape prior (0 on the inscribed ellipsoid)
-CLICK_PRIOR = 4.0            # log-odds for the click's label at the click, falling to 0 at CLICK_REACH x its depth
-CLICK_REACH = 3.0
+SMOOTHING = 2.0              # lambda: pairwise weight (mm); chosen on the development sets, see above
+BOX_PRIOR = 2.0              # log-odds at a box's centre of a shape prior (0 on the inscribed ellipsoid)
+CLICK_PRIOR = 8.0            # log-odds for the click's label at the click, falling to 0 at CLICK_REACH x its depth
+CLICK_REACH = 2.0
 KEEP_PREVIOUS = 0.0          # unary cost of changing a voxel's previous label inside a click's window
 HARD = 1e9
 DENSITY_FLOOR = 1e-4         # mixed into each density: no intensity is impossible
@@ -115,9 +121,10 @@ def distance_to_border(mask: np.ndarray, voxel: tuple[int, int, int], spacing: n
 
 
 def click_window(shape: tuple[int, ...], spacing: np.ndarray, click: Click, distance: float) -> Region:
-    """The window a click may change: LOCAL_FACTOR x its distance (mm) to the previous answer's
-    border + LOCAL_MIN_MM around it (at most LOCAL_MAX_MM)."""
-    half = min(LOCAL_FACTOR * distance + LOCAL_MIN_MM, LOCAL_MAX_MM)
+    """The window a click may change: FACTOR x its distance (mm) to the previous answer's border
+    + MIN around it (at most LOCAL_MAX_MM); narrower for a positive click than a negative one."""
+    factor, least = (POSITIVE_FACTOR, POSITIVE_MIN_MM) if click.positive else (NEGATIVE_FACTOR, NEGATIVE_MIN_MM)
+    half = min(factor * distance + least, LOCAL_MAX_MM)
     reach = _mm_to_voxels(half, spacing)
     centre = np.asarray(click.voxel)
     return _clip_box(centre - reach, centre + reach + 1, shape)
@@ -316,7 +323,7 @@ def solve(hu: np.ndarray, spacing_zyx, prompts: Prompts, previous: np.ndarray | 
         prompts = replace(prompts, box=None)
     depth = 0.0
     if local_edit:
-        depth = distance_to_border(previous, last.voxel, spacing, (LOCAL_MAX_MM - LOCAL_MIN_MM) / LOCAL_FACTOR)
+        depth = distance_to_border(previous, last.voxel, spacing, DEPTH_CAP_MM)
         region = click_window(shape, spacing, last, depth)
         if prompts.box is not None:
             region = intersect(region, full_region(shape, spacing, prompts, None)) or region
