@@ -122,7 +122,7 @@ class RemoteSession:
                 raise WorkerDied("The session's rebuild was cancelled.")
             answer, status = await self._answer(entry.seq, entry.request, event)
             if entry.answer is None:
-                self.journal.record_answer(entry.seq, answer, status)
+                await asyncio.to_thread(self.journal.record_answer, entry.seq, answer, status)
 
     def _progress(self, event: dict) -> None:
         self.add_event({"event": "progress", "stage": event.get("stage"), "fraction": event.get("fraction"),
@@ -215,7 +215,7 @@ class RemoteSession:
             answer, status = await self._answer(seq, request, event)
             if self.crashes.get(seq):
                 answer["not_applied"] = True   # never replayed: it could only stop the worker again
-            self.journal.record_answer(seq, answer, status)
+            await asyncio.to_thread(self.journal.record_answer, seq, answer, status)   # fsync: off the event loop
             self.add_event({k: v for k, v in answer.items() if k != "crop"})
             return answer, status
 
