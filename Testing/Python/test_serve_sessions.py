@@ -196,3 +196,40 @@ def test_jobs_run_the_commands_and_cancel(world, tmp_path, tiny_seg_bundle, tiny
     with pytest.raises(RemoteError) as refused:   # a model the server does not offer for the task
         engine.call_json("POST", "/v1/jobs", {"task": "classify", "model": "tiny-seg", "image": "0" * 64})
     assert refused.value.status == 400
+
+
+def test_idle_sessions_stop_their_worker_then_expire(world, tmp_path):
+    """A server with small idle and expiry times: a session without requests has its worker
+    stopped (journal kept: the next click replays it, as after a kill; that the replay gives the
+    uninterrupted run's masks is the kill test's), and one untouched for longer is removed."""
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "users.json").write_bytes((world["state"] / "users.json").read_bytes())
+    os.chmod(state / "users.json", 0o600)
+    server = start_server(state, world["bundles"], "--session-idle-minutes", "0.02", "--session-expire-hours", "0.002")
+    alice = world["tokens"]["alice"]
+    try:
+        engine = RemoteEngine(server.url, alice)
+        forgotten = engine.call_json("POST", "/v1/sessions", {"model": "tiny-seg"})["session"]
+        remote = RemoteInteractiveSession(engine, "tiny-seg", tmp_path / "remote")
+        remote.start()
+        clicks = _clicks(world["labels"])
+        assert remote.ask("open", image=str(world["scan"]))["event"] == "result"
+        assert remote.ask("start", name="liver", value=1)["event"] == "result"
+        first = remote.ask("point", name="liver", **clicks[0])
+        sid = remote.session_id
+        deadline = time.monotonic() + 60
+        while _status(server, "GET", f"/v1/sessions/{sid}", alice)[1]["running"]:   # idle after 1.2 s
+            assert time.monotonic() < deadline, "the idle worker was not stopped"
+            time.sleep(0.3)
+        second = remote.ask("point", name="liver", **clicks[1])
+        info = _status(server, "GET", f"/v1/sessions/{sid}", alice)[1]
+        # a result (not "open a scan first"): the stopped worker's state came back from the journal
+        assert first["event"] == second["event"] == "result" and info["replays"] == 1 and info["last_seq"] == 4
+        while _status(server, "GET", f"/v1/sessions/{forgotten}", alice)[0] != 404:   # expired after 7.2 s
+            assert time.monotonic() < deadline + 60, "the expired session was not removed"
+            time.sleep(0.5)
+        assert not (state / "sessions" / forgotten).exists()
+        remote.close()
+    finally:
+        server.stop()

@@ -263,7 +263,9 @@ def build_app(state: ServerState) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
+        sweeper = asyncio.get_running_loop().create_task(state.sessions.sweep_forever())
         yield
+        sweeper.cancel()
         await state.sessions.close_all()   # workers and jobs end with the server
         await state.jobs.close_all()
 

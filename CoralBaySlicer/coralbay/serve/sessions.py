@@ -5,6 +5,12 @@ the server wrote, the worker's folder and log). Its worker is started on the fir
 needs it; when the worker (or the server) was killed, that request first replays the journal
 into a fresh worker (the worker's folders are emptied, so the replay starts where the original
 run started and reaches the same state). Another user's session id answers as unknown (404).
+
+Idle sessions (no request for `session_idle_s`, 20 min by default) have their worker stopped, so
+a forgotten Slicer does not hold a model and its features in memory; the journal stays, and the
+next request rebuilds the session from it, as after a kill. After `session_expire_s` (7 days)
+without a request the session and its folder are removed. Long polls of events do not count as
+use: an open Slicer polls them while nobody works in it.
 """
 
 from __future__ import annotations
@@ -79,6 +85,28 @@ class RemoteSession:
         self.cancelling = False
         self.replays = 0
         self.crashes: dict[int, int] = {}
+        self.last_used = max((p.stat().st_mtime for p in (folder / "journal.jsonl", folder / "session.json")
+                              if p.is_file()), default=time.time())   # wall time: it outlives a restart
+
+    @contextlib.asynccontextmanager
+    async def in_use(self):
+        """The session's lock, counted as use from asking for it to the answer (idle time starts
+        when a request ends: a scan's features may take longer than the idle time)."""
+        self.last_used = time.time()
+        try:
+            async with self.lock:
+                yield
+        finally:
+            self.last_used = time.time()
+
+    async def stop_worker(self) -> bool:
+        """Stop an idle worker (the journal stays, so the next request replays); False if busy."""
+        if self.lock.locked() or self.worker is None or not self.worker.alive:
+            return False
+        async with self.lock:
+            worker, self.worker = self.worker, None
+            await worker.close()
+        return True
 
     # ---------------------------------------------------------------- events (long poll)
     def add_event(self, event: dict) -> None:
@@ -181,7 +209,7 @@ class RemoteSession:
 
     # ---------------------------------------------------------------- requests
     async def handle(self, seq: int, request: dict) -> tuple[dict, int]:
-        async with self.lock:
+        async with self.in_use():
             entry = self.journal.entries.get(seq)
             if entry is not None and entry.request != request:
                 raise Conflict(f"Sequence number {seq} was used for another request; the next is "
@@ -243,7 +271,7 @@ class RemoteSession:
         asyncio.get_running_loop().create_task(kill_if_still_busy())
 
     async def mask(self, name: str) -> np.ndarray:
-        async with self.lock:
+        async with self.in_use():
             if not self.journal.entries:   # nothing asked yet: no worker is started to say so
                 raise NotFound(f"This session has no mask named {name!r}.")
             await self.ensure_worker()
@@ -261,7 +289,7 @@ class RemoteSession:
 
     async def labels(self) -> tuple[np.ndarray, dict]:
         """The accepted structures as one label map, and their label values by name."""
-        async with self.lock:
+        async with self.in_use():
             if not self.journal.entries:
                 raise InputError("Open a scan first.")
             await self.ensure_worker()
@@ -329,6 +357,30 @@ class SessionManager:
         self.sessions.pop(session_id, None)
         await session.close()
         shutil.rmtree(session.folder, ignore_errors=True)
+
+    async def sweep(self, now: float | None = None) -> tuple[int, int]:
+        """Stop the workers of idle sessions and remove expired ones (busy ones are left alone);
+        returns (workers stopped, sessions removed)."""
+        now = time.time() if now is None else now
+        limits, stopped, removed = self.settings.limits, 0, 0
+        for session in list(self.sessions.values()):
+            idle = now - session.last_used
+            if session.lock.locked():
+                continue
+            if idle > limits.session_expire_s:
+                self.sessions.pop(session.id, None)
+                await session.close()
+                await asyncio.to_thread(shutil.rmtree, session.folder, True)
+                removed += 1
+            elif idle > limits.session_idle_s and await session.stop_worker():
+                stopped += 1
+        return stopped, removed
+
+    async def sweep_forever(self) -> None:
+        """The server's background task (started with the app, cancelled when it stops)."""
+        while True:
+            await asyncio.sleep(self.settings.limits.sweep_every_s)
+            await self.sweep()
 
     async def close_all(self) -> None:
         for session in list(self.sessions.values()):
