@@ -240,8 +240,9 @@ class RemoteJob:
             self.result = {"event": "result", "outputs": self._fetch()}
             self.state = "succeeded"
             events.append(self.result)
-        elif status["state"] in ("failed", "cancelled"):
-            self.state, self.error = status["state"], status.get("error") or "The job failed."
+        elif status["state"] in ("failed", "cancelled", "interrupted"):   # interrupted: the server restarted
+            self.state = "cancelled" if status["state"] == "cancelled" else "failed"
+            self.error = status.get("error") or "The job failed."
             events.append({"event": "error", "message": self.error})
         return events
 

@@ -196,6 +196,24 @@ def test_jobs_run_the_commands_and_cancel(world, tmp_path, tiny_seg_bundle, tiny
     with pytest.raises(RemoteError) as refused:   # a model the server does not offer for the task
         engine.call_json("POST", "/v1/jobs", {"task": "classify", "model": "tiny-seg", "image": "0" * 64})
     assert refused.value.status == 400
+    # the server is SIGKILLed while a job runs: after the restart the finished jobs' results are
+    # still there, the running one says interrupted (or done, had it finished); never a 5xx
+    running = RemoteJob(engine, "segment", "tiny-seg", tmp_path / "interrupted")
+    running.start(world["scan"])
+    world["server"].stop(signal.SIGKILL)
+    world["server"] = server = start_server(world["state"], world["bundles"])
+    engine = RemoteEngine(server.url, world["tokens"]["alice"])
+    assert engine.call_json("GET", f"/v1/jobs/{cls.job_id}")["state"] == "done"
+    assert engine.call_json("GET", f"/v1/jobs/{cls.job_id}/result") == report
+    volume, _ = engine.download_volume(f"/v1/jobs/{job.job_id}/result")
+    assert volume.data == _mask(job.result["outputs"]["labels"]).tobytes()
+    state = engine.call_json("GET", f"/v1/jobs/{running.job_id}")
+    assert state["state"] in ("done", "interrupted"), state
+    if state["state"] == "interrupted":
+        assert "start it again" in state["error"]
+        running.engine = engine
+        assert running.wait(timeout=30) == "failed" and "start it again" in running.error
+    assert engine.call_json("GET", f"/v1/jobs/{slow.job_id}")["state"] == "cancelled"
 
 
 def test_idle_sessions_stop_their_worker_then_expire(world, tmp_path):

@@ -263,7 +263,13 @@ def build_app(state: ServerState) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
-        sweeper = asyncio.get_running_loop().create_task(state.sessions.sweep_forever())
+        async def sweep_forever() -> None:   # idle sessions, expired sessions and finished jobs
+            while True:
+                await asyncio.sleep(limits.sweep_every_s)
+                await state.sessions.sweep()
+                await state.jobs.sweep()
+
+        sweeper = asyncio.get_running_loop().create_task(sweep_forever())
         yield
         sweeper.cancel()
         await state.sessions.close_all()   # workers and jobs end with the server

@@ -376,11 +376,6 @@ class SessionManager:
                 stopped += 1
         return stopped, removed
 
-    async def sweep_forever(self) -> None:
-        """The server's background task (started with the app, cancelled when it stops)."""
-        while True:
-            await asyncio.sleep(self.settings.limits.sweep_every_s)
-            await self.sweep()
 
     async def close_all(self) -> None:
         for session in list(self.sessions.values()):
