@@ -218,6 +218,7 @@ class RemoteJob:
         self.state, self.fraction, self.message = "prepared", 0.0, ""
         self.result: dict | None = None
         self.error: str | None = None
+        self.needs_confirmation = False   # refused as a long run; start again with allow_long_run=True
         self.job_id: str | None = None
 
     def start(self, image: str | Path | Volume) -> None:
@@ -243,6 +244,7 @@ class RemoteJob:
         elif status["state"] in ("failed", "cancelled", "interrupted"):   # interrupted: the server restarted
             self.state = "cancelled" if status["state"] == "cancelled" else "failed"
             self.error = status.get("error") or "The job failed."
+            self.needs_confirmation = bool(status.get("needs_confirmation"))
             events.append({"event": "error", "message": self.error})
         return events
 

@@ -48,6 +48,7 @@ class Job:
     fraction: float = 0.0
     message: str = ""
     error: str | None = None
+    needs_confirmation: bool = False   # refused as a long run: the client may ask and send allow_long_run
     pid: int | None = None
     finished_at: float | None = None
     process: asyncio.subprocess.Process | None = None
@@ -55,7 +56,8 @@ class Job:
 
     def public(self) -> dict:
         return {"job": self.id, "task": self.task, "model": self.model, "state": self.state,
-                "fraction": self.fraction, "message": self.message, "error": self.error}
+                "fraction": self.fraction, "message": self.message, "error": self.error,
+                "needs_confirmation": self.needs_confirmation}
 
     @property
     def output(self) -> Path:
@@ -71,6 +73,7 @@ class Job:
     def save(self) -> None:
         record = {"id": self.id, "user": self.user, "task": self.task, "model": self.model, "state": self.state,
                   "fraction": self.fraction, "message": self.message, "error": self.error, "pid": self.pid,
+                  "needs_confirmation": self.needs_confirmation,
                   "finished_at": self.finished_at}
         write_text_atomic(self.folder / "job.json", json.dumps(record))
 
@@ -85,7 +88,7 @@ def _load(record_path: Path) -> Job:
     record = json.loads(record_path.read_text(encoding="utf-8"))
     job = Job(str(record["id"]), str(record["user"]), str(record["task"]), str(record["model"]), record_path.parent,
               str(record["state"]), float(record.get("fraction") or 0), str(record.get("message") or ""),
-              record.get("error"), record.get("pid"), record.get("finished_at"))
+              record.get("error"), bool(record.get("needs_confirmation")), record.get("pid"), record.get("finished_at"))
     if job.state == "running":   # the server stopped while it ran
         _stop_leftover(job)
         job.finish("done") if job.output_complete else job.finish("interrupted", INTERRUPTED)
@@ -105,7 +108,7 @@ def _stop_leftover(job: Job) -> None:
 
 def _job_options(body: dict) -> list[str]:
     """The few options a client may set, checked; never a path."""
-    allowed = {"task", "model", "image", "overlap", "point"}
+    allowed = {"task", "model", "image", "overlap", "point", "allow_long_run"}
     unknown = sorted(set(body) - allowed)
     if unknown:
         raise InputError(f"A job has no field {unknown[0]!r}; it takes {', '.join(sorted(allowed))}.")
@@ -121,6 +124,11 @@ def _job_options(body: dict) -> list[str]:
                 isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in point):
             raise InputError("A job's point is three finite numbers (mm, LPS), for classify only.")
         argv.append("--point=" + ",".join(str(float(v)) for v in point))  # "=": the first value may be negative
+    allow = body.get("allow_long_run", False)
+    if not isinstance(allow, bool) or (allow and body.get("task") != "classify"):
+        raise InputError("A job's allow_long_run is true or false, for classify only.")
+    if allow:   # the user confirmed a run estimated over a minute (the panel's "Run it anyway?")
+        argv.append("--allow-long-run")
     return argv
 
 
@@ -174,6 +182,7 @@ class JobManager:
                 job.fraction, job.message = float(event.get("fraction") or 0), str(event.get("message") or "")
             elif event.get("event") == "error":
                 job.error = str(event.get("message"))
+                job.needs_confirmation = bool(event.get("needs_confirmation"))
         code = await job.process.wait()
         if job.state == "running":
             if code == 0 and job.output_complete:
