@@ -8,6 +8,8 @@
 2. Upload of a 512x512x300 int16 CT: plain, TLS, repeated (resolved by its hash), resumed after a cut.
 3. N users x M clicks at once on a server capped at N sessions: errors, masks equal to the solo
    (local) run, and the (N+1)th session refused with 503.
+4. Cancel: user B cancels a session request (features of a larger scan) and a segment job while
+   user A clicks; how long each cancel takes, and A's latency before vs during.
 Times are wall-clock seconds of this machine; the JSON records the command and the machine's load.
 """
 
@@ -31,12 +33,13 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "CoralBaySlicer"))
 
 from CoralBaySlicerLib.interactive_session import InteractiveSession, interact_argv  # noqa: E402
-from CoralBaySlicerLib.remote_client import RemoteEngine, RemoteError  # noqa: E402
+from CoralBaySlicerLib.remote_client import RemoteEngine, RemoteError, RemoteJob  # noqa: E402
 from CoralBaySlicerLib.remote_session import RemoteInteractiveSession  # noqa: E402
 from CoralBaySlicerLib.remote_volumes import Volume, encode_and_hash  # noqa: E402
 
 MODEL = "demo-phantom-seg"
 POLL_S = 0.001
+OPEN_CANCEL_AFTER_S = 4.0   # B cancels its open this long after asking (it takes ~8 s here)
 
 
 def engine_env() -> dict:
@@ -65,10 +68,11 @@ def add_user(state: Path, name: str) -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
-def phantom(folder: Path) -> tuple[Path, Path]:
+def phantom(folder: Path, spacing: float = 3.0) -> tuple[Path, Path]:
     from coralbay.phantom import generate_phantom, write_phantom
 
-    ph = generate_phantom(10007, spacing=3.0, size_mm=(180, 150, 120), lesions=False)   # development phantom
+    ph = generate_phantom(10007, spacing=spacing, size_mm=(180, 150, 120), lesions=False)   # development phantom
+    folder.mkdir(parents=True, exist_ok=True)
     ct, labels = folder / "ct.nii.gz", folder / "labels.nii.gz"
     write_phantom(ph, ct, labels)
     scan = folder / "ct.nrrd"
@@ -243,12 +247,85 @@ def concurrent(work: Path, scan: Path, labels: Path, users: int, per_user: int, 
         stop(process)
 
 
+def cancel(work: Path, scan: Path, labels: Path, per_phase: int) -> dict:
+    """User A clicks; user B (the phantom at 1 mm, 27x the voxels) opens it in a session and runs a
+    segment job, and cancels each once it is under way. How long each cancel takes to come back
+    (the session's answer "Cancelled.", the job's state), and A's click latency: alone, while B's
+    work runs, and in the 3 s after each cancel (the same server; the machine's CPUs are shared
+    by A, B's processes and the server, so B's work itself slows A on a small machine)."""
+    state = work / "cancel-state"
+    alice, bob = add_user(state, "alice"), add_user(state, "bob")
+    big, _ = phantom(work / "big", spacing=1.0)
+    process, url = start_server(state)
+    a = RemoteInteractiveSession(RemoteEngine(url, alice), MODEL, work / "cancel-a")
+    b = RemoteInteractiveSession(RemoteEngine(url, bob), MODEL, work / "cancel-b")
+    the_clicks = clicks(labels, per_phase)
+    done: list[tuple[float, float]] = []   # (start, seconds) of A's clicks while B works
+    enough = threading.Event()
+
+    def clicker(count: int | None) -> None:
+        number = 0
+        while not enough.is_set() and (count is None or number < count):
+            started = time.perf_counter()
+            answer = ask_now(a, "point", name="liver", **the_clicks[number % len(the_clicks)])
+            assert answer["event"] == "result", answer
+            done.append((started, time.perf_counter() - started))
+            number += 1
+
+    result: dict = {"b_scan_size": list(sitk.ReadImage(str(big)).GetSize())}
+    marks: dict[str, float] = {}
+    try:
+        for session in (a, b):
+            session.start()
+        assert ask_now(a, "open", image=str(scan))["event"] == "result"
+        assert ask_now(a, "start", name="liver", value=1)["event"] == "result"
+        clicker(per_phase)                          # A alone: the baseline
+        before = [t for _, t in done]
+        done.clear()
+        thread = threading.Thread(target=clicker, args=(None,))
+        thread.start()
+        marks["session_work"] = time.perf_counter()
+        request = b.request("open", image=str(big))   # B's worker start and features: ~8 s on 2 busy CPUs
+        time.sleep(OPEN_CANCEL_AFTER_S)
+        marks["session_cancel"] = started = time.perf_counter()
+        b.cancel()
+        answer = b.wait(request, 600, interval=POLL_S)
+        result["session_cancel_s"] = round(time.perf_counter() - started, 2)
+        result["session_cancel_answer"] = answer.get("message") if answer["event"] == "error" else "finished first"
+        job = RemoteJob(b.engine, "segment", MODEL, work / "cancel-job")
+        marks["job_work"] = time.perf_counter()
+        job.start(big)
+        while job.fraction < 0.2 and not job.finished:   # past loading: sliding windows run
+            job.poll()
+            time.sleep(0.05)
+        marks["job_cancel"] = started = time.perf_counter()
+        job.cancel()
+        result["job_state_after_cancel"] = b.engine.call_json("GET", f"/v1/jobs/{job.job_id}")["state"]
+        result["job_cancel_s"] = round(time.perf_counter() - started, 2)
+        time.sleep(3.0)
+        enough.set()
+        thread.join()
+        working = [t for s, t in done if marks["session_work"] <= s < marks["session_cancel"]
+                   or marks["job_work"] <= s < marks["job_cancel"]]
+        after = [t for s, t in done if any(0 <= s - marks[k] < 3.0 for k in ("session_cancel", "job_cancel"))]
+        result["a_clicks_alone"] = summary(before)
+        result["a_clicks_while_b_works"] = summary(working) if working else None
+        result["a_clicks_3s_after_b_cancels"] = summary(after) if after else None
+        return result
+    finally:
+        enough.set()
+        for session in (a, b):
+            session.close()
+        stop(process)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clicks", type=int, default=50)
     parser.add_argument("--users", type=int, default=8)
     parser.add_argument("--user-clicks", type=int, default=20)
-    parser.add_argument("--parts", default="latency,upload,concurrent")
+    parser.add_argument("--parts", default="latency,upload,concurrent,cancel")
+    parser.add_argument("--cancel-clicks", type=int, default=20, help="A's clicks before B starts (cancel part)")
     parser.add_argument("--json", type=Path, required=True)
     args = parser.parse_args()
     parts = args.parts.split(",")
@@ -268,6 +345,8 @@ def main() -> int:
             result["upload"] = upload(work, work / "tls")
         if "concurrent" in parts:
             result["concurrent"] = concurrent(work, scan, labels, args.users, args.user_clicks, solo)
+        if "cancel" in parts:
+            result["cancel"] = cancel(work, scan, labels, args.cancel_clicks)
     result["load_average_at_end"] = os.getloadavg()
     args.json.write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
