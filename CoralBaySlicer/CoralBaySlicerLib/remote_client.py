@@ -95,7 +95,7 @@ class RemoteEngine:
         if self.scheme == "https" and not self.fingerprint:
             self.context = ssl.create_default_context(cafile=ca_file) if ca_file else ssl.create_default_context()
         self._local = threading.local()
-        self._digests: dict[tuple, str] = {}   # (file, size, mtime) -> sha256 of its upload, this server
+        self._digests: dict[tuple | str, str] = {}   # (file, size, mtime) or content key -> its upload's sha256
 
     # -- transport ------------------------------------------------------------------------------
     def _connection(self) -> http.client.HTTPConnection:
@@ -160,20 +160,31 @@ class RemoteEngine:
         return self.call_json("GET", "/v1/info").get("models", [])
 
     def upload(self, image: str | Path | Volume) -> str:
-        """Upload an image (a NRRD file or a Volume) once; returns its SHA-256 (its name on the server)."""
+        """Upload an image (a NRRD file or a Volume) once; returns its SHA-256 (its name on the server).
+
+        Why two caches: the same unchanged file is not even read again; the same voxels under
+        another file (Slicer writes a new temporary file for each open) are hashed raw (fast)
+        instead of compressed again (seconds for a CT) when the server still has their upload."""
         key = None
-        if not isinstance(image, Volume):   # the same unchanged file again: no re-encoding if the server has it
+        if not isinstance(image, Volume):
             stat = Path(image).stat()
             key = (str(Path(image).resolve()), stat.st_size, stat.st_mtime_ns)
-            known = self._digests.get(key)
-            if known and self.call("HEAD", f"/v1/images/{known}", ok=(200, 404))[1].get("upload-complete") == "1":
-                return known
+            if self._still_there(self._digests.get(key)):
+                return self._digests[key]
         volume = image if isinstance(image, Volume) else read_nrrd(image)
-        body, digest = encode_and_hash(volume, self.upload_compression(volume))
-        self.upload_bytes(body, digest)
-        if key is not None:
-            self._digests[key] = digest
+        content = content_key(volume)
+        if self._still_there(self._digests.get(content)):
+            digest = self._digests[content]
+        else:
+            body, digest = encode_and_hash(volume, self.upload_compression(volume))
+            self.upload_bytes(body, digest)
+        for known in (key, content):
+            if known is not None:
+                self._digests[known] = digest
         return digest
+
+    def _still_there(self, digest: str | None) -> bool:
+        return bool(digest) and self.call("HEAD", f"/v1/images/{digest}", ok=(200, 404))[1].get("upload-complete") == "1"
 
     def upload_compression(self, volume: Volume) -> str:
         """What `upload` sends the voxels as (see `__init__`)."""
@@ -200,6 +211,13 @@ class RemoteEngine:
     def download_volume(self, path: str) -> tuple[Volume, dict]:
         _, headers, body = self.call("GET", path)
         return decode_download(body), headers
+
+
+def content_key(volume: Volume) -> str:
+    """The SHA-256 of a volume's geometry and raw voxels (whatever compression its upload used)."""
+    sha = hashlib.sha256(json.dumps(volume.header("none"), sort_keys=True).encode("utf-8"))
+    sha.update(volume.data)
+    return "raw:" + sha.hexdigest()
 
 
 def _sentence(data: bytes, status: int) -> str:

@@ -107,3 +107,4 @@ def test_upload_encoding_hashes_in_one_pass_and_sends_raw_when_compressing_does_
     assert RemoteEngine("http://127.0.0.1:9", "t").upload_compression(volume) == "none"
     assert RemoteEngine("https://cb.example:9", "t").upload_compression(volume) == "zlib"
     assert RemoteEngine("https://cb.example:9", "t", compression="none").upload_compression(volume) == "none"
+

@@ -92,6 +92,24 @@ def test_upload_once_by_hash_resumable_and_checked(world):
     assert refused.value.status == 400 and bob.call("HEAD", f"/v1/images/{wrong}", ok=(404,))[0] == 404
 
 
+def test_the_same_voxels_are_not_encoded_again_while_the_server_has_them(world, tmp_path, monkeypatch):
+    """An open of the same scan from another file (Slicer writes a new temporary one each time)
+    costs a raw hash and a HEAD, not an encoding (seconds of zlib for a CT over a network);
+    once the server no longer has it, it is encoded and sent again. Encodings are counted."""
+    import CoralBaySlicerLib.remote_client as client
+
+    encodings = []
+    real = client.encode_and_hash
+    monkeypatch.setattr(client, "encode_and_hash", lambda *a: encodings.append(1) or real(*a))
+    again = nrrd_copy(world["ct"], tmp_path / "again.nrrd", compress=False)
+    engine = RemoteEngine(world["server"].url, world["tokens"]["alice"], compression="none")
+    digest = engine.upload(world["scan"])
+    assert engine.upload(again) == engine.upload(read_nrrd(again)) == digest and len(encodings) == 1
+    stored = world["state"] / "images" / "alice" / f"{digest}.cbv"
+    stored.unlink()
+    assert engine.upload(again) == digest and len(encodings) == 2 and stored.is_file()
+
+
 def test_remote_session_equals_local_and_survives_kills(world, tmp_path):
     """Clicks 1-6 remote and local give identical masks; the worker is killed after click 3 and the
     whole server after click 5 (then a first try of click 6 is cancelled during the rebuild), and
