@@ -206,7 +206,7 @@ def build_app(state: ServerState) -> Starlette:
             raise InputError("after is a whole number and wait a number of seconds.") from None
         if not wait >= 0:
             raise InputError("wait must be a number of seconds >= 0.")
-        return JSONResponse({"events": await s.events_after(after, wait)})
+        return JSONResponse({"events": await s.events_after(after, wait, state.sessions.closing)})
 
     async def cancel(request: Request) -> Response:
         await _session(request).cancel()

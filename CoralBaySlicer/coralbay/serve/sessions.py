@@ -116,10 +116,18 @@ class RemoteSession:
         self._new_event.set()
         self._new_event = asyncio.Event()
 
-    async def events_after(self, after: int, wait_s: float) -> list[dict]:
+    async def events_after(self, after: int, wait_s: float, closing: asyncio.Event | None = None) -> list[dict]:
+        """Events after index `after`, waiting up to `wait_s` for one (or until the server closes,
+        so that a long poll does not hold its shutdown for the whole wait)."""
         if self.event_count <= after:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._new_event.wait(), wait_s)
+            waits = [asyncio.ensure_future(self._new_event.wait())]
+            if closing is not None:
+                waits.append(asyncio.ensure_future(closing.wait()))
+            try:
+                await asyncio.wait(waits, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiting in waits:
+                    waiting.cancel()
         return [e for e in self.events if e["index"] > after]
 
     # ---------------------------------------------------------------- worker and replay
@@ -320,6 +328,7 @@ class SessionManager:
         self.root, self.models, self.images, self.settings = Path(root), models, images, settings
         self.root.mkdir(parents=True, exist_ok=True)
         self.sessions: dict[str, RemoteSession] = {}
+        self.closing = asyncio.Event()   # set when the server begins to stop: long polls answer at once
         for record_path in sorted(self.root.glob("*/session.json")):
             with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
                 record = json.loads(record_path.read_text(encoding="utf-8"))
