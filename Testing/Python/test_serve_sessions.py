@@ -246,6 +246,9 @@ def test_idle_sessions_stop_their_worker_then_expire(world, tmp_path):
     alice = world["tokens"]["alice"]
     try:
         engine = RemoteEngine(server.url, alice)
+        info = engine.call_json("GET", "/v1/info")   # clients read the times, and that teach is not offered
+        assert info["limits"]["session_idle_s"] == pytest.approx(1.2) and info["teach"].startswith("not offered")
+        assert "teach" not in info["workflows"]
         forgotten = engine.call_json("POST", "/v1/sessions", {"model": "tiny-seg"})["session"]
         remote = RemoteInteractiveSession(engine, "tiny-seg", tmp_path / "remote")
         remote.start()
