@@ -39,6 +39,7 @@ from CoralBaySlicerLib.remote_volumes import Volume, encode_and_hash  # noqa: E4
 
 MODEL = "demo-phantom-seg"
 POLL_S = 0.001
+DEVICE = ["cpu"]   # --device: the engine processes' device, local and served alike
 OPEN_CANCEL_AFTER_S = 4.0   # B cancels its open this long after asking (it takes ~8 s here)
 
 
@@ -48,7 +49,7 @@ def engine_env() -> dict:
 
 def start_server(state: Path, *extra: str) -> tuple[subprocess.Popen, str]:
     process = subprocess.Popen([sys.executable, "-m", "coralbay", "serve", "--model", MODEL, "--state-dir", str(state),
-                                "--port", "0", "--device", "cpu", "--requests-per-second", "1000", *extra],
+                                "--port", "0", "--device", DEVICE[0], "--requests-per-second", "1000", *extra],
                                stdout=subprocess.PIPE, text=True, env=engine_env())
     return process, json.loads(process.stdout.readline())["url"]
 
@@ -117,8 +118,9 @@ def latency(work: Path, scan: Path, labels: Path, count: int, tls_dir: Path | No
         servers.append(start_server(work / "lat-state-tls", "--tls-cert", str(tls_dir / "server.pem"),
                                     "--tls-key", str(tls_dir / "server.key")))
         (work / "lat-state-tls" / "users.json").write_bytes((state / "users.json").read_bytes())
-    local = InteractiveSession(interact_argv(sys.executable, MODEL, work / "local-out", work / "local-ex", device="CPU",
-                                             cache_dir=work / "local-cache"), env=engine_env())
+    panel_device = {"cpu": "CPU", "cuda": "GPU"}[DEVICE[0]]
+    local = InteractiveSession(interact_argv(sys.executable, MODEL, work / "local-out", work / "local-ex",
+                                             device=panel_device, cache_dir=work / "local-cache"), env=engine_env())
     local.start()
     remotes = []
     for index, (_, url) in enumerate(servers):
@@ -142,7 +144,8 @@ def latency(work: Path, scan: Path, labels: Path, count: int, tls_dir: Path | No
                 got = ask_now(session, "point", name="liver", **click)
                 times[key].append(time.perf_counter() - started)
                 identical += int(np.array_equal(mask(got["mask"]), local_masks[-1]))
-        result = {"clicks": count, "poll_interval_s": POLL_S, "local": summary(times["local"]), "masks_identical": identical,
+        result = {"clicks": count, "poll_interval_s": POLL_S, "local": summary(times["local"]),
+                  "masks_identical": identical,
                   "masks_compared": count * len(remotes)}
         for key in ("plain", "tls")[:len(remotes)]:
             result[f"{key}_minus_local"] = summary([r - l for r, l in zip(times[key], times["local"])])
@@ -191,7 +194,8 @@ def upload(work: Path, tls_dir: Path | None, shape=(300, 512, 512)) -> dict:
                 started = time.perf_counter()
                 engine.upload_bytes(data, digest)
                 result[f"{name}_upload_s"] = round(time.perf_counter() - started, 2)
-                result[f"{name}_total_s"] = round(result[f"{name}_upload_s"] + result[f"{compression}_encode_and_hash_s"], 2)
+                encode_s = result[f"{compression}_encode_and_hash_s"]
+                result[f"{name}_total_s"] = round(result[f"{name}_upload_s"] + encode_s, 2)
                 started = time.perf_counter()
                 engine.upload_bytes(data, digest)
                 result[f"{name}_repeated_by_hash_s"] = round(time.perf_counter() - started, 3)
@@ -327,12 +331,15 @@ def main() -> int:
     parser.add_argument("--parts", default="latency,upload,concurrent,cancel")
     parser.add_argument("--cancel-clicks", type=int, default=20, help="A's clicks before B starts (cancel part)")
     parser.add_argument("--json", type=Path, required=True)
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                        help="device of the engine processes, local and served (cuda: the GPU latency table)")
     args = parser.parse_args()
     parts = args.parts.split(",")
+    DEVICE[0] = args.device
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
     result = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "commit": commit,
               "load_average_at_start": os.getloadavg(),
-              "cpus": os.cpu_count(), "model": MODEL}
+              "cpus": os.cpu_count(), "model": MODEL, "device": args.device}
     with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
         work = Path(tmp)
         scan, labels = phantom(work)
