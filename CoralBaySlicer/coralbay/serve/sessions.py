@@ -84,6 +84,7 @@ class RemoteSession:
         self._new_event = asyncio.Event()
         self.cancelling = False
         self.replays = 0
+        self.removed = False
         self.crashes: dict[int, int] = {}
         self.last_used = max((p.stat().st_mtime for p in (folder / "journal.jsonl", folder / "session.json")
                               if p.is_file()), default=time.time())   # wall time: it outlives a restart
@@ -95,6 +96,8 @@ class RemoteSession:
         self.last_used = time.time()
         try:
             async with self.lock:
+                if self.removed:   # expired or deleted while this request was on its way
+                    raise NotFound("There is no such session.")
                 yield
         finally:
             self.last_used = time.time()
@@ -364,6 +367,7 @@ class SessionManager:
     async def delete(self, user: str, session_id: str) -> None:
         session = self.get(user, session_id)
         self.sessions.pop(session_id, None)
+        session.removed = True
         await session.close()
         shutil.rmtree(session.folder, ignore_errors=True)
 
@@ -378,6 +382,7 @@ class SessionManager:
                 continue
             if idle > limits.session_expire_s:
                 self.sessions.pop(session.id, None)
+                session.removed = True
                 await session.close()
                 await asyncio.to_thread(shutil.rmtree, session.folder, True)
                 removed += 1
