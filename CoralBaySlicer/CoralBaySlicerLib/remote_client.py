@@ -26,9 +26,11 @@ import time
 import urllib.parse
 from pathlib import Path
 
-from CoralBaySlicerLib.remote_volumes import Volume, decode_download, encode_upload, read_nrrd, write_nrrd
+from CoralBaySlicerLib.remote_volumes import (Volume, decode_download, encode_and_hash, read_nrrd, worth_compressing,
+                                              write_nrrd)
 
-UPLOAD_CHUNK = 8 << 20
+UPLOAD_CHUNK = 32 << 20
+COMPRESSIONS = ("auto", "zlib", "none")
 RETRIES = 3
 
 
@@ -71,7 +73,13 @@ class RemoteEngine:
     """One server, one user; safe to use from several threads (one connection per thread)."""
 
     def __init__(self, url: str, token: str, ca_file: str | None = None, fingerprint: str | None = None,
-                 timeout: float = 120.0) -> None:
+                 timeout: float = 120.0, compression: str = "auto") -> None:
+        """`compression` of uploads: "zlib" (level 1), "none", or "auto": none to a server on this
+        machine (no network to spare; compressing 150 MB takes seconds), else zlib when a sample
+        of the voxels shrinks by 15 % or more."""
+        if compression not in COMPRESSIONS:
+            raise RemoteError(f"The upload compression is one of {', '.join(COMPRESSIONS)}.")
+        self.compression = compression
         parts = urllib.parse.urlsplit(url.strip())
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise RemoteError("The server address must look like https://host:port.")
@@ -87,7 +95,7 @@ class RemoteEngine:
         if self.scheme == "https" and not self.fingerprint:
             self.context = ssl.create_default_context(cafile=ca_file) if ca_file else ssl.create_default_context()
         self._local = threading.local()
-        self._digests: dict[tuple, str] = {}   # (file, size, mtime) -> sha256 of its upload, this server
+        self._digests: dict[tuple | str, str] = {}   # (file, size, mtime) or content key -> its upload's sha256
 
     # -- transport ------------------------------------------------------------------------------
     def _connection(self) -> http.client.HTTPConnection:
@@ -152,21 +160,37 @@ class RemoteEngine:
         return self.call_json("GET", "/v1/info").get("models", [])
 
     def upload(self, image: str | Path | Volume) -> str:
-        """Upload an image (a NRRD file or a Volume) once; returns its SHA-256 (its name on the server)."""
+        """Upload an image (a NRRD file or a Volume) once; returns its SHA-256 (its name on the server).
+
+        Why two caches: the same unchanged file is not even read again; the same voxels under
+        another file (Slicer writes a new temporary file for each open) are hashed raw (fast)
+        instead of compressed again (seconds for a CT) when the server still has their upload."""
         key = None
-        if not isinstance(image, Volume):   # the same unchanged file again: no re-encoding if the server has it
+        if not isinstance(image, Volume):
             stat = Path(image).stat()
             key = (str(Path(image).resolve()), stat.st_size, stat.st_mtime_ns)
-            known = self._digests.get(key)
-            if known and self.call("HEAD", f"/v1/images/{known}", ok=(200, 404))[1].get("upload-complete") == "1":
-                return known
+            if self._still_there(self._digests.get(key)):
+                return self._digests[key]
         volume = image if isinstance(image, Volume) else read_nrrd(image)
-        body = encode_upload(volume)
-        digest = hashlib.sha256(body).hexdigest()
-        self.upload_bytes(body, digest)
-        if key is not None:
-            self._digests[key] = digest
+        content = content_key(volume)
+        if self._still_there(self._digests.get(content)):
+            digest = self._digests[content]
+        else:
+            body, digest = encode_and_hash(volume, self.upload_compression(volume))
+            self.upload_bytes(body, digest)
+        for known in (key, content):
+            if known is not None:
+                self._digests[known] = digest
         return digest
+
+    def _still_there(self, digest: str | None) -> bool:
+        return bool(digest) and self.call("HEAD", f"/v1/images/{digest}", ok=(200, 404))[1].get("upload-complete") == "1"
+
+    def upload_compression(self, volume: Volume) -> str:
+        """What `upload` sends the voxels as (see `__init__`)."""
+        if self.compression != "auto":
+            return self.compression
+        return "zlib" if not _loopback(self.host) and worth_compressing(volume.data) else "none"
 
     def upload_bytes(self, body: bytes, digest: str) -> None:
         path = f"/v1/images/{digest}"
@@ -177,7 +201,7 @@ class RemoteEngine:
                 return
             offset = int(headers.get("upload-offset", "0"))
         while offset < len(body):
-            chunk = body[offset:offset + UPLOAD_CHUNK]
+            chunk = memoryview(body)[offset:offset + UPLOAD_CHUNK]   # no copy of a 150 MB body
             status, headers, _ = self.call("PUT", path, chunk, {"Upload-Offset": str(offset),
                                                                  "Upload-Length": str(len(body)),
                                                                  "Content-Type": "application/octet-stream"},
@@ -187,6 +211,13 @@ class RemoteEngine:
     def download_volume(self, path: str) -> tuple[Volume, dict]:
         _, headers, body = self.call("GET", path)
         return decode_download(body), headers
+
+
+def content_key(volume: Volume) -> str:
+    """The SHA-256 of a volume's geometry and raw voxels (whatever compression its upload used)."""
+    sha = hashlib.sha256(json.dumps(volume.header("none"), sort_keys=True).encode("utf-8"))
+    sha.update(volume.data)
+    return "raw:" + sha.hexdigest()
 
 
 def _sentence(data: bytes, status: int) -> str:
@@ -205,6 +236,7 @@ class RemoteJob:
         self.state, self.fraction, self.message = "prepared", 0.0, ""
         self.result: dict | None = None
         self.error: str | None = None
+        self.needs_confirmation = False   # refused as a long run; start again with allow_long_run=True
         self.job_id: str | None = None
 
     def start(self, image: str | Path | Volume) -> None:
@@ -227,8 +259,10 @@ class RemoteJob:
             self.result = {"event": "result", "outputs": self._fetch()}
             self.state = "succeeded"
             events.append(self.result)
-        elif status["state"] in ("failed", "cancelled"):
-            self.state, self.error = status["state"], status.get("error") or "The job failed."
+        elif status["state"] in ("failed", "cancelled", "interrupted"):   # interrupted: the server restarted
+            self.state = "cancelled" if status["state"] == "cancelled" else "failed"
+            self.error = status.get("error") or "The job failed."
+            self.needs_confirmation = bool(status.get("needs_confirmation"))
             events.append({"event": "error", "message": self.error})
         return events
 

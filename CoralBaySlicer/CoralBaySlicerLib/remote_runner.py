@@ -57,6 +57,8 @@ def job_request(args: Sequence[str]) -> tuple[str, str, dict]:
     point = option(args, "--point")
     if point is not None:
         options["point"] = [float(v) for v in point.split(",")]
+    if "--allow-long-run" in args:   # the user answered the panel's "Run it anyway?"
+        options["allow_long_run"] = True
     return task, option(args, "--model") or "", options
 
 
@@ -79,6 +81,11 @@ class RemoteRun:
     @property
     def finished(self) -> bool:
         return self.state in ("succeeded", "failed", "cancelled")
+
+    @property
+    def needs_confirmation(self) -> bool:
+        """Refused as a long run, as `EngineRun.needs_confirmation` (the panel asks, then runs again)."""
+        return bool(self.job and self.job.needs_confirmation)
 
     def start(self, args: Sequence[str]) -> None:
         task, model, options = job_request(args)

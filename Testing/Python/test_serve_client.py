@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import base64
+import hashlib
 import sys
 import zlib
 
@@ -13,8 +14,9 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import ENGINE_DIR
-from CoralBaySlicerLib.remote_volumes import (crop_bytes, encode_upload, nonzero_box, paste_bytes, read_nrrd,
-                                              write_nrrd)
+from CoralBaySlicerLib.remote_client import RemoteEngine
+from CoralBaySlicerLib.remote_volumes import (ENCODE_CHUNK, Volume, crop_bytes, encode_and_hash, encode_upload,
+                                              nonzero_box, paste_bytes, read_nrrd, worth_compressing, write_nrrd)
 from coralbay.serve.crops import changed_box, encode_crop
 from coralbay.serve.volume_format import decode_volume
 
@@ -83,3 +85,26 @@ def test_server_crop_pasted_by_the_client_gives_the_server_mask():
     box = nonzero_box((after ^ before).tobytes(), (13, 11, 9))
     assert box == ((4, 3, 2), (6, 9, 5))
     assert len(crop_bytes(after.tobytes(), (13, 11, 9), *box)) == 2 * 6 * 3
+
+
+def test_upload_encoding_hashes_in_one_pass_and_sends_raw_when_compressing_does_not_pay():
+    """The one-pass hash is the hash of the body; more than one chunk still makes one zlib stream
+    the server decodes; "auto" sends raw voxels to this machine, and over a network compresses
+    only what shrinks (a flat region does, white noise does not)."""
+    rng = np.random.default_rng(3)
+    size = (4096, ENCODE_CHUNK // 4096 + 3, 1)   # a little more than one chunk
+    noise = rng.integers(0, 256, size[0] * size[1], dtype=np.uint8).tobytes()
+    flat = bytes(len(noise))
+    assert worth_compressing(flat) and not worth_compressing(noise)
+    for data in (noise, flat):
+        volume = Volume("uint8", size, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1), data)
+        for compression in ("zlib", "none"):
+            body, digest = encode_and_hash(volume, compression)
+            assert digest == hashlib.sha256(body).hexdigest()
+            header, voxels = decode_volume(body, max_voxels=10**8)
+            assert header.compression == compression and voxels.tobytes() == data
+    volume = Volume("uint8", size, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1), flat)
+    assert RemoteEngine("http://127.0.0.1:9", "t").upload_compression(volume) == "none"
+    assert RemoteEngine("https://cb.example:9", "t").upload_compression(volume) == "zlib"
+    assert RemoteEngine("https://cb.example:9", "t", compression="none").upload_compression(volume) == "none"
+

@@ -71,7 +71,7 @@ def _status(server, method: str, path: str, token: str, body: dict | None = None
 
 
 def test_upload_once_by_hash_resumable_and_checked(world):
-    engine = RemoteEngine(world["server"].url, world["tokens"]["alice"])
+    engine = RemoteEngine(world["server"].url, world["tokens"]["alice"], compression="zlib")  # checked and inflated
     body = encode_upload(read_nrrd(world["scan"]))
     digest = hashlib.sha256(body).hexdigest()
     half = len(body) // 2
@@ -90,6 +90,24 @@ def test_upload_once_by_hash_resumable_and_checked(world):
     with pytest.raises(RemoteError, match="SHA-256") as refused:
         engine.upload_bytes(body, wrong)
     assert refused.value.status == 400 and bob.call("HEAD", f"/v1/images/{wrong}", ok=(404,))[0] == 404
+
+
+def test_the_same_voxels_are_not_encoded_again_while_the_server_has_them(world, tmp_path, monkeypatch):
+    """An open of the same scan from another file (Slicer writes a new temporary one each time)
+    costs a raw hash and a HEAD, not an encoding (seconds of zlib for a CT over a network);
+    once the server no longer has it, it is encoded and sent again. Encodings are counted."""
+    import CoralBaySlicerLib.remote_client as client
+
+    encodings = []
+    real = client.encode_and_hash
+    monkeypatch.setattr(client, "encode_and_hash", lambda *a: encodings.append(1) or real(*a))
+    again = nrrd_copy(world["ct"], tmp_path / "again.nrrd", compress=False)
+    engine = RemoteEngine(world["server"].url, world["tokens"]["alice"], compression="none")
+    digest = engine.upload(world["scan"])
+    assert engine.upload(again) == engine.upload(read_nrrd(again)) == digest and len(encodings) == 1
+    stored = world["state"] / "images" / "alice" / f"{digest}.cbv"
+    stored.unlink()
+    assert engine.upload(again) == digest and len(encodings) == 2 and stored.is_file()
 
 
 def test_remote_session_equals_local_and_survives_kills(world, tmp_path):
@@ -196,3 +214,61 @@ def test_jobs_run_the_commands_and_cancel(world, tmp_path, tiny_seg_bundle, tiny
     with pytest.raises(RemoteError) as refused:   # a model the server does not offer for the task
         engine.call_json("POST", "/v1/jobs", {"task": "classify", "model": "tiny-seg", "image": "0" * 64})
     assert refused.value.status == 400
+    # the server is SIGKILLed while a job runs: after the restart the finished jobs' results are
+    # still there, the running one says interrupted (or done, had it finished); never a 5xx
+    running = RemoteJob(engine, "segment", "tiny-seg", tmp_path / "interrupted")
+    running.start(world["scan"])
+    world["server"].stop(signal.SIGKILL)
+    world["server"] = server = start_server(world["state"], world["bundles"])
+    engine = RemoteEngine(server.url, world["tokens"]["alice"])
+    assert engine.call_json("GET", f"/v1/jobs/{cls.job_id}")["state"] == "done"
+    assert engine.call_json("GET", f"/v1/jobs/{cls.job_id}/result") == report
+    volume, _ = engine.download_volume(f"/v1/jobs/{job.job_id}/result")
+    assert volume.data == _mask(job.result["outputs"]["labels"]).tobytes()
+    state = engine.call_json("GET", f"/v1/jobs/{running.job_id}")
+    assert state["state"] in ("done", "interrupted"), state
+    if state["state"] == "interrupted":
+        assert "start it again" in state["error"]
+        running.engine = engine
+        assert running.wait(timeout=30) == "failed" and "start it again" in running.error
+    assert engine.call_json("GET", f"/v1/jobs/{slow.job_id}")["state"] == "cancelled"
+
+
+def test_idle_sessions_stop_their_worker_then_expire(world, tmp_path):
+    """A server with small idle and expiry times: a session without requests has its worker
+    stopped (journal kept: the next click replays it, as after a kill; that the replay gives the
+    uninterrupted run's masks is the kill test's), and one untouched for longer is removed."""
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "users.json").write_bytes((world["state"] / "users.json").read_bytes())
+    os.chmod(state / "users.json", 0o600)
+    server = start_server(state, world["bundles"], "--session-idle-minutes", "0.02", "--session-expire-hours", "0.002")
+    alice = world["tokens"]["alice"]
+    try:
+        engine = RemoteEngine(server.url, alice)
+        info = engine.call_json("GET", "/v1/info")   # clients read the times, and that teach is not offered
+        assert info["limits"]["session_idle_s"] == pytest.approx(1.2) and info["teach"].startswith("not offered")
+        assert "teach" not in info["workflows"]
+        forgotten = engine.call_json("POST", "/v1/sessions", {"model": "tiny-seg"})["session"]
+        remote = RemoteInteractiveSession(engine, "tiny-seg", tmp_path / "remote")
+        remote.start()
+        clicks = _clicks(world["labels"])
+        assert remote.ask("open", image=str(world["scan"]))["event"] == "result"
+        assert remote.ask("start", name="liver", value=1)["event"] == "result"
+        first = remote.ask("point", name="liver", **clicks[0])
+        sid = remote.session_id
+        deadline = time.monotonic() + 60
+        while _status(server, "GET", f"/v1/sessions/{sid}", alice)[1]["running"]:   # idle after 1.2 s
+            assert time.monotonic() < deadline, "the idle worker was not stopped"
+            time.sleep(0.3)
+        second = remote.ask("point", name="liver", **clicks[1])
+        info = _status(server, "GET", f"/v1/sessions/{sid}", alice)[1]
+        # a result (not "open a scan first"): the stopped worker's state came back from the journal
+        assert first["event"] == second["event"] == "result" and info["replays"] == 1 and info["last_seq"] == 4
+        while _status(server, "GET", f"/v1/sessions/{forgotten}", alice)[0] != 404:   # expired after 7.2 s
+            assert time.monotonic() < deadline + 60, "the expired session was not removed"
+            time.sleep(0.5)
+        assert not (state / "sessions" / forgotten).exists()
+        remote.close()
+    finally:
+        server.stop()

@@ -21,7 +21,8 @@ UI_FILE = REPO / "Resources" / "UI" / "CoralBaySlicer.ui"
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_seg_bundle, tiny_cls_bundle):
     folder = tmp_path_factory.mktemp("slicer-remote")
-    running, tokens, ct, labels = served_phantom(folder, [tiny_seg_bundle, tiny_cls_bundle], ("alice",))
+    running, tokens, ct, labels = served_phantom(folder, [tiny_seg_bundle, tiny_cls_bundle, "demo-phantom-cls"],
+                                                 ("alice",))
     yield {"url": running.url, "token": tokens["alice"], "ct": ct, "labels": labels, "bundle": tiny_seg_bundle,
            "classifier": tiny_cls_bundle, "folder": folder}
     running.stop()
@@ -98,6 +99,34 @@ def test_classify_around_a_point_through_the_remote_engine_gives_the_local_repor
     assert [p for _n, p in remote] == pytest.approx([p for _n, p in local], abs=1e-6)
 
 
+def test_a_long_remote_classification_asks_first_and_runs_when_confirmed(module, server):
+    """The demo classifier over the whole small phantom is estimated at minutes: the server's job
+    is refused at once with needs_confirmation (the panel's "Run it anyway?"), and run again with
+    allowLongRun it passes the estimate and classifies windows (cancelled there)."""
+    import time
+
+    import slicer
+
+    ct = slicer.util.loadVolume(str(server["ct"]), {"name": "CT"})
+    logic = module.CoralBaySlicerLogic()
+    logic.useRemoteEngine(server["url"], server["token"])
+    try:
+        refused = logic.classify(ct, "demo-phantom-cls", device="CPU")
+        logic.wait(TIMEOUT_S)
+        assert refused.state == "failed" and refused.needs_confirmation, (refused.state, refused.error)
+        assert "windows" in refused.error
+        confirmed = logic.classify(ct, "demo-phantom-cls", device="CPU", allowLongRun=True)
+        deadline = time.monotonic() + TIMEOUT_S
+        while confirmed.run.fraction <= 0.2:   # load and preprocess are the first 20 %: windows now run
+            assert not confirmed.run.finished and time.monotonic() < deadline, (confirmed.state, confirmed.error)
+            logic.poll()
+            time.sleep(0.2)
+        logic.cancelJob()
+        assert confirmed.state == "cancelled"
+    finally:
+        logic.useLocalEngine()
+
+
 def _click_and_accept(logic, ct, lps, folder):
     from CoralBaySlicerLib import coordinates
     import slicer
@@ -162,7 +191,7 @@ def test_engine_section_connects_tests_and_says_what_runs_where(module, server):
     try:
         ui.engineComboBox.activate(ENGINE_CHOICES.index("Remote"))
         assert ui.engineStatusLabel.text == LOCAL_ONLY_SENTENCE and logic.remoteEngine() is not None
-        assert sorted(m.name for m in changes[-1]) == ["tiny-cla", "tiny-seg"]  # the server's models
+        assert sorted(m.name for m in changes[-1]) == ["demo-phantom-cls", "tiny-cla", "tiny-seg"]  # the server's models
         ui.remoteCaFileLineEdit.text = "/nonexistent/ca.pem"
         ui.remoteCaFileLineEdit.emit("editingFinished()")
         assert "was not found" in ui.engineStatusLabel.text and logic.remoteEngine() is None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from coralbay.commands._common import EPILOG, positive_int
+from coralbay.commands._common import EPILOG, positive_float, positive_int
 from coralbay.device import DEVICE_CHOICES
 
 DEFAULT_STATE = "~/.coralbay-serve"
@@ -33,6 +33,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--requests-per-second", type=positive_int, default=50, metavar="N", help="per user")
     p.add_argument("--auth-failures", type=positive_int, default=10, metavar="N",
                    help="bad tokens from one address within a minute before it must wait 30 s (default 10)")
+    p.add_argument("--session-idle-minutes", type=positive_float, default=20.0, metavar="MIN",
+                   help="stop the engine process of a session without requests for this long; its journal "
+                        "stays and the next request rebuilds it (default 20)")
+    p.add_argument("--session-expire-hours", type=positive_float, default=168.0, metavar="H",
+                   help="remove a session without requests for this long (default 168, a week)")
     p.set_defaults(run=run)
     actions = p.add_subparsers(dest="serve_action", metavar="ACTION")
     add = actions.add_parser("add-user", help="add a user (or give one a new token); prints the token once")
@@ -88,5 +93,7 @@ def run(args: argparse.Namespace) -> int:
                          tls_key=args.tls_key, require_tls=args.require_tls, device=args.device,
                          limits={"sessions_per_user": args.sessions_per_user, "sessions_total": args.sessions_total,
                                  "requests_per_second": float(args.requests_per_second),
-                                 "auth_failures": args.auth_failures})
+                                 "auth_failures": args.auth_failures,
+                                 "session_idle_s": 60.0 * args.session_idle_minutes,
+                                 "session_expire_s": 3600.0 * args.session_expire_hours})
     return run_server(config)

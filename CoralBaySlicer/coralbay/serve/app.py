@@ -37,6 +37,10 @@ from coralbay.serve.worker import WorkerDied
 SESSION_PATH = re.compile(r"^/v1/(sessions|jobs)/([^/]+)")
 UPLOAD_BUFFER = 4 << 20
 PUBLIC_PATHS = ("/v1/health",)
+WORKFLOWS = ("interactive", "segment", "classify")
+# Why no teach: it writes a new model from a user's accepted masks; on a shared server that model
+# would have to be owned, stored, limited and offered per user. Slicer teaches on its own computer.
+TEACH_NOT_OFFERED = "not offered: Teach model runs on your computer (the local engine), on the masks you accepted"
 
 
 class TooLarge(CoralBayError):
@@ -118,7 +122,7 @@ def build_app(state: ServerState) -> Starlette:
     async def info(request: Request) -> Response:
         return JSONResponse({"api": "v1", "version": __version__, "user": _user(request),
                              "models": [{k: v for k, v in m.summary.items() if k != "path"} for m in state.models.values()],
-                             "limits": limits.public()})
+                             "limits": limits.public(), "workflows": list(WORKFLOWS), "teach": TEACH_NOT_OFFERED})
 
     async def image(request: Request) -> Response:
         user, digest = _user(request), check_digest(request.path_params["digest"])
@@ -206,7 +210,7 @@ def build_app(state: ServerState) -> Starlette:
             raise InputError("after is a whole number and wait a number of seconds.") from None
         if not wait >= 0:
             raise InputError("wait must be a number of seconds >= 0.")
-        return JSONResponse({"events": await s.events_after(after, wait)})
+        return JSONResponse({"events": await s.events_after(after, wait, state.sessions.closing)})
 
     async def cancel(request: Request) -> Response:
         await _session(request).cancel()
@@ -263,7 +267,15 @@ def build_app(state: ServerState) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
+        async def sweep_forever() -> None:   # idle sessions, expired sessions and finished jobs
+            while True:
+                await asyncio.sleep(limits.sweep_every_s)
+                await state.sessions.sweep()
+                await state.jobs.sweep()
+
+        sweeper = asyncio.get_running_loop().create_task(sweep_forever())
         yield
+        sweeper.cancel()
         await state.sessions.close_all()   # workers and jobs end with the server
         await state.jobs.close_all()
 

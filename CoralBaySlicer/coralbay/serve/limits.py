@@ -28,12 +28,20 @@ class ServeLimits:
     answer_timeout_s: float = 600.0          # the longest a worker may take for one answer
     long_poll_s: float = 25.0                # the longest an events request waits
     retry_after_s: int = 30                  # said to a client refused for capacity
+    session_idle_s: float = 1200.0           # no request for this long: the session's worker is stopped
+    session_expire_s: float = 7 * 86400.0    # no request for this long: the session is removed
+
+    @property
+    def sweep_every_s(self) -> float:
+        """How often idle and expired sessions are looked for (a quarter of the shorter time, 0.2-60 s)."""
+        return min(60.0, max(0.2, min(self.session_idle_s, self.session_expire_s) / 4))
 
     def public(self) -> dict:
         """What `GET /v1/info` tells clients."""
         return {"max_upload_bytes": self.max_upload_bytes, "max_voxels": self.max_voxels,
                 "max_json_bytes": self.max_json_bytes, "sessions_per_user": self.sessions_per_user,
-                "sessions_total": self.sessions_total, "requests_per_second": self.requests_per_second}
+                "sessions_total": self.sessions_total, "requests_per_second": self.requests_per_second,
+                "session_idle_s": self.session_idle_s, "session_expire_s": self.session_expire_s}
 
 
 class SlidingCounter:

@@ -122,6 +122,9 @@ def run_server(config: ServeConfig) -> int:
             scheme = "https" if config.tls_cert else "http"
             print(json.dumps({"event": "result", "message": "listening", "url": f"{scheme}://{host}:{port}"}),
                   flush=True)
+        while not server.should_exit and not task.done():   # a stop begins: end the long polls at once
+            await asyncio.sleep(0.1)
+        state.sessions.closing.set()
         await task
 
     asyncio.run(main())

@@ -5,6 +5,12 @@ the server wrote, the worker's folder and log). Its worker is started on the fir
 needs it; when the worker (or the server) was killed, that request first replays the journal
 into a fresh worker (the worker's folders are emptied, so the replay starts where the original
 run started and reaches the same state). Another user's session id answers as unknown (404).
+
+Idle sessions (no request for `session_idle_s`, 20 min by default) have their worker stopped, so
+a forgotten Slicer does not hold a model and its features in memory; the journal stays, and the
+next request rebuilds the session from it, as after a kill. After `session_expire_s` (7 days)
+without a request the session and its folder are removed. Long polls of events do not count as
+use: an open Slicer polls them while nobody works in it.
 """
 
 from __future__ import annotations
@@ -78,7 +84,32 @@ class RemoteSession:
         self._new_event = asyncio.Event()
         self.cancelling = False
         self.replays = 0
+        self.removed = False
         self.crashes: dict[int, int] = {}
+        self.last_used = max((p.stat().st_mtime for p in (folder / "journal.jsonl", folder / "session.json")
+                              if p.is_file()), default=time.time())   # wall time: it outlives a restart
+
+    @contextlib.asynccontextmanager
+    async def in_use(self):
+        """The session's lock, counted as use from asking for it to the answer (idle time starts
+        when a request ends: a scan's features may take longer than the idle time)."""
+        self.last_used = time.time()
+        try:
+            async with self.lock:
+                if self.removed:   # expired or deleted while this request was on its way
+                    raise NotFound("There is no such session.")
+                yield
+        finally:
+            self.last_used = time.time()
+
+    async def stop_worker(self) -> bool:
+        """Stop an idle worker (the journal stays, so the next request replays); False if busy."""
+        if self.lock.locked() or self.worker is None or not self.worker.alive:
+            return False
+        async with self.lock:
+            worker, self.worker = self.worker, None
+            await worker.close()
+        return True
 
     # ---------------------------------------------------------------- events (long poll)
     def add_event(self, event: dict) -> None:
@@ -88,10 +119,18 @@ class RemoteSession:
         self._new_event.set()
         self._new_event = asyncio.Event()
 
-    async def events_after(self, after: int, wait_s: float) -> list[dict]:
+    async def events_after(self, after: int, wait_s: float, closing: asyncio.Event | None = None) -> list[dict]:
+        """Events after index `after`, waiting up to `wait_s` for one (or until the server closes,
+        so that a long poll does not hold its shutdown for the whole wait)."""
         if self.event_count <= after:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._new_event.wait(), wait_s)
+            waits = [asyncio.ensure_future(self._new_event.wait())]
+            if closing is not None:
+                waits.append(asyncio.ensure_future(closing.wait()))
+            try:
+                await asyncio.wait(waits, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiting in waits:
+                    waiting.cancel()
         return [e for e in self.events if e["index"] > after]
 
     # ---------------------------------------------------------------- worker and replay
@@ -122,7 +161,7 @@ class RemoteSession:
                 raise WorkerDied("The session's rebuild was cancelled.")
             answer, status = await self._answer(entry.seq, entry.request, event)
             if entry.answer is None:
-                self.journal.record_answer(entry.seq, answer, status)
+                await asyncio.to_thread(self.journal.record_answer, entry.seq, answer, status)
 
     def _progress(self, event: dict) -> None:
         self.add_event({"event": "progress", "stage": event.get("stage"), "fraction": event.get("fraction"),
@@ -181,7 +220,7 @@ class RemoteSession:
 
     # ---------------------------------------------------------------- requests
     async def handle(self, seq: int, request: dict) -> tuple[dict, int]:
-        async with self.lock:
+        async with self.in_use():
             entry = self.journal.entries.get(seq)
             if entry is not None and entry.request != request:
                 raise Conflict(f"Sequence number {seq} was used for another request; the next is "
@@ -215,7 +254,7 @@ class RemoteSession:
             answer, status = await self._answer(seq, request, event)
             if self.crashes.get(seq):
                 answer["not_applied"] = True   # never replayed: it could only stop the worker again
-            self.journal.record_answer(seq, answer, status)
+            await asyncio.to_thread(self.journal.record_answer, seq, answer, status)   # fsync: off the event loop
             self.add_event({k: v for k, v in answer.items() if k != "crop"})
             return answer, status
 
@@ -243,7 +282,7 @@ class RemoteSession:
         asyncio.get_running_loop().create_task(kill_if_still_busy())
 
     async def mask(self, name: str) -> np.ndarray:
-        async with self.lock:
+        async with self.in_use():
             if not self.journal.entries:   # nothing asked yet: no worker is started to say so
                 raise NotFound(f"This session has no mask named {name!r}.")
             await self.ensure_worker()
@@ -261,7 +300,7 @@ class RemoteSession:
 
     async def labels(self) -> tuple[np.ndarray, dict]:
         """The accepted structures as one label map, and their label values by name."""
-        async with self.lock:
+        async with self.in_use():
             if not self.journal.entries:
                 raise InputError("Open a scan first.")
             await self.ensure_worker()
@@ -292,6 +331,7 @@ class SessionManager:
         self.root, self.models, self.images, self.settings = Path(root), models, images, settings
         self.root.mkdir(parents=True, exist_ok=True)
         self.sessions: dict[str, RemoteSession] = {}
+        self.closing = asyncio.Event()   # set when the server begins to stop: long polls answer at once
         for record_path in sorted(self.root.glob("*/session.json")):
             with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
                 record = json.loads(record_path.read_text(encoding="utf-8"))
@@ -327,8 +367,29 @@ class SessionManager:
     async def delete(self, user: str, session_id: str) -> None:
         session = self.get(user, session_id)
         self.sessions.pop(session_id, None)
+        session.removed = True
         await session.close()
         shutil.rmtree(session.folder, ignore_errors=True)
+
+    async def sweep(self, now: float | None = None) -> tuple[int, int]:
+        """Stop the workers of idle sessions and remove expired ones (busy ones are left alone);
+        returns (workers stopped, sessions removed)."""
+        now = time.time() if now is None else now
+        limits, stopped, removed = self.settings.limits, 0, 0
+        for session in list(self.sessions.values()):
+            idle = now - session.last_used
+            if session.lock.locked():
+                continue
+            if idle > limits.session_expire_s:
+                self.sessions.pop(session.id, None)
+                session.removed = True
+                await session.close()
+                await asyncio.to_thread(shutil.rmtree, session.folder, True)
+                removed += 1
+            elif idle > limits.session_idle_s and await session.stop_worker():
+                stopped += 1
+        return stopped, removed
+
 
     async def close_all(self) -> None:
         for session in list(self.sessions.values()):
