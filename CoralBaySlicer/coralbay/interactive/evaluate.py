@@ -6,9 +6,13 @@ protocol (`simulate.PROTOCOLS`) on that method's last answer. The record keeps a
 step (prompt kind and position, Dice, NSD, seconds), Dice / NSD after each click, DSC_AUC, the
 final Dice / NSD, and how often a click made Dice fall by more than 0.02 (`monotonicity`).
 
-Our session: after the last click the structure is accepted (negative evidence for the next
-structure and, with `--sequence`, an example for later scans); with `--sequence` a structure the
-session has seen on earlier scans starts from its proposal (recorded, not counted as a step).
+Every structure is measured on its own, for every method: no method sees another structure's
+answer (as in the official protocol, and as the baselines, which keep no state). Our session
+accepts its structures when the scan is done, so that with `--sequence` they are examples for later
+scans; a structure the session has seen on earlier scans starts from its proposal (recorded, not
+counted as a step). Accepting after each structure instead would make a leak of one accepted
+answer a wall for the next structure (an accepted structure is never overwritten), a constraint
+the baselines do not carry.
 Between clicks the session computes its remaining feature windows untimed, as `interact` does
 while the user looks at the answer.
 """
@@ -49,6 +53,9 @@ class Method(Interface):
 
     def finish(self) -> None: ...
 
+    def end_scan(self) -> None:
+        """What the method does when every structure of the scan has been measured."""
+
 
 class SessionMethod:
     """Our interactive session."""
@@ -57,6 +64,7 @@ class SessionMethod:
 
     def __init__(self, session: Session, image: sitk.Image) -> None:
         self.session, self.image = session, image
+        self.finished: list[str] = []
 
     def start(self, name: str, value: int) -> None:
         self.session.start(name, value)
@@ -78,7 +86,13 @@ class SessionMethod:
     def finish(self) -> None:
         structure = self.session.structures[self.session.current]
         if structure.mask is not None and structure.mask.any():
-            self.session.accept(structure.name)
+            self.finished.append(structure.name)
+
+    def end_scan(self) -> None:
+        """Accept the scan's structures (examples for later scans), once all were measured."""
+        for name in self.finished:
+            self.session.accept(name)
+        self.finished = []
 
 
 @dataclass
@@ -105,6 +119,9 @@ class BaselineMethod:
         pass
 
     def finish(self) -> None:
+        pass
+
+    def end_scan(self) -> None:
         pass
 
 
@@ -204,6 +221,8 @@ def evaluate_case(session: Session | None, image: sitk.Image, reference: np.ndar
         log(f"{scan_name} {label.name}: Dice after box + 1/3/5/10 clicks "
             + "; ".join(f"{m}: {r['dice_after_box']} {list(r['dice_after'].values())}" for m, r in record["methods"].items()))
         results.append(record)
+    for method in methods:
+        method.end_scan()
     return results, feature_seconds
 
 
