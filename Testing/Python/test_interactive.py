@@ -107,7 +107,14 @@ def test_clicks_raise_dice_then_undo_redo_and_accept(small_phantom, tmp_path):
         clash = engine.ask(type="start", name="liver")
         assert clash["event"] == "error" and "already accepted" in clash["message"]
         written = engine.ask(type="labels")
-        assert (sitk.GetArrayFromImage(sitk.ReadImage(written["path"])) == 1).sum() == accepted["voxels"]
+        kept = sitk.GetArrayFromImage(sitk.ReadImage(written["path"])) == 1
+        assert kept.sum() == accepted["voxels"]
+        # a positive point on the accepted liver could change nothing: one sentence, not a silent no-op
+        assert engine.ask(type="start", name="spleen", value=2)["event"] == "result"
+        on_liver = image.TransformIndexToPhysicalPoint([int(v) for v in np.argwhere(kept)[0][::-1]])
+        refused = engine.ask(type="point", lps=list(on_liver), positive=True)
+        assert refused["event"] == "error" and "accepted structure liver" in refused["message"], refused
+        assert engine.ask(type="status")["structures"][-1]["prompts"] == 0
     finally:
         engine.close()
 

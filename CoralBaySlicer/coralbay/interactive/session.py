@@ -230,6 +230,8 @@ class Session:
         structure = self.structure(name)
         if structure.accepted:
             raise UsageError(f"The structure {structure.name} is accepted; start a new one to change it.")
+        if isinstance(prompt, P.Point) and prompt.positive:
+            self._refuse_point_on_accepted(prompt)
         structure.prompts.append(prompt)
         try:
             answer = self.answer(structure)
@@ -238,6 +240,17 @@ class Session:
             raise
         structure.undone.clear()
         return answer
+
+    def _refuse_point_on_accepted(self, point: P.Point) -> None:
+        """A positive point on an accepted structure could change nothing (an accepted structure is
+        never overwritten): say so instead of answering with the same mask."""
+        voxel = self.input_voxel(point.lps)
+        if not self.accepted_input[voxel]:
+            return
+        owner = next((s.name for s in self.structures.values()
+                      if s.accepted and s.mask is not None and s.mask[voxel]), "an accepted structure")
+        raise UsageError(f"That point belongs to the accepted structure {owner}, which is never overwritten; "
+                         "point at voxels outside it.")
 
     def undo(self, name: str | None = None) -> Answer:
         """Back to the answer before the last prompt (kept, not recomputed: undo restores what was seen)."""
