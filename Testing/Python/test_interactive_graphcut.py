@@ -92,3 +92,25 @@ def _largest(mask: np.ndarray) -> np.ndarray:
     from scipy import ndimage
     labelled, count = ndimage.label(mask)
     return labelled == 1 + int(np.argmax(np.bincount(labelled.ravel())[1:]))
+
+
+def test_a_large_region_is_cut_coarse_then_exactly_in_a_band_with_the_same_answer(scan, monkeypatch):
+    """Above COARSE_ABOVE_VOXELS a fresh answer is solved on block means, then exactly in a band
+    around that border (the clinical-size first answer): the box stays hard, accepted structures
+    stay untouched, and the answer agrees with the single full-resolution cut."""
+    hu, tumour, neighbour = scan
+    box = _box(tumour | neighbour)
+    full = G.solve(hu, SPACING, G.Prompts(box=_box(tumour)), forbidden=neighbour)
+    monkeypatch.setattr(G, "COARSE_ABOVE_VOXELS", 5_000)
+    monkeypatch.setattr(G, "COARSE_VOXELS", 2_000)
+    called = []
+    band_cut = G._band_cut
+    monkeypatch.setattr(G, "_band_cut", lambda *a, **k: called.append(1) or band_cut(*a, **k))
+    banded = G.solve(hu, SPACING, G.Prompts(box=_box(tumour)), forbidden=neighbour)
+    assert called, "the coarse path did not run"
+    assert _dice(banded, full) > 0.95 and _dice(banded, tumour) > 0.85
+    inside = np.zeros(hu.shape, bool)
+    inside[tuple(slice(a, b) for a, b in zip(*_box(tumour)))] = True
+    assert not (banded & ~inside).any() and not (banded & neighbour).any()
+    clicked = G.solve(hu, SPACING, G.Prompts(box=box, clicks=[G.Click((10, 30, 48), False)]))
+    assert not clicked[10, 30, 48]                          # a negative click stays background
