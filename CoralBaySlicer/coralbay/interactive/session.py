@@ -485,16 +485,20 @@ class Session:
 
 def _model_samples(image: sitk.Image, grid: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
     """For each model voxel (X, Y, Z order, flattened): the flat input index (z, y, x) nearest its
-    centre, and whether that lies inside the input volume."""
-    size = np.asarray(grid.GetSize())
-    xyz = np.stack(np.meshgrid(*[np.arange(n) for n in size], indexing="ij"), -1).reshape(-1, 3)
+    centre, and whether that lies inside the input volume. (The map is affine, so each input
+    coordinate is a broadcast sum over the three model axes: no table of every voxel's index.)"""
+    size = grid.GetSize()
     to_input = np.linalg.inv(np.vstack([_index_map(image, grid), [0, 0, 0, 1]]))[:3]
-    idx = np.round(np.c_[xyz, np.ones(len(xyz))] @ to_input.T).astype(np.int64)
+    axes = [np.arange(n, dtype=np.float64).reshape([-1 if a == i else 1 for a in range(3)]) for i, n in enumerate(size)]
     shape = np.asarray(image.GetSize())
-    inside = np.all((idx >= 0) & (idx < shape), axis=1)
-    idx = np.clip(idx, 0, shape - 1)
-    flat = (idx[:, 2] * shape[1] + idx[:, 1]) * shape[0] + idx[:, 0]
-    return flat, inside
+    inside = np.ones(tuple(size), bool)
+    flat = np.zeros(tuple(size), np.int64)
+    for c in (2, 1, 0):             # flat = (z * ny + y) * nx + x on the input grid
+        index = np.rint(axes[0] * to_input[c, 0] + axes[1] * to_input[c, 1] + axes[2] * to_input[c, 2]
+                        + to_input[c, 3]).astype(np.int64)
+        inside &= (index >= 0) & (index < shape[c])
+        flat = flat * shape[c] + np.clip(index, 0, shape[c] - 1)
+    return flat.ravel(), inside.ravel()
 
 
 def _index_map(image: sitk.Image, grid: sitk.Image) -> np.ndarray:
