@@ -142,7 +142,7 @@ def teach_bundle(request: TeachRequest, reporter: Reporter | None = None) -> Tra
         patience=PATIENCE, minutes=request.minutes, probe_init=not continued,
         frozen_modules=() if request.fresh_decoder else (FULL_RESOLUTION_BLOCK,),
         warmup=min(20, steps), val_fraction=0.0, val_every=steps + 1,
-        checkpoint_every=max(50, steps // 4), name=request.name,
+        checkpoint_every=max(50, steps // 4), name=request.name, crop_store=user_home() / "cache" / "teach-crops",
         title=f"{request.name} (taught from accepted structures)",
         description=(f"Taught with coralbay teach from the structures a user accepted on {scans} scan(s): a "
                      f"Swin-UNETR decoder on the frozen encoder of {request.base}, "
