@@ -42,7 +42,7 @@ import torch
 from coralbay.bundle.loader import load_bundle
 from coralbay.inference.segment import segment_image
 from coralbay.interactive.features import cache_key, encoder_digest, scan_digest
-from coralbay.io.examples import write_accepted
+from coralbay.io.example_masks import write_accepted
 from coralbay.review.metrics import dice_per_structure
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
