@@ -4,7 +4,8 @@ What it trains: the Swin-UNETR decoder on the starting bundle's encoder, which s
 unchanged (the examples' features came from it, and the taught bundle's features stay the same as
 the interactive session's, so its feature cache still applies). The frozen encoder's outputs are
 computed once for a pool of augmented crops per scan (`feature_cache`), the cheapest way to train
-on a CPU. The decoder's blocks start from the starting bundle's decoder when it has one (they turn
+on a CPU, and kept in a crop store under $CORALBAY_HOME/cache/teach-crops between teaches, so a
+teach on one more scan runs the encoder on that scan only. The decoder's blocks start from the starting bundle's decoder when it has one (they turn
 encoder features into boundaries whatever the structures) and its output layer, one channel per
 structure, starts as a class-balanced linear probe of the features it reads: the user's
 structures need not be the ones the bundle knew. Every block trains, the full-resolution one too
