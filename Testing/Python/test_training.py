@@ -29,7 +29,7 @@ from coralbay.training.data import Case, find_pairs, parse_seeds, phantom_cases,
 from coralbay.training.loss import segmentation_loss
 from coralbay.training.metrics import auroc
 from coralbay.training.output import write_trained_bundle
-from coralbay.training.segmentation import (SegmentationSettings, build_crop_pool, forward_logits,
+from coralbay.training.segmentation import (CropStore, SegmentationSettings, build_crop_pool, forward_logits,
                                             load_checkpoint_state, train_segmentation)
 
 CPU = torch.device("cpu")
@@ -78,6 +78,28 @@ def test_short_training_reduces_the_loss_and_writes_a_loadable_bundle(tmp_path):
     phantom = generate_phantom(7, **TINY)
     segmentation = segment_image(phantom.image, bundle, CPU)
     assert same_grid(segmentation.labels, phantom.image)
+
+
+def test_crop_store_keeps_each_scans_crops_for_the_next_teach(tmp_path):
+    """An incremental teach computes the frozen encoder only for the scan it adds: each case's crops
+    are kept under a key of its own (its voxels, the encoder, the settings), whatever cases come
+    with it; a case whose targets changed is computed again."""
+    fields = _fields()
+    cases, _ = phantom_cases([5, 6], fields["preprocessing"], **TINY)
+    settings = SegmentationSettings(augment=AugmentSettings(window=(64, 64, 64)), encoder_mode="frozen",
+                                    feature_cache=1, balanced_pool=True)
+    network = build_network(ArchitectureSpec.from_manifest("segmentation", fields["architecture"], 8)).eval()
+    passes = []
+    network.encoder.register_forward_hook(lambda *_: passes.append(1))
+    store = CropStore(tmp_path, "encoder-digest", {"seed": 0})
+    samplers = [CropSampler(c, (64, 64, 64)) for c in cases]
+    first = build_crop_pool(network, samplers[:1], settings, None, CPU, store=store)
+    both = build_crop_pool(network, samplers, settings, None, CPU, store=store)
+    assert len(passes) == 2  # one scan, then only the scan added
+    assert all(torch.equal(a[:1], b) for a, b in zip(both.cached, first.cached))
+    changed = Case(cases[0].name, cases[0].image, np.where(cases[0].target == 1, 0, cases[0].target).astype(np.uint8))
+    build_crop_pool(network, [CropSampler(changed, (64, 64, 64))], settings, None, CPU, store=store)
+    assert len(passes) == 3
 
 
 def test_interrupted_training_resumes_where_it_stopped(tmp_path):

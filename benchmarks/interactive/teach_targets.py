@@ -42,7 +42,7 @@ import torch
 from coralbay.bundle.loader import load_bundle
 from coralbay.inference.segment import segment_image
 from coralbay.interactive.features import cache_key, encoder_digest, scan_digest
-from coralbay.io.examples import write_accepted
+from coralbay.io.example_masks import write_accepted
 from coralbay.review.metrics import dice_per_structure
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -85,7 +85,8 @@ def dice_table(model: Path, cases: list[tuple[str, sitk.Image, sitk.Image]]) -> 
 
 
 def phantoms(args: argparse.Namespace, work: Path) -> dict:
-    seeds = DECLARED["test_phantom_seeds"] if args.set == "test" else DECLARED["development_phantom_seeds"]
+    seeds = {"test": DECLARED["test_phantom_seeds"], "test2": DECLARED["second_test_phantom_seeds"],
+             "dev": DECLARED["development_phantom_seeds"]}[args.set]
     base = load_bundle(bench.BASE)
     scans = DECLARED["example_scan_seeds"]
     folders = {}
@@ -162,7 +163,8 @@ def real_ct(args: argparse.Namespace, work: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--set", choices=("dev", "test"), default="dev")
+    parser.add_argument("--set", choices=("dev", "test", "test2"), default="dev",
+                        help="dev: tuning phantoms; test: the first test set (run once at a6438e9); test2: the second")
     parser.add_argument("--real-ct", metavar="FOLDER", help="teach on real CT (realct_dev) instead of phantoms")
     parser.add_argument("--json", required=True, type=Path)
     parser.add_argument("--runs", default="scratch-1,incremental-2,incremental-3,incremental-4,incremental-5,scratch-5",

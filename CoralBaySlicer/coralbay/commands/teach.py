@@ -29,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--output", "-o", metavar="BUNDLE", help="bundle folder to write (default: "
                    "$CORALBAY_HOME/models/NAME); never replaces an existing one")
     p.add_argument("--steps", type=positive_int, default=None, metavar="N",
-                   help="most decoder training steps of 2 crops (default 300, 90 with --from); training stops "
+                   help="most decoder training steps of 2 crops (default 200, 60 with --from); training stops "
                         "sooner once held-out crops of the examples stop improving")
     p.add_argument("--minutes", type=positive_float, default=None, metavar="MIN",
                    help="time budget from the start of training, the encoder passes over the crops included "

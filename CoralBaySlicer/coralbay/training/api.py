@@ -192,7 +192,8 @@ def train_segmentation_bundle(config: SegmentationTraining, reporter: Reporter |
                                 data_key={"source": config.examples or config.data or config.phantoms,
                                           "merge": config.merge,
                                           "preprocessing": preprocessing},
-                                progress=reporter.stage_callback("train"), log=reporter.log)
+                                progress=reporter.stage_callback("train"), log=reporter.log,
+                                crop_store=config.crop_store)
     losses, reported = [h["loss"] for h in result.history], len(warnings)
     first, last = (round(sum(part) / max(1, len(part)), 4) for part in (losses[:20], losses[-20:]))
     if len(losses) >= 40 and last > LOSS_FALL_RATIO * first:

@@ -94,6 +94,7 @@ class SegmentationTraining(BundleTraining):
     check_every: int = 10
     frozen_modules: Sequence[str] = ()        # besides the encoder, e.g. ("decoder.decoder1",)
     probe_init: bool = False                  # output layer started as a linear probe of the crop pool
+    crop_store: Optional[Path] = None         # folder keeping each case's crops and frozen features between runs
 
 
 @dataclass

@@ -19,6 +19,8 @@ validation cases' model grids, so the Dice it reports is the Dice of the way the
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -35,6 +37,7 @@ from coralbay.grid.windows import WindowSettings
 from coralbay.inference.fast_swin import enable_fast_swin
 from coralbay.inference.sliding_window import sliding_window_logits
 from coralbay.io.labels import LabelTable
+from coralbay.model.digest import encoder_digest
 from coralbay.review.metrics import dice_per_structure, mean_dice
 from coralbay.training.augment import (AugmentSettings, CropSampler, augment, mirror_lookup, pool_crop_structure,
                                        sample_batch)
@@ -81,6 +84,9 @@ class SegmentationSettings:
     # Start the output layer as a class-balanced linear probe of the features it reads, fitted on
     # the crop pool (linear probing before fine-tuning), instead of from random weights.
     probe_init: bool = False
+    # Train the decoder in the channels-last layout when it reads cached features (several times
+    # faster on a CPU; off only to measure that: benchmarks/interactive/teach_speed.py).
+    channels_last: bool = True
 
 
 @dataclass
@@ -152,6 +158,11 @@ class CropPool:
     targets: torch.Tensor                # (N, 1, X, Y, Z) uint8 class indices
     cached: list[torch.Tensor]           # per feature level, (N, C, ...)
 
+    def channels_last(self) -> "CropPool":
+        """The same pool with its feature maps in the channels-last layout the training step uses."""
+        return CropPool(self.inputs, self.targets, [c.contiguous(memory_format=torch.channels_last_3d)
+                                                    if c.dim() == 5 else c for c in self.cached])
+
     def batch(self, rng: np.random.Generator, size: int) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         index = torch.from_numpy(rng.integers(len(self.inputs), size=size))
         return self.inputs[index], self.targets[index].long(), [c[index] for c in self.cached]
@@ -172,27 +183,85 @@ class CropPool:
         return cls(state["inputs"], state["targets"], list(state["cached"]))
 
 
+def case_number(name: str) -> int:
+    """A number of its own for each case, from its name: a case's crops (random numbers, the
+    structure each crop is centred on) are then the same whichever other cases are trained with it,
+    so an incremental teach finds the crops of its earlier scans in the `CropStore`."""
+    return int(hashlib.sha256(name.encode()).hexdigest()[:12], 16)
+
+
+class CropStore:
+    """Crops of a case with the frozen part's outputs, kept on disk between runs (teach: an
+    incremental teach on scans 1..N+1 computes the encoder only for scan N+1). A file is keyed by
+    everything its crops depend on: the frozen weights (`encoder` digest), the case's voxels and
+    targets, the crop and augmentation settings, the seed and the random stream; a missing,
+    damaged or foreign file is computed again."""
+
+    def __init__(self, folder: Path, encoder: str, settings: dict) -> None:
+        self.folder, self.encoder, self.settings = Path(folder), encoder, settings
+
+    def key(self, sampler: CropSampler, crops: int, stream: int) -> dict:
+        data = hashlib.sha256(np.ascontiguousarray(sampler.image).tobytes())
+        data.update(np.ascontiguousarray(sampler.target).tobytes())
+        return {"format": 1, "encoder": self.encoder, "case": sampler.name, "voxels": data.hexdigest(),
+                "settings": self.settings, "crops": crops, "stream": stream}
+
+    def path(self, key: dict) -> Path:
+        text = json.dumps(key, sort_keys=True)
+        return self.folder / f"{hashlib.sha256(text.encode()).hexdigest()[:32]}.pt"
+
+    def load(self, key: dict) -> "CropPool | None":
+        path = self.path(key)
+        return CropPool.load(path, key) if path.is_file() else None
+
+    def save(self, key: dict, pool: "CropPool") -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        pool.save(self.path(key), key)
+
+
 def build_crop_pool(network: nn.Module, samplers: list[CropSampler], settings: SegmentationSettings,
                     mirror: np.ndarray | None, device: torch.device, progress: Progress | None = None,
-                    crops: int | None = None, stream: int = 1_000_003) -> CropPool:
+                    crops: int | None = None, stream: int = 1_000_003, store: CropStore | None = None,
+                    log: Log | None = None) -> CropPool:
     """`crops` (default `feature_cache`) augmented crops per case with the frozen part's outputs;
-    `stream` keeps the held-out crops' random numbers apart from the training crops'."""
-    inputs, targets, cached = [], [], []
+    `stream` keeps the held-out crops' random numbers apart from the training crops'. Cases whose
+    crops `store` holds are read from it, the others computed and added to it."""
+    count = settings.feature_cache if crops is None else crops
+    parts, reused = [], 0
     for i, sampler in enumerate(samplers):
-        for k in range(settings.feature_cache if crops is None else crops):
-            rng = np.random.default_rng([settings.seed, stream, i, k])  # a stream of its own
-            if settings.balanced_pool:
-                image, target = sampler.sample(rng, 0.0, pool_crop_structure(sampler, k + i))
-                image, target = augment(image, target, settings.augment, rng, mirror)
-                x, y = torch.from_numpy(image)[None, None], torch.from_numpy(target)[None, None]
-            else:
-                x, y = sample_batch([sampler], settings.augment, rng, 1, mirror)
-            outputs = frozen_outputs(network, x.to(device), settings.encoder_mode)
-            inputs.append(x)
-            targets.append(y.to(torch.uint8))
-            cached.append([o.cpu() for o in outputs])
+        key = store.key(sampler, count, stream) if store is not None else None
+        part = store.load(key) if store is not None else None
+        if part is not None:
+            reused += 1
+        else:
+            part = _case_crops(network, sampler, settings, mirror, device, count, stream)
+            if store is not None:
+                store.save(key, part)
+        parts.append(part)
         if progress:
             progress((i + 1) / len(samplers), f"caching frozen features of {sampler.name}")
+    if store is not None and log and reused:
+        log(f"Reused the frozen features of {reused} of {len(samplers)} scans' crops from {store.folder}.")
+    return CropPool(torch.cat([p.inputs for p in parts]), torch.cat([p.targets for p in parts]),
+                    [torch.cat(level) for level in zip(*(p.cached for p in parts))])
+
+
+def _case_crops(network: nn.Module, sampler: CropSampler, settings: SegmentationSettings,
+                mirror: np.ndarray | None, device: torch.device, crops: int, stream: int) -> CropPool:
+    inputs, targets, cached = [], [], []
+    number = case_number(sampler.name)
+    for k in range(crops):
+        rng = np.random.default_rng([settings.seed, stream, number, k])  # a stream of its own
+        if settings.balanced_pool:
+            image, target = sampler.sample(rng, 0.0, pool_crop_structure(sampler, k + number))
+            image, target = augment(image, target, settings.augment, rng, mirror)
+            x, y = torch.from_numpy(image)[None, None], torch.from_numpy(target)[None, None]
+        else:
+            x, y = sample_batch([sampler], settings.augment, rng, 1, mirror)
+        outputs = frozen_outputs(network, x.to(device), settings.encoder_mode)
+        inputs.append(x)
+        targets.append(y.to(torch.uint8))
+        cached.append([o.cpu().contiguous() for o in outputs])
     return CropPool(torch.cat(inputs), torch.cat(targets), [torch.cat(level) for level in zip(*cached)])
 
 
@@ -307,11 +376,12 @@ def train_segmentation(network: nn.Module, cases: list[Case], val_cases: list[Ca
                        settings: SegmentationSettings, device: torch.device, *,
                        checkpoint_dir: Path | None = None, resume: dict | None = None,
                        progress: Progress | None = None, log: Log | None = None,
-                       data_key: dict | None = None) -> SegmentationResult:
+                       data_key: dict | None = None, crop_store: Path | None = None) -> SegmentationResult:
     """Train `network` (encoder + decoder) on crops of `cases`; returns the chosen weights.
 
     `data_key` says where the cases came from (source, preprocessing); a saved feature cache is
-    reused only for the same key.
+    reused only for the same key. `crop_store` is a folder where each case's crops with their frozen
+    features are kept for later runs (`CropStore`).
     """
     if not cases:
         raise InputError("There are no training cases.")
@@ -354,7 +424,9 @@ def train_segmentation(network: nn.Module, cases: list[Case], val_cases: list[Ca
             "best_score": best_score, "best_step": best_step, "best_model": best_state,
             "validation": validation, "settings": _plain(asdict(settings))})
 
-    pool = None
+    pool, store = None, None
+    if crop_store is not None and settings.feature_cache and mode != "finetune":
+        store = CropStore(crop_store, encoder_digest(network) + f"/{mode}", _crop_settings(settings))
     if settings.feature_cache and mode != "finetune" and step < settings.steps:
         # Saved beside the checkpoints, so a resumed run does not compute the frozen part again.
         key = {"cases": [c.name for c in cases], "data": _plain(data_key or {}),
@@ -367,7 +439,7 @@ def train_segmentation(network: nn.Module, cases: list[Case], val_cases: list[Ca
         pool = CropPool.load(pool_file, key) if pool_file is not None and pool_file.is_file() else None
         if pool is None:
             pool = build_crop_pool(network, samplers, settings, mirror, device,
-                                   (lambda f, m: progress(0.0, m)) if progress else None)
+                                   (lambda f, m: progress(0.0, m)) if progress else None, store=store, log=log)
             if pool_file is not None:
                 checkpoint_dir.mkdir(parents=True, exist_ok=True)
                 pool.save(pool_file, key)
@@ -378,8 +450,14 @@ def train_segmentation(network: nn.Module, cases: list[Case], val_cases: list[Ca
         if log:
             log("Started the output layer as a linear probe of the decoder's features on the crop pool.")
     held_out = (build_crop_pool(network, samplers, settings, mirror, device, crops=settings.holdout_crops,
-                                stream=2_000_003)
+                                stream=2_000_003, store=store)
                 if pool is not None and settings.holdout_crops and not val_cases else None)
+    if pool is not None and settings.channels_last:
+        # Channels-last: PyTorch's CPU convolutions of few channels compute their weight gradients
+        # several times faster in this layout (docs/interactive.md, Teach model: the cost of a step).
+        network.decoder.to(memory_format=torch.channels_last_3d)
+        pool = pool.channels_last()
+        held_out = held_out.channels_last() if held_out is not None else None
     stopped, stale, holdout = "steps", 0, None
     names = [lab.name for lab in table]
 
@@ -457,9 +535,16 @@ def train_segmentation(network: nn.Module, cases: list[Case], val_cases: list[Ca
 
     if best_state is not None:
         network.load_state_dict(best_state)
+    network.decoder.to(memory_format=torch.contiguous_format)
     network.eval()
     return SegmentationResult(network, history, validation, best_step if best_state is not None else step,
                               step, time.perf_counter() - started, stopped, holdout)
+
+
+def _crop_settings(settings: SegmentationSettings) -> dict:
+    """The settings a case's crops depend on (what `CropStore` keys them by)."""
+    return {"augment": _plain(asdict(settings.augment)), "seed": settings.seed, "balanced": settings.balanced_pool,
+            "mode": settings.encoder_mode}
 
 
 def _plain(obj):

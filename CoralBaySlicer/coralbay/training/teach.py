@@ -4,13 +4,15 @@ What it trains: the Swin-UNETR decoder on the starting bundle's encoder, which s
 unchanged (the examples' features came from it, and the taught bundle's features stay the same as
 the interactive session's, so its feature cache still applies). The frozen encoder's outputs are
 computed once for a pool of augmented crops per scan (`feature_cache`), the cheapest way to train
-on a CPU. The decoder's blocks start from the starting bundle's decoder when it has one (they turn
+on a CPU, and kept in a crop store under $CORALBAY_HOME/cache/teach-crops between teaches, so a
+teach on one more scan runs the encoder on that scan only. The decoder's blocks start from the starting bundle's decoder when it has one (they turn
 encoder features into boundaries whatever the structures) and its output layer, one channel per
 structure, starts as a class-balanced linear probe of the features it reads: the user's
-structures need not be the ones the bundle knew. The full-resolution block stays as it starts
-(the weight gradients of its convolutions are most of a CPU step). `fresh_decoder` starts every
-decoder block afresh instead and trains them all (for a bundle without a decoder, or to measure
-what the examples alone teach), which needs many more steps.
+structures need not be the ones the bundle knew. Every block trains, the full-resolution one too
+(once steps ran channels-last it cost little more, and on the development phantoms it lifted the
+small structures: docs/interactive.md). `fresh_decoder` starts every decoder block afresh instead
+(for a bundle without a decoder, or to measure what the examples alone teach), which needs many
+more steps.
 
 Every structure is reached: the crop pool centres crops on each structure of a scan in turn, so a
 small one (an aorta, a lesion) gets as many crops as the liver. When to stop comes from the
@@ -47,7 +49,7 @@ from coralbay.training.config import SegmentationTraining, TrainingResult
 from coralbay.training.data import example_label_table
 from coralbay.training.output import bundle_name
 
-TEACH_STEPS = 300          # most decoder steps (batch 2); the held-out crops usually stop it sooner (docs/interactive.md)
+TEACH_STEPS = 200          # most decoder steps (batch 2), unless the held-out crops stop it sooner (docs/interactive.md)
 INCREMENTAL_SHARE = 0.3    # an incremental teach's most steps and learning rate, as a share of a first teach's
                            # (the first test run, at the full rate without warm-up, lost Dice: docs)
 CROPS_PER_SCAN = 4         # augmented crops per scan whose frozen encoder outputs are computed once
@@ -55,7 +57,6 @@ HOLDOUT_CROPS = 1          # more crops per scan, never trained on, for the stop
 CHECK_EVERY = 10           # steps between scores of the held-out crops
 PATIENCE = 4               # scores without improvement before stopping
 TEACH_LR = 1e-2            # peak learning rate (AdamW, warm-up then cosine): 1e-3 left the fresh output layer untrained in 150 steps (docs)
-FULL_RESOLUTION_BLOCK = "decoder.decoder1"
 
 
 @dataclass
@@ -140,9 +141,8 @@ def teach_bundle(request: TeachRequest, reporter: Reporter | None = None) -> Tra
         lr=request.lr * (INCREMENTAL_SHARE if continued else 1.0),
         class_weights="inverse-sqrt", balanced_pool=True, holdout_crops=HOLDOUT_CROPS, check_every=CHECK_EVERY,
         patience=PATIENCE, minutes=request.minutes, probe_init=not continued,
-        frozen_modules=() if request.fresh_decoder else (FULL_RESOLUTION_BLOCK,),
         warmup=min(20, steps), val_fraction=0.0, val_every=steps + 1,
-        checkpoint_every=max(50, steps // 4), name=request.name,
+        checkpoint_every=max(50, steps // 4), name=request.name, crop_store=user_home() / "cache" / "teach-crops",
         title=f"{request.name} (taught from accepted structures)",
         description=(f"Taught with coralbay teach from the structures a user accepted on {scans} scan(s): a "
                      f"Swin-UNETR decoder on the frozen encoder of {request.base}, "
