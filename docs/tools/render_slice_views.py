@@ -24,6 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import SimpleITK as sitk
 from PIL import Image, ImageDraw, ImageFont
 
@@ -31,15 +32,16 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO / "Testing" / "Python" / "slicer_emulation"), str(REPO / "CoralBaySlicer")]
 SCAN = Path(os.environ.get("CORALBAY_SHARED_DATA", REPO.parent / "shared" / "data")) / "totalseg"
 LIVER_VALUE = 5  # TotalSegmentator's liver in labels.json
-CLICKS = 4
+CLICKS = 3   # after the box
 BAR, GAP = 20, 6  # a view's title bar and the space between views (pixels)
 FRAME = 400  # pixels of each frame of the edit
 WINDOW_HU = (-175.0, 250.0)  # eva's abdomen window
 
 
 def interactive_liver(logic, ct, folder: Path, frame) -> tuple:
-    """A session of the module's Logic: clicks on the liver as markups control points, then Accept.
-    `frame(ras, positive, dice, ml)` runs after each answer (the preview segment is in the scene).
+    """A session of the module's Logic as the evaluation runs it: a box (a markups ROI, the official
+    CVPR 2025 box of the liver label), then clicks as markups control points, then Accept.
+    `frame(title, ras, dice, ml)` runs after each answer (the preview segment is in the scene).
     Returns the output segmentation, the last click (RAS) and the Dice with TotalSegmentator's liver."""
     import slicer
 
@@ -54,7 +56,19 @@ def interactive_liver(logic, ct, folder: Path, frame) -> tuple:
     logic.waitInteractive(logic.startInteractive(ct, "demo-phantom-seg", device="CPU",
                                                  examplesFolder=folder / "examples"), 600)
     logic.waitInteractive(logic.startStructure("liver", propose=False), 600)
-    prediction, last = None, None
+    box = S.official_box(truth)
+    corners = [coordinates.lps_to_ras(image.TransformContinuousIndexToPhysicalPoint([float(v) for v in c[::-1]]))
+               for c in (np.asarray(box.lower_zyx) - 0.5, np.asarray(box.upper_zyx) + 0.5)]
+    roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "box")
+    roi.SetCenter(list((np.asarray(corners[0]) + corners[1]) / 2))
+    roi.SetSize(list(np.abs(np.asarray(corners[1]) - corners[0])))
+    answer = logic.waitInteractive(logic.addInteractiveBox(roi), 600)
+    state = logic.interactive
+    prediction = slicer.util.arrayFromSegmentBinaryLabelmap(state.segmentation, state.previewId, ct) > 0
+    last = coordinates.lps_to_ras(image.TransformContinuousIndexToPhysicalPoint(
+        [float(v) for v in ((np.asarray(box.lower_zyx) + box.upper_zyx) / 2)[::-1]]))
+    roi.GetDisplayNode().SetVisibility(False)
+    frame("box", last, S.dice(prediction, truth), answer.get("volume_ml"))
     for _ in range(CLICKS):
         click = S.next_click(prediction, truth, image)
         if click is None:
@@ -66,7 +80,7 @@ def interactive_liver(logic, ct, folder: Path, frame) -> tuple:
             answer = logic.waitInteractive(requestId, 600)
         state = logic.interactive
         prediction = slicer.util.arrayFromSegmentBinaryLabelmap(state.segmentation, state.previewId, ct) > 0
-        frame(last, click.positive, S.dice(prediction, truth), answer.get("volume_ml"))
+        frame("include" if click.positive else "exclude", last, S.dice(prediction, truth), answer.get("volume_ml"))
     dice = S.dice(prediction, truth)
     output = logic.interactive.segmentation
     logic.waitInteractive(logic.interactiveAccept(), 600)
@@ -129,13 +143,14 @@ def main(argv: list) -> int:
     slicer.util.setSliceViewerLayers(background=ct, foreground=None, label=None)
     frames = []
 
-    def frame(ras, positive: bool, dice: float, ml) -> None:
-        title = f"click {len(frames) + 1} ({'include' if positive else 'exclude'}): Dice {dice:.3f}, {float(ml):.0f} ml"
+    def frame(kind: str, ras, dice: float, ml) -> None:
+        title = (f"box: Dice {dice:.3f}, {float(ml):.0f} ml" if kind == "box" else
+                 f"click {len(frames)} ({kind}): Dice {dice:.3f}, {float(ml):.0f} ml")
         frames.append((render_view("Red", FRAME, ras), title))
         print(title)
     with tempfile.TemporaryDirectory(prefix="coralbay-views-") as folder:
         output, lastClick, dice = interactive_liver(logic, ct, Path(folder), frame)
-    print(f"liver after {CLICKS} clicks: Dice {dice:.3f} with TotalSegmentator's liver label")
+    print(f"liver after the box and {CLICKS} clicks: Dice {dice:.3f} with TotalSegmentator's liver label")
     compose_frames(frames, REPO / "docs" / "images" / "interactive-edit.png")
     output.GetDisplayNode().SetVisibility(True)
     panel = Image.open(argv[0])
