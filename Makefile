@@ -19,5 +19,9 @@ setup: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(VENV)/bin/coralbay demo --output demo-output
 
+# Two pytest workers (pytest-xdist) for CI's two cores: every test is single-threaded and much of it
+# waits on child processes. Each test file runs whole on one worker (--dist loadfile), so its module
+# fixtures (servers, phantoms, bundles) are built once. `make test TEST_WORKERS=0` runs in one process.
+TEST_WORKERS ?= 2
 test: $(VENV)/.installed
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile

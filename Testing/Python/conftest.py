@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -38,6 +40,50 @@ def run_cli(*args: str | os.PathLike, timeout: float = 600, env: dict | None = N
     """Run `python -m coralbay ARGS` as a real subprocess and capture its output (`env` adds variables)."""
     return subprocess.run([sys.executable, "-m", "coralbay", *map(str, args)], capture_output=True,
                           text=True, env={**cli_env(), **(env or {})}, timeout=timeout, **kwargs)
+
+
+# One interpreter runs several commands: each `main(argv)` with its own stdout and stderr (the file
+# descriptors themselves, so everything the command writes is caught) and its exit code.
+_MANY = r"""
+import json, os, sys, tempfile
+from coralbay.cli import main
+answers = []
+for argv in json.loads(sys.argv[1]):
+    streams = [tempfile.TemporaryFile(), tempfile.TemporaryFile()]
+    sys.stdout.flush(); sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    os.dup2(streams[0].fileno(), 1); os.dup2(streams[1].fileno(), 2)
+    try:
+        code = main(argv)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    finally:
+        sys.stdout.flush(); sys.stderr.flush()
+        os.dup2(saved[0], 1); os.dup2(saved[1], 2)
+        os.close(saved[0]); os.close(saved[1])
+    texts = []
+    for stream in streams:
+        stream.seek(0)
+        texts.append(stream.read().decode("utf-8", "replace"))
+    answers.append([code, *texts])
+with open(sys.argv[2], "w") as handle:
+    json.dump(answers, handle)
+"""
+
+
+def run_cli_many(*calls: list, timeout: float = 600, env: dict | None = None) -> list[subprocess.CompletedProcess]:
+    """Several `coralbay` commands in ONE fresh interpreter (torch and MONAI imported once), each with
+    its own exit code, stdout and stderr, as `run_cli` gives them. For commands whose process of their
+    own is not what a test checks; the `python -m coralbay` entry point is run by `run_cli` tests."""
+    argvs = [[str(a) for a in call] for call in calls]
+    with tempfile.TemporaryDirectory() as folder:
+        answers = Path(folder) / "answers.json"
+        done = subprocess.run([sys.executable, "-c", _MANY, json.dumps(argvs), str(answers)], capture_output=True,
+                              text=True, env={**cli_env(), **(env or {})}, timeout=timeout)
+        assert done.returncode == 0 and answers.is_file(), f"the commands' interpreter failed: {done.stderr[-2000:]}"
+        results = json.loads(answers.read_text())
+    return [subprocess.CompletedProcess(["coralbay", *argv], code, out, err)
+            for argv, (code, out, err) in zip(argvs, results)]
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import jsonschema
 import pytest
 import torch
 
+from conftest import run_cli_many
 from coralbay.bundle.loader import load_bundle
 from coralbay.bundle.manifest import manifest_schema, read_manifest, validate_manifest
 from coralbay.bundle.schema_check import first_error
@@ -144,7 +145,7 @@ def test_backbone_missing_encoder_tensors_is_an_error(tiny_seg_bundle, tmp_path)
         load_bundle(tiny_seg_bundle, backbone=str(tmp_path / "partial.pt"))
 
 
-def test_hub_backbone_is_read_from_the_local_cache_offline(tiny_seg_bundle, tmp_path, cli):
+def test_hub_backbone_is_read_from_the_local_cache_offline(tiny_seg_bundle, tmp_path):
     """The real hub code path in a fresh process, served offline from a cache laid out as
     huggingface_hub stores it (no machine of ours reaches the Hub)."""
     import numpy as np
@@ -163,34 +164,37 @@ def test_hub_backbone_is_read_from_the_local_cache_offline(tiny_seg_bundle, tmp_
     ct = sitk.GetImageFromArray(np.full((16, 16, 16), 40, np.int16))
     ct.SetSpacing((4.0, 4.0, 4.0))
     sitk.WriteImage(ct, str(tmp_path / "ct.nii.gz"))
-    env = {"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
-    ok = cli("segment", tmp_path / "ct.nii.gz", "-m", tiny_seg_bundle, "-o", tmp_path / "seg.nii.gz",
-             "--backbone", "kaiko-ai/coralbay-test@main", "--progress", "jsonl", env=env)
-    assert ok.returncode == 0, ok.stderr
-    assert "Loaded " in ok.stdout and "kaiko-ai/coralbay-test@main" in ok.stdout
-    missing = cli("segment", tmp_path / "ct.nii.gz", "-m", tiny_seg_bundle, "-o", tmp_path / "seg2.nii.gz",
-                  "--backbone", "kaiko-ai/not-cached@main", env=env)
-    assert missing.returncode == 1 and "Hugging Face Hub" in missing.stderr
-    assert not (tmp_path / "seg2.nii.gz").exists()
-    unpinned = cli("segment", tmp_path / "ct.nii.gz", "-m", tiny_seg_bundle, "-o", tmp_path / "seg3.nii.gz",
-                   "--backbone", "kaiko-ai/coralbay-test", env=env)
-    assert unpinned.returncode == 1 and "Give the hub revision to pin" in unpinned.stderr
     # A bundle whose manifest names its backbone on the hub: pinned revision, checksum verified.
     from coralbay.bundle.weights import sha256_of
 
-    pinned = tmp_path / "pinned"
+    pinned, tampered = tmp_path / "pinned", tmp_path / "tampered"
     shutil.copytree(tiny_seg_bundle, pinned)
     manifest = json.loads((pinned / "manifest.json").read_text())
     snapshot_file = repo / "snapshots" / commit / "model.safetensors"
     manifest["backbone_source"] = {"hub_id": "kaiko-ai/coralbay-test", "revision": commit,
                                    "sha256": sha256_of(snapshot_file)}
     (pinned / "manifest.json").write_text(json.dumps(manifest))
-    ok = cli("segment", tmp_path / "ct.nii.gz", "-m", pinned, "-o", tmp_path / "seg4.nii.gz", "--progress", "jsonl", env=env)
-    assert ok.returncode == 0 and f"kaiko-ai/coralbay-test@{commit}" in ok.stdout, ok.stderr
+    shutil.copytree(pinned, tampered)
     manifest["backbone_source"]["sha256"] = "0" * 64
-    (pinned / "manifest.json").write_text(json.dumps(manifest))
-    bad = cli("segment", tmp_path / "ct.nii.gz", "-m", pinned, "-o", tmp_path / "seg5.nii.gz", env=env)
+    (tampered / "manifest.json").write_text(json.dumps(manifest))
+    env = {"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    segment = ("segment", tmp_path / "ct.nii.gz", "-m")
+    # One fresh interpreter (the hub code never loaded before it) runs the five commands.
+    ok, missing, unpinned, ok_pinned, bad = run_cli_many(
+        [*segment, tiny_seg_bundle, "-o", tmp_path / "seg.nii.gz", "--backbone", "kaiko-ai/coralbay-test@main",
+         "--progress", "jsonl"],
+        [*segment, tiny_seg_bundle, "-o", tmp_path / "seg2.nii.gz", "--backbone", "kaiko-ai/not-cached@main"],
+        [*segment, tiny_seg_bundle, "-o", tmp_path / "seg3.nii.gz", "--backbone", "kaiko-ai/coralbay-test"],
+        [*segment, pinned, "-o", tmp_path / "seg4.nii.gz", "--progress", "jsonl"],
+        [*segment, tampered, "-o", tmp_path / "seg5.nii.gz"], env=env)
+    assert ok.returncode == 0, ok.stderr
+    assert "Loaded " in ok.stdout and "kaiko-ai/coralbay-test@main" in ok.stdout
+    assert missing.returncode == 1 and "Hugging Face Hub" in missing.stderr
+    assert not (tmp_path / "seg2.nii.gz").exists()
+    assert unpinned.returncode == 1 and "Give the hub revision to pin" in unpinned.stderr
+    assert ok_pinned.returncode == 0 and f"kaiko-ai/coralbay-test@{commit}" in ok_pinned.stdout, ok_pinned.stderr
     assert bad.returncode == 1 and "does not match its checksum" in bad.stderr
+    assert not (tmp_path / "seg5.nii.gz").exists()
 
 
 def test_hub_id_parsing():

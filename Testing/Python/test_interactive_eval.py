@@ -161,14 +161,14 @@ def test_seeds_box_outside_is_background_and_clicks_are_balls():
     assert np.abs(ball[:, 0] - 9).max() == 1 and np.abs(ball[:, 2] - 20).max() == 3   # 3 mm at 2 x 1 x 1 mm
 
 
-def test_eval_interactive_end_to_end_with_a_per_click_trace(tmp_path, cli):
+def test_eval_interactive_end_to_end_with_a_per_click_trace(tmp_path):
     """Through the Slicer harness: our session, Grow from seeds and the random walker on a small
     phantom, official protocol: trace, summary, monotonicity. Plain `coralbay eval-interactive`:
     --no-box starts with a positive click; Grow from seeds asked for is named with how to get it."""
     import subprocess
     import sys
 
-    from conftest import cli_env, write_interactive_phantom
+    from conftest import cli_env, run_cli_many, write_interactive_phantom
 
     pytest.importorskip("slicer", reason="Slicer's Grow from seeds needs slicer-core (the test extra)")
     pytest.importorskip("skimage", reason="the random walker needs scikit-image (the eval extra)")
@@ -193,15 +193,16 @@ def test_eval_interactive_end_to_end_with_a_per_click_trace(tmp_path, cli):
         assert summary["monotonicity"]["clicks"] == 2 and 0.0 <= summary["monotonicity"]["share"] <= 1.0
         assert summary["mean_dice_after"]["1"] is not None and summary["mean_dsc_auc"] is not None
     assert result["summary"]["grow-from-seeds"]["mean_dice_after"]["1"] > 0.5
-    done = cli("eval-interactive", ct, labels, "--model", "demo-phantom-seg", "--structures", "spleen", "--no-box",
-               "--no-ours", "--clicks", "2", "--baselines", "random-walker", "--json", out)
+    missing = tmp_path / "missing.json"
+    done, refused = run_cli_many(  # one interpreter, two commands
+        ["eval-interactive", ct, labels, "--model", "demo-phantom-seg", "--structures", "spleen", "--no-box",
+         "--no-ours", "--clicks", "2", "--baselines", "random-walker", "--json", out],
+        ["eval-interactive", ct, labels, "--model", "demo-phantom-seg", "--baselines", "grow-from-seeds",
+         "--no-ours", "--json", missing])
     assert done.returncode == 0, done.stderr
     trace = json.loads(out.read_text())["structures"][0]["methods"]["random-walker"]["trace"]
     assert trace[0]["prompt"] == "positive" and len(trace) == 2
-    missing = tmp_path / "missing.json"
-    done = cli("eval-interactive", ct, labels, "--model", "demo-phantom-seg", "--baselines", "grow-from-seeds",
-               "--no-ours", "--json", missing)
-    assert done.returncode == 2 and "eval_with_slicer.py" in done.stderr and done.stderr.count("\n") == 1
+    assert refused.returncode == 2 and "eval_with_slicer.py" in refused.stderr and refused.stderr.count("\n") == 1
     assert not missing.exists()
 
 

@@ -17,7 +17,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import make_tiny_bundle, write_interactive_phantom
+from conftest import make_tiny_bundle, run_cli_many, write_interactive_phantom
 
 from coralbay.bundle.loader import load_bundle
 from coralbay.interactive import prompts as P
@@ -115,8 +115,12 @@ def test_teach_writes_a_bundle_on_the_same_encoder_and_adds_it_to_the_catalog(ph
     examples = tmp_path / "examples"
     _accept_reference(examples, phantom, tiny["bundle"])
     env = {"CORALBAY_HOME": str(tmp_path / "home")}
-    done = cli("teach", examples, "--model", tiny["bundle"], "--name", "my-organs", "--steps", "3",
-               "--progress", "jsonl", env=env)
+    out = tmp_path / "seg.nii.gz"
+    # teach, then list the catalog and segment with the taught name: one interpreter, three commands
+    done, listed, seg = run_cli_many(
+        ["teach", examples, "--model", tiny["bundle"], "--name", "my-organs", "--steps", "3", "--progress", "jsonl"],
+        ["models", "--json"],
+        ["segment", phantom["ct"], "--model", "my-organs", "--output", out, "--progress", "none"], env=env)
     assert done.returncode == 0, done.stderr
     events = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     assert any(e["event"] == "progress" and e.get("stage") == "train" for e in events)
@@ -126,11 +130,8 @@ def test_teach_writes_a_bundle_on_the_same_encoder_and_adds_it_to_the_catalog(ph
     assert [lab.name for lab in taught.manifest.labels] == ["liver", "spleen"]
     assert taught.manifest.labels.by_name("liver").terminology is not None  # from the base bundle's table
     assert encoder_digest(taught.network) == encoder_digest(load_bundle(str(tiny["bundle"])).network)
-    listed = cli("models", "--json", env=env)
     assert "my-organs" in listed.stdout
     # The catalog name works where models are named: segment a scan with it.
-    out = tmp_path / "seg.nii.gz"
-    seg = cli("segment", phantom["ct"], "--model", "my-organs", "--output", out, "--progress", "none", env=env)
     assert seg.returncode == 0, seg.stderr and out.is_file()
 
     # A name clash: one sentence, non-zero, the existing bundle untouched.
@@ -140,18 +141,19 @@ def test_teach_writes_a_bundle_on_the_same_encoder_and_adds_it_to_the_catalog(ph
     assert {p.name: p.read_bytes() for p in bundle_dir.iterdir() if p.is_file()} == before
 
 
-def test_teach_refuses_no_examples_and_examples_of_another_encoder(phantom, tiny, tmp_path, cli):
+def test_teach_refuses_no_examples_and_examples_of_another_encoder(phantom, tiny, tmp_path):
     env = {"CORALBAY_HOME": str(tmp_path / "home")}
     empty = tmp_path / "empty"
     empty.mkdir()
-    done = cli("teach", empty, "--model", tiny["bundle"], "--name", "x", env=env)
-    assert done.returncode == 1 and "holds no accepted structures" in done.stderr
     examples = tmp_path / "examples"
     _accept_reference(examples, phantom, tiny["other"])
-    done = cli("teach", examples, "--model", tiny["bundle"], "--name", "x", env=env)
+    no_examples, done, bad_name = run_cli_many(  # one interpreter, three commands
+        ["teach", empty, "--model", tiny["bundle"], "--name", "x"],
+        ["teach", examples, "--model", tiny["bundle"], "--name", "x"],
+        ["teach", examples, "--model", tiny["other"], "--name", "My Organs"], env=env)
+    assert no_examples.returncode == 1 and "holds no accepted structures" in no_examples.stderr
     assert done.returncode == 1 and "encoder differs" in done.stderr and done.stderr.count("\n") == 1
     assert not (tmp_path / "home" / "models" / "x").exists()
-    bad_name = cli("teach", examples, "--model", tiny["other"], "--name", "My Organs", env=env)
     assert bad_name.returncode == 2 and "may hold only" in bad_name.stderr
 
 
@@ -159,16 +161,22 @@ def _weights(bundle_dir: Path) -> dict:
     return load_bundle(str(bundle_dir)).network.state_dict()
 
 
-def test_teach_records_its_examples_and_continues_incrementally(phantom, tiny, tmp_path, cli):
+def test_teach_records_its_examples_and_continues_incrementally(phantom, tiny, tmp_path):
     """The taught bundle records the examples it saw; `--from` continues a model taught before on the
     same encoder (all its weights, the output layer too when the structures are the same), and is
     refused for a model of another encoder."""
     examples = tmp_path / "examples"
     _accept_reference(examples, phantom, tiny["bundle"])
     env = {"CORALBAY_HOME": str(tmp_path / "home")}
-    first = tmp_path / "first"
-    done = cli("teach", examples, "--model", tiny["bundle"], "--name", "first", "--output", first, "--steps", "2",
-               "--no-catalog", env=env)
+    first, later = tmp_path / "first", tmp_path / "later"
+    # Taught, continued with a learning rate of almost zero, refused: one interpreter, in this order.
+    done, continued, refused = run_cli_many(
+        ["teach", examples, "--model", tiny["bundle"], "--name", "first", "--output", first, "--steps", "2",
+         "--no-catalog"],
+        ["teach", examples, "--model", tiny["bundle"], "--name", "later", "--output", later, "--from", first,
+         "--steps", "1", "--lr", "1e-12", "--no-catalog"],
+        ["teach", examples, "--model", tiny["bundle"], "--name", "x", "--from", tiny["other"],
+         "--no-catalog", "--output", tmp_path / "x"], env=env)
     assert done.returncode == 0, done.stderr
     training = json.loads((first / "manifest.json").read_text())["metrics"]["training"]
     scan_id = read_examples(examples)[0].scan_id
@@ -177,10 +185,7 @@ def test_teach_records_its_examples_and_continues_incrementally(phantom, tiny, t
 
     # A learning rate of almost zero: the continued model is the one it started from, output layer included
     # (a teach from the base model starts its output layer as a fresh linear probe instead).
-    later = tmp_path / "later"
-    done = cli("teach", examples, "--model", tiny["bundle"], "--name", "later", "--output", later, "--from", first,
-               "--steps", "1", "--lr", "1e-12", "--no-catalog", env=env)
-    assert done.returncode == 0, done.stderr
+    assert continued.returncode == 0, continued.stderr
     before, after, base = _weights(first), _weights(later), _weights(tiny["bundle"])
     for key in ("decoder.out.conv.conv.weight", "decoder.decoder2.conv_block.conv1.conv.weight"):
         assert torch.allclose(before[key], after[key], atol=1e-6), key
@@ -188,8 +193,6 @@ def test_teach_records_its_examples_and_continues_incrementally(phantom, tiny, t
     manifest = json.loads((later / "manifest.json").read_text())
     assert "--from" in manifest["reproduce"] and "continued from" in manifest["description"]
 
-    refused = cli("teach", examples, "--model", tiny["bundle"], "--name", "x", "--from", tiny["other"],
-                  "--no-catalog", "--output", tmp_path / "x", env=env)
     assert refused.returncode == 1 and "was not taught on the encoder" in refused.stderr
     assert refused.stderr.count("\n") == 1 and not (tmp_path / "x").exists()
 
@@ -215,28 +218,28 @@ def test_teach_warns_about_a_structure_too_small_to_learn_and_keeps_to_its_time_
     assert any(w.startswith("speck covers only") for w in training["warnings"])
 
 
-def test_eval_interactive_reads_a_totalsegmentator_labels_json(phantom, tmp_path, cli):
+def test_eval_interactive_reads_a_totalsegmentator_labels_json(phantom, tmp_path):
     """labels.json beside the label map names the structures; --labels-table overrides it."""
     folder = tmp_path / "ts"
     folder.mkdir()
     labels = folder / "seg.nii.gz"
     sitk.WriteImage(sitk.ReadImage(str(phantom["labels"])), str(labels))
     (folder / "labels.json").write_text(json.dumps({"1": "leber", "2": "milz"}))
-    out = tmp_path / "eval.json"
-    done = cli("eval-interactive", phantom["ct"], labels, "--model", "demo-phantom-seg", "--structures", "milz",
-               "--clicks", "1", "--no-baseline", "--cache", tmp_path / "cache", "--json", out)
-    assert done.returncode == 0, done.stderr
-    assert [(s["name"], s["value"]) for s in json.loads(out.read_text())["structures"]] == [("milz", 2)]
-    table = tmp_path / "table.json"
+    table, nothing = tmp_path / "table.json", tmp_path / "nothing.json"
     table.write_text(json.dumps({"3": "niere_links"}))
-    done = cli("eval-interactive", phantom["ct"], labels, "--model", "demo-phantom-seg", "--labels-table", table,
-               "--clicks", "1", "--no-baseline", "--cache", tmp_path / "cache", "--json", out)
-    assert done.returncode == 0, done.stderr
-    assert [s["name"] for s in json.loads(out.read_text())["structures"]] == ["niere_links"]
-    table.write_text(json.dumps({"99": "nothing"}))
-    done = cli("eval-interactive", phantom["ct"], labels, "--model", "demo-phantom-seg", "--labels-table", table,
-               "--json", tmp_path / "none.json")
-    assert done.returncode == 1 and "names none of its label values" in done.stderr
+    nothing.write_text(json.dumps({"99": "nothing"}))
+    evaluate = ("eval-interactive", phantom["ct"], labels, "--model", "demo-phantom-seg")
+    quick = ("--clicks", "1", "--no-baseline", "--cache", tmp_path / "cache")
+    named, overridden, refused = run_cli_many(  # one interpreter, three commands
+        [*evaluate, "--structures", "milz", *quick, "--json", tmp_path / "eval.json"],
+        [*evaluate, "--labels-table", table, *quick, "--json", tmp_path / "table-eval.json"],
+        [*evaluate, "--labels-table", nothing, "--json", tmp_path / "none.json"])
+    assert named.returncode == 0, named.stderr
+    structures = json.loads((tmp_path / "eval.json").read_text())["structures"]
+    assert [(s["name"], s["value"]) for s in structures] == [("milz", 2)]
+    assert overridden.returncode == 0, overridden.stderr
+    assert [s["name"] for s in json.loads((tmp_path / "table-eval.json").read_text())["structures"]] == ["niere_links"]
+    assert refused.returncode == 1 and "names none of its label values" in refused.stderr
     assert not (tmp_path / "none.json").exists()
 
 

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from conftest import run_cli_many
+
 
 @pytest.fixture(scope="module")
 def small_ct(tmp_path_factory):
@@ -53,9 +55,11 @@ def test_probabilities_are_written_per_structure_on_the_input_grid(full_run, sma
     assert np.mean(argmax == labels) > 0.99
 
 
-def test_structures_keeps_only_the_named_ones(full_run, small_ct, tiny_seg_bundle, tmp_path, cli):
+def test_structures_keeps_only_the_named_ones(full_run, small_ct, tiny_seg_bundle, tmp_path):
     out = tmp_path / "spleen.nii.gz"
-    result = cli("segment", small_ct, "-m", tiny_seg_bundle, "-o", out, "--structures", "spleen", "--progress", "none")
+    result, bad = run_cli_many(
+        ["segment", small_ct, "-m", tiny_seg_bundle, "-o", out, "--structures", "spleen", "--progress", "none"],
+        ["segment", small_ct, "-m", tiny_seg_bundle, "-o", tmp_path / "x.nii.gz", "--structures", "heart"])
     assert result.returncode == 0, result.stderr
     only = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
     full = sitk.GetArrayFromImage(sitk.ReadImage(str(full_run[0])))
@@ -63,19 +67,20 @@ def test_structures_keeps_only_the_named_ones(full_run, small_ct, tiny_seg_bundl
     assert np.array_equal(only == 2, full == 2)
     table = json.loads((tmp_path / "spleen.labels.json").read_text())
     assert [lab["name"] for lab in table["labels"]] == ["spleen"]
-    bad = cli("segment", small_ct, "-m", tiny_seg_bundle, "-o", tmp_path / "x.nii.gz", "--structures", "heart")
     assert bad.returncode == 1 and "Unknown structure(s) heart" in bad.stderr
     assert not (tmp_path / "x.nii.gz").exists()
 
 
-def test_roi_restricts_labels_to_the_box(full_run, small_ct, tiny_seg_bundle, tmp_path, cli):
+def test_roi_restricts_labels_to_the_box(full_run, small_ct, tiny_seg_bundle, tmp_path):
     image = sitk.ReadImage(str(small_ct))
     # A box in LPS mm around the voxel block x 5..11, y 6..12, z 5..10.
     lo = image.TransformIndexToPhysicalPoint((5, 6, 5))
     hi = image.TransformIndexToPhysicalPoint((11, 12, 10))
     out = tmp_path / "roi.nii.gz"
     roi = ",".join(f"{v:g}" for v in (*lo, *hi))
-    result = cli("segment", small_ct, "-m", tiny_seg_bundle, "-o", out, f"--roi={roi}", "--progress", "none")
+    result, outside = run_cli_many(
+        ["segment", small_ct, "-m", tiny_seg_bundle, "-o", out, f"--roi={roi}", "--progress", "none"],
+        ["segment", small_ct, "-m", tiny_seg_bundle, "-o", tmp_path / "o.nii.gz", "--roi", "900,900,900,950,950,950"])
     assert result.returncode == 0, result.stderr
     labels = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
     inside = np.zeros_like(labels, bool)
@@ -83,14 +88,16 @@ def test_roi_restricts_labels_to_the_box(full_run, small_ct, tiny_seg_bundle, tm
     full = sitk.GetArrayFromImage(sitk.ReadImage(str(full_run[0])))
     assert full[~inside].any(), "without --roi the random model labels voxels outside the box"
     assert not labels[~inside].any()
-    outside = cli("segment", small_ct, "-m", tiny_seg_bundle, "-o", tmp_path / "o.nii.gz",
-                  "--roi", "900,900,900,950,950,950")
     assert outside.returncode == 1 and "ROI lies outside the volume" in outside.stderr
 
 
-def test_classify_scan_and_point(small_ct, tiny_cls_bundle, tmp_path, cli):
+def test_classify_scan_and_point(small_ct, tiny_cls_bundle, tmp_path):
     image = sitk.ReadImage(str(small_ct))
-    scan = cli("classify", small_ct, "-m", tiny_cls_bundle, "-o", tmp_path / "scan.json", "--progress", "jsonl")
+    point = image.TransformIndexToPhysicalPoint((8, 9, 7))
+    scan, near = run_cli_many(
+        ["classify", small_ct, "-m", tiny_cls_bundle, "-o", tmp_path / "scan.json", "--progress", "jsonl"],
+        ["classify", small_ct, "-m", tiny_cls_bundle, "-o", tmp_path / "point.json",
+         "--point=" + ",".join(map(str, point)), "--progress", "none"])
     assert scan.returncode == 0, scan.stderr
     report = json.loads((tmp_path / "scan.json").read_text())
     assert set(report["probabilities"]) == {"negative", "positive"}
@@ -98,9 +105,6 @@ def test_classify_scan_and_point(small_ct, tiny_cls_bundle, tmp_path, cli):
     assert report["prediction"] in report["classes"] and report["point_lps"] is None
     result_event = [json.loads(line) for line in scan.stdout.splitlines()][-1]
     assert result_event["event"] == "result" and result_event["prediction"] == report["prediction"]
-    point = image.TransformIndexToPhysicalPoint((8, 9, 7))
-    near = cli("classify", small_ct, "-m", tiny_cls_bundle, "-o", tmp_path / "point.json",
-               "--point=" + ",".join(map(str, point)), "--progress", "none")
     assert near.returncode == 0, near.stderr
     point_report = json.loads((tmp_path / "point.json").read_text())
     assert point_report["point_lps"] == pytest.approx(list(point))

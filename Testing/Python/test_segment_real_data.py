@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from conftest import run_cli_many
 from coralbay.grid.model_grid import to_xyz
 from coralbay.grid.resample import resample_to_grid
 from coralbay.inference.preprocess import prepare
@@ -28,11 +29,22 @@ COREBAY_DEFAULT_PREPROCESSING = {"spacing_mm": [1.5, 1.5, 1.5], "intensity_windo
                                  "foreground_margin_mm": 10, "antialias": True}
 
 
+@pytest.fixture(scope="module")
+def segmented(shared_data, tiny_seg_bundle, tmp_path_factory) -> dict:
+    """`coralbay segment` of each real case (one interpreter runs the three commands): case -> (result, output)."""
+    folder = tmp_path_factory.mktemp("segmented")
+    outputs = {case: folder / case / "labels.nii.gz" for case in REAL_CASES}
+    for out in outputs.values():
+        out.parent.mkdir()
+    results = run_cli_many(*[["segment", shared_data / ct, "--model", tiny_seg_bundle, "--output", outputs[case],
+                              "--progress", "jsonl"] for case, (ct, _) in REAL_CASES.items()])
+    return {case: (result, outputs[case]) for case, result in zip(REAL_CASES, results)}
+
+
 @pytest.mark.parametrize("case", REAL_CASES)
-def test_segment_writes_labels_on_exactly_the_input_grid(case, shared_data, tiny_seg_bundle, tmp_path, cli):
+def test_segment_writes_labels_on_exactly_the_input_grid(case, shared_data, segmented):
     ct, _ = REAL_CASES[case]
-    out = tmp_path / "labels.nii.gz"
-    result = cli("segment", shared_data / ct, "--model", tiny_seg_bundle, "--output", out, "--progress", "jsonl")
+    result, out = segmented[case]
     assert result.returncode == 0, result.stderr
     image, labels = read_volume(shared_data / ct), sitk.ReadImage(str(out))
     assert labels.GetSize() == image.GetSize()
@@ -40,7 +52,7 @@ def test_segment_writes_labels_on_exactly_the_input_grid(case, shared_data, tiny
     assert labels.GetOrigin() == pytest.approx(image.GetOrigin(), abs=1e-4)
     assert labels.GetDirection() == pytest.approx(image.GetDirection(), abs=1e-6)
     assert labels.GetPixelID() in (sitk.sitkUInt8, sitk.sitkUInt16)
-    table = json.loads((tmp_path / "labels.labels.json").read_text())
+    table = json.loads((out.parent / "labels.labels.json").read_text())
     assert [lab["name"] for lab in table["labels"]] == ["liver", "spleen"]
     events = [json.loads(line) for line in result.stdout.splitlines()]
     assert events[-1]["event"] == "result" and events[-1]["outputs"]["labels"] == str(out)

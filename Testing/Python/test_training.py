@@ -14,6 +14,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from conftest import run_cli_many
 from coralbay.bundle.factory import manifest_fields
 from coralbay.bundle.loader import load_bundle
 from coralbay.cli import main
@@ -199,7 +200,7 @@ def _blob_volume(path: Path, bright_at: tuple[int, int, int]) -> sitk.Image:
     return image
 
 
-def test_train_cls_point_probe_from_csv(tmp_path, cli):
+def test_train_cls_point_probe_from_csv(tmp_path):
     rows = ["image,label,x,y,z"]
     for i, (ci, cj, ck) in enumerate([(12, 12, 12), (34, 30, 14)]):
         image = _blob_volume(tmp_path / f"scan{i}.nii.gz", (ci, cj, ck))
@@ -209,9 +210,15 @@ def test_train_cls_point_probe_from_csv(tmp_path, cli):
         rows.append(f"scan{i}.nii.gz,background,{dull[0]},{dull[1]},{dull[2]}")
     (tmp_path / "train.csv").write_text("\n".join(rows) + "\n")
     out = tmp_path / "probe"
-    # At 1 mm the region around a point (56 mm, one 64^3 window) holds the blob or not.
-    proc = cli("train-cls", "--csv", tmp_path / "train.csv", "--feature-size", "6", "--spacing", "1",
-               "--window", "64", "--output", out, "--classes", "background,nodule", "--progress", "none")
+    row = rows[1].split(",")
+    report = tmp_path / "report.json"
+    # At 1 mm the region around a point (56 mm, one 64^3 window) holds the blob or not. Trained, then
+    # the bundle classifies a training point: one interpreter, in this order.
+    proc, classified = run_cli_many(
+        ["train-cls", "--csv", tmp_path / "train.csv", "--feature-size", "6", "--spacing", "1", "--window", "64",
+         "--output", out, "--classes", "background,nodule", "--progress", "none"],
+        ["classify", tmp_path / row[0], "--model", out, "--point", ",".join(row[2:]), "--output", report,
+         "--progress", "none"])
     assert proc.returncode == 0, proc.stderr
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["classes"] == ["background", "nodule"]
@@ -219,11 +226,7 @@ def test_train_cls_point_probe_from_csv(tmp_path, cli):
     assert manifest["reproduce"].startswith("coralbay train-cls --csv")
     assert "not validated for clinical use" in manifest["intended_use"]
     # The bundle classifies a training point through `coralbay classify --point`.
-    row = rows[1].split(",")
-    report = tmp_path / "report.json"
-    proc = cli("classify", tmp_path / row[0], "--model", out, "--point", ",".join(row[2:]), "--output", report,
-               "--progress", "none")
-    assert proc.returncode == 0, proc.stderr
+    assert classified.returncode == 0, classified.stderr
     assert json.loads(report.read_text())["prediction"] == "nodule"
 
 
