@@ -273,14 +273,29 @@ def sliding_window_embeddings(
     device: torch.device | str = "cpu",
     autocast: bool = True,
     progress: ProgressCallback | None = None,
+    watch: Callable[[int, int], bool] | None = None,
 ) -> tuple[torch.Tensor, dict]:
     """Per-window feature vectors (N, D) for the windows that hold anything but air (every
-    window when there is nothing but air), from the same loop as the logits."""
+    window when there is nothing but air), from the same loop as the logits.
+
+    `watch(done, total)` is called with 0 before the first window and after each batch, its
+    vectors on the host (so the time between calls is the windows' real time): it may raise to
+    stop the run, or return True to end it early with the vectors so far (`classify.RunPace`
+    times a run by its own first windows).
+    """
     device = torch.device(device)
     run = plan_run(volume, settings, all_when_empty=True)
+    vectors: list[torch.Tensor] = []
+    if watch is not None and watch(0, len(run.todo)):
+        return torch.empty(0), {**run.stats(), "windows_evaluated": 0}
     with window_context(device, autocast):
-        vectors = [outputs.float().cpu() for _, outputs in evaluate_windows(run, embed, settings, device, progress)]
-    return torch.cat(vectors), run.stats()
+        for _, outputs in evaluate_windows(run, embed, settings, device, progress):
+            vectors.append(outputs.float().cpu())
+            if watch is not None and watch(sum(len(v) for v in vectors), len(run.todo)):
+                break
+    stats = run.stats()
+    stats["windows_evaluated"] = sum(len(v) for v in vectors)
+    return torch.cat(vectors), stats
 
 
 def windows_needed(shape: Sequence[int], window: Sequence[int], overlap: float) -> int:
