@@ -185,8 +185,9 @@ def classify_image(image: sitk.Image, bundle: LoadedBundle, device: torch.device
         pace = RunPace(bundle.manifest.inference.windows(overlap=overlap).size, device)
 
         def watch(done: int, total: int) -> bool:
-            """Refuse the run as soon as its own first windows project it over LONG_RUN_S."""
-            if pace.estimate is None and pace(done, total) and pace.estimate.seconds > LONG_RUN_S:
+            """Refuse the run as soon as its own first windows project it over LONG_RUN_S (never
+            once they are the whole run: it is done)."""
+            if pace.estimate is None and pace(done, total) and done < total and pace.estimate.seconds > LONG_RUN_S:
                 refuse_long_run(pace.estimate, point_lps, bundle.manifest)
             return False
 
