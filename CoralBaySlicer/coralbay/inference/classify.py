@@ -57,11 +57,11 @@ class RunPace:
     """A classification's estimate from its own first windows: the `watch` of
     `sliding_window_embeddings`, so that no network forward is computed only to be timed.
 
-    Timing real windows (not a FLOP guess) makes the estimate hold on any device. The first batch
-    carries the first call's set-up (kernels, caches) and so over-states the pace: when even it
-    projects the run within LONG_RUN_S, or it was the whole run, that settles the estimate;
-    otherwise the second batch gives the pace. A run of one window is not timed: the run is that
-    window.
+    Timing real windows (not a FLOP guess) makes the estimate hold on any device. The first window
+    (the loop runs the first two alone) carries the first call's set-up (kernels, caches) and so
+    over-states the pace: when even it projects the run within LONG_RUN_S, that settles the
+    estimate; otherwise the second window gives the pace. A run of one window is not timed: the
+    run is that window.
     """
 
     def __init__(self, window_size: Sequence[int], device: torch.device) -> None:
@@ -179,20 +179,19 @@ def classify_image(image: sitk.Image, bundle: LoadedBundle, device: torch.device
     progress("preprocess", 0.0, "cropping and resampling")
     prepared = prepare_classification(image, bundle.manifest, point_lps)
     progress("preprocess", 1.0, "")
-    pace = None
-    watch = None
-    if not allow_long_run:
-        pace = RunPace(bundle.manifest.inference.windows(overlap=overlap).size, device)
+    pace = None if allow_long_run else RunPace(bundle.manifest.inference.windows(overlap=overlap).size, device)
 
-        def watch(done: int, total: int) -> bool:
-            """Refuse the run as soon as its own first windows project it over LONG_RUN_S (never
-            once they are the whole run: it is done)."""
-            if pace.estimate is None and pace(done, total) and done < total and pace.estimate.seconds > LONG_RUN_S:
-                refuse_long_run(pace.estimate, point_lps, bundle.manifest)
-            return False
+    def refuse_when_long(done: int, total: int) -> bool:
+        """Refuse the run as soon as its own first windows project it over LONG_RUN_S (never once
+        they are the whole run: it is done)."""
+        assert pace is not None
+        if pace.estimate is None and pace(done, total) and done < total and pace.estimate.seconds > LONG_RUN_S:
+            refuse_long_run(pace.estimate, point_lps, bundle.manifest)
+        return False
 
     report = classify_prepared(prepared, bundle, device, point_lps=point_lps, overlap=overlap,
-                               window_batch_size=window_batch_size, progress=progress, watch=watch)
+                               window_batch_size=window_batch_size, progress=progress,
+                               watch=None if pace is None else refuse_when_long)
     report["seconds"] = round(time.perf_counter() - start, 3)
     if pace is not None and pace.estimate is not None:
         report["estimate"] = pace.estimate.to_dict()
