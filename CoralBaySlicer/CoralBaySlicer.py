@@ -126,6 +126,9 @@ class CoralBaySlicerParameterNode:
     interactiveBox: Optional[vtkMRMLMarkupsROINode]  # a box drawn around the structure
     interactivePropose: bool = True  # a structure starts from the engine's automatic proposal, if any
     proposeWith: str = ""  # a segmentation model proposing structures (engine --propose-with); "": examples only
+    taughtModel: str = ""  # the model taught last here: Teach model can build on it (engine teach --from)
+    teachBuildOn: bool = False  # the next teach builds on taughtModel
+    teachMinutes: Annotated[float, WithinRange(0.0, 600.0)] = 0.0  # its time budget (engine teach --minutes); 0: none
     exportFolder: pathlib.Path = pathlib.Path.home()
     # The Engine section (the token is not here: it stays in memory, see engine_section.py)
     engine: Annotated[str, Choice(list(ENGINE_CHOICES))] = "Local"
@@ -374,11 +377,12 @@ class CoralBaySlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         name = self.ui.teachNameLineEdit.text.strip()
 
         def taught(model: str) -> None:
-            p.proposeWith = model  # the next session starts structures from it
+            self.interactive.taught(model)  # proposes in the next session; the next teach may build on it
             self.models.refresh()
             self.onLog("info", _("Taught the model {name}; it is in the model list and proposes the structures it "
                                  "knows in the next interactive session (Propose with).").format(name=model))
-        self.startJob(lambda done: self.logic.teachModel(name, p.model, device=p.device, onDone=done), onDone=taught)
+        self.startJob(lambda done: self.logic.teachModel(name, p.model, device=p.device, onDone=done,
+                                                         **self.interactive.teachOptions()), onDone=taught)
 
     def onCancel(self) -> None:
         self.logic.cancel()

@@ -192,6 +192,27 @@ class InteractiveSection:
     def cleanUpScans(self) -> None:
         self.act(self.logic.cleanUpKeptScans)
 
+    # -- the Teach model row (the job itself is started by the widget, like Segment) -------------------
+
+    def teachOptions(self) -> dict:
+        """`logic.teachModel`'s startFrom and minutes from the row (bound to the parameter node): build
+        on the model taught last here when ticked, and the time budget (0: none)."""
+        p = self.parameterNode()
+        return {"startFrom": p.taughtModel if p.taughtModel and p.teachBuildOn else None,
+                "minutes": float(p.teachMinutes) if p.teachMinutes > 0 else None}
+
+    def taught(self, model: str) -> None:
+        """A teach succeeded: its model proposes in the next session and is the one to build on."""
+        p = self.parameterNode()
+        p.proposeWith = p.taughtModel = model
+        self.showTeachRow()
+
+    def showTeachRow(self) -> None:
+        p = self.parameterNode()
+        box, newest = self.ui.teachBuildOnCheckBox, p.taughtModel if p is not None else ""
+        box.enabled = bool(newest)
+        box.text = _("Build on {name}").format(name=newest) if newest else _("Build on the newest taught model")
+
     def onClose(self) -> None:
         self.logic.closeInteractive()
         self.stopObservingPoints()
@@ -222,3 +243,4 @@ class InteractiveSection:
                        self.ui.undoInteractiveButton, self.ui.redoInteractiveButton, self.ui.acceptInteractiveButton,
                        self.ui.nextStructureButton, self.ui.sendBoxButton, self.ui.refineSegmentButton):
             button.enabled = session is not None
+        self.showTeachRow()

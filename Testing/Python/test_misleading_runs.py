@@ -269,6 +269,38 @@ def test_a_long_classification_is_refused_before_it_starts(wide_scan, tiny_cls_b
     assert report.is_file()
 
 
+def test_classify_times_its_own_windows_and_runs_no_forward_only_to_time_it(wide_scan, tiny_cls_bundle, monkeypatch):
+    """The long-run guard once timed two extra forwards before every run; now the run's own first
+    windows are timed (one by one, then in batches). The real tiny encoder counts the windows it is
+    given: a run forwards exactly its windows, `--estimate`'s function at most its first two, a
+    refused run stops after its first two whatever the batch size, and a run those two finish is
+    never refused."""
+    import torch
+
+    import coralbay.inference.classify as classify_module
+    from coralbay.bundle.loader import load_bundle
+    from coralbay.errors import ConfirmationNeeded
+    from coralbay.io.volumes import read_volume
+
+    bundle, image, cpu = load_bundle(tiny_cls_bundle), read_volume(wide_scan), torch.device("cpu")
+    forwarded: list[int] = []  # windows per encoder forward
+    bundle.network.encoder.register_forward_hook(lambda _m, inputs, _out: forwarded.append(len(inputs[0])))
+    report = classify_module.classify_image(image, bundle, cpu, allow_long_run=False, window_batch_size=2)
+    assert forwarded == [1, 1, 2] and report["windows"] == report["estimate"]["windows"] == 4
+    forwarded.clear()
+    estimate = classify_module.estimate_classification(classify_module.prepare_classification(image, bundle.manifest),
+                                                       bundle, cpu, window_batch_size=2)
+    assert estimate.windows == 4 and forwarded in ([1], [1, 1])
+    monkeypatch.setattr(classify_module, "LONG_RUN_S", 0.0)
+    forwarded.clear()
+    with pytest.raises(ConfirmationNeeded, match="4 windows"):
+        classify_module.classify_image(image, bundle, cpu, allow_long_run=False, window_batch_size=64)
+    assert forwarded == [1, 1]
+    forwarded.clear()
+    two = classify_module.classify_image(image[:40], bundle, cpu, allow_long_run=False)  # 2 windows: done, kept
+    assert forwarded == [1, 1] and two["windows"] == 2 and two["estimate"]["long"]
+
+
 def test_a_cut_accepted_example_mask_is_refused(tmp_path):
     """Teach model and the examples proposal read accepted masks through the same checked reader."""
     from coralbay.errors import InputError

@@ -15,7 +15,7 @@ import SimpleITK as sitk
 import vtk
 
 from coralbay.interactive import simulate as S
-from conftest import write_interactive_phantom
+from conftest import REPO, write_interactive_phantom
 from CoralBaySlicerLib import coordinates
 from test_slicer_module import (  # noqa: F401 (fixture)
     _added, _load_test_terminology, _nodes, _segment_ids, _segment_names, module)
@@ -233,6 +233,30 @@ def test_teach_model_runs_in_the_background_and_the_model_joins_the_list(module,
     assert taught.segments and set(taught.structures) == {"liver", "spleen"}
     with pytest.raises(ValueError, match="already in the catalog"):
         logic.teachModel("my-organs", "demo-phantom-seg", examplesFolder=examples)
+
+    # the panel's Teach model row (interactive_section, the .ui's widgets emulated): build on the model
+    # taught last, with a time budget, through the real logic and engine
+    import ui_loader
+    from CoralBaySlicerScene.interactive_section import InteractiveSection
+
+    ui, params = ui_loader.childWidgetVariables(REPO / "Resources" / "UI" / "CoralBaySlicer.ui"), logic.getParameterNode()
+    section = InteractiveSection(ui, logic, lambda: params, lambda: True, lambda: None)
+    section.updateButtons(canStart=True)
+    assert not ui.teachBuildOnCheckBox.enabled and section.teachOptions() == {"startFrom": None, "minutes": None}
+    section.taught(done.value)  # what the widget does when its teach job succeeds
+    assert params.proposeWith == params.taughtModel == "my-organs"
+    assert ui.teachBuildOnCheckBox.enabled and "my-organs" in ui.teachBuildOnCheckBox.text
+    assert section.teachOptions()["startFrom"] is None  # not ticked: a teach from the selected model
+    with pytest.raises(ValueError, match="within range"):
+        params.teachMinutes = -1.0  # the minutes box's range, as Slicer's validator checks it
+    params.teachBuildOn, params.teachMinutes = True, 0.5  # what the ticked box and the minutes box set (GUI binding)
+    assert section.teachOptions() == {"startFrom": "my-organs", "minutes": 0.5}
+    again = logic.teachModel("my-organs-2", "demo-phantom-seg", device="CPU", examplesFolder=examples, steps=2,
+                             **section.teachOptions())
+    argv = again.run.argv
+    assert argv[argv.index("--from") + 1] == "my-organs" and argv[argv.index("--minutes") + 1] == "0.5"
+    finished = logic.wait(TIMEOUT_S)
+    assert finished.state == JobState.SUCCEEDED and "starting from my-organs" in finished.full_log(), finished.full_log()
 
 
 def _accept_by_clicks(logic, ct, image, truth, positive, negative, name: str, target: float = 0.9) -> float:

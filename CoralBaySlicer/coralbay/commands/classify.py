@@ -27,10 +27,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="classify the region around this point (mm, LPS), e.g. a nodule centre "
                         "(write --point=-10,... when the first number is negative)")
     p.add_argument("--allow-long-run", action="store_true",
-                   help="run even when the estimate (windows x one window timed on this device) is over a "
-                        "minute; without it such a run is refused before it starts, with the estimate")
+                   help="run even when the estimate (windows x the pace of the run's own first windows on this "
+                        "device) is over a minute; without it such a run stops after those windows, with the estimate")
     p.add_argument("--estimate", action="store_true",
-                   help="only print the estimate (windows, seconds on this device) as the result; write nothing")
+                   help="only print the estimate (windows, seconds on this device; the run's first windows are "
+                        "timed, then it stops) as the result; write nothing")
     add_progress_option(p)
     p.set_defaults(run=run)
 
@@ -58,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
     if args.estimate:  # what the Slicer panel asks before it starts a run
         from coralbay.inference.classify import estimate_classification, prepare_classification
 
-        estimate = estimate_classification(prepare_classification(image, bundle.manifest, args.point), bundle, device)
+        estimate = estimate_classification(prepare_classification(image, bundle.manifest, args.point), bundle, device,
+                                           window_batch_size=args.window_batch)
         reporter.result(outputs={}, estimate=estimate.to_dict())
         if args.progress != "jsonl":
             print(f"{estimate.describe()}" + (" (longer than a minute: needs --allow-long-run)"

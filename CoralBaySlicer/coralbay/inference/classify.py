@@ -22,7 +22,7 @@ from coralbay.bundle.manifest import Manifest
 from coralbay.errors import ConfirmationNeeded, CoralBayError, InputError
 from coralbay.inference.fast_swin import enable_fast_swin
 from coralbay.inference.preprocess import Prepared, prepare
-from coralbay.inference.sliding_window import plan_windows, sliding_window_embeddings, window_context
+from coralbay.inference.sliding_window import sliding_window_embeddings
 
 Progress = Callable[[str, float, str], None]
 LONG_RUN_S = 60.0  # a run estimated longer than this is refused unless confirmed (allow_long_run)
@@ -30,7 +30,7 @@ LONG_RUN_S = 60.0  # a run estimated longer than this is refused unless confirme
 
 @dataclass(frozen=True)
 class RunEstimate:
-    """How long a classification will take: its windows times one window timed on the device."""
+    """How long a classification will take: its windows times the pace of its own windows on the device."""
 
     windows: int
     window_size: tuple[int, int, int]
@@ -53,30 +53,60 @@ class RunEstimate:
                 "device": self.device, "long": self.seconds > LONG_RUN_S}
 
 
+class RunPace:
+    """A classification's estimate from its own first windows: the `watch` of
+    `sliding_window_embeddings`, so that no network forward is computed only to be timed.
+
+    Timing real windows (not a FLOP guess) makes the estimate hold on any device. The first window
+    (the loop runs the first two alone) carries the first call's set-up (kernels, caches) and so
+    over-states the pace: when even it projects the run within LONG_RUN_S, that settles the
+    estimate; otherwise the second window gives the pace. A run of one window is not timed: the
+    run is that window.
+    """
+
+    def __init__(self, window_size: Sequence[int], device: torch.device) -> None:
+        self.window_size = tuple(int(v) for v in window_size)
+        self.device = str(device)
+        self.estimate: RunEstimate | None = None  # set once settled
+        self._start = time.perf_counter()
+        self._first: tuple[int, float] | None = None  # windows done and seconds after the first batch
+
+    def __call__(self, done: int, total: int) -> bool:
+        """Called before the first window (0) and after each batch; True once the estimate is settled."""
+        if self.estimate is not None:
+            return True
+        if done == 0:
+            self._start = time.perf_counter()
+            if total <= 1:
+                self.estimate = RunEstimate(total, self.window_size, 0.0, self.device)  # type: ignore[arg-type]
+            return self.estimate is not None
+        elapsed = time.perf_counter() - self._start
+        if self._first is None and (done >= total or elapsed / done * total <= LONG_RUN_S):
+            per_window = elapsed / done
+        elif self._first is None:
+            self._first = (done, elapsed)
+            return False
+        else:
+            per_window = (elapsed - self._first[1]) / (done - self._first[0])
+        self.estimate = RunEstimate(total, self.window_size, per_window, self.device)  # type: ignore[arg-type]
+        return True
+
+
 def estimate_classification(prepared: Prepared, bundle: LoadedBundle, device: torch.device, *,
-                            overlap: float | None = None) -> RunEstimate:
-    """Count the windows of a prepared scan and time one window of the network on `device`.
+                            overlap: float | None = None, window_batch_size: int | None = None) -> RunEstimate:
+    """How long classifying a prepared scan takes on `device`: its first windows run and timed
+    (`RunPace`), then the run stops.
 
     Why: a bundle made for the region around a point, run over a whole scan at its fine spacing,
     is thousands of windows (20+ minutes on a CPU); the user should know before, not after.
-    Timing a real window (not a FLOP guess) makes the estimate hold on any device: the second of
-    two calls, as the first sets things up. One window is not timed: the run is that window.
     """
-    settings = bundle.manifest.inference.windows(overlap=overlap)
-    windows = len(plan_windows(prepared.array.shape, settings.size, settings.overlap).slices)
-    if windows == 1:
-        return RunEstimate(1, tuple(settings.size), 0.0, str(device))  # type: ignore[arg-type]
+    settings = bundle.manifest.inference.windows(overlap=overlap, batch_size=window_batch_size)
+    pace = RunPace(settings.size, device)
     network = bundle.network.to(device)
     enable_fast_swin(network)
-    probe = torch.zeros((1, 1, *settings.size), device=device)
-    with window_context(device, True):
-        network.embed(probe)  # the first call sets things up (kernels, caches): not representative
-        start = time.perf_counter()
-        network.embed(probe)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - start
-    return RunEstimate(windows, tuple(settings.size), seconds, str(device))  # type: ignore[arg-type]
+    sliding_window_embeddings(prepared.array, network.embed, settings, device=device, watch=pace)
+    assert pace.estimate is not None  # the run either settled its pace or ran to its end
+    return pace.estimate
 
 
 def refuse_long_run(estimate: RunEstimate, point_lps: Sequence[float] | None, manifest: Manifest) -> None:
@@ -113,11 +143,12 @@ def prepare_classification(image: sitk.Image, manifest: Manifest,
 def prepared_embedding(prepared: Prepared, manifest: Manifest, embed: Callable[[torch.Tensor], torch.Tensor],
                        device: torch.device, *, overlap: float | None = None,
                        window_batch_size: int | None = None,
-                       progress: Progress = lambda s, f, m="": None) -> tuple[torch.Tensor, dict]:
+                       progress: Progress = lambda s, f, m="": None,
+                       watch: Callable[[int, int], bool] | None = None) -> tuple[torch.Tensor, dict]:
     """The pooled feature vector (1, D) of a prepared scan (`prepare_classification`)."""
     vectors, stats = sliding_window_embeddings(
         prepared.array, embed, manifest.inference.windows(overlap=overlap, batch_size=window_batch_size),
-        device=device, progress=lambda f, m: progress("inference", f, m))
+        device=device, progress=lambda f, m: progress("inference", f, m), watch=watch)
     return vectors.mean(dim=0, keepdim=True), stats
 
 
@@ -140,38 +171,46 @@ def classify_image(image: sitk.Image, bundle: LoadedBundle, device: torch.device
                    progress: Progress = lambda s, f, m="": None) -> dict:
     """Class probabilities for a scan (or the region around a point) with a classification bundle.
 
-    Without `allow_long_run`, the run is estimated first and refused (one sentence with the
-    estimate) when longer than LONG_RUN_S; the report then carries the estimate.
+    Without `allow_long_run`, the run's own first windows are timed (`RunPace`) and the run is
+    refused (one sentence with the estimate) as soon as they project it longer than LONG_RUN_S;
+    the report then carries the estimate.
     """
     start = time.perf_counter()
     progress("preprocess", 0.0, "cropping and resampling")
     prepared = prepare_classification(image, bundle.manifest, point_lps)
-    estimate = None
-    if not allow_long_run:
-        estimate = estimate_classification(prepared, bundle, device, overlap=overlap)
-        if estimate.seconds > LONG_RUN_S:
-            refuse_long_run(estimate, point_lps, bundle.manifest)
-    progress("preprocess", 1.0, estimate.describe() if estimate else "")
+    progress("preprocess", 1.0, "")
+    pace = None if allow_long_run else RunPace(bundle.manifest.inference.windows(overlap=overlap).size, device)
+
+    def refuse_when_long(done: int, total: int) -> bool:
+        """Refuse the run as soon as its own first windows project it over LONG_RUN_S (never once
+        they are the whole run: it is done)."""
+        assert pace is not None
+        if pace.estimate is None and pace(done, total) and done < total and pace.estimate.seconds > LONG_RUN_S:
+            refuse_long_run(pace.estimate, point_lps, bundle.manifest)
+        return False
+
     report = classify_prepared(prepared, bundle, device, point_lps=point_lps, overlap=overlap,
-                               window_batch_size=window_batch_size, progress=progress)
+                               window_batch_size=window_batch_size, progress=progress,
+                               watch=None if pace is None else refuse_when_long)
     report["seconds"] = round(time.perf_counter() - start, 3)
-    if estimate is not None:
-        report["estimate"] = estimate.to_dict()
+    if pace is not None and pace.estimate is not None:
+        report["estimate"] = pace.estimate.to_dict()
     return report
 
 
 def classify_prepared(prepared: Prepared, bundle: LoadedBundle, device: torch.device, *,
                       point_lps: Sequence[float] | None = None, overlap: float | None = None,
                       window_batch_size: int | None = None,
-                      progress: Progress = lambda s, f, m="": None) -> dict:
+                      progress: Progress = lambda s, f, m="": None,
+                      watch: Callable[[int, int], bool] | None = None) -> dict:
     """`classify_image`'s report for a scan `prepare_classification` made (with the same point);
-    its `seconds` count the network and head only."""
+    its `seconds` count the network and head only. `watch`: as `sliding_window_embeddings`'."""
     manifest = bundle.manifest
     start = time.perf_counter()
     network = bundle.network.to(device)
     enable_fast_swin(network)
     scan_vector, stats = prepared_embedding(prepared, manifest, network.embed, device, overlap=overlap,
-                                            window_batch_size=window_batch_size, progress=progress)
+                                            window_batch_size=window_batch_size, progress=progress, watch=watch)
     with torch.inference_mode():
         probs = torch.softmax(network.head(scan_vector.to(device)).float(), dim=1)[0].cpu().numpy()
     classes = manifest.classes

@@ -57,8 +57,11 @@ def autocast_context(device: torch.device, enabled: bool) -> contextlib.Abstract
     return torch.autocast("cuda", dtype=dtype)
 
 
-def _batches(items: list, size: int) -> Iterator[list]:
-    for start in range(0, len(items), size):
+def _batches(items: list, size: int, singles: int = 0) -> Iterator[list]:
+    """Batches of `size`, after the first `singles` items one by one."""
+    singles = min(singles, len(items))
+    yield from ([item] for item in items[:singles])
+    for start in range(singles, len(items), size):
         yield items[start:start + size]
 
 
@@ -89,16 +92,16 @@ def plan_run(volume: np.ndarray | torch.Tensor, settings: WindowSettings, all_wh
 
 
 def evaluate_windows(run: WindowRun, network: Callable[[torch.Tensor], torch.Tensor], settings: WindowSettings,
-                     device: torch.device, progress: ProgressCallback | None = None
+                     device: torch.device, progress: ProgressCallback | None = None, singles: int = 0
                      ) -> Iterator[tuple[list[tuple[slice, slice, slice]], torch.Tensor]]:
     """The one sliding-window loop: yield (windows, network outputs) batch by batch.
 
     Callers (blended logits, per-window embeddings) run it inside `window_context`, which must
     stay entered while they use the outputs. Progress is reported after the caller has taken
-    each batch.
+    each batch. The first `singles` windows go one by one (a caller timing the run by them).
     """
     done = 0
-    for batch in _batches(run.todo, max(1, settings.batch_size)):
+    for batch in _batches(run.todo, max(1, settings.batch_size), singles):
         inputs = torch.stack([run.volume[s] for s in batch])[:, None].to(device)
         yield batch, network(inputs)
         done += len(batch)
@@ -274,14 +277,30 @@ def sliding_window_embeddings(
     device: torch.device | str = "cpu",
     autocast: bool = True,
     progress: ProgressCallback | None = None,
+    watch: Callable[[int, int], bool] | None = None,
 ) -> tuple[torch.Tensor, dict]:
     """Per-window feature vectors (N, D) for the windows that hold anything but air (every
-    window when there is nothing but air), from the same loop as the logits."""
+    window when there is nothing but air), from the same loop as the logits.
+
+    `watch(done, total)` is called with 0 before the first window and after each batch, its
+    vectors on the host (so the time between calls is the windows' real time): it may raise to
+    stop the run, or return True to end it early with the vectors so far (`classify.RunPace`
+    times a run by its own first windows; with a watch, the first two go one by one, so that
+    stopping there costs two windows whatever the batch size).
+    """
     device = torch.device(device)
     run = plan_run(volume, settings, all_when_empty=True)
+    vectors: list[torch.Tensor] = []
+    if watch is not None and watch(0, len(run.todo)):
+        return torch.empty(0), {**run.stats(), "windows_evaluated": 0}
     with window_context(device, autocast):
-        vectors = [outputs.float().cpu() for _, outputs in evaluate_windows(run, embed, settings, device, progress)]
-    return torch.cat(vectors), run.stats()
+        for _, outputs in evaluate_windows(run, embed, settings, device, progress, singles=2 if watch else 0):
+            vectors.append(outputs.float().cpu())
+            if watch is not None and watch(sum(len(v) for v in vectors), len(run.todo)):
+                break
+    stats = run.stats()
+    stats["windows_evaluated"] = sum(len(v) for v in vectors)
+    return torch.cat(vectors), stats
 
 
 def windows_needed(shape: Sequence[int], window: Sequence[int], overlap: float) -> int:
