@@ -2,8 +2,8 @@
 # The interactive evaluation on DEVELOPMENT data (tune on these freely; the test set is in
 # test_set.json and run_test.sh). Official CVPR 2025 protocol, box + CLICKS clicks (default 5),
 # our session against Slicer's Grow from seeds and the random walker, each on its own errors.
-# Run from the repository root:   sh benchmarks/interactive/run_dev.sh [realct] [totalseg] [nodule] [phantoms]
-# (no names: all four). Writes benchmarks/interactive/dev-*.json, each stamped with the commit it measured.
+# Run from the repository root:   sh benchmarks/interactive/run_dev.sh [realct] [totalseg] [nodule] [phantoms] [sequence]
+# (no names: the first four). Writes benchmarks/interactive/dev-*.json, each stamped with the commit it measured.
 # While tuning our method: EXTRA=--no-baseline SUFFIX=-mine (the baselines do not change with it;
 # their curves are in the committed dev-*.json); CLICKS=10 for 10 clicks.
 set -e
@@ -46,6 +46,14 @@ for part in $PARTS; do
         PAIRS="$PAIRS $W/p$s.nii.gz $W/p$s-labels.nii.gz"
       done
       run phantoms-c$CLICKS${SUFFIX:-} $PAIRS --structures liver,spleen,kidney_left,kidney_right,aorta,vertebrae,lung ;;
-    *) echo "unknown part $part (realct, totalseg, nodule, phantoms)" >&2; exit 2 ;;
+    sequence)  # across scans: dev phantoms 10003-10006 in order, each scan's accepted structures
+      PAIRS=""  # proposing the next scan's first answer (--sequence); ours only, box + CLICKS clicks
+      for s in 10003 10004 10005 10006; do
+        $PY -m coralbay phantom --seed $s --output "$W/p$s.nii.gz" --labels "$W/p$s-labels.nii.gz" \
+          --spacing 2 --size-mm 240,200,140 --lesions no >/dev/null
+        PAIRS="$PAIRS $W/p$s.nii.gz $W/p$s-labels.nii.gz"
+      done
+      run sequence-c$CLICKS${SUFFIX:-} $PAIRS --sequence --no-baseline --structures liver,spleen,kidney_left,kidney_right,aorta,vertebrae,lung ;;
+    *) echo "unknown part $part (realct, totalseg, nodule, phantoms, sequence)" >&2; exit 2 ;;
   esac
 done
