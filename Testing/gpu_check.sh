@@ -12,14 +12,7 @@
 # and this script installs them into /tmp/site first.
 # Usage: bash Testing/gpu_check.sh [OUT_DIR] [extra options of python -m coralbay_bench.gpu_check]
 set -euo pipefail
-cd "$(dirname "$0")/.."
-OUT="${1:-gpu-check-results}"; shift || true
-PY="${PYTHON:-python3}"
-if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
-fi
-export PYTHONPATH="$PWD/CoralBaySlicer:$PWD/benchmarks${PYTHONPATH:+:$PYTHONPATH}"
-export PYTHONUNBUFFERED=1
+source "$(dirname "$0")/gpu_env.sh"   # OUT, PY, the carried wheels and PYTHONPATH
+shift || true
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 timeout 570 "$PY" -m coralbay_bench.gpu_check --out "$OUT" "$@"

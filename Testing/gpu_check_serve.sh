@@ -9,15 +9,8 @@
 # Usage: bash Testing/gpu_check_serve.sh [OUT_DIR] [extra options of benchmarks/serve/serve_bench.py]
 # SERVE_DEVICE=cpu runs the same on a machine without a GPU (to try the script).
 set -euo pipefail
-cd "$(dirname "$0")/.."
-OUT="${1:-gpu-check-results}"; shift || true
-PY="${PYTHON:-python3}"
-if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
-fi
-export PYTHONPATH="$PWD/CoralBaySlicer:$PWD/benchmarks${PYTHONPATH:+:$PYTHONPATH}"
-export PYTHONUNBUFFERED=1
+source "$(dirname "$0")/gpu_env.sh"   # OUT, PY, the carried wheels and PYTHONPATH
+shift || true
 if ! "$PY" -c "import starlette, uvicorn, cryptography" 2>/dev/null; then
   echo "The serve extra (starlette, uvicorn, cryptography) is not installed for $PY; add its wheels to .whl/." >&2
   exit 2
