@@ -217,3 +217,22 @@ def test_the_earlier_protocol_stays_available(blob):
                                target, image, protocol, 2, box)
     assert found["trace"][0]["lower_zyx"] == list(box.lower_zyx)
     assert found["dsc_auc"] == pytest.approx(np.mean(found["dice_per_click"]), abs=1e-4)
+
+
+def test_without_a_box_the_user_clicks_on_the_proposal_shown(blob):
+    """A structure that starts from a proposal (--propose-with, or the examples' proposal): the
+    simulated user looks at that proposal, so the first click is the official click on its errors
+    and a fall is counted from its Dice, not from an empty answer."""
+    pytest.importorskip("skimage", reason="the random walker needs scikit-image (the eval extra)")
+    image, hu, target = blob
+    protocol = S.PROTOCOLS["official"]
+    shown = target.copy()
+    shown[:, :, :20] = False                         # a proposal that misses the left part
+    method = BaselineMethod("random-walker", B.baseline("random-walker"), hu, (2.0, 1.0, 1.0))
+    method.start("blob", 1)
+    found = simulate_structure(method, target, image, protocol, 1, None, shown)
+    expected = S.official_click(shown, target, image)
+    assert found["trace"][0]["voxel_zyx"] == list(expected.voxel_zyx)
+    assert found["trace"][0]["voxel_zyx"] != list(S.official_click(None, target, image).voxel_zyx)
+    falls = found["falls"]
+    assert found["clicks_counted"] == 1 and falls == int(found["trace"][0]["dice"] < S.dice(shown, target) - 0.02)

@@ -35,6 +35,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="give the protocol's box first (default); --no-box: the first click only")
     p.add_argument("--sequence", action="store_true",
                    help="keep what was accepted on earlier scans (the first answer on later scans is a proposal)")
+    p.add_argument("--propose-with", metavar="MODEL",
+                   help="a segmentation model (e.g. one taught with `coralbay teach`) whose mask each structure "
+                        "it knows starts from, as `interact --propose-with`; without a box the simulated user "
+                        "clicks on that proposal's errors")
     p.add_argument("--baselines", metavar="NAMES",
                    help="comma-separated classical baselines: grow-from-seeds (Slicer's Grow from seeds, needs "
                         "slicer-core), random-walker (scikit-image); default: both where available")
@@ -79,6 +83,12 @@ def run(args: argparse.Namespace) -> int:
     protocol = PROTOCOLS[args.protocol]
     bundle = None if args.no_ours else load_bundle(args.model, backbone=args.backbone,
                                                     trust_remote_code=args.trust_remote_code)
+    proposals = None
+    if args.propose_with:
+        if bundle is None:
+            raise UsageError("--propose-with needs our session (not --no-ours).")
+        from coralbay.interactive.proposals import ModelProposals
+        proposals = ModelProposals(load_bundle(args.propose_with), str(select_device(args.device)))
     records, feature_seconds = [], []
     session = None
     for ct_path, label_path in zip(args.pairs[::2], args.pairs[1::2]):
@@ -100,11 +110,12 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f"The label map {label_path} holds no structure inside {ct_path}.")
         found, seconds = evaluate_case(session, image, reference, table, names, args.clicks, args.box,
                                        baselines, protocol, str(ct_path),
-                                       lambda m: print(m, file=sys.stderr, flush=True))
+                                       lambda m: print(m, file=sys.stderr, flush=True), proposals)
         records += found
         if seconds is not None:
             feature_seconds.append(round(seconds, 2))
     report = {"model": None if bundle is None else bundle.manifest.name, "clicks": args.clicks, "box": args.box,
+              "propose_with": args.propose_with,
               "sequence": args.sequence, "protocol": {"name": protocol.name, "description": protocol.description},
               "methods": (["ours"] if bundle is not None else []) + list(baselines),
               "nsd_tolerance_mm": 2.0, "monotonicity_drop": 0.02, "summary": method_summary(records),

@@ -30,6 +30,7 @@ from coralbay.interactive import baselines as B
 from coralbay.interactive import prompts as P
 from coralbay.interactive import simulate as S
 from coralbay.interactive.engine import LabelTable
+from coralbay.interactive.proposals import ModelProposals, first_answer
 from coralbay.interactive.session import Session
 
 Log = Callable[[str], None]
@@ -62,15 +63,17 @@ class SessionMethod:
 
     name = OURS
 
-    def __init__(self, session: Session, image: sitk.Image) -> None:
-        self.session, self.image = session, image
+    def __init__(self, session: Session, image: sitk.Image, proposals: ModelProposals | None = None) -> None:
+        self.session, self.image, self.proposals = session, image, proposals
         self.finished: list[str] = []
 
     def start(self, name: str, value: int) -> None:
         self.session.start(name, value)
 
     def proposal(self, name: str) -> np.ndarray | None:
-        found = self.session.propose(name)
+        """The answer the structure starts from (`first_answer`: the --propose-with model's mask,
+        else the accepted examples' proposal), or None."""
+        found, _ = first_answer(self.session, self.proposals, name)
         return None if found is None else found.mask
 
     def answer(self, prompt: S.VoxelBox | S.Click) -> np.ndarray:
@@ -138,11 +141,12 @@ def _step(kind: str, prompt: S.VoxelBox | S.Click | None, mask: np.ndarray, refe
 
 
 def simulate_structure(method: Method, reference: np.ndarray, image: sitk.Image, protocol: S.Protocol,
-                       clicks: int, box: S.VoxelBox | None) -> dict:
-    """One method on one structure: the box (if any), then `clicks` clicks on its own errors."""
+                       clicks: int, box: S.VoxelBox | None, shown: np.ndarray | None = None) -> dict:
+    """One method on one structure: the box (if any), then `clicks` clicks on its own errors.
+    Without a box the user clicks on the errors of `shown`, the proposal the method showed first."""
     spacing = tuple(float(s) for s in image.GetSpacing()[::-1])
     trace: list[dict] = []
-    prediction = None
+    prediction = shown if box is None else None
     if box is not None:
         start = time.perf_counter()
         prediction = method.answer(box)
@@ -161,7 +165,8 @@ def simulate_structure(method: Method, reference: np.ndarray, image: sitk.Image,
     method.finish()
     click_steps = trace[1:] if box is not None else trace
     dice_clicks = [t["dice"] for t in click_steps]
-    before = [trace[0]["dice"]] if box is not None else [None]
+    before = ([trace[0]["dice"]] if box is not None
+              else [round(S.dice(shown, reference), 4)] if shown is not None else [None])
     falls = S.monotonicity([before + dice_clicks], FALL)
     auc = protocol.dsc_auc(dice_clicks)
     return {"trace": trace,
@@ -181,7 +186,8 @@ def _clicks_to_reach(curve: list[float], target: float) -> int | None:
 
 def evaluate_case(session: Session | None, image: sitk.Image, reference: np.ndarray, table: LabelTable,
                   names: Sequence[str] | None, clicks: int, use_box: bool, baselines: Sequence[str],
-                  protocol: S.Protocol, scan_name: str, log: Log) -> tuple[list[dict], float | None]:
+                  protocol: S.Protocol, scan_name: str, log: Log, proposals: ModelProposals | None = None
+                  ) -> tuple[list[dict], float | None]:
     """Every method on every structure of one scan; our session is skipped when `session` is None."""
     spacing = tuple(float(s) for s in image.GetSpacing()[::-1])
     feature_seconds = None
@@ -190,7 +196,7 @@ def evaluate_case(session: Session | None, image: sitk.Image, reference: np.ndar
         hu = session.hu
     else:
         hu = sitk.GetArrayFromImage(image).astype(np.float32)
-    methods: list[Method] = [SessionMethod(session, image)] if session is not None else []
+    methods: list[Method] = [SessionMethod(session, image, proposals)] if session is not None else []
     methods += [BaselineMethod(name, B.baseline(name), hu, spacing) for name in baselines]
     results = []
     for label in table:
@@ -204,14 +210,14 @@ def evaluate_case(session: Session | None, image: sitk.Image, reference: np.ndar
                         "reference_voxels": int(ref.sum()), "box": None if box is None else box.to_dict(), "methods": {}}
         for method in methods:
             method.start(label.name, label.value)
-            proposal_dice = None
+            proposal_dice, proposal = None, None
             if isinstance(method, SessionMethod):
                 start = time.perf_counter()
                 proposal = method.proposal(label.name)
                 if proposal is not None:
                     proposal_dice = round(S.dice(proposal, ref), 4)
                     record["proposal"] = {"dice": proposal_dice, "seconds": round(time.perf_counter() - start, 3)}
-            found = simulate_structure(method, ref, image, protocol, clicks, box)
+            found = simulate_structure(method, ref, image, protocol, clicks, box, proposal)
             for target in TARGETS:
                 reached = _clicks_to_reach(found["dice_per_click"], target)
                 found[f"clicks_to_dice_{target:.2f}_from_first_click"] = reached
