@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
-import SimpleITK as sitk
 from scipy import ndimage
 
 from coralbay.interactive import head as heads
 from coralbay.interactive.draws import keyed_rng
-from coralbay.interactive.engine import CoralBayError, LoadedBundle, read_volume, to_xyz
+from coralbay.interactive.engine import CoralBayError, LoadedBundle, read_volume
 from coralbay.interactive.features import scan_features
+from coralbay.interactive.scan_grids import model_mask_on
 from coralbay.io.example_masks import read_mask
 from coralbay.io.examples import ExampleScan, read_example_scan, read_examples
 
@@ -38,14 +38,6 @@ class RestoredStructure:
     name: str
     value: int
     mask: np.ndarray      # bool (z, y, x) on the scan's grid
-
-
-def model_mask_on(mask_zyx: np.ndarray, image: sitk.Image, grid: sitk.Image) -> np.ndarray:
-    """An input-grid mask on the model grid (a model voxel is in when most of it is)."""
-    src = sitk.GetImageFromArray(mask_zyx.astype(np.float32))
-    src.CopyInformation(image)
-    out = sitk.Resample(src, grid, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-    return to_xyz(sitk.GetArrayFromImage(out)) > 0.5
 
 
 def example_rows(table: heads.FeatureTable, model_mask: np.ndarray,

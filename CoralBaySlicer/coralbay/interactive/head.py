@@ -22,7 +22,9 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from coralbay.interactive import prompts as P
 from coralbay.interactive.features import FeatureVolume
+from coralbay.interactive.scan_grids import ScanGrids
 
 BACKGROUND_SAMPLES = 6000
 BACKGROUND_WEIGHT = 0.5     # total weight of the weak negatives, relative to the positives
@@ -204,3 +206,31 @@ def random_background(shape: tuple[int, int, int], rng: np.random.Generator, exc
     total = int(np.prod(shape))
     picks = rng.choice(total, size=min(count * 2, total), replace=False)  # a 3-slice scan has few voxels
     return picks[~np.isin(picks, exclude)][:count]
+
+
+def evidence_from_prompts(prompts: list[P.Prompt], grids: ScanGrids, accepted_model: np.ndarray, background: np.ndarray,
+                          rng: np.random.Generator) -> tuple[Evidence, list[np.ndarray], list[np.ndarray],
+                                                             list[tuple[int, int, int]]]:
+    """The head's labelled model voxels from a structure's prompts (its points): a ball per click, a sample of the accepted structures as negatives and
+    the scan's background draw; with the positive and negative model voxels and the positive input
+    voxels (the anchors a proposal's components must hold)."""
+    ev = Evidence()
+    positive_model: list[np.ndarray] = []
+    negative_model: list[np.ndarray] = []
+    anchors: list[tuple[int, int, int]] = []
+    for p in prompts:
+        if isinstance(p, P.Point):
+            v = grids.input_voxel(p.lps)
+            m = grids.model_voxels(np.asarray([v]))
+            ev.add(ball_indices(grids.shape, m), int(p.positive), 1.0)
+            (positive_model if p.positive else negative_model).append(m)
+            if p.positive:
+                anchors.append(v)
+    if accepted_model.any():
+        finished = np.flatnonzero(accepted_model.ravel())
+        ev.add(rng.choice(finished, size=min(finished.size, FINISHED_SAMPLES), replace=False), 0, 1.0)
+    exclude = np.concatenate(ev.index) if ev.index else np.zeros(0, np.int64)
+    total_positive = sum(float(w.sum()) for w, lab in zip(ev.weight, ev.label) if lab[0] == 1)
+    kept = background[~np.isin(background, exclude)][:BACKGROUND_SAMPLES]
+    ev.add(kept, 0, BACKGROUND_WEIGHT * max(total_positive, 1.0))
+    return ev, positive_model, negative_model, anchors

@@ -23,19 +23,18 @@ from typing import Callable
 
 import numpy as np
 import SimpleITK as sitk
-from scipy import ndimage
 
 from coralbay.interactive import graphcut as G
 from coralbay.interactive import head as heads
 from coralbay.interactive import prompts as P
-from coralbay.interactive.accepted import accepted_on_scan, earlier_example_rows, example_rows, model_mask_on
+from coralbay.interactive.accepted import accepted_on_scan, earlier_example_rows, example_rows
 from coralbay.interactive.draws import keyed_rng
 from coralbay.interactive.engine import LoadedBundle, UsageError, encoder_digest, write_accepted
 from coralbay.interactive.features import FeatureVolume, LazyFeatures, open_features
 from coralbay.interactive.refine import Answer, full_resolution_mask, uncertainty_and_next_click
+from coralbay.interactive.scan_grids import ScanGrids
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _.()-]{0,63}")
-MASK_LOGIT = 4.0       # the model-grid logits shown for an answer: +- this, blurred (uncertainty at its border)
 
 
 @dataclass
@@ -114,8 +113,7 @@ class Session:
         self.accepted_input = np.zeros((0, 0, 0), bool)
         self.accepted_model = np.zeros((0, 0, 0), bool)
         self.background = np.zeros(0, np.int64)
-        self._input_to_model = np.zeros((3, 4))
-        self._model_to_input: tuple[np.ndarray, np.ndarray] = (np.zeros(0, np.int64), np.zeros(0, bool))
+        self.grids: ScanGrids | None = None
         self._table: heads.FeatureTable | None = None
         self._table_key: str | None = None
         # Set by a front end: windows computed for an answer report progress and stop when cancelled.
@@ -151,9 +149,7 @@ class Session:
         # same after a restart, whatever happened before (`draws`).
         self.background = heads.random_background(volume.shape, keyed_rng(self.seed, "background", volume.key),
                                                   np.zeros(0, np.int64), 2 * heads.BACKGROUND_SAMPLES)
-        # index -> physical -> model index, one matrix each way (affine grids)
-        self._input_to_model = _index_map(image, volume.grid)
-        self._model_to_input = _model_samples(image, volume.grid)
+        self.grids = ScanGrids(image, volume.grid, volume.shape)
         if self.examples_dir is not None:
             self._restore_accepted()
         return volume
@@ -244,7 +240,7 @@ class Session:
     def _refuse_point_on_accepted(self, point: P.Point) -> None:
         """A positive point on an accepted structure could change nothing (an accepted structure is
         never overwritten): say so instead of answering with the same mask."""
-        voxel = self.input_voxel(point.lps)
+        voxel = self.grids.input_voxel(point.lps)
         if not self.accepted_input[voxel]:
             return
         owner = next((s.name for s in self.structures.values()
@@ -298,7 +294,7 @@ class Session:
         if not mask.any():
             return None
         structure.proposal = True
-        logits = self._mask_logits(mask)
+        logits = self.grids.mask_logits(mask)
         structure.mask, structure.logits = mask, logits
         structure.before_prompts = (mask, logits)
         uncertainty, click_lps, positive = uncertainty_and_next_click(logits, self.volume.grid)
@@ -319,7 +315,7 @@ class Session:
         """Freeze the structure's mask as finished (negative evidence for the others); its model-grid mask."""
         structure.accepted = True
         self.accepted_input |= structure.mask
-        model_mask = self.model_mask(structure.mask)
+        model_mask = self.grids.model_mask(structure.mask)
         self.accepted_model |= model_mask
         if self.current == structure.name:
             self.current = None
@@ -337,53 +333,14 @@ class Session:
         return image
 
     # ---------------------------------------------------------------- the answer
-    def model_mask(self, mask_zyx: np.ndarray) -> np.ndarray:
-        """An input-grid mask on the model grid (a model voxel is in when most of it is)."""
-        return model_mask_on(mask_zyx, self.image, self.volume.grid)
-
-    def model_voxels(self, input_zyx: np.ndarray) -> np.ndarray:
-        """Model-grid voxels (X, Y, Z) nearest to input voxels (z, y, x)."""
-        xyz1 = np.c_[np.asarray(input_zyx)[:, ::-1], np.ones(len(input_zyx))]
-        idx = np.round(xyz1 @ self._input_to_model.T).astype(int)
-        return np.clip(idx, 0, np.asarray(self.volume.shape) - 1)
-
-    def input_voxel(self, lps) -> tuple[int, int, int]:
-        x, y, z = P.inside_index(self.image, lps)
-        return (z, y, x)
-
-    def _head_evidence(self, structure: Structure) -> tuple[heads.Evidence, list[np.ndarray], list[np.ndarray],
-                                                            list[tuple[int, int, int]]]:
-        """The head's labelled model voxels from the structure's prompts: (evidence, positive and
-        negative model voxels, positive input voxels)."""
-        shape = self.volume.shape
-        # This answer's draws are keyed by the scan and the prompt count, not drawn from a generator
-        # shared with everything before: a replay draws the same, and so do equal prompts (`draws`).
-        rng = keyed_rng(self.seed, "answer", self.scan_id, len(structure.prompts))
-        ev = heads.Evidence()
-        positive_model: list[np.ndarray] = []
-        negative_model: list[np.ndarray] = []
-        anchors: list[tuple[int, int, int]] = []
-        for p in structure.prompts:
-            if isinstance(p, P.Point):
-                v = self.input_voxel(p.lps)
-                m = self.model_voxels(np.asarray([v]))
-                ev.add(heads.ball_indices(shape, m), int(p.positive), 1.0)
-                (positive_model if p.positive else negative_model).append(m)
-                if p.positive:
-                    anchors.append(v)
-        if self.accepted_model.any():
-            finished = np.flatnonzero(self.accepted_model.ravel())
-            ev.add(rng.choice(finished, size=min(finished.size, heads.FINISHED_SAMPLES), replace=False), 0, 1.0)
-        exclude = np.concatenate(ev.index) if ev.index else np.zeros(0, np.int64)
-        total_positive = sum(float(w.sum()) for w, lab in zip(ev.weight, ev.label) if lab[0] == 1)
-        background = self.background[~np.isin(self.background, exclude)][:heads.BACKGROUND_SAMPLES]
-        ev.add(background, 0, heads.BACKGROUND_WEIGHT * max(total_positive, 1.0))
-        return ev, positive_model, negative_model, anchors
-
     def _head_logits(self, structure: Structure) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
         """The online head's logits on the model grid (all features computed), trained on the
         structure's examples from earlier scans and its point prompts; and the positive clicks."""
-        ev, positive_model, negative_model, anchors = self._head_evidence(structure)
+        # This answer's draws are keyed by the scan and the prompt count, not drawn from a generator
+        # shared with everything before: a replay draws the same, and so do equal prompts (`draws`).
+        rng = keyed_rng(self.seed, "answer", self.scan_id, len(structure.prompts))
+        ev, positive_model, negative_model, anchors = heads.evidence_from_prompts(
+            structure.prompts, self.grids, self.accepted_model, self.background, rng)
         extra = None
         if self.examples.knows(structure.name):   # rows of other scans lie far from this scan's prompts
             extra = tuple(heads.far_from_prompts(np.concatenate(rows)) for rows in
@@ -393,23 +350,6 @@ class Session:
                                           tuple(self.volume.grid.GetSpacing()))
         head = heads.fit_head(table, ev, hidden=self.hidden, extra=extra)
         return heads.predict(table, head, self.volume.shape), anchors
-
-    def graph_prompts(self, structure: Structure) -> G.Prompts:
-        """The structure's prompts on the input grid (z, y, x), as the graph cut takes them."""
-        out = G.Prompts()
-        positive, negative = [], []
-        for p in structure.prompts:
-            if isinstance(p, P.Point):
-                out.clicks.append(G.Click(self.input_voxel(p.lps), p.positive))
-            elif isinstance(p, P.Box):
-                out.box = (np.asarray(p.lower[::-1]), np.asarray(p.upper[::-1]))
-            elif isinstance(p, P.Scribble):
-                positive.append(p.positive)
-                negative.append(p.negative)
-        if positive:
-            out.positive_voxels = np.concatenate(positive).reshape(-1, 3)
-            out.negative_voxels = np.concatenate(negative).reshape(-1, 3)
-        return out
 
     def answer(self, structure: Structure) -> Answer:
         """The structure's mask after its last prompt (`graphcut`): a click edits the previous
@@ -423,7 +363,7 @@ class Session:
             if forbidden is not None:
                 mask &= ~forbidden
         else:
-            prompts = self.graph_prompts(structure)
+            prompts = graph_prompts(structure.prompts, self.grids)
             click = prompts.clicks[-1] if isinstance(last, P.Point) else None
             if click is None:
                 previous = None
@@ -432,7 +372,7 @@ class Session:
                     previous = np.zeros(self.hu.shape, bool)
                     previous[tuple(segments[-1].voxels.T)] = True
             mask = G.solve(self.hu, self.spacing_zyx, prompts, previous, forbidden, last=click)
-        logits = self._mask_logits(mask)
+        logits = self.grids.mask_logits(mask)
         structure.mask, structure.logits = mask, logits
         if structure.prompts:
             del structure.history[len(structure.prompts) - 1:]
@@ -441,15 +381,6 @@ class Session:
             structure.before_prompts = (mask, logits)
         uncertainty, click_lps, positive = uncertainty_and_next_click(logits, self.volume.grid)
         return Answer(mask, uncertainty, click_lps, positive)
-
-    def _mask_logits(self, mask: np.ndarray) -> np.ndarray:
-        """The answer on the model grid as logits (+-MASK_LOGIT, sampled at the model voxels'
-        centres, blurred by one model voxel): the uncertainty and next click follow its border."""
-        index, inside = self._model_to_input
-        sampled = np.zeros(inside.shape, bool)
-        sampled[inside] = mask.ravel()[index[inside]]
-        logits = np.where(sampled, MASK_LOGIT, -MASK_LOGIT).astype(np.float32).reshape(self.volume.shape)
-        return ndimage.gaussian_filter(logits, 1.0)
 
     # ---------------------------------------------------------------- learning from the user
     def _keep_example(self, structure: Structure, model_mask: np.ndarray) -> None:
@@ -483,31 +414,19 @@ class Session:
         return count
 
 
-def _model_samples(image: sitk.Image, grid: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
-    """For each model voxel (X, Y, Z order, flattened): the flat input index (z, y, x) nearest its
-    centre, and whether that lies inside the input volume. (The map is affine, so each input
-    coordinate is a broadcast sum over the three model axes: no table of every voxel's index.)"""
-    size = grid.GetSize()
-    to_input = np.linalg.inv(np.vstack([_index_map(image, grid), [0, 0, 0, 1]]))[:3]
-    axes = [np.arange(n, dtype=np.float64).reshape([-1 if a == i else 1 for a in range(3)]) for i, n in enumerate(size)]
-    shape = np.asarray(image.GetSize())
-    inside = np.ones(tuple(size), bool)
-    flat = np.zeros(tuple(size), np.int64)
-    for c in (2, 1, 0):             # flat = (z * ny + y) * nx + x on the input grid
-        index = np.rint(axes[0] * to_input[c, 0] + axes[1] * to_input[c, 1] + axes[2] * to_input[c, 2]
-                        + to_input[c, 3]).astype(np.int64)
-        inside &= (index >= 0) & (index < shape[c])
-        flat = flat * shape[c] + np.clip(index, 0, shape[c] - 1)
-    return flat.ravel(), inside.ravel()
-
-
-def _index_map(image: sitk.Image, grid: sitk.Image) -> np.ndarray:
-    """3x4 matrix taking an input voxel index (x, y, z, 1) to a model-grid continuous index."""
-    def affine(img: sitk.Image) -> np.ndarray:
-        m = np.eye(4)
-        m[:3, :3] = np.asarray(img.GetDirection()).reshape(3, 3) @ np.diag(img.GetSpacing())
-        m[:3, 3] = img.GetOrigin()
-        return m
-    return (np.linalg.inv(affine(grid)) @ affine(image))[:3]
-
-
+def graph_prompts(prompts: list[P.Prompt], grids: ScanGrids) -> G.Prompts:
+    """A structure's prompts on the input grid (z, y, x), as the graph cut takes them."""
+    out = G.Prompts()
+    positive, negative = [], []
+    for p in prompts:
+        if isinstance(p, P.Point):
+            out.clicks.append(G.Click(grids.input_voxel(p.lps), p.positive))
+        elif isinstance(p, P.Box):
+            out.box = (np.asarray(p.lower[::-1]), np.asarray(p.upper[::-1]))
+        elif isinstance(p, P.Scribble):
+            positive.append(p.positive)
+            negative.append(p.negative)
+    if positive:
+        out.positive_voxels = np.concatenate(positive).reshape(-1, 3)
+        out.negative_voxels = np.concatenate(negative).reshape(-1, 3)
+    return out
