@@ -409,39 +409,32 @@ def _coarse_then_band(hu: np.ndarray, spacing: np.ndarray, prompts: Prompts, for
     values = smoothed(hu, region, spacing)
     labels = _labels(hu.shape, region, spacing, prompts, forbidden)
     term = box_prior(region, prompts.box, box_strength) if prompts.box is not None and box_strength else None
-    answer = _band_cut(values, up, band, labels, term, spacing, smoothing)
+    # the scan's own noise, as a full cut takes it (every other row and slice: a robust SD needs no more)
+    bandwidth = max(noise_sd(hu[region][::2, ::2].astype(np.float32)), 2.0)
+    answer = _band_cut(values, up, band, labels, term, bandwidth, _pairwise(values, spacing, smoothing))
     out[region] = (_connected_to(answer, labels.fixed_fg) if labels.fixed_fg.any() else answer)
     return out
 
 
 def _band_cut(values: np.ndarray, up: np.ndarray, band: np.ndarray, labels: Labels, term: np.ndarray | None,
-              spacing: np.ndarray, smoothing: float) -> np.ndarray:
+              bandwidth: float, pairwise: list[np.ndarray]) -> np.ndarray:
     """The energy's exact minimum over the `band` voxels, every other voxel fixed to `up`'s label:
-    densities from `up` and its outside, pairwise edges inside the band, and an edge to a fixed
-    neighbour added to the band voxel's terminal capacity."""
+    the same unaries (`_costs`, densities from `up` and its outside) and pairwise weights
+    (`_pairwise`) as a full cut, an edge to a fixed neighbour added to the band voxel's terminal
+    capacity, so the graph holds the band's voxels only."""
     count = int(band.sum())
     ids = np.full(values.shape, -1, np.int64)
     ids[band] = np.arange(count)
-    bandwidth = max(noise_sd(values[::2, ::2]), 2.0)
-    density = Density(float(values.min()), float(values.max()), bandwidth)
-    inside = values[band]
-    bins = density.bin_of(inside)
-    fg_samples, bg_samples = values[up & ~labels.fixed_bg], values[~up]
-    fg_cost = -density.log_density(fg_samples, np.ones(fg_samples.size), bins)
-    bg_cost = -density.log_density(bg_samples, np.ones(bg_samples.size), bins)
-    if term is not None:
-        fg_cost, bg_cost = fg_cost - 0.5 * term[band], bg_cost + 0.5 * term[band]
-    source = np.where(labels.fixed_fg[band], HARD, np.where(labels.fixed_bg[band], 0.0, bg_cost))
-    sink = np.where(labels.fixed_bg[band], HARD, np.where(labels.fixed_fg[band], 0.0, fg_cost))
-    squares = [np.diff(values, axis=a) ** 2 for a in range(3)]
-    mean_square = float(sum(q.sum() for q in squares)) / max(sum(q.size for q in squares), 1)
-    beta = 1.0 / (2.0 * mean_square) if mean_square > 0 else 0.0
+    samples = Labels(labels.fixed_fg, labels.fixed_bg, (up & ~labels.fixed_bg) * 1.0, (~up) * 1.0)
+    fg_cost, bg_cost = _costs(values, samples, bandwidth, term)
+    source = np.where(labels.fixed_fg, HARD, np.where(labels.fixed_bg, 0.0, bg_cost))[band]
+    sink = np.where(labels.fixed_bg, HARD, np.where(labels.fixed_fg, 0.0, fg_cost))[band]
     graph = maxflow.Graph[float]()
     graph.add_nodes(count)
-    for axis, square in enumerate(squares):
+    for axis, weights in enumerate(pairwise):   # weights[v]: the edge from v to its next voxel on `axis`
         lower = tuple(slice(0, -1) if a == axis else slice(None) for a in range(3))
         upper = tuple(slice(1, None) if a == axis else slice(None) for a in range(3))
-        weight = smoothing * np.exp(-beta * square) / spacing[axis]
+        weight = weights[lower]
         in_low, in_high = band[lower], band[upper]
         both = in_low & in_high
         graph.add_edges(ids[lower][both], ids[upper][both], weight[both], weight[both])
