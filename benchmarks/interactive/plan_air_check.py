@@ -1,6 +1,8 @@
-# Run: PYTHONPATH=CoralBaySlicer OMP_NUM_THREADS=2 python benchmarks/interactive/plan_air_check.py
 """plan_run's air check at CoralBay U96B's window (96^3, overlap 0.75) on a 1.5 mm clinical grid
-(350 x 350 x 300 voxels = 525 x 525 x 450 mm): torch's max per strided window vs numpy's."""
+(350 x 350 x 300 voxels = 525 x 525 x 450 mm): torch's max per strided window vs numpy's.
+
+    PYTHONPATH=CoralBaySlicer OMP_NUM_THREADS=2 python benchmarks/interactive/plan_air_check.py
+"""
 import time, torch, numpy as np
 from coralbay.inference.sliding_window import plan_windows, plan_run, WindowSettings, _pad_volume
 v = torch.rand(350, 350, 300) * (torch.rand(350, 350, 300) > 0.3)
