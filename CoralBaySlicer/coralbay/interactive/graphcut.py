@@ -55,6 +55,7 @@ CLICK_REACH = 2.0
 # development case: at most 0.38 M) the answer is the single full-resolution cut.
 COARSE_ABOVE_VOXELS = 400_000
 COARSE_VOXELS = 150_000
+REFINE_AGREEMENT = 0.5      # least Dice between a model's mask and its refined border (`refine_border`)
 KEEP_PREVIOUS = 0.0          # unary cost of changing a voxel's previous label inside a click's window
 HARD = 1e9
 DENSITY_FLOOR = 1e-4         # mixed into each density: no intensity is impossible
@@ -369,7 +370,10 @@ def refine_border(hu: np.ndarray, spacing_zyx, mask: np.ndarray, band_mm: float,
     staircase. The same energy as every answer is minimised in a band of `band_mm` either side of
     the border: voxels deeper inside stay foreground, voxels farther out background; the densities
     come from the mask (foreground) and a ring of 2 x `band_mm` outside it (background). The
-    components that touch the mask are kept. Chosen on the development data (docs/interactive.md).
+    components that touch the mask are kept. An answer that agrees with the mask less than
+    REFINE_AGREEMENT (Dice) replaced the structure rather than moved its border (a mask straddling
+    an aorta and a vertebra went onto the vertebra): the mask stays as the model gave it. Chosen on
+    the development data (docs/interactive.md).
     """
     spacing = np.asarray(spacing_zyx, float)
     if not mask.any():
@@ -393,6 +397,9 @@ def refine_border(hu: np.ndarray, spacing_zyx, mask: np.ndarray, band_mm: float,
                        _pairwise(values, spacing, smoothing))
     out = np.zeros(mask.shape, bool)
     out[region] = _connected_to(answer, inside)
+    if 2 * np.count_nonzero(out & mask) < REFINE_AGREEMENT * (np.count_nonzero(out) + np.count_nonzero(mask)):
+        # not a border moved but another structure found (a mask straddling two): keep the model's
+        return mask & ~forbidden if forbidden is not None else mask.copy()
     return out
 
 
