@@ -9,10 +9,10 @@ Each named variant is one in-process `teach_bundle` on the accepted references o
 crops' Dice curve is recorded and the model scored on the development phantoms (the teach
 targets' `dice_table`). Results are added to OUT.json under the variant's name.
 """
-import sys, os, json, time, resource
+import sys, os, json, time, resource, subprocess
 from dataclasses import replace
 from pathlib import Path
-sys.path.insert(0, '/work/wt/teach2/benchmarks/interactive')
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 work = Path(sys.argv[1]); work.mkdir(parents=True, exist_ok=True)
 os.environ['CORALBAY_HOME'] = str(work / 'home')
 import teach as bench, teach_targets as tt
@@ -30,6 +30,8 @@ cases = []
 for s in [10000, 10001, 10002]:
     ct, lab = bench.phantom(s, work); cases.append((f'p{s}', sitk.ReadImage(str(ct)), sitk.ReadImage(str(lab))))
 configs = json.loads(sys.argv[2])
+commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True,
+                        cwd=Path(__file__).resolve().parent).stdout.strip()
 out = Path(sys.argv[3])
 results = json.loads(out.read_text()) if out.exists() else {}
 orig_cfg = api.train_segmentation_bundle
@@ -47,7 +49,7 @@ for name, cfg in configs.items():
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     tr = res.metrics['training']
     d = tt.dice_table(work / name, cases)
-    results[name] = {'cfg': cfg, 'wall': round(wall,1), 'cpu': round(cpu,1), 'load': os.getloadavg()[0], 'steps': tr['steps'], 'chosen': tr['chosen_step'], 'stopped': tr['stopped'],
+    results[name] = {'commit': commit, 'cfg': cfg, 'wall': round(wall,1), 'cpu': round(cpu,1), 'load': os.getloadavg()[0], 'steps': tr['steps'], 'chosen': tr['chosen_step'], 'stopped': tr['stopped'],
                      'holdout': tr.get('holdout_dice'), 'curve': [(h['step'], h['holdout_mean_dice']) for h in hist['h']],
                      'mean': d['mean_dice'], 'dice': d['dice']}
     print(name, results[name]['mean'], d['dice'], 'steps', tr['steps'], tr['stopped'], 'wall', round(wall), 'cpu', round(cpu), 'curve', results[name]['curve'], flush=True)
