@@ -277,7 +277,8 @@ def mean_by_structure(records: list[dict]) -> dict:
 def scan_summary(records: list[dict], clicks: int) -> list[dict]:
     """Our session per scan, in order (what `--sequence` is for): mean clicks to Dice 0.85 / 0.90
     over its structures (clicks + 1 when not reached; 0 when the proposal already reaches it), also
-    with the first click always counted, and the proposals: how many, from where, their mean Dice."""
+    with the first click always counted, mean Dice after 1 / 3 / 5 / 10 clicks, and the proposals:
+    how many, from where, their mean Dice."""
     out = []
     for scan in dict.fromkeys(r["scan"] for r in records):
         mine = [r for r in records if r["scan"] == scan and OURS in r["methods"]]
@@ -289,6 +290,8 @@ def scan_summary(records: list[dict], clicks: int) -> list[dict]:
                 key = f"clicks_to_dice_{target:.2f}{suffix}"
                 values = [clicks + 1 if r["methods"][OURS][key] is None else r["methods"][OURS][key] for r in mine]
                 entry["mean_" + key] = round(float(np.mean(values)), 2)
+        entry["mean_dice_after"] = {n: _mean([r["methods"][OURS]["dice_after"][n] for r in mine])
+                                    for n in mine[0]["methods"][OURS]["dice_after"]}
         proposals = [r["proposal"]["dice"] for r in mine if "proposal" in r]
         entry["proposals"] = len(proposals)
         entry["proposals_by"] = dict(Counter(r["proposal"].get("by") for r in mine if "proposal" in r))
