@@ -115,13 +115,6 @@ class ReplayLog:
         self.structure, self.value, self.prompts, self.undone = None, None, [], []
         self.propose, self.proposed_by, self.proposal_undone = False, None, False
 
-    def undo_emptied_proposal(self, event: dict) -> bool:
-        """True when this undo answer is empty although the structure's first state was an
-        examples proposal: the engine keeps such a proposal only until the first click (its
-        seeds stay, its mask goes), so undoing that click shows nothing. Call before `record`."""
-        return (self.proposed_by is not None and not self.proposal_undone and len(self.prompts) == 1
-                and event.get("name") == self.structure and int(event.get("voxels") or 0) == 0)
-
 
 class InteractiveSession:
     """`coralbay interact` in a background process: `request()` returns at once with an id, a
@@ -250,15 +243,7 @@ class InteractiveSession:
             request = self._pending.pop(request_id)
             if kind == EventKind.RESULT:
                 self._failed_restarts = 0
-                if request.get("type") == Request.UNDO and self.log.undo_emptied_proposal(event):
-                    self.log_result(request, event)
-                    self._repropose(request_id)
-                    return []
                 self.log_result(request, event)
-            if request.get("instead_of") == Request.UNDO:  # the answer to the undo, as the caller asked it
-                event = {**event, "request": Request.UNDO.value}
-                if kind == EventKind.RESULT:
-                    event["proposed_by"] = self.log.proposed_by
             if request_id in self._cancelled_ids:
                 self._cancelled_ids.remove(request_id)
                 if not self._cancelled_ids:
@@ -270,15 +255,6 @@ class InteractiveSession:
     def log_result(self, request: dict, event: dict, replay: bool = False) -> None:
         if not replay:  # a replayed request repeats what the log already holds
             self.log.record(request, event)
-
-    def _repropose(self, request_id: str) -> None:
-        """Undo of the first click on an examples proposal: ask the engine for the proposal again
-        (same examples, same scan) and answer the undo with it, so undo goes back to what the
-        structure started from, not to nothing. Pending under the undo's id: a restart re-sends it."""
-        request = {"id": request_id, "type": Request.PROPOSE.value, "name": self.log.structure,
-                   "instead_of": Request.UNDO.value}
-        self._pending[request_id] = request
-        self._write(request)
 
     def _kill_cancelled(self) -> list[dict]:
         """The engine did not stop in time: kill it, answer the cancelled requests, restart."""

@@ -114,3 +114,22 @@ def test_a_large_region_is_cut_coarse_then_exactly_in_a_band_with_the_same_answe
     assert not (banded & ~inside).any() and not (banded & neighbour).any()
     clicked = G.solve(hu, SPACING, G.Prompts(box=box, clicks=[G.Click((10, 30, 48), False)]))
     assert not clicked[10, 30, 48]                          # a negative click stays background
+
+
+def test_a_model_mask_s_border_moves_onto_the_scan_s_edges_within_its_band(scan):
+    """`refine_border` (a taught model's proposal): a blocky mask from a coarse grid, shifted by a
+    voxel, comes closer to the structure; no voxel farther than the band from the mask's border
+    changes; accepted structures stay untouched; the same mask gives the same answer."""
+    hu, tumour, neighbour = scan
+    coarse = tumour[::1, ::4, ::4].repeat(4, 1).repeat(4, 2)[:, :64, :64]   # a 4 mm grid's staircase
+    blocky = np.roll(coarse, 1, axis=2)
+    band_mm = 4.0
+    refined = G.refine_border(hu, SPACING, blocky, band_mm, forbidden=neighbour)
+    assert _dice(refined, tumour) > _dice(blocky, tumour) + 0.03
+    from scipy import ndimage
+    depth = ndimage.distance_transform_edt(blocky, sampling=SPACING)
+    distance = ndimage.distance_transform_edt(~blocky, sampling=SPACING)
+    assert refined[depth > band_mm].all() and not refined[distance > band_mm].any()
+    assert not (refined & neighbour).any()
+    assert np.array_equal(refined, G.refine_border(hu, SPACING, blocky, band_mm, forbidden=neighbour))
+    assert not G.refine_border(hu, SPACING, np.zeros_like(blocky), band_mm).any()
