@@ -25,13 +25,15 @@ from coralbay.io.labels import Label, LabelTable, label_table_path_for
 from coralbay.model.build import ArchitectureSpec, build_network
 from coralbay.phantom import PHANTOM_LABELS, generate_phantom
 from coralbay.review.metrics import dice_per_structure
-from coralbay.training.augment import AugmentSettings, CropSampler, mirror_lookup, pool_crop_structure, sample_batch
+from coralbay.training.augment import (AugmentSettings, CropSampler, augment, mirror_lookup, pool_crop_structure,
+                                      sample_batch)
 from coralbay.training.data import Case, find_pairs, parse_seeds, phantom_cases, plan_labels
 from coralbay.training.loss import segmentation_loss
 from coralbay.training.metrics import auroc
 from coralbay.training.output import write_trained_bundle
 from coralbay.training.segmentation import (CropStore, SegmentationSettings, build_crop_pool, forward_logits,
                                             load_checkpoint_state, train_segmentation)
+from coralbay.training.teach import TeachRequest, teach_training
 
 CPU = torch.device("cpu")
 SPACING = 8.0
@@ -332,3 +334,20 @@ def test_teach_pool_centres_crops_on_every_structure_and_held_out_crops_stop_tra
     assert still.holdout is not None and set(still.holdout) <= {lab.name for lab in table}
     budget = run(lr=1e-3, time_budget_s=1e-6)
     assert budget.stopped == "time budget" and budget.steps_done == 1
+
+
+def test_teach_crops_keep_the_scans_orientation(tmp_path):
+    """A teach's crops are never mirrored or turned (the model grid is RAS, so the next scan never shows
+    mirrored anatomy), while its intensity augmentations stay: the teach's own settings through `augment`."""
+    config = teach_training(TeachRequest(examples=tmp_path, base="demo-phantom-seg", name="t"), tmp_path / "t", 5, False)
+    settings = AugmentSettings(window=(8, 8, 8), flip_prob=config.flip_prob, rotate_prob=config.rotate_prob,
+                               scale_prob=config.scale_prob, shift_prob=config.shift_prob)
+    target = np.zeros((8, 8, 8), np.uint8)
+    target[:3, :2, :5] = 1  # no symmetry: any flip or axial turn moves it
+    image = target.astype(np.float32)
+    changed = 0
+    for seed in range(200):
+        out_image, out_target = augment(image, target, settings, np.random.default_rng(seed), np.array([0, 1], np.uint8))
+        assert np.array_equal(out_target, target), seed
+        changed += not np.allclose(out_image, image)
+    assert changed > 50  # the intensity scale and shift still apply

@@ -2,7 +2,7 @@
 
 Run from the repository root (the test set once, after tuning on the development set):
     PYTHONPATH=CoralBaySlicer:benchmarks OMP_NUM_THREADS=2 python benchmarks/interactive/teach_targets.py \
-        --set dev|test --json benchmarks/interactive/teach-targets-dev.json
+        --set dev|test3 --json benchmarks/interactive/teach-targets-dev.json
     PYTHONPATH=CoralBaySlicer:benchmarks OMP_NUM_THREADS=2 python benchmarks/interactive/teach_targets.py \
         --real-ct ../shared/data/realct_dev --json benchmarks/interactive/teach-realct.json
 
@@ -86,6 +86,7 @@ def dice_table(model: Path, cases: list[tuple[str, sitk.Image, sitk.Image]]) -> 
 
 def phantoms(args: argparse.Namespace, work: Path) -> dict:
     seeds = {"test": DECLARED["test_phantom_seeds"], "test2": DECLARED["second_test_phantom_seeds"],
+             "test3": DECLARED["third_test_phantom_seeds"],
              "dev": DECLARED["development_phantom_seeds"]}[args.set]
     base = load_bundle(bench.BASE)
     scans = DECLARED["example_scan_seeds"]
@@ -163,8 +164,9 @@ def real_ct(args: argparse.Namespace, work: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--set", choices=("dev", "test", "test2"), default="dev",
-                        help="dev: tuning phantoms; test: the first test set (run once at a6438e9); test2: the second")
+    parser.add_argument("--set", choices=("dev", "test", "test2", "test3"), default="dev",
+                        help="dev: tuning phantoms; test: the first test set (run once at a6438e9); test2: the second "
+                             "(run once at 420560b); test3: the third")
     parser.add_argument("--real-ct", metavar="FOLDER", help="teach on real CT (realct_dev) instead of phantoms")
     parser.add_argument("--json", required=True, type=Path)
     parser.add_argument("--runs", default="scratch-1,incremental-2,incremental-3,incremental-4,incremental-5,scratch-5",

@@ -15,7 +15,9 @@ small structures: docs/interactive.md). `fresh_decoder` starts every decoder blo
 more steps.
 
 Every structure is reached: the crop pool centres crops on each structure of a scan in turn, so a
-small one (an aorta, a lesion) gets as many crops as the liver. When to stop comes from the
+small one (an aorta, a lesion) gets as many crops as the liver. No crop is mirrored or turned (the
+model grid is always RAS, so the next scan never shows mirrored anatomy; on the development
+phantoms the flipped crops cost 0.02 Dice: docs/interactive.md). When to stop comes from the
 examples themselves: held-out crops of every scan (never trained on) are scored every few steps,
 training stops once they no longer improve and keeps the best weights; `minutes` caps the time.
 A warning says when the result is unlikely to be useful (a structure with few voxels, a loss that
@@ -124,21 +126,19 @@ def same_structures(request: TeachRequest) -> bool:
     return [lab.name for lab in example_label_table(scans, earlier)] == [lab.name for lab in earlier]
 
 
-def teach_bundle(request: TeachRequest, reporter: Reporter | None = None) -> TrainingResult:
-    """Train a decoder from the accepted examples on the base bundle's frozen encoder; add it to the catalog."""
-    reporter = reporter or Reporter("quiet", stages=SEG_STAGES)
-    output, scans = check_teach(request)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    continued = same_structures(request) if request.start_from else False
+def teach_training(request: TeachRequest, output: Path, scans: int, continued: bool) -> SegmentationTraining:
+    """The training run of a teach: the frozen encoder, the balanced crop pool, the stopping rule."""
     steps = request.steps or (max(CHECK_EVERY * PATIENCE, round(TEACH_STEPS * INCREMENTAL_SHARE))
                               if request.start_from else TEACH_STEPS)
-    reporter.log(f"Teaching {request.name} from the structures accepted on {scans} scan(s), on the encoder "
-                 f"of {request.base}" + (f", starting from {request.start_from}" if request.start_from else "") + ".")
-    config = SegmentationTraining(
+    return SegmentationTraining(
         output=output, examples=str(request.examples), init_from=request.start_from or request.base,
         init_parts="encoder" if request.fresh_decoder else ("all" if continued else "all-but-output"),
         encoder="frozen", feature_cache=request.crops_per_scan, steps=steps, batch_size=2,
         lr=request.lr * (INCREMENTAL_SHARE if continued else 1.0),
+        # No mirrored or turned crops: the model grid is always RAS, so the user's next scan never shows
+        # mirrored anatomy, and in a pool of a few crops per scan each flipped one is a crop of no use
+        # (about a third of them at train-seg's 0.1 per axis; docs/interactive.md, third round).
+        flip_prob=0.0, rotate_prob=0.0,
         class_weights="inverse-sqrt", balanced_pool=True, holdout_crops=HOLDOUT_CROPS, check_every=CHECK_EVERY,
         patience=PATIENCE, minutes=request.minutes, probe_init=not continued,
         warmup=min(20, steps), val_fraction=0.0, val_every=steps + 1,
@@ -155,7 +155,17 @@ def teach_bundle(request: TeachRequest, reporter: Reporter | None = None) -> Tra
                              + (f" --minutes {request.minutes:g}" if request.minutes else "")
                              + (f" --from {request.start_from}" if request.start_from else "")
                              + (" --fresh-decoder" if request.fresh_decoder else "")))
-    result = train_segmentation_bundle(config, reporter)
+
+
+def teach_bundle(request: TeachRequest, reporter: Reporter | None = None) -> TrainingResult:
+    """Train a decoder from the accepted examples on the base bundle's frozen encoder; add it to the catalog."""
+    reporter = reporter or Reporter("quiet", stages=SEG_STAGES)
+    output, scans = check_teach(request)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    continued = same_structures(request) if request.start_from else False
+    reporter.log(f"Teaching {request.name} from the structures accepted on {scans} scan(s), on the encoder "
+                 f"of {request.base}" + (f", starting from {request.start_from}" if request.start_from else "") + ".")
+    result = train_segmentation_bundle(teach_training(request, output, scans, continued), reporter)
     if request.add_to_catalog and (result.bundle / MANIFEST_NAME).is_file():
         add_model(result.bundle)
     return result
