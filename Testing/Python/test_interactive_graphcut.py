@@ -133,3 +133,16 @@ def test_a_model_mask_s_border_moves_onto_the_scan_s_edges_within_its_band(scan)
     assert not (refined & neighbour).any()
     assert np.array_equal(refined, G.refine_border(hu, SPACING, blocky, band_mm, forbidden=neighbour))
     assert not G.refine_border(hu, SPACING, np.zeros_like(blocky), band_mm).any()
+
+
+def test_a_refinement_that_replaces_the_structure_keeps_the_model_s_mask(scan, monkeypatch):
+    """Below REFINE_AGREEMENT (Dice with the model's mask) the cut found another structure rather
+    than moved a border: the model's mask is kept, still never taking an accepted structure."""
+    hu, tumour, neighbour = scan
+    blocky = np.roll(tumour[:, ::4, ::4].repeat(4, 1).repeat(4, 2)[:, :64, :64], 1, axis=2)
+    moved = G.refine_border(hu, SPACING, blocky, 4.0, forbidden=neighbour)
+    agreement = _dice(moved, blocky)
+    assert 0.5 < agreement < 1.0              # the default keeps this border move
+    monkeypatch.setattr(G, "REFINE_AGREEMENT", agreement + 0.01)
+    kept = G.refine_border(hu, SPACING, blocky, 4.0, forbidden=neighbour)
+    assert np.array_equal(kept, blocky & ~neighbour)

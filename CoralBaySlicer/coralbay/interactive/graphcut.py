@@ -55,6 +55,7 @@ CLICK_REACH = 2.0
 # development case: at most 0.38 M) the answer is the single full-resolution cut.
 COARSE_ABOVE_VOXELS = 400_000
 COARSE_VOXELS = 150_000
+REFINE_AGREEMENT = 0.5      # least Dice between a model's mask and its refined border (`refine_border`)
 KEEP_PREVIOUS = 0.0          # unary cost of changing a voxel's previous label inside a click's window
 HARD = 1e9
 DENSITY_FLOOR = 1e-4         # mixed into each density: no intensity is impossible
@@ -369,7 +370,10 @@ def refine_border(hu: np.ndarray, spacing_zyx, mask: np.ndarray, band_mm: float,
     staircase. The same energy as every answer is minimised in a band of `band_mm` either side of
     the border: voxels deeper inside stay foreground, voxels farther out background; the densities
     come from the mask (foreground) and a ring of 2 x `band_mm` outside it (background). The
-    components that touch the mask are kept. Chosen on the development data (docs/interactive.md).
+    components that touch the mask are kept. An answer that agrees with the mask less than
+    REFINE_AGREEMENT (Dice) replaced the structure rather than moved its border (a mask straddling
+    an aorta and a vertebra went onto the vertebra): the mask stays as the model gave it. Chosen on
+    the development data (docs/interactive.md).
     """
     spacing = np.asarray(spacing_zyx, float)
     if not mask.any():
@@ -388,10 +392,14 @@ def refine_border(hu: np.ndarray, spacing_zyx, mask: np.ndarray, band_mm: float,
     ring = ~inside & (distance <= 2.0 * band_mm)
     values = smoothed(hu, region, spacing)
     bandwidth = max(noise_sd(hu[region].astype(np.float32)), 2.0)
-    fg_cost, bg_cost = _costs(values, Labels(fixed_fg, fixed_bg, inside * 1.0, ring * 1.0), bandwidth, None)
-    answer = cut(fg_cost, bg_cost, _pairwise(values, spacing, smoothing), fixed_fg, fixed_bg)
+    samples = Labels(fixed_fg, fixed_bg, inside * 1.0, ring * 1.0)
+    answer = _band_cut(values, inside & ~fixed_bg, ~fixed_fg & ~fixed_bg, samples, None, bandwidth,
+                       _pairwise(values, spacing, smoothing))
     out = np.zeros(mask.shape, bool)
     out[region] = _connected_to(answer, inside)
+    if 2 * np.count_nonzero(out & mask) < REFINE_AGREEMENT * (np.count_nonzero(out) + np.count_nonzero(mask)):
+        # not a border moved but another structure found (a mask straddling two): keep the model's
+        return mask & ~forbidden if forbidden is not None else mask.copy()
     return out
 
 
@@ -446,7 +454,8 @@ def _coarse_then_band(hu: np.ndarray, spacing: np.ndarray, prompts: Prompts, for
     term = box_prior(region, prompts.box, box_strength) if prompts.box is not None and box_strength else None
     # the scan's own noise, as a full cut takes it (every other row and slice: a robust SD needs no more)
     bandwidth = max(noise_sd(hu[region][::2, ::2].astype(np.float32)), 2.0)
-    answer = _band_cut(values, up, band, labels, term, bandwidth, _pairwise(values, spacing, smoothing))
+    samples = Labels(labels.fixed_fg, labels.fixed_bg, (up & ~labels.fixed_bg) * 1.0, (~up) * 1.0)
+    answer = _band_cut(values, up, band, samples, term, bandwidth, _pairwise(values, spacing, smoothing))
     out[region] = (_connected_to(answer, labels.fixed_fg) if labels.fixed_fg.any() else answer)
     return out
 
@@ -454,14 +463,13 @@ def _coarse_then_band(hu: np.ndarray, spacing: np.ndarray, prompts: Prompts, for
 def _band_cut(values: np.ndarray, up: np.ndarray, band: np.ndarray, labels: Labels, term: np.ndarray | None,
               bandwidth: float, pairwise: list[np.ndarray]) -> np.ndarray:
     """The energy's exact minimum over the `band` voxels, every other voxel fixed to `up`'s label:
-    the same unaries (`_costs`, densities from `up` and its outside) and pairwise weights
+    the same unaries (`_costs`, densities from `labels`' samples) and pairwise weights
     (`_pairwise`) as a full cut, an edge to a fixed neighbour added to the band voxel's terminal
     capacity, so the graph holds the band's voxels only."""
     count = int(band.sum())
     ids = np.full(values.shape, -1, np.int64)
     ids[band] = np.arange(count)
-    samples = Labels(labels.fixed_fg, labels.fixed_bg, (up & ~labels.fixed_bg) * 1.0, (~up) * 1.0)
-    fg_cost, bg_cost = _costs(values, samples, bandwidth, term)
+    fg_cost, bg_cost = _costs(values, labels, bandwidth, term)
     source = np.where(labels.fixed_fg, HARD, np.where(labels.fixed_bg, 0.0, bg_cost))[band]
     sink = np.where(labels.fixed_bg, HARD, np.where(labels.fixed_fg, 0.0, fg_cost))[band]
     graph = maxflow.Graph[float]()
