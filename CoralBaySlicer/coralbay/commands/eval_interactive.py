@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from coralbay.commands._common import EPILOG, add_model_options, positive_int
+from coralbay.commands._common import EPILOG, add_model_options, positive_float, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,10 +31,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--protocol", choices=("official", "ours"), default="official",
                    help="official: the CVPR 2025 challenge's box, clicks and metrics (default); ours: this project's "
                         "earlier protocol (tight box, missed and extra voxels searched separately, depth in mm)")
-    p.add_argument("--box", action=argparse.BooleanOptionalAction, default=True,
-                   help="give the protocol's box first (default); --no-box: the first click only")
+    p.add_argument("--box", action=argparse.BooleanOptionalAction, default=None,
+                   help="give the protocol's box first (default, except with --teach-between-scans); --no-box: "
+                        "the first click only, on the errors of the proposal if there is one")
     p.add_argument("--sequence", action="store_true",
                    help="keep what was accepted on earlier scans (the first answer on later scans is a proposal)")
+    p.add_argument("--teach-between-scans", action="store_true",
+                   help="the Teach-model loop (implies --sequence and --no-box): after each scan but the last, "
+                        "teach a model from the structures accepted so far (the simulated user's final answers; "
+                        "the first teach from --model, each later one --from the model taught before) and start "
+                        "the next scan's structures from the newest taught model's proposal")
+    p.add_argument("--teach-steps", type=positive_int, metavar="N",
+                   help="with --teach-between-scans: most training steps of each teach (default: teach's own)")
+    p.add_argument("--teach-minutes", type=positive_float, metavar="MIN",
+                   help="with --teach-between-scans: time budget of each teach")
+    p.add_argument("--teach-dir", metavar="DIR",
+                   help="with --teach-between-scans: a new or empty folder to keep the accepted examples and the "
+                        "taught models in (default: a temporary folder, removed at the end)")
     p.add_argument("--propose-with", metavar="MODEL",
                    help="a segmentation model (e.g. one taught with `coralbay teach`) whose mask each structure "
                         "it knows starts from, as `interact --propose-with`; without a box the simulated user "
@@ -51,27 +64,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import json
-    import sys
     from pathlib import Path
 
     import numpy as np
-    import SimpleITK as sitk
 
     from coralbay.atomic import write_text_atomic
     from coralbay.bundle.loader import load_bundle
     from coralbay.device import select_device
-    from coralbay.errors import InputError, UsageError
+    from coralbay.errors import UsageError
     from coralbay.interactive import baselines as B
-    from coralbay.interactive.evaluate import evaluate_case, mean_by_structure, method_summary, scan_summary
+    from coralbay.interactive.evaluate import mean_by_structure, method_summary, scan_summary
     from coralbay.interactive.simulate import PROTOCOLS
-    from coralbay.interactive.session import Session
-    from coralbay.io.label_maps import read_labels
-    from coralbay.io.labels import LabelTable, folder_label_table, load_label_table
-    from coralbay.grid.resample import same_grid
-    from coralbay.io.volumes import read_volume
+    from coralbay.io.labels import load_label_table
 
     if len(args.pairs) % 2:
         raise UsageError("Give the scans as CT LABELS pairs (an even number of paths).")
+    _check_teach_options(args)
+    use_box = (not args.teach_between_scans) if args.box is None else args.box
     out = Path(args.json)
     if out.parent and not out.parent.is_dir():
         raise UsageError(f"The folder of {out} does not exist.")
@@ -89,11 +98,96 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError("--propose-with needs our session (not --no-ours).")
         from coralbay.interactive.proposals import ModelProposals
         proposals = ModelProposals(load_bundle(args.propose_with), str(select_device(args.device)))
-    records, feature_seconds = [], []
+    teacher, work = None, None
+    if args.teach_between_scans:
+        import tempfile
+
+        from coralbay.interactive.teach_between import TeachBetweenScans
+        work = Path(args.teach_dir) if args.teach_dir else Path(tempfile.mkdtemp(prefix="coralbay-teach-between-"))
+        teacher = TeachBetweenScans(args.model, work, args.teach_steps, args.teach_minutes, args.device)
+    try:
+        records, feature_seconds, per_scan, teaches = _evaluate_scans(args, bundle, proposals, teacher, use_box,
+                                                                     names, given_table, baselines, protocol)
+    finally:
+        if teacher is not None and not args.teach_dir:
+            import shutil
+
+            shutil.rmtree(work, ignore_errors=True)
+    by_scan = scan_summary(records, args.clicks)
+    for entry in by_scan:
+        entry.update(per_scan.get(entry["scan"], {}))
+    report = {"model": None if bundle is None else bundle.manifest.name, "clicks": args.clicks, "box": use_box,
+              "propose_with": args.propose_with,
+              "sequence": args.sequence or args.teach_between_scans,
+              "protocol": {"name": protocol.name, "description": protocol.description},
+              "methods": (["ours"] if bundle is not None else []) + list(baselines),
+              "nsd_tolerance_mm": 2.0, "monotonicity_drop": 0.02, "summary": method_summary(records),
+              "mean_by_structure": mean_by_structure(records), "by_scan": by_scan,
+              "feature_seconds": feature_seconds, "structures": records}
+    if teacher is not None:
+        report["teach_between_scans"] = {
+            "examples": "the structures the session accepted (the simulated user's final answers, not the references)",
+            "steps": args.teach_steps, "minutes": args.teach_minutes, "teach_dir": args.teach_dir, "teaches": teaches}
+    write_text_atomic(out, json.dumps(report, indent=1, default=lambda o: o.item() if isinstance(o, np.generic) else str(o)) + "\n")
+    print(f"Wrote {out}")
+    return 0
+
+
+def _check_teach_options(args: argparse.Namespace) -> None:
+    """Refuse what --teach-between-scans cannot measure, before any work (one sentence each)."""
+    from pathlib import Path
+
+    from coralbay.errors import InputError, UsageError
+
+    if not args.teach_between_scans:
+        given = [o for o, v in (("--teach-steps", args.teach_steps), ("--teach-minutes", args.teach_minutes),
+                                ("--teach-dir", args.teach_dir)) if v is not None]
+        if given:
+            raise UsageError(f"{given[0]} needs --teach-between-scans.")
+        return
+    if args.box:
+        raise UsageError("--teach-between-scans measures the taught model's proposal, which a box would replace "
+                         "(a box restarts the answer from the scan): leave out --box (--no-box is implied).")
+    if args.propose_with:
+        raise UsageError("--teach-between-scans proposes with the models it teaches: leave out --propose-with.")
+    if args.no_ours:
+        raise UsageError("--teach-between-scans needs our session (not --no-ours).")
+    if args.backbone:
+        raise UsageError("--teach-between-scans teaches on the encoder of --model itself: leave out --backbone.")
+    if len(args.pairs) < 4:
+        raise UsageError("--teach-between-scans needs at least two CT LABELS pairs: it teaches between scans.")
+    if args.teach_dir:
+        folder = Path(args.teach_dir)
+        if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+            raise InputError(f"The --teach-dir {folder} is not a new or empty folder; give another one (examples "
+                             "of another run would be taught too).")
+
+
+def _evaluate_scans(args: argparse.Namespace, bundle, proposals, teacher, use_box: bool, names, given_table,
+                    baselines, protocol) -> tuple[list[dict], list[float], dict[str, dict], list[dict]]:
+    """Every scan in order: (records, feature seconds, per-scan teach record, teaches)."""
+    import sys
+
+    import SimpleITK as sitk
+
+    from coralbay.device import select_device
+    from coralbay.errors import InputError
+    from coralbay.grid.resample import same_grid
+    from coralbay.interactive.evaluate import evaluate_case
+    from coralbay.interactive.session import Session
+    from coralbay.io.label_maps import read_labels
+    from coralbay.io.labels import LabelTable, folder_label_table
+    from coralbay.io.volumes import read_volume
+
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    records, feature_seconds, per_scan, teaches = [], [], {}, []
+    device = str(select_device(args.device))
     session = None
-    for ct_path, label_path in zip(args.pairs[::2], args.pairs[1::2]):
-        if bundle is not None and (session is None or not args.sequence):
-            session = Session(bundle, cache_dir=args.cache, device=str(select_device(args.device)))
+    pairs = list(zip(args.pairs[::2], args.pairs[1::2]))
+    for index, (ct_path, label_path) in enumerate(pairs):
+        if bundle is not None and (session is None or not (args.sequence or teacher)):
+            session = Session(bundle, cache_dir=args.cache, device=device,
+                              examples_dir=teacher.examples if teacher else None)
         image = read_volume(ct_path)
         labels = read_labels(label_path)
         reference_image = labels.image
@@ -108,22 +202,21 @@ def run(args: argparse.Namespace) -> int:
         reference = sitk.GetArrayFromImage(reference_image)
         if not reference.any():
             raise InputError(f"The label map {label_path} holds no structure inside {ct_path}.")
-        found, seconds = evaluate_case(session, image, reference, table, names, args.clicks, args.box,
-                                       baselines, protocol, str(ct_path),
-                                       lambda m: print(m, file=sys.stderr, flush=True), proposals)
+        if teacher is not None:
+            proposals = teacher.proposals(device)
+            per_scan[str(ct_path)] = teacher.scan_record()
+        found, seconds = evaluate_case(session, image, reference, table, names, args.clicks, use_box,
+                                       baselines, protocol, str(ct_path), log, proposals)
         records += found
         if seconds is not None:
             feature_seconds.append(round(seconds, 2))
-    report = {"model": None if bundle is None else bundle.manifest.name, "clicks": args.clicks, "box": args.box,
-              "propose_with": args.propose_with,
-              "sequence": args.sequence, "protocol": {"name": protocol.name, "description": protocol.description},
-              "methods": (["ours"] if bundle is not None else []) + list(baselines),
-              "nsd_tolerance_mm": 2.0, "monotonicity_drop": 0.02, "summary": method_summary(records),
-              "mean_by_structure": mean_by_structure(records), "by_scan": scan_summary(records, args.clicks),
-              "feature_seconds": feature_seconds, "structures": records}
-    write_text_atomic(out, json.dumps(report, indent=1, default=lambda o: o.item() if isinstance(o, np.generic) else str(o)) + "\n")
-    print(f"Wrote {out}")
-    return 0
+        if teacher is not None and index + 1 < len(pairs):   # the last scan's teach would propose nothing
+            teaches.append(teacher.teach(after_scan=index + 1))
+            done = teaches[-1]
+            log(f"Taught {done['taught']} on {done.get('taught_on_scans', 0)} scan(s) in {done.get('seconds')} s "
+                f"({done.get('steps')} steps, stopped: {done.get('stopped')})" if done["taught"] else
+                f"No teach after scan {index + 1}: {done['reason']}.")
+    return records, feature_seconds, per_scan, teaches
 
 
 def _baselines(args: argparse.Namespace, B) -> list[str]:

@@ -20,6 +20,7 @@ while the user looks at the answer.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Protocol as Interface, Sequence
 
@@ -66,6 +67,7 @@ class SessionMethod:
     def __init__(self, session: Session, image: sitk.Image, proposals: ModelProposals | None = None) -> None:
         self.session, self.image, self.proposals = session, image, proposals
         self.finished: list[str] = []
+        self.proposed_by: str | None = None   # where the last proposal came from (a model's name, or examples)
 
     def start(self, name: str, value: int) -> None:
         self.session.start(name, value)
@@ -73,7 +75,7 @@ class SessionMethod:
     def proposal(self, name: str) -> np.ndarray | None:
         """The answer the structure starts from (`first_answer`: the --propose-with model's mask,
         else the accepted examples' proposal), or None."""
-        found, _ = first_answer(self.session, self.proposals, name)
+        found, self.proposed_by = first_answer(self.session, self.proposals, name)
         return None if found is None else found.mask
 
     def answer(self, prompt: S.VoxelBox | S.Click) -> np.ndarray:
@@ -216,7 +218,8 @@ def evaluate_case(session: Session | None, image: sitk.Image, reference: np.ndar
                 proposal = method.proposal(label.name)
                 if proposal is not None:
                     proposal_dice = round(S.dice(proposal, ref), 4)
-                    record["proposal"] = {"dice": proposal_dice, "seconds": round(time.perf_counter() - start, 3)}
+                    record["proposal"] = {"dice": proposal_dice, "seconds": round(time.perf_counter() - start, 3),
+                                          "by": method.proposed_by}
             found = simulate_structure(method, ref, image, protocol, clicks, box, proposal)
             for target in TARGETS:
                 reached = _clicks_to_reach(found["dice_per_click"], target)
@@ -274,7 +277,8 @@ def mean_by_structure(records: list[dict]) -> dict:
 def scan_summary(records: list[dict], clicks: int) -> list[dict]:
     """Our session per scan, in order (what `--sequence` is for): mean clicks to Dice 0.85 / 0.90
     over its structures (clicks + 1 when not reached; 0 when the proposal already reaches it), also
-    with the first click always counted, and the mean Dice of the proposals."""
+    with the first click always counted, mean Dice after 1 / 3 / 5 / 10 clicks, and the proposals:
+    how many, from where, their mean Dice."""
     out = []
     for scan in dict.fromkeys(r["scan"] for r in records):
         mine = [r for r in records if r["scan"] == scan and OURS in r["methods"]]
@@ -286,8 +290,11 @@ def scan_summary(records: list[dict], clicks: int) -> list[dict]:
                 key = f"clicks_to_dice_{target:.2f}{suffix}"
                 values = [clicks + 1 if r["methods"][OURS][key] is None else r["methods"][OURS][key] for r in mine]
                 entry["mean_" + key] = round(float(np.mean(values)), 2)
+        entry["mean_dice_after"] = {n: _mean([r["methods"][OURS]["dice_after"][n] for r in mine])
+                                    for n in mine[0]["methods"][OURS]["dice_after"]}
         proposals = [r["proposal"]["dice"] for r in mine if "proposal" in r]
         entry["proposals"] = len(proposals)
+        entry["proposals_by"] = dict(Counter(r["proposal"].get("by") for r in mine if "proposal" in r))
         entry["mean_proposal_dice"] = round(float(np.mean(proposals)), 4) if proposals else None
         out.append(entry)
     return out
