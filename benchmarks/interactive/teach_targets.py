@@ -40,6 +40,7 @@ import SimpleITK as sitk
 import torch
 
 from coralbay.bundle.loader import load_bundle
+from coralbay.device import select_device
 from coralbay.inference.segment import segment_image
 from coralbay.interactive.features import cache_key, encoder_digest, scan_digest
 from coralbay.io.example_masks import write_accepted
@@ -52,10 +53,10 @@ HERE = Path(__file__).resolve().parent
 DECLARED = json.loads((HERE / "teach_test_set.json").read_text())
 
 
-def teach(examples: Path, name: str, output: Path, *extra: str) -> dict:
+def teach(examples: Path, name: str, output: Path, *extra: str, base: str = bench.BASE) -> dict:
     """`coralbay teach`, timed as a process; its training record."""
     started, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
-    subprocess.run([sys.executable, "-m", "coralbay", "teach", str(examples), "--model", bench.BASE, "--name", name,
+    subprocess.run([sys.executable, "-m", "coralbay", "teach", str(examples), "--model", base, "--name", name,
                     "--output", str(output), "--no-catalog", "--progress", "none", *extra],
                    check=True, stdout=subprocess.DEVNULL)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -68,12 +69,12 @@ def teach(examples: Path, name: str, output: Path, *extra: str) -> dict:
             "examples": [e["scan_id"] for e in training.get("examples", [])]}
 
 
-def dice_table(model: Path, cases: list[tuple[str, sitk.Image, sitk.Image]]) -> dict:
+def dice_table(model: Path, cases: list[tuple[str, sitk.Image, sitk.Image]], device: str = "cpu") -> dict:
     """Dice per structure (mean over cases, and per case) of a bundle on (name, image, labels) cases."""
     bundle = load_bundle(str(model))
     per_case = {}
     for name, image, labels in cases:
-        result = segment_image(image, bundle, torch.device("cpu"))
+        result = segment_image(image, bundle, torch.device(device))
         per_case[name] = dice_per_structure(sitk.GetArrayViewFromImage(result.labels),
                                             sitk.GetArrayViewFromImage(labels), bundle.manifest.labels)
     names = [lab.name for lab in bundle.manifest.labels]
@@ -140,7 +141,7 @@ def targets(parts: list[dict]) -> dict:
 
 def real_ct(args: argparse.Namespace, work: Path) -> dict:
     root = Path(args.real_ct)
-    base = load_bundle(bench.BASE)
+    base = load_bundle(args.base)
     digest = encoder_digest(base.network)
     manifest = base.manifest
     teach_cases = DECLARED["real_ct"]["teach_cases"]
@@ -151,13 +152,14 @@ def real_ct(args: argparse.Namespace, work: Path) -> dict:
         scan_id = cache_key(scan_digest(image), digest, manifest.preprocessing.to_dict(), manifest.inference)[:16]
         write_accepted(examples, scan_id, str(root / case / "image.nii.gz"), "tumour", 1, mask, image,
                        manifest.name, digest)
-    run = teach(examples, "realct-5", work / "realct-5", *(("--minutes", str(args.minutes)) if args.minutes else ()))
+    run = teach(examples, "realct-5", work / "realct-5", "--device", args.device,
+                *(("--minutes", str(args.minutes)) if args.minutes else ()), base=args.base)
     others = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name not in teach_cases)
     cases = [(c, sitk.ReadImage(str(root / c / "image.nii.gz")), sitk.ReadImage(str(root / c / "label.nii.gz")))
              for c in others]
-    score = dice_table(work / "realct-5", cases)
+    score = dice_table(work / "realct-5", cases, str(select_device(args.device)))
     per_case = [c["tumour"] for c in score["per_case"].values()]
-    return {"data": str(root), "teach_cases": teach_cases, "evaluated_cases": others, "run": run,
+    return {"data": str(root), "base": args.base, "teach_cases": teach_cases, "evaluated_cases": others, "run": run,
             "tumour_dice_mean": round(float(np.mean(per_case)), 4), "tumour_dice_worst": round(min(per_case), 4),
             "tumour_dice_per_case": score["per_case"]}
 
@@ -173,6 +175,10 @@ def main() -> None:
                         help="teach runs, in order: scratch-N (from demo-phantom-seg on N scans) or incremental-N "
                              "(--from the N-1 run: incremental-(N-1), or scratch-1)")
     parser.add_argument("--minutes", type=float, help="--minutes of every teach")
+    parser.add_argument("--base", default=bench.BASE,
+                        help=f"--real-ct: the model taught from (default {bench.BASE}; e.g. a bundle on the real CoralBay "
+                             "encoder, docs/interactive.md)")
+    parser.add_argument("--device", default="auto", help="--real-ct: the teach's and the scoring's device (default auto)")
     parser.add_argument("--with-base", action="store_true", help="also score demo-phantom-seg itself")
     parser.add_argument("--merge", nargs="+", type=Path, metavar="PART",
                         help="combine parts run side by side into one JSON with the targets")
