@@ -173,10 +173,14 @@ def test_shortcuts_box_refine_and_next_structure_drive_the_logic(module, tmp_pat
     _settle(logic)
     assert logic.interactive.structure == entry.structures[1] == ui.structureComboBox.currentText
 
-    # the one Cancel stops the interactive requests still waiting; the status line says so. Three
-    # points go at once: the engine answers one at a time, so the later ones are still waiting.
-    for shift in range(3):
-        params.interactivePositive.AddControlPoint(list((ijk_to_ras @ [i + shift, j, k, 1])[:3]))
+    # the one Cancel stops the interactive requests still waiting; the status line says so. Five
+    # points go at once, inside the next structure (a point on the accepted liver is refused at
+    # once, which leaves nothing waiting): the engine answers one graph cut at a time, so the later
+    # ones are still waiting.
+    from coralbay.phantom import PHANTOM_LABELS
+    inside = np.argwhere(labels == PHANTOM_LABELS.by_name(entry.structures[1]).value)
+    for z, y, x in inside[np.linspace(0, len(inside) - 1, 5).astype(int)]:
+        params.interactivePositive.AddControlPoint(list((ijk_to_ras @ [x, y, z, 1])[:3]))
     assert logic.interactive.session.busy
     assert ui.interactiveStatusLabel.text == f"Working on the point of {entry.structures[1]}..."
     logic.cancel()
