@@ -11,8 +11,9 @@ from monai.networks.blocks.unetr_block import UnetrBasicBlock, UnetrUpBlock
 
 from coralbay.inference import lean_forward
 from coralbay.inference.fast_swin import disable_fast_swin, enable_fast_swin
-from coralbay.inference.lean_forward import (LeanSegmentation, _PlainInput, _ResBlockPlan, _UpsampledInput,
-                                             _res_block, _rows_of, _upsampled_rows, lean_supported)
+from coralbay.inference.folded_upsample import UpsampledInput, upsampled_rows
+from coralbay.inference.lean_forward import LeanSegmentation, _res_block, _rows_of, lean_supported
+from coralbay.inference.slab_block import PlainInput, ResBlockPlan
 from coralbay.model import ArchitectureSpec, build_network
 
 BOUND = 1e-4  # relative to the largest logit, as test_fast_inference's bound
@@ -66,10 +67,10 @@ def test_streamed_residual_block_equals_the_block(depth, slab, channels_last):
     x = torch.randn(1, 3, depth, 7, 6)
     with torch.inference_mode():
         reference = block(x)
-        inputs = _PlainInput(_rows_of(x), depth, channels_last)
-        out = _ResBlockPlan(_res_block(block)).run(inputs, slab, channels_last=channels_last)
+        inputs = PlainInput(_rows_of(x), depth, channels_last)
+        out = ResBlockPlan(_res_block(block)).run(inputs, slab, channels_last=channels_last)
         pieces = torch.zeros_like(reference)
-        _ResBlockPlan(_res_block(block)).run(inputs, slab, lambda a, b, rows: pieces[:, :, a:b].copy_(rows),
+        ResBlockPlan(_res_block(block)).run(inputs, slab, lambda a, b, rows: pieces[:, :, a:b].copy_(rows),
                                              channels_last)
     assert _close(out, reference) and _close(pieces, reference)
 
@@ -89,12 +90,12 @@ def test_streamed_up_block_equals_the_block(depth, slab, channels_last, folded):
     inp, skip = torch.randn(1, 6, depth // 2, 4, 5), torch.randn(1, 4, depth, 8, 10)
     with torch.inference_mode():
         reference = block(inp, skip)
-        plan = _ResBlockPlan(_res_block(block.conv_block))
+        plan = ResBlockPlan(_res_block(block.conv_block))
         transp = block.transp_conv.conv
         if folded:
-            inputs = _UpsampledInput(transp, inp, skip, plan, channels_last)
+            inputs = UpsampledInput(transp, inp, skip, plan, channels_last)
         else:
-            inputs = _PlainInput(_upsampled_rows(transp, inp, skip, channels_last), depth, channels_last)
+            inputs = PlainInput(upsampled_rows(transp, inp, skip, channels_last), depth, channels_last)
         out = plan.run(inputs, slab, channels_last=channels_last)
     assert _close(out, reference)
 
@@ -108,8 +109,8 @@ def test_folded_up_block_follows_weights_changed_in_place():
     transp = block.transp_conv.conv
     for _ in range(2):
         with torch.inference_mode():
-            plan = _ResBlockPlan(_res_block(block.conv_block))
-            out = plan.run(_UpsampledInput(transp, inp, skip, plan, True), 2, channels_last=True)
+            plan = ResBlockPlan(_res_block(block.conv_block))
+            out = plan.run(UpsampledInput(transp, inp, skip, plan, True), 2, channels_last=True)
             assert _close(out, block(inp, skip))
         with torch.no_grad():
             transp.weight.mul_(-0.5)
