@@ -211,9 +211,10 @@ def random_background(shape: tuple[int, int, int], rng: np.random.Generator, exc
 def evidence_from_prompts(prompts: list[P.Prompt], grids: ScanGrids, accepted_model: np.ndarray, background: np.ndarray,
                           rng: np.random.Generator) -> tuple[Evidence, list[np.ndarray], list[np.ndarray],
                                                              list[tuple[int, int, int]]]:
-    """The head's labelled model voxels from a structure's prompts (its points): a ball per click, a sample of the accepted structures as negatives and
-    the scan's background draw; with the positive and negative model voxels and the positive input
-    voxels (the anchors a proposal's components must hold)."""
+    """The head's labelled model voxels from a structure's prompts (its points): a ball per click,
+    a sample of the accepted structures as negatives and the scan's background draw; with the
+    positive and negative model voxels and the positive input voxels (the anchors a proposal's
+    components must hold)."""
     ev = Evidence()
     positive_model: list[np.ndarray] = []
     negative_model: list[np.ndarray] = []
