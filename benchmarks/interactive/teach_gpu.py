@@ -46,9 +46,11 @@ PROJECTED_STEPS = 200
 def _teach(examples: Path, base: str, output: Path, home: Path, device: str, *extra: str) -> dict:
     """`coralbay teach` as a process with its own CORALBAY_HOME (its crop store); wall seconds and
     the taught bundle's training record."""
-    os.environ["CORALBAY_HOME"] = str(home)
-    wall, _ = bench.coralbay("teach", str(examples), "--model", base, "--name", output.name, "--output", str(output),
-                             "--no-catalog", "--device", device, *extra)
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "coralbay", "teach", str(examples), "--model", base, "--name", output.name,
+                    "--output", str(output), "--no-catalog", "--device", device, "--progress", "none", *extra],
+                   check=True, stdout=subprocess.DEVNULL, env={**os.environ, "CORALBAY_HOME": str(home)})
+    wall = time.perf_counter() - started
     training = json.loads((output / "manifest.json").read_text())["metrics"]["training"]
     return {"wall_s": round(wall, 2), "steps": training["steps"], "stopped": training["stopped"],
             "train_seconds": training["seconds"]}
