@@ -77,11 +77,19 @@ def _fsync(path: Path, directory: bool = False) -> None:
         os.close(fd)
 
 
-def _failure_sentence(target: Path, parent: Path, exc: BaseException) -> str:
-    """One sentence for a failed write, most specific cause first."""
+def _failure_sentence(target: Path, parent: Path, exc: BaseException, temp_vanished: bool = False) -> str:
+    """One sentence for a failed write, most specific cause first.
+
+    `temp_vanished`: the temporary was removed by someone else while it was written. Removing the
+    output folder does that first (rmtree unlinks the files, then the folder), so in that window
+    the folder still exists and the write's own error (often "incomplete") would mislead.
+    """
     unchanged = "any earlier file of that name is unchanged"
     if not parent.is_dir():
         return f"The output folder {parent} disappeared while {target.name} was being written."
+    if temp_vanished:
+        return (f"The file being written for {target} was removed while it was being written "
+                f"(is the output folder {parent} being removed?).")
     code = getattr(exc, "errno", None)
     if code in (errno.ENOSPC, errno.EDQUOT):
         return f"The disk is full: {target} could not be written; {unchanged}."
@@ -98,12 +106,12 @@ def _failure_sentence(target: Path, parent: Path, exc: BaseException) -> str:
     return f"Writing {target} failed ({detail[:200]}); {unchanged}."
 
 
-def _raise_as_sentence(exc: BaseException, target: Path, parent: Path) -> None:
+def _raise_as_sentence(exc: BaseException, target: Path, parent: Path, temp_vanished: bool = False) -> None:
     """Turn a failed write into one CoralBayError sentence; interrupts and other errors pass."""
     if isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit)):
         return
-    if not parent.is_dir() or isinstance(exc, OSError):
-        raise CoralBayError(_failure_sentence(target, parent, exc)) from exc
+    if not parent.is_dir() or isinstance(exc, OSError) or (temp_vanished and isinstance(exc, CoralBayError)):
+        raise CoralBayError(_failure_sentence(target, parent, exc, temp_vanished)) from exc
 
 
 def _remove(path: Path) -> None:
@@ -146,6 +154,7 @@ def atomic_file(target: str | os.PathLike,
         raise CoralBayError(_failure_sentence(target, parent, exc)) from exc
     os.close(fd)
     tmp_path = Path(tmp)
+    renamed = False
     try:
         os.chmod(tmp_path, _default_mode(is_dir=False))
         yield tmp_path
@@ -155,10 +164,12 @@ def atomic_file(target: str | os.PathLike,
             verify(tmp_path)
         _fsync(tmp_path)
         os.replace(tmp_path, target)
+        renamed = True
         _fsync(parent, directory=True)
     except BaseException as exc:
+        vanished = not renamed and not os.path.lexists(tmp_path)
         _remove(tmp_path)
-        _raise_as_sentence(exc, target, parent)
+        _raise_as_sentence(exc, target, parent, temp_vanished=vanished)
         raise
 
 
