@@ -83,6 +83,7 @@ def test_sigkill_mid_request_restarts_and_replays_the_prompts(session, scan):
     """The process is SIGKILLed while an undo is on its way: a new process opens the scan from the
     feature cache, replays the three points, and answers the undo with the two-point mask."""
     first = session.pid
+    os.kill(first, signal.SIGSTOP)  # stopped, it cannot answer the undo before the kill lands
     undo = session.request("undo")
     os.kill(first, signal.SIGKILL)
     answer = session.wait(undo, TIMEOUT_S)
@@ -98,6 +99,7 @@ def test_cancel_kills_a_request_the_engine_does_not_stop_and_the_session_goes_on
     before = session.pid
     tree = {before} | {p.pid for p in psutil.Process(before).children(recursive=True)}
     click = _click(scan, scan["masks"][2])
+    os.kill(before, signal.SIGSTOP)  # a point takes ~15 ms: stopped, it is still unanswered at the cancel
     point = session.request("point", lps=list(click.lps), positive=click.positive)
     assert session.cancel() == [point]
     started = time.monotonic()

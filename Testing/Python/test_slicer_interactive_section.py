@@ -9,6 +9,8 @@ owns the shortcuts.
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import numpy as np
@@ -175,15 +177,20 @@ def test_shortcuts_box_refine_and_next_structure_drive_the_logic(module, tmp_pat
 
     # the one Cancel stops the interactive requests still waiting; the status line says so. Five
     # points go at once, inside the next structure (a point on the accepted liver is refused at
-    # once, which leaves nothing waiting): the engine answers one graph cut at a time, so the later
-    # ones are still waiting.
+    # once, which leaves nothing waiting). Five graph cuts are ~65 ms of work, so the engine is
+    # stopped while they are sent and the Cancel goes: it then reads them all before answering.
     from coralbay.phantom import PHANTOM_LABELS
-    inside = np.argwhere(labels == PHANTOM_LABELS.by_name(entry.structures[1]).value)
-    for z, y, x in inside[np.linspace(0, len(inside) - 1, 5).astype(int)]:
-        params.interactivePositive.AddControlPoint(list((ijk_to_ras @ [x, y, z, 1])[:3]))
-    assert logic.interactive.session.busy
-    assert ui.interactiveStatusLabel.text == f"Working on the point of {entry.structures[1]}..."
-    logic.cancel()
+    engine_pid = logic.interactive.session.pid
+    os.kill(engine_pid, signal.SIGSTOP)
+    try:
+        inside = np.argwhere(labels == PHANTOM_LABELS.by_name(entry.structures[1]).value)
+        for z, y, x in inside[np.linspace(0, len(inside) - 1, 5).astype(int)]:
+            params.interactivePositive.AddControlPoint(list((ijk_to_ras @ [x, y, z, 1])[:3]))
+        assert logic.interactive.session.busy
+        assert ui.interactiveStatusLabel.text == f"Working on the point of {entry.structures[1]}..."
+        logic.cancel()
+    finally:
+        os.kill(engine_pid, signal.SIGCONT)
     events = _settle(logic)
     cancelled = [e for e in events if e.kind == "error" and e.message == "Cancelled."]
     assert cancelled and not logic.interactive.session.busy
