@@ -136,9 +136,11 @@ def test_remote_session_equals_local_and_survives_kills(world, tmp_path):
                 world["server"] = server = start_server(world["state"], world["bundles"])
                 engine = RemoteEngine(server.url, tokens["alice"])
                 remote.engine = engine
-                # click 6 starts the rebuild; Cancel stops it at once and click 6 is not applied
+                # click 6 starts the rebuild; Cancel stops it and click 6 is not applied. The new
+                # worker is stopped first: else a fast machine finishes the rebuild within the grace
+                earlier = _workers_of(world["state"] / "sessions" / sid)
                 request_id = remote.request("point", name="liver", **click)
-                time.sleep(0.5)
+                _stop_new_worker_of(world["state"] / "sessions" / sid, earlier)
                 cancelled_at = time.monotonic()
                 assert remote.cancel() == [request_id]
                 answer = remote.wait(request_id, timeout=60)
@@ -178,15 +180,34 @@ def test_remote_session_equals_local_and_survives_kills(world, tmp_path):
 
 def _kill_workers_of(session_folder: Path) -> None:
     """SIGKILL the session's `coralbay interact` process (found by its output folder on the command line)."""
+    workers = _workers_of(session_folder)
+    assert len(workers) == 1, workers
+    os.kill(workers.pop(), signal.SIGKILL)
+
+
+def _workers_of(session_folder: Path) -> set[int]:
+    """The pids of the session's `coralbay interact` processes (their output folder is on the command line)."""
     import psutil
 
     marker = str(session_folder / "work")
-    killed = 0
+    found = set()
     for process in psutil.process_iter(["cmdline"]):
         if any(marker in part for part in process.info["cmdline"] or []):
-            os.kill(process.pid, signal.SIGKILL)
-            killed += 1
-    assert killed == 1
+            found.add(process.pid)
+    return found
+
+
+def _stop_new_worker_of(session_folder: Path, earlier: set[int], timeout: float = 120) -> None:
+    """SIGSTOP the session's worker that is not one of `earlier` (waits for it to appear)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        new = _workers_of(session_folder) - earlier
+        if new:
+            for pid in new:
+                os.kill(pid, signal.SIGSTOP)
+            return
+        time.sleep(0.02)
+    raise AssertionError("the server started no worker for the session")
 
 
 def test_jobs_run_the_commands_and_cancel(world, tmp_path, tiny_seg_bundle, tiny_cls_bundle):
@@ -242,12 +263,13 @@ def test_idle_sessions_stop_their_worker_then_expire(world, tmp_path):
     state.mkdir()
     (state / "users.json").write_bytes((world["state"] / "users.json").read_bytes())
     os.chmod(state / "users.json", 0o600)
-    server = start_server(state, world["bundles"], "--session-idle-minutes", "0.02", "--session-expire-hours", "0.002")
+    # idle after 3 s (a stall of the test between its requests must not reach it), expiry after 10.8 s
+    server = start_server(state, world["bundles"], "--session-idle-minutes", "0.05", "--session-expire-hours", "0.003")
     alice = world["tokens"]["alice"]
     try:
         engine = RemoteEngine(server.url, alice)
         info = engine.call_json("GET", "/v1/info")   # clients read the times, and that teach is not offered
-        assert info["limits"]["session_idle_s"] == pytest.approx(1.2) and info["teach"].startswith("not offered")
+        assert info["limits"]["session_idle_s"] == pytest.approx(3.0) and info["teach"].startswith("not offered")
         assert "teach" not in info["workflows"]
         forgotten = engine.call_json("POST", "/v1/sessions", {"model": "tiny-seg"})["session"]
         remote = RemoteInteractiveSession(engine, "tiny-seg", tmp_path / "remote")
@@ -258,14 +280,14 @@ def test_idle_sessions_stop_their_worker_then_expire(world, tmp_path):
         first = remote.ask("point", name="liver", **clicks[0])
         sid = remote.session_id
         deadline = time.monotonic() + 60
-        while _status(server, "GET", f"/v1/sessions/{sid}", alice)[1]["running"]:   # idle after 1.2 s
+        while _status(server, "GET", f"/v1/sessions/{sid}", alice)[1]["running"]:   # idle after 3 s
             assert time.monotonic() < deadline, "the idle worker was not stopped"
             time.sleep(0.3)
         second = remote.ask("point", name="liver", **clicks[1])
         info = _status(server, "GET", f"/v1/sessions/{sid}", alice)[1]
         # a result (not "open a scan first"): the stopped worker's state came back from the journal
         assert first["event"] == second["event"] == "result" and info["replays"] == 1 and info["last_seq"] == 4
-        while _status(server, "GET", f"/v1/sessions/{forgotten}", alice)[0] != 404:   # expired after 7.2 s
+        while _status(server, "GET", f"/v1/sessions/{forgotten}", alice)[0] != 404:   # expired after 10.8 s
             assert time.monotonic() < deadline + 60, "the expired session was not removed"
             time.sleep(0.5)
         assert not (state / "sessions" / forgotten).exists()
