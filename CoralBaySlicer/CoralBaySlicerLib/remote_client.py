@@ -24,6 +24,7 @@ import ssl
 import threading
 import time
 import urllib.parse
+import uuid
 from pathlib import Path
 
 from CoralBaySlicerLib.remote_volumes import (Volume, decode_download, encode_and_hash, read_nrrd, worth_compressing,
@@ -32,6 +33,7 @@ from CoralBaySlicerLib.remote_volumes import (Volume, decode_download, encode_an
 UPLOAD_CHUNK = 32 << 20
 COMPRESSIONS = ("auto", "zlib", "none")
 RETRIES = 3
+IDEMPOTENCY_HEADER = "Idempotency-Key"   # the server's coralbay.serve.idempotency.HEADER (this file imports no engine)
 
 
 class RemoteError(RuntimeError):
@@ -144,10 +146,17 @@ class RemoteEngine:
                               float(reply_headers["retry-after"]) if reply_headers.get("retry-after", "").isdigit() else None)
         return response.status, reply_headers, data
 
-    def call_json(self, method: str, path: str, payload: object = None, ok: tuple[int, ...] = (200, 201, 202)) -> dict:
+    def call_json(self, method: str, path: str, payload: object = None, ok: tuple[int, ...] = (200, 201, 202),
+                  headers: dict | None = None) -> dict:
         body = None if payload is None else json.dumps(payload).encode("utf-8")
         extra = {"Content-Type": "application/json"} if body is not None else {}
-        return json.loads(self.call(method, path, body, extra, ok)[2] or b"{}")
+        return json.loads(self.call(method, path, body, {**extra, **(headers or {})}, ok)[2] or b"{}")
+
+    def create(self, path: str, payload: dict) -> dict:
+        """POST that creates a session or a job, once: the retries `call` makes after a dropped
+        connection carry the same Idempotency-Key, so the server answers them with what the
+        first one created (else a response lost on the way back would start a second job)."""
+        return self.call_json("POST", path, payload, headers={IDEMPOTENCY_HEADER: uuid.uuid4().hex})
 
     # -- what the panel uses --------------------------------------------------------------------
     def test_connection(self) -> str:
@@ -241,8 +250,7 @@ class RemoteJob:
 
     def start(self, image: str | Path | Volume) -> None:
         digest = self.engine.upload(image)
-        job = self.engine.call_json("POST", "/v1/jobs", {"task": self.task, "model": self.model,
-                                                          "image": digest, **self.options})
+        job = self.engine.create("/v1/jobs", {"task": self.task, "model": self.model, "image": digest, **self.options})
         self.job_id, self.state = job["job"], "running"
 
     @property

@@ -52,7 +52,7 @@ class RemoteInteractiveSession:
 
     # -- the local session's interface ---------------------------------------------------------------
     def start(self) -> None:
-        self.session_id = self.engine.call_json("POST", "/v1/sessions", {"model": self.model})["session"]
+        self.session_id = self.engine.create("/v1/sessions", {"model": self.model})["session"]
         self._thread = threading.Thread(target=self._run, name="CoralBay remote session", daemon=True)
         self._thread.start()
         threading.Thread(target=self._follow_progress, name="CoralBay remote progress", daemon=True).start()

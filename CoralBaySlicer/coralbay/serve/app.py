@@ -25,6 +25,7 @@ from starlette.routing import Route
 from coralbay import __version__
 from coralbay.errors import CoralBayError, InputError
 from coralbay.serve.audit import AuditLog
+from coralbay.serve.idempotency import HEADER as IDEMPOTENCY_HEADER, IdempotencyKey
 from coralbay.serve.images import ImageStore, UploadConflict, check_digest
 from coralbay.serve.jobs import JobManager, read_label_result, read_report
 from coralbay.serve.limits import AuthBackoff, RateLimit, ServeLimits
@@ -181,7 +182,8 @@ def build_app(state: ServerState) -> Starlette:
     async def sessions(request: Request) -> Response:
         body = await read_json(request, 4096)
         model = body.get("model") if isinstance(body, dict) else None
-        session = state.sessions.create(_user(request), model)
+        key = IdempotencyKey.of_request(_user(request), request.headers.get(IDEMPOTENCY_HEADER), body)
+        session = state.sessions.create(_user(request), model, key)
         return JSONResponse({"session": session.id, "model": session.model.name}, status_code=201)
 
     def _session(request: Request):
@@ -231,7 +233,9 @@ def build_app(state: ServerState) -> Starlette:
         return Response(body, media_type="application/octet-stream", headers=headers)
 
     async def jobs(request: Request) -> Response:
-        job = await state.jobs.create(_user(request), await read_json(request, 4096))
+        body = await read_json(request, 4096)
+        key = IdempotencyKey.of_request(_user(request), request.headers.get(IDEMPOTENCY_HEADER), body)
+        job = await state.jobs.create(_user(request), body, key)
         return JSONResponse(job.public(), status_code=201)
 
     async def job(request: Request) -> Response:

@@ -28,8 +28,9 @@ from coralbay.atomic import write_text_atomic
 
 from coralbay.errors import InputError
 from coralbay.progress import decode_event
+from coralbay.serve.idempotency import HEADER, IdempotencyKey
 from coralbay.serve.images import ImageStore, check_digest
-from coralbay.serve.sessions import Busy, EngineSettings, NotFound, ServedModel
+from coralbay.serve.sessions import Busy, Conflict, EngineSettings, NotFound, ServedModel
 from coralbay.serve.worker import kill_group, start_engine
 
 TASKS = {"segment": "segmentation", "classify": "classification"}
@@ -51,6 +52,7 @@ class Job:
     needs_confirmation: bool = False   # refused as a long run: the client may ask and send allow_long_run
     pid: int | None = None
     finished_at: float | None = None
+    idempotency: dict = field(default_factory=dict)   # IdempotencyKey.record() of the request that made it
     process: asyncio.subprocess.Process | None = None
     runner: asyncio.Task | None = field(default=None, repr=False)
 
@@ -74,7 +76,7 @@ class Job:
         record = {"id": self.id, "user": self.user, "task": self.task, "model": self.model, "state": self.state,
                   "fraction": self.fraction, "message": self.message, "error": self.error, "pid": self.pid,
                   "needs_confirmation": self.needs_confirmation,
-                  "finished_at": self.finished_at}
+                  "finished_at": self.finished_at, **self.idempotency}
         write_text_atomic(self.folder / "job.json", json.dumps(record))
 
     def finish(self, state: str, error: str | None = None) -> None:
@@ -88,7 +90,8 @@ def _load(record_path: Path) -> Job:
     record = json.loads(record_path.read_text(encoding="utf-8"))
     job = Job(str(record["id"]), str(record["user"]), str(record["task"]), str(record["model"]), record_path.parent,
               str(record["state"]), float(record.get("fraction") or 0), str(record.get("message") or ""),
-              record.get("error"), bool(record.get("needs_confirmation")), record.get("pid"), record.get("finished_at"))
+              record.get("error"), bool(record.get("needs_confirmation")), record.get("pid"), record.get("finished_at"),
+              {k: str(record[k]) for k in ("idempotency_key", "request_sha256") if k in record})
     if job.state == "running":   # the server stopped while it ran
         _stop_leftover(job)
         job.finish("done") if job.output_complete else job.finish("interrupted", INTERRUPTED)
@@ -137,12 +140,27 @@ class JobManager:
                  settings: EngineSettings) -> None:
         self.root, self.models, self.images, self.settings = Path(root), models, images, settings
         self.jobs: dict[str, Job] = {}
+        # One job start at a time per user: the start awaits (its image, its process), and without
+        # this two requests at once would both pass the cap of running jobs or both miss a repeated key.
+        self._starting: dict[str, asyncio.Lock] = {}
         for record_path in sorted(self.root.glob("*/job.json")):
             with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
                 job = _load(record_path)
                 self.jobs[job.id] = job
 
-    async def create(self, user: str, body: object) -> Job:
+    async def create(self, user: str, body: object, key: IdempotencyKey | None = None) -> Job:
+        """Start a job; a request repeated with its Idempotency-Key gets the job it started."""
+        async with self._starting.setdefault(user, asyncio.Lock()):
+            if key is not None:
+                earlier = next((j for j in self.jobs.values() if key.is_key_of(j.user, j.idempotency)), None)
+                if earlier is not None:
+                    if not key.same_request(earlier.idempotency):
+                        raise Conflict(f"This {HEADER} was sent before with another job; send a new key "
+                                       "for a new job.")
+                    return earlier
+            return await self._start(user, body, key)
+
+    async def _start(self, user: str, body: object, key: IdempotencyKey | None) -> Job:
         if not isinstance(body, dict):
             raise InputError("A job is a JSON object with task, model and image.")
         task = body.get("task")
@@ -161,7 +179,8 @@ class JobManager:
             image = await asyncio.to_thread(self.images.engine_file, user, digest)
         except FileNotFoundError:
             raise NotFound("There is no uploaded image with that SHA-256 (upload it first).") from None
-        job = Job(secrets.token_urlsafe(16), user, task, model.name, self.root / secrets.token_hex(8))
+        job = Job(secrets.token_urlsafe(16), user, task, model.name, self.root / secrets.token_hex(8),
+                  idempotency=key.record() if key is not None else {})
         job.folder.mkdir(parents=True, mode=0o700)
         argv = [task, str(image), "--model", str(model.folder), "--output", str(job.output),
                 "--progress", "jsonl", "--device", self.settings.device, *options]

@@ -29,6 +29,7 @@ import numpy as np
 from coralbay.atomic import write_text_atomic
 from coralbay.errors import CoralBayError, InputError
 from coralbay.serve.crops import changed_box, decode_crop, encode_crop, mask_crc32
+from coralbay.serve.idempotency import HEADER, IdempotencyKey
 from coralbay.serve.images import ImageStore, check_digest
 from coralbay.serve.journal import Journal
 from coralbay.serve.limits import ServeLimits
@@ -51,7 +52,7 @@ class Busy(CoralBayError):
 
 
 class Conflict(CoralBayError):
-    """A sequence number out of order, or reused for a different request (409)."""
+    """A sequence number out of order, or it or an Idempotency-Key reused for a different request (409)."""
 
 
 @dataclass(frozen=True)
@@ -339,7 +340,16 @@ class SessionManager:
                     self.sessions[record["id"]] = RemoteSession(record, record_path.parent, models[record["model"]],
                                                                 images, settings)
 
-    def create(self, user: str, model_name: object) -> RemoteSession:
+    def create(self, user: str, model_name: object, key: IdempotencyKey | None = None) -> RemoteSession:
+        """A new session; a request repeated with its Idempotency-Key gets the session it made.
+        (No await here, so a retry cannot overtake its original: no lock is needed.)"""
+        if key is not None:
+            earlier = next((s for s in self.sessions.values() if key.is_key_of(s.user, s.record)), None)
+            if earlier is not None:
+                if not key.same_request(earlier.record):
+                    raise Conflict(f"This {HEADER} was sent before with another session; send a new key "
+                                   "for a new session.")
+                return earlier
         limits = self.settings.limits
         model = self.models.get(model_name) if isinstance(model_name, str) else None
         if model is None or model.task != "segmentation":
@@ -352,7 +362,8 @@ class SessionManager:
         session_id = secrets.token_urlsafe(SESSION_ID_BYTES)
         folder = self.root / session_id
         folder.mkdir(mode=0o700)
-        record = {"id": session_id, "user": user, "model": model.name, "created": time.time()}
+        record = {"id": session_id, "user": user, "model": model.name, "created": time.time(),
+                  **(key.record() if key is not None else {})}
         write_text_atomic(folder / "session.json", json.dumps(record))
         session = RemoteSession(record, folder, model, self.images, self.settings)
         self.sessions[session_id] = session
