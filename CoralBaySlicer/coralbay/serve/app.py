@@ -25,7 +25,7 @@ from starlette.routing import Route
 from coralbay import __version__
 from coralbay.errors import CoralBayError, InputError
 from coralbay.serve.audit import AuditLog
-from coralbay.serve.idempotency import HEADER as IDEMPOTENCY_HEADER, IdempotencyKey
+from coralbay.serve.idempotency import HEADER as IDEMPOTENCY_HEADER, IdempotencyKey, KeyReused
 from coralbay.serve.images import ImageStore, UploadConflict, check_digest
 from coralbay.serve.jobs import JobManager, read_label_result, read_report
 from coralbay.serve.limits import AuthBackoff, RateLimit, ServeLimits
@@ -52,8 +52,8 @@ class LengthRequired(CoralBayError):
     """A body without Content-Length (411): its size must be known before it is read."""
 
 
-STATUS = [(NotFound, 404), (Busy, 503), (Conflict, 409), (UploadConflict, 409), (TooLarge, 413), (LengthRequired, 411),
-          (WorkerDied, 503), (InputError, 400), (CoralBayError, 400)]
+STATUS = [(NotFound, 404), (Busy, 503), (Conflict, 409), (KeyReused, 409), (UploadConflict, 409), (TooLarge, 413),
+          (LengthRequired, 411), (WorkerDied, 503), (InputError, 400), (CoralBayError, 400)]
 
 
 @dataclass

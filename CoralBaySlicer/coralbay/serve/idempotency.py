@@ -16,11 +16,19 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
+from typing import Callable, Iterable, TypeVar
 
-from coralbay.errors import InputError
+from coralbay.errors import CoralBayError, InputError
+
+Created = TypeVar("Created")
 
 HEADER = "Idempotency-Key"
 _KEY = re.compile(r"[A-Za-z0-9._:-]{16,128}")
+
+
+class KeyReused(CoralBayError):
+    """The key came before with a different request (409): answering with that one's result would
+    be wrong, and creating anew would break the key's promise."""
 
 
 @dataclass(frozen=True)
@@ -43,9 +51,15 @@ class IdempotencyKey:
         """What the created record keeps (its user is the record's own)."""
         return {"idempotency_key": self.key, "request_sha256": self.fingerprint}
 
-    def is_key_of(self, user: str, record: dict) -> bool:
-        return user == self.user and record.get("idempotency_key") == self.key
-
-    def same_request(self, record: dict) -> bool:
-        """False: the key was used before for a different request (the caller refuses it)."""
-        return record.get("request_sha256") == self.fingerprint
+    def earlier(self, created: Iterable[Created], record_of: Callable[[Created], tuple[str, dict]],
+                what: str) -> Created | None:
+        """What this key's first request created (among `created`, whose user and record
+        `record_of` gives), or None; KeyReused if the key came with another request."""
+        for item in created:
+            user, record = record_of(item)
+            if user == self.user and record.get("idempotency_key") == self.key:
+                if record.get("request_sha256") != self.fingerprint:
+                    raise KeyReused(f"This {HEADER} was sent before with another {what}; send a new key "
+                                    f"for a new {what}.")
+                return item
+        return None

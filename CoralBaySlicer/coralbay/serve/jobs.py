@@ -28,9 +28,9 @@ from coralbay.atomic import write_text_atomic
 
 from coralbay.errors import InputError
 from coralbay.progress import decode_event
-from coralbay.serve.idempotency import HEADER, IdempotencyKey
+from coralbay.serve.idempotency import IdempotencyKey
 from coralbay.serve.images import ImageStore, check_digest
-from coralbay.serve.sessions import Busy, Conflict, EngineSettings, NotFound, ServedModel
+from coralbay.serve.sessions import Busy, EngineSettings, NotFound, ServedModel
 from coralbay.serve.worker import kill_group, start_engine
 
 TASKS = {"segment": "segmentation", "classify": "classification"}
@@ -151,14 +151,8 @@ class JobManager:
     async def create(self, user: str, body: object, key: IdempotencyKey | None = None) -> Job:
         """Start a job; a request repeated with its Idempotency-Key gets the job it started."""
         async with self._starting.setdefault(user, asyncio.Lock()):
-            if key is not None:
-                earlier = next((j for j in self.jobs.values() if key.is_key_of(j.user, j.idempotency)), None)
-                if earlier is not None:
-                    if not key.same_request(earlier.idempotency):
-                        raise Conflict(f"This {HEADER} was sent before with another job; send a new key "
-                                       "for a new job.")
-                    return earlier
-            return await self._start(user, body, key)
+            earlier = key.earlier(self.jobs.values(), lambda j: (j.user, j.idempotency), "job") if key else None
+            return earlier if earlier is not None else await self._start(user, body, key)
 
     async def _start(self, user: str, body: object, key: IdempotencyKey | None) -> Job:
         if not isinstance(body, dict):

@@ -29,7 +29,7 @@ import numpy as np
 from coralbay.atomic import write_text_atomic
 from coralbay.errors import CoralBayError, InputError
 from coralbay.serve.crops import changed_box, decode_crop, encode_crop, mask_crc32
-from coralbay.serve.idempotency import HEADER, IdempotencyKey
+from coralbay.serve.idempotency import IdempotencyKey
 from coralbay.serve.images import ImageStore, check_digest
 from coralbay.serve.journal import Journal
 from coralbay.serve.limits import ServeLimits
@@ -52,7 +52,7 @@ class Busy(CoralBayError):
 
 
 class Conflict(CoralBayError):
-    """A sequence number out of order, or it or an Idempotency-Key reused for a different request (409)."""
+    """A sequence number out of order, or reused for a different request (409)."""
 
 
 @dataclass(frozen=True)
@@ -343,13 +343,9 @@ class SessionManager:
     def create(self, user: str, model_name: object, key: IdempotencyKey | None = None) -> RemoteSession:
         """A new session; a request repeated with its Idempotency-Key gets the session it made.
         (No await here, so a retry cannot overtake its original: no lock is needed.)"""
-        if key is not None:
-            earlier = next((s for s in self.sessions.values() if key.is_key_of(s.user, s.record)), None)
-            if earlier is not None:
-                if not key.same_request(earlier.record):
-                    raise Conflict(f"This {HEADER} was sent before with another session; send a new key "
-                                   "for a new session.")
-                return earlier
+        earlier = key.earlier(self.sessions.values(), lambda s: (s.user, s.record), "session") if key else None
+        if earlier is not None:
+            return earlier
         limits = self.settings.limits
         model = self.models.get(model_name) if isinstance(model_name, str) else None
         if model is None or model.task != "segmentation":
