@@ -110,7 +110,7 @@ def _raise_as_sentence(exc: BaseException, target: Path, parent: Path, temp_vani
     """Turn a failed write into one CoralBayError sentence; interrupts and other errors pass."""
     if isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit)):
         return
-    if not parent.is_dir() or isinstance(exc, OSError) or (temp_vanished and isinstance(exc, CoralBayError)):
+    if not parent.is_dir() or temp_vanished or isinstance(exc, OSError):
         raise CoralBayError(_failure_sentence(target, parent, exc, temp_vanished)) from exc
 
 
